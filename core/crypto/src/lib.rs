@@ -1,0 +1,1 @@
+//! qpq-crypto (in progress).
