@@ -270,8 +270,11 @@ async fn read_frame<R: AsyncRead + Unpin, const H: usize>(
             max,
         });
     }
-    let mut payload = vec![0u8; len as usize];
-    if !fill(r, &mut payload).await? && len > 0 {
+    // Grow the buffer as bytes arrive: a peer that declares 4 MiB and sends nothing pins
+    // no memory.
+    let mut payload = Vec::with_capacity((len as usize).min(64 * 1024));
+    let got = (&mut *r).take(u64::from(len)).read_to_end(&mut payload).await?;
+    if got != len as usize {
         return Err(ReadError::Truncated);
     }
     Ok((header, Bytes::from(payload)))

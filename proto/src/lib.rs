@@ -48,3 +48,41 @@ pub mod event {
     /// Server-side channel membership changed ([`crate::v1::Membership`]).
     pub const MEMBERSHIP: u16 = 1003;
 }
+
+/// Field number every authenticated request message reserves for the session token.
+pub const SESSION_TOKEN_FIELD: u32 = 2047;
+
+/// Encodes `msg` followed by the session token in field [`SESSION_TOKEN_FIELD`].
+pub fn encode_with_token<M: prost::Message>(msg: &M, token: &[u8]) -> Vec<u8> {
+    let view = v1::SessionTokenView {
+        session_token: bytes::Bytes::copy_from_slice(token),
+    };
+    let mut out = Vec::with_capacity(msg.encoded_len() + view.encoded_len());
+    // Encoding into a Vec cannot fail: it grows as needed.
+    msg.encode_raw(&mut out);
+    view.encode_raw(&mut out);
+    out
+}
+
+/// Reads the session token of an authenticated request payload (empty if none).
+pub fn session_token(payload: &[u8]) -> Result<bytes::Bytes, prost::DecodeError> {
+    v1::SessionTokenView::decode(payload).map(|v| v.session_token)
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn token_travels_beside_any_request() {
+        let req = v1::EnqueueRequest {
+            channel_id: bytes::Bytes::from_static(&[1; 16]),
+            payload: bytes::Bytes::from_static(b"hi"),
+            ..Default::default()
+        };
+        let buf = encode_with_token(&req, &[7; 32]);
+        assert_eq!(session_token(&buf).expect("decodes"), &[7u8; 32][..]);
+        assert_eq!(v1::EnqueueRequest::decode(&buf[..]).expect("decodes"), req);
+        assert!(session_token(&req.encode_to_vec()).expect("decodes").is_empty());
+    }
+}

@@ -1,0 +1,175 @@
+//! Server configuration.
+//!
+//! Precedence, highest first: command-line flags, `QPQ_*` environment variables, the TOML file
+//! given by `--config` (or `QPQ_CONFIG`; `./qpq-server.toml` is read when it exists), built-in
+//! defaults. With nothing set the server listens on `0.0.0.0:5001` with SQLite under `./data`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+macro_rules! options {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $env:literal, $default:expr; )*) => {
+        /// Every setting as given by one source (flags and env, or the TOML file); `None` = not set.
+        #[derive(Parser, Deserialize, Default, Debug, Clone)]
+        #[command(name = "qpq-server", version, about = "quicproquo delivery server: stores and forwards end-to-end encrypted messages over QUIC")]
+        #[serde(deny_unknown_fields, default)]
+        pub struct Options {
+            /// TOML configuration file (default: ./qpq-server.toml if it exists).
+            #[arg(long, env = "QPQ_CONFIG")]
+            #[serde(skip)]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env)]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        impl Options {
+            /// Fills every unset field from `lower`.
+            pub fn or(self, lower: Options) -> Options {
+                Options { config: self.config.or(lower.config), $( $name: self.$name.or(lower.$name), )* }
+            }
+        }
+
+        /// The effective configuration.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config { $( $name: $default, )* }
+            }
+        }
+
+        impl Config {
+            /// Applies the set fields of `o` over the defaults.
+            pub fn from_options(o: Options) -> Config {
+                let d = Config::default();
+                Config { $( $name: o.$name.unwrap_or(d.$name), )* }
+            }
+        }
+    };
+}
+
+options! {
+    /// UDP address to listen on.
+    listen: SocketAddr = "QPQ_LISTEN", SocketAddr::from(([0, 0, 0, 0], 5001));
+    /// Directory for the database, certificate and key.
+    data_dir: PathBuf = "QPQ_DATA_DIR", PathBuf::from("data");
+    /// TLS certificate (PEM or DER); a self-signed one is generated when unset.
+    tls_cert: PathBuf = "QPQ_TLS_CERT", PathBuf::new();
+    /// TLS private key (PEM or DER), with --tls-cert.
+    tls_key: PathBuf = "QPQ_TLS_KEY", PathBuf::new();
+    /// Log format: text or json.
+    log_format: String = "QPQ_LOG_FORMAT", "text".into();
+    /// Log filter (tracing env-filter syntax).
+    log_level: String = "QPQ_LOG", "info".into();
+    /// Address for the Prometheus metrics endpoint (disabled when unset).
+    metrics_listen: String = "QPQ_METRICS_LISTEN", String::new();
+    /// Seconds to let in-flight requests finish on SIGTERM/SIGINT.
+    drain_timeout: u64 = "QPQ_DRAIN_TIMEOUT", 10;
+    /// Session token lifetime in seconds.
+    session_ttl: u64 = "QPQ_SESSION_TTL", 7 * 24 * 3600;
+    /// Concurrent connections allowed from one IP address.
+    max_connections_per_ip: usize = "QPQ_MAX_CONNECTIONS_PER_IP", 20;
+    /// Concurrent bidirectional streams (calls) per connection.
+    max_concurrent_streams: u32 = "QPQ_MAX_CONCURRENT_STREAMS", 16;
+    /// Per-stream receive window in bytes.
+    stream_receive_window: u32 = "QPQ_STREAM_RECEIVE_WINDOW", 256 * 1024;
+    /// Per-connection receive window in bytes.
+    receive_window: u32 = "QPQ_RECEIVE_WINDOW", 1024 * 1024;
+    /// Idle timeout of a connection in milliseconds.
+    idle_timeout_ms: u64 = "QPQ_IDLE_TIMEOUT_MS", 30_000;
+    /// Time a client has to send a whole request frame, in milliseconds.
+    read_deadline_ms: u64 = "QPQ_READ_DEADLINE_MS", 10_000;
+    /// Largest message payload (and Welcome) accepted by Enqueue, in bytes.
+    max_message_bytes: usize = "QPQ_MAX_MESSAGE_BYTES", 3 * 1024 * 1024;
+    /// Largest blob, in bytes.
+    max_blob_bytes: u64 = "QPQ_MAX_BLOB_BYTES", 50 * 1024 * 1024;
+    /// Messages queued per device before Enqueue to it answers RateLimited.
+    max_queue_depth: u64 = "QPQ_MAX_QUEUE_DEPTH", 10_000;
+    /// KeyPackages stored per device.
+    max_key_packages: u64 = "QPQ_MAX_KEY_PACKAGES", 100;
+    /// Devices per account.
+    max_devices: usize = "QPQ_MAX_DEVICES", 5;
+    /// Sustained requests per second per account.
+    rate_limit_per_sec: f64 = "QPQ_RATE_LIMIT_PER_SEC", 200.0;
+    /// Burst of requests per account.
+    rate_limit_burst: f64 = "QPQ_RATE_LIMIT_BURST", 400.0;
+    /// Sustained unauthenticated (OPAQUE) requests per second per IP address.
+    auth_rate_per_sec: f64 = "QPQ_AUTH_RATE_PER_SEC", 20.0;
+    /// Burst of unauthenticated requests per IP address.
+    auth_rate_burst: f64 = "QPQ_AUTH_RATE_BURST", 200.0;
+    /// Longest FetchWait, in milliseconds.
+    max_fetch_wait_ms: u64 = "QPQ_MAX_FETCH_WAIT_MS", 60_000;
+}
+
+impl Config {
+    /// Reads flags and environment, then the TOML file, then defaults.
+    pub fn load() -> Result<Config, String> {
+        let cli = Options::parse();
+        let file = match &cli.config {
+            Some(p) => Some(read_file(p)?),
+            None if Path::new("qpq-server.toml").exists() => Some(read_file(Path::new("qpq-server.toml"))?),
+            None => None,
+        };
+        Ok(Config::from_options(match file {
+            Some(f) => cli.or(f),
+            None => cli,
+        }))
+    }
+
+    /// A configuration for tests and embedding: loopback, ephemeral port, the given data dir.
+    pub fn ephemeral(data_dir: &Path) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.to_path_buf(),
+            ..Config::default()
+        }
+    }
+
+    /// Path of the SQLite database.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("qpq.db")
+    }
+
+    /// Read deadline as a duration.
+    pub fn read_deadline(&self) -> Duration {
+        Duration::from_millis(self.read_deadline_ms)
+    }
+}
+
+fn read_file(p: &Path) -> Result<Options, String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    toml::from_str(&text).map_err(|e| format!("invalid {}: {e}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let file: Options = toml::from_str("listen = \"127.0.0.1:7000\"\nmax_devices = 3\n").expect("valid toml");
+        let cli = Options::try_parse_from(["qpq-server", "--max-devices", "4"]).expect("valid flags");
+        let c = Config::from_options(cli.or(file));
+        assert_eq!(c.listen, "127.0.0.1:7000".parse().expect("addr"));
+        assert_eq!(c.max_devices, 4);
+        assert_eq!(c.max_blob_bytes, 50 * 1024 * 1024);
+        assert!(toml::from_str::<Options>("no_such_option = 1").is_err());
+    }
+
+    #[test]
+    fn defaults_serve_on_5001_under_data() {
+        let c = Config::default();
+        assert_eq!(c.listen.port(), 5001);
+        assert_eq!(c.db_path(), PathBuf::from("data/qpq.db"));
+    }
+}

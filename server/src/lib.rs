@@ -1,0 +1,209 @@
+//! `qpq-server`: the quicproquo delivery server.
+//!
+//! What it does: accepts QUIC connections (TLS 1.3 only, ALPN `qpq`), authenticates accounts
+//! with OPAQUE, stores KeyPackages and hybrid public keys, keeps per-device delivery queues with
+//! durable, idempotent enqueue and per-group commit ordering, pushes new messages to connected
+//! devices, stores blobs, and exposes health and Prometheus metrics.
+//!
+//! What it will not do: read messages. Payloads are opaque ciphertext; the server never holds a
+//! group key or a password, and MLS membership is the clients' business (the server only keeps
+//! the channel membership it routes by).
+//!
+//! Embedding: [`Server::bind`] then [`Server::run`]; [`Server::shutdown_handle`] stops it with a
+//! graceful drain. The binary `qpq-server` does exactly that from [`config::Config::load`].
+
+pub mod config;
+pub mod limits;
+pub mod listener;
+pub mod metrics;
+pub mod service;
+pub mod storage;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::limits::ConnectionCap;
+use crate::metrics::Metrics;
+use crate::service::Service;
+use crate::storage::sqlite::SqliteStorage;
+use crate::storage::Storage;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// TLS material or configuration is unusable.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The database could not be opened.
+    #[error("storage: {0}")]
+    Storage(#[from] storage::StorageError),
+    /// A socket could not be bound.
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+    /// A configuration value is unusable.
+    #[error("config: {0}")]
+    Config(String),
+}
+
+impl Service {
+    /// The configured read deadline for one request frame.
+    pub fn read_deadline(&self) -> Duration {
+        self.config().read_deadline()
+    }
+}
+
+/// Stops a running server (graceful drain) from anywhere.
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<Notify>);
+
+impl ShutdownHandle {
+    /// Asks the server to drain and stop; [`Server::run`] returns when it has.
+    pub fn shutdown(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    service: Arc<Service>,
+    sqlite: Arc<SqliteStorage>,
+    config: Config,
+    cert_der: Vec<u8>,
+    fingerprint: String,
+    shutdown: Arc<Notify>,
+    metrics_addr: Option<SocketAddr>,
+    metrics_listener: Option<tokio::net::TcpListener>,
+}
+
+impl Server {
+    /// Opens storage, loads or generates the certificate and binds the UDP socket (and the
+    /// metrics TCP socket when configured). Must be called inside a tokio runtime.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let material = tls::load_or_generate(&config).map_err(ServerError::Tls)?;
+        let cert_der = material.chain.first().map(|c| c.to_vec()).unwrap_or_default();
+        let fingerprint = material.fingerprint();
+        let tls = tls::server_config(material).map_err(ServerError::Tls)?;
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| ServerError::Tls(format!("TLS config unusable for QUIC: {e}")))?;
+        let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        sc.transport_config(Arc::new(listener::transport_config(&config).map_err(ServerError::Config)?));
+
+        let db_path = config.db_path();
+        let sqlite = Arc::new(tokio::task::spawn_blocking(move || SqliteStorage::open(&db_path)).await.map_err(
+            |_| ServerError::Config("storage open task failed".into()),
+        )??);
+        let store: Arc<dyn Storage> = sqlite.clone();
+        let cfg = config.clone();
+        let service = Arc::new(
+            tokio::task::spawn_blocking(move || Service::new(store, cfg))
+                .await
+                .map_err(|_| ServerError::Config("service init task failed".into()))??,
+        );
+        let endpoint = quinn::Endpoint::server(sc, config.listen)?;
+        let (metrics_addr, metrics_listener) = if config.metrics_listen.is_empty() {
+            (None, None)
+        } else {
+            let l = tokio::net::TcpListener::bind(&config.metrics_listen).await?;
+            (Some(l.local_addr()?), Some(l))
+        };
+        Ok(Server {
+            endpoint,
+            service,
+            sqlite,
+            config,
+            cert_der,
+            fingerprint,
+            shutdown: Arc::new(Notify::new()),
+            metrics_addr,
+            metrics_listener,
+        })
+    }
+
+    /// The bound UDP address (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, ServerError> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// The bound metrics address, if metrics are enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// DER of the leaf certificate (what a client pins).
+    pub fn certificate_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// SHA-256 fingerprint of the leaf certificate, lowercase hex.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The request handler (for metrics and tests).
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// A handle that stops the server.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Serves until [`ShutdownHandle::shutdown`], then drains: stops accepting, lets calls in
+    /// flight finish for up to the drain timeout, closes connections and the database.
+    pub async fn run(mut self) -> Result<(), ServerError> {
+        let cap = Arc::new(ConnectionCap::new(self.config.max_connections_per_ip));
+        let metrics_task = self.metrics_listener.take().map(|l| {
+            let store = self.service.store().clone();
+            let gauges = move || {
+                vec![(
+                    "delivery_queue_depth",
+                    "Messages waiting in device queues.",
+                    store.queue_depth().unwrap_or(0),
+                )]
+            };
+            tokio::spawn(metrics::serve(l, self.service.metrics.clone(), gauges))
+        });
+        loop {
+            tokio::select! {
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let ip = incoming.remote_address().ip();
+                    if self.service.is_draining() || !cap.acquire(ip) {
+                        Metrics::inc(&self.service.metrics.connections_refused_total);
+                        tracing::debug!(%ip, "connection refused");
+                        incoming.refuse();
+                        continue;
+                    }
+                    tokio::spawn(listener::serve_connection(self.service.clone(), cap.clone(), incoming, ip));
+                }
+                _ = self.shutdown.notified() => break,
+            }
+        }
+        tracing::info!("draining");
+        self.service.begin_drain();
+        self.endpoint.set_server_config(None);
+        let drained = self
+            .service
+            .wait_idle(Duration::from_secs(self.config.drain_timeout))
+            .await;
+        if !drained {
+            tracing::warn!("drain timeout reached with calls in flight");
+        }
+        self.endpoint.close(0u32.into(), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
+        let sqlite = self.sqlite.clone();
+        let _ = tokio::task::spawn_blocking(move || sqlite.close()).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

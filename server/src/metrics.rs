@@ -1,0 +1,80 @@
+//! Prometheus metrics: counters kept in atomics, served as text on `--metrics-listen`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+macro_rules! counters {
+    ($($name:ident: $help:literal,)*) => {
+        /// Server counters.
+        #[derive(Default)]
+        pub struct Metrics {
+            $( #[doc = $help] pub $name: AtomicU64, )*
+        }
+
+        impl Metrics {
+            /// Prometheus text exposition of the counters plus the given gauges.
+            pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
+                let mut out = String::new();
+                $(
+                    out.push_str(concat!("# HELP qpq_", stringify!($name), " ", $help, "\n# TYPE qpq_", stringify!($name), " counter\n"));
+                    out.push_str(&format!(concat!("qpq_", stringify!($name), " {}\n"), self.$name.load(Ordering::Relaxed)));
+                )*
+                for (name, help, v) in gauges {
+                    out.push_str(&format!("# HELP qpq_{name} {help}\n# TYPE qpq_{name} gauge\nqpq_{name} {v}\n"));
+                }
+                out
+            }
+        }
+    };
+}
+
+counters! {
+    enqueue_total: "Messages accepted by Enqueue.",
+    enqueue_bytes_total: "Payload bytes accepted by Enqueue.",
+    fetch_total: "Fetch calls.",
+    fetch_wait_total: "FetchWait calls.",
+    key_package_upload_total: "KeyPackages uploaded.",
+    auth_login_success_total: "Successful OPAQUE logins.",
+    auth_login_failure_total: "Failed OPAQUE logins.",
+    rate_limit_hit_total: "Requests answered RateLimited.",
+    requests_total: "Requests handled.",
+    push_total: "Push events sent.",
+    connections_total: "Connections accepted.",
+    connections_refused_total: "Connections refused by the per-IP cap or while draining.",
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) until the task is dropped. `gauges` is called
+/// per scrape.
+pub async fn serve<G>(listener: TcpListener, metrics: Arc<Metrics>, gauges: G)
+where
+    G: Fn() -> Vec<(&'static str, &'static str, u64)> + Send + Sync + Clone + 'static,
+{
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let (metrics, gauges) = (metrics.clone(), gauges.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf)).await;
+            let g = tokio::task::spawn_blocking(gauges).await.unwrap_or_default();
+            let body = metrics.render(&g);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,987 @@
+//! Request handling: authentication, rate limits, validation and every implemented method.
+//! Transport-free: the listener hands it decoded frames and a push channel per connection.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use prost::Message;
+use qpq_crypto::opaque::OpaqueSuite;
+use qpq_crypto::opaque_ke::{
+    CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload, ServerLogin,
+    ServerLoginParameters, ServerRegistration, ServerSetup,
+};
+use qpq_proto::frame::{Push, Request, Response};
+use qpq_proto::{method, v1, Status};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::Config;
+use crate::limits::RateLimiter;
+use crate::metrics::Metrics;
+use crate::storage::{
+    AccountId, BlobChunk, ChannelId, ChannelKind, DeviceId, EnqueueOp, Key32, QueuedMessage, Session, Storage,
+    StorageError,
+};
+
+/// Payloads up to this size travel inside the push event; larger ones are fetched.
+const PUSH_INLINE_MAX: usize = 64 * 1024;
+/// Most messages one Fetch returns.
+const FETCH_MAX: usize = 1000;
+/// Payload bytes one Fetch returns at most (below the 4 MiB frame limit).
+const FETCH_MAX_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
+/// Largest DownloadBlob chunk.
+const BLOB_CHUNK_MAX: u64 = 1024 * 1024;
+/// Largest KeyPackage.
+const KEY_PACKAGE_MAX: usize = 1024 * 1024;
+/// Largest channel metadata.
+const METADATA_MAX: usize = 64 * 1024;
+/// How long a LoginStart state waits for its LoginFinish.
+const LOGIN_TTL: Duration = Duration::from_secs(60);
+/// Pending logins kept at most.
+const LOGINS_MAX: usize = 10_000;
+
+/// A failed request: the status and a message for the client (never a secret).
+#[derive(Debug)]
+pub struct Fail {
+    status: Status,
+    message: String,
+    retry_after_ms: u64,
+}
+
+impl Fail {
+    fn new(status: Status, message: impl Into<String>) -> Fail {
+        Fail {
+            status,
+            message: message.into(),
+            retry_after_ms: 0,
+        }
+    }
+    fn bad(message: impl Into<String>) -> Fail {
+        Fail::new(Status::BadRequest, message)
+    }
+}
+
+impl From<StorageError> for Fail {
+    fn from(e: StorageError) -> Fail {
+        let status = match &e {
+            StorageError::NotFound(_) => Status::NotFound,
+            StorageError::Conflict(_) => Status::Conflict,
+            StorageError::Forbidden(_) | StorageError::Limit(_) => Status::Forbidden,
+            StorageError::Invalid(_) => Status::BadRequest,
+            StorageError::Full => Status::Unavailable,
+            StorageError::Backend(detail) => {
+                tracing::error!(error = %detail, "storage failure");
+                Status::Internal
+            }
+        };
+        Fail::new(status, e.to_string())
+    }
+}
+
+impl From<prost::DecodeError> for Fail {
+    fn from(e: prost::DecodeError) -> Fail {
+        Fail::bad(format!("malformed request: {e}"))
+    }
+}
+
+type Reply = Result<Vec<u8>, Fail>;
+
+fn ok<M: Message>(m: M) -> Reply {
+    Ok(m.encode_to_vec())
+}
+
+/// What the service knows of the connection a call arrived on.
+pub struct CallContext {
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// Unique per connection.
+    pub conn_id: u64,
+    /// Where push events for this connection go.
+    pub push: mpsc::Sender<Push>,
+}
+
+struct PendingLogin {
+    state: ServerLogin<OpaqueSuite>,
+    account: Option<AccountId>,
+    created: Instant,
+}
+
+/// The server's request handler and shared state.
+pub struct Service {
+    store: Arc<dyn Storage>,
+    config: Config,
+    opaque: ServerSetup<OpaqueSuite>,
+    logins: Mutex<HashMap<[u8; 16], PendingLogin>>,
+    waiters: Mutex<HashMap<DeviceId, Arc<Notify>>>,
+    pushers: Mutex<HashMap<DeviceId, Vec<(u64, mpsc::Sender<Push>)>>>,
+    /// Counters for the metrics endpoint.
+    pub metrics: Arc<Metrics>,
+    account_limiter: RateLimiter<AccountId>,
+    ip_limiter: RateLimiter<IpAddr>,
+    started: Instant,
+    draining: AtomicBool,
+    shutdown: Notify,
+    inflight: AtomicUsize,
+    idle: Notify,
+    next_conn: AtomicU64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn key32(b: &[u8], what: &str) -> Result<Key32, Fail> {
+    b.try_into()
+        .map_err(|_| Fail::bad(format!("{what} must be 32 bytes, got {}", b.len())))
+}
+
+fn id16(b: &[u8], what: &str) -> Result<[u8; 16], Fail> {
+    b.try_into()
+        .map_err(|_| Fail::bad(format!("{what} must be 16 bytes, got {}", b.len())))
+}
+
+fn keys32(v: &[Bytes], what: &str) -> Result<Vec<Key32>, Fail> {
+    v.iter().map(|b| key32(b, what)).collect()
+}
+
+/// Normalises and checks a username: 1 to 32 of `a-z 0-9 _ . -`, case-insensitive.
+pub fn normalize_username(u: &str) -> Result<String, Fail> {
+    let u = u.trim().to_ascii_lowercase();
+    if u.is_empty() || u.len() > 32 {
+        return Err(Fail::bad("username must be 1 to 32 characters"));
+    }
+    if !u.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(&c)) {
+        return Err(Fail::bad("username may contain only a-z, 0-9, '_', '.' and '-'"));
+    }
+    Ok(u)
+}
+
+fn token_hash(token: &[u8]) -> Key32 {
+    Sha256::digest(token).into()
+}
+
+fn to_wire(m: &QueuedMessage) -> v1::QueuedMessage {
+    v1::QueuedMessage {
+        seq: m.seq,
+        channel_id: Bytes::copy_from_slice(&m.channel_id),
+        sender_device: Bytes::copy_from_slice(&m.sender_device),
+        message_id: m.message_id.clone(),
+        payload: m.payload.clone(),
+        server_time_ms: m.server_time_ms,
+        kind: m.kind,
+    }
+}
+
+impl Service {
+    /// Builds the service over a storage backend; loads or creates the OPAQUE server setup.
+    pub fn new(store: Arc<dyn Storage>, config: Config) -> Result<Service, StorageError> {
+        let fresh = ServerSetup::<OpaqueSuite>::new(&mut OsRng).serialize().to_vec();
+        let stored = store.server_secret("opaque_server_setup", fresh)?;
+        let opaque = ServerSetup::<OpaqueSuite>::deserialize(&stored)
+            .map_err(|_| StorageError::Backend("stored OPAQUE server setup is invalid".into()))?;
+        Ok(Service {
+            account_limiter: RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst),
+            ip_limiter: RateLimiter::new(config.auth_rate_per_sec, config.auth_rate_burst),
+            store,
+            config,
+            opaque,
+            logins: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
+            pushers: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::default()),
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+            shutdown: Notify::new(),
+            inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    /// The storage backend.
+    pub fn store(&self) -> &Arc<dyn Storage> {
+        &self.store
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether the server is draining (new calls answer Unavailable).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Starts draining: new calls answer Unavailable and FetchWaits return at once.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.shutdown.notify_waiters();
+        let waiters: Vec<_> = self.lock_waiters().values().cloned().collect();
+        for w in waiters {
+            w.notify_waiters();
+        }
+    }
+
+    /// Waits until no call is in flight, or `timeout` passed; returns whether it got idle.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let idle = self.idle.notified();
+            if self.inflight.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.inflight.load(Ordering::SeqCst) == 0;
+            }
+        }
+    }
+
+    /// Forgets a closed connection's push channel.
+    pub fn connection_closed(&self, conn_id: u64) {
+        let mut p = self.lock_pushers();
+        p.retain(|_, v| {
+            v.retain(|(id, _)| *id != conn_id);
+            !v.is_empty()
+        });
+    }
+
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Arc<Notify>>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_pushers(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Vec<(u64, mpsc::Sender<Push>)>>> {
+        self.pushers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn waiter(&self, device: DeviceId) -> Arc<Notify> {
+        self.lock_waiters().entry(device).or_default().clone()
+    }
+
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Storage) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, Fail> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|_| Fail::new(Status::Internal, "storage task failed"))?
+            .map_err(Fail::from)
+    }
+
+    /// Handles one request and returns its response. Never panics on bad input.
+    pub async fn handle(&self, ctx: &CallContext, req: Request) -> Response {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        Metrics::inc(&self.metrics.requests_total);
+        let request_id = req.request_id;
+        let result = if self.is_draining() {
+            Err(Fail::new(Status::Unavailable, "server is shutting down"))
+        } else {
+            self.dispatch(ctx, req).await
+        };
+        if self.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+        match result {
+            Ok(payload) => Response {
+                status: Status::Ok,
+                request_id,
+                payload: Bytes::from(payload),
+            },
+            Err(f) => error_response(request_id, f),
+        }
+    }
+
+    async fn dispatch(&self, ctx: &CallContext, req: Request) -> Reply {
+        let p = &req.payload[..];
+        match req.method {
+            method::HEALTH => {
+                return ok(v1::HealthResponse {
+                    status: if self.is_draining() { "draining" } else { "ok" }.into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    uptime_secs: self.started.elapsed().as_secs(),
+                })
+            }
+            method::OPAQUE_REGISTER_START
+            | method::OPAQUE_REGISTER_FINISH
+            | method::OPAQUE_LOGIN_START
+            | method::OPAQUE_LOGIN_FINISH => {
+                if let Err(wait) = self.ip_limiter.check(&ctx.peer.ip()) {
+                    return Err(self.rate_limited(wait));
+                }
+                return match req.method {
+                    method::OPAQUE_REGISTER_START => self.register_start(v1::OpaqueRegisterStartRequest::decode(p)?).await,
+                    method::OPAQUE_REGISTER_FINISH => self.register_finish(v1::OpaqueRegisterFinishRequest::decode(p)?).await,
+                    method::OPAQUE_LOGIN_START => self.login_start(v1::OpaqueLoginStartRequest::decode(p)?).await,
+                    _ => self.login_finish(v1::OpaqueLoginFinishRequest::decode(p)?).await,
+                };
+            }
+            m if !IMPLEMENTED.contains(&m) => {
+                return Err(Fail::new(
+                    Status::UnknownMethod,
+                    match method::name(m) {
+                        Some(n) => format!("method {m} ({n}) is not implemented by this server"),
+                        None => format!("unknown method {m}"),
+                    },
+                ))
+            }
+            _ => {}
+        }
+        let (s, hash) = self.authenticate(ctx, p).await?;
+        if let Err(wait) = self.account_limiter.check(&s.account_id) {
+            return Err(self.rate_limited(wait));
+        }
+        match req.method {
+            method::LOGOUT => {
+                self.db(move |st| st.delete_session(&hash)).await?;
+                self.connection_closed(ctx.conn_id);
+                ok(v1::LogoutResponse {})
+            }
+            method::DELETE_ACCOUNT => {
+                let devices = self.db(move |st| st.devices(s.account_id)).await?;
+                self.db(move |st| st.delete_account(s.account_id)).await?;
+                let mut p = self.lock_pushers();
+                for d in devices {
+                    p.remove(&d.id);
+                }
+                ok(v1::DeleteAccountResponse {})
+            }
+            method::ENQUEUE => ok(self.enqueue(&s, v1::EnqueueRequest::decode(p)?).await?),
+            method::BATCH_ENQUEUE => self.batch_enqueue(&s, v1::BatchEnqueueRequest::decode(p)?).await,
+            method::FETCH => {
+                Metrics::inc(&self.metrics.fetch_total);
+                let r = v1::FetchRequest::decode(p)?;
+                let msgs = self.fetch(&s, r.after_seq, r.limit, &r.channel_id).await?;
+                ok(v1::FetchResponse { messages: msgs })
+            }
+            method::FETCH_WAIT => {
+                Metrics::inc(&self.metrics.fetch_wait_total);
+                self.fetch_wait(&s, v1::FetchWaitRequest::decode(p)?).await
+            }
+            method::PEEK => {
+                let r = v1::PeekRequest::decode(p)?;
+                let ch = optional_channel(&r.channel_id)?;
+                let (count, last_seq) = self.db(move |st| st.peek(s.device_id, ch)).await?;
+                ok(v1::PeekResponse { count, last_seq })
+            }
+            method::ACK => {
+                let r = v1::AckRequest::decode(p)?;
+                if r.up_to_seq == 0 && r.seqs.is_empty() {
+                    return Err(Fail::bad("nothing to ack: set up_to_seq or seqs"));
+                }
+                if r.seqs.len() > FETCH_MAX {
+                    return Err(Fail::new(Status::PayloadTooLarge, format!("at most {FETCH_MAX} seqs per Ack")));
+                }
+                let removed = self.db(move |st| st.ack(s.device_id, r.up_to_seq, &r.seqs)).await?;
+                ok(v1::AckResponse { removed })
+            }
+            method::UPLOAD_KEY_PACKAGE => {
+                let r = v1::UploadKeyPackageRequest::decode(p)?;
+                for kp in &r.key_packages {
+                    if kp.is_empty() {
+                        return Err(Fail::bad("a KeyPackage is never empty"));
+                    }
+                    if kp.len() > KEY_PACKAGE_MAX {
+                        return Err(Fail::new(Status::PayloadTooLarge, "a KeyPackage is at most 1 MiB"));
+                    }
+                }
+                let n = r.key_packages.len() as u64;
+                let cap = self.config.max_key_packages;
+                let stored = self.db(move |st| st.add_key_packages(s.device_id, r.key_packages, cap)).await?;
+                self.metrics.key_package_upload_total.fetch_add(n, Ordering::Relaxed);
+                ok(v1::UploadKeyPackageResponse { stored })
+            }
+            method::FETCH_KEY_PACKAGE => {
+                let r = v1::FetchKeyPackageRequest::decode(p)?;
+                let dk = key32(&r.device_key, "device_key")?;
+                let kp = self.db(move |st| st.pop_key_package(&dk)).await?;
+                let kp = kp.ok_or_else(|| Fail::new(Status::NotFound, "no KeyPackage available for that device"))?;
+                ok(v1::FetchKeyPackageResponse {
+                    key_package: Bytes::from(kp),
+                })
+            }
+            method::UPLOAD_HYBRID_KEY => {
+                let r = v1::UploadHybridKeyRequest::decode(p)?;
+                qpq_crypto::envelope::HybridPublicKey::from_bytes(&r.hybrid_public_key)
+                    .map_err(|e| Fail::bad(format!("invalid hybrid public key: {e}")))?;
+                self.db(move |st| st.set_hybrid_key(s.device_id, &r.hybrid_public_key)).await?;
+                ok(v1::UploadHybridKeyResponse {})
+            }
+            method::FETCH_HYBRID_KEY => {
+                let r = v1::FetchHybridKeyRequest::decode(p)?;
+                let dk = key32(&r.device_key, "device_key")?;
+                let mut keys = self.db(move |st| st.hybrid_keys(&[dk])).await?;
+                let (_, k) = keys
+                    .pop()
+                    .ok_or_else(|| Fail::new(Status::NotFound, "no hybrid key for that device"))?;
+                ok(v1::FetchHybridKeyResponse {
+                    hybrid_public_key: Bytes::from(k),
+                })
+            }
+            method::FETCH_HYBRID_KEYS => {
+                let r = v1::FetchHybridKeysRequest::decode(p)?;
+                if r.device_keys.len() > 5000 {
+                    return Err(Fail::new(Status::PayloadTooLarge, "at most 5000 device keys per call"));
+                }
+                let dks = keys32(&r.device_keys, "device_key")?;
+                let keys = self.db(move |st| st.hybrid_keys(&dks)).await?;
+                ok(v1::FetchHybridKeysResponse {
+                    keys: keys
+                        .into_iter()
+                        .map(|(d, k)| v1::HybridKeyEntry {
+                            device_key: Bytes::copy_from_slice(&d),
+                            hybrid_public_key: Bytes::from(k),
+                        })
+                        .collect(),
+                })
+            }
+            method::CREATE_CHANNEL => self.create_channel(&s, v1::CreateChannelRequest::decode(p)?).await,
+            method::REMOVE_MEMBER => {
+                let r = v1::RemoveMemberRequest::decode(p)?;
+                let ch = id16(&r.channel_id, "channel_id")?;
+                let m = key32(&r.member, "member")?;
+                self.db(move |st| st.remove_member(&ch, s.account_id, &m)).await?;
+                ok(v1::RemoveMemberResponse {})
+            }
+            method::UPDATE_GROUP_METADATA => {
+                let r = v1::UpdateGroupMetadataRequest::decode(p)?;
+                let ch = id16(&r.channel_id, "channel_id")?;
+                if r.metadata.len() > METADATA_MAX {
+                    return Err(Fail::new(Status::PayloadTooLarge, "metadata is at most 64 KiB"));
+                }
+                self.db(move |st| st.set_metadata(&ch, s.account_id, &r.metadata)).await?;
+                ok(v1::UpdateGroupMetadataResponse {})
+            }
+            method::LIST_GROUP_MEMBERS => {
+                let r = v1::ListGroupMembersRequest::decode(p)?;
+                let ch = id16(&r.channel_id, "channel_id")?;
+                let (channel, members) = self
+                    .db(move |st| {
+                        let c = st.channel(&ch)?.ok_or(StorageError::NotFound("channel"))?;
+                        if !st.is_member(&ch, s.account_id)? {
+                            return Err(StorageError::Forbidden("not a member of the channel".into()));
+                        }
+                        Ok((c, st.members(&ch)?))
+                    })
+                    .await?;
+                ok(v1::ListGroupMembersResponse {
+                    members: members
+                        .into_iter()
+                        .map(|m| v1::GroupMember {
+                            identity_key: Bytes::copy_from_slice(&m.identity_key),
+                            username: m.username,
+                            device_keys: m.device_keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
+                        })
+                        .collect(),
+                    metadata: Bytes::from(channel.metadata),
+                    epoch: channel.epoch,
+                    kind: channel.kind as i32,
+                })
+            }
+            method::RESOLVE_USER => {
+                let r = v1::ResolveUserRequest::decode(p)?;
+                let u = normalize_username(&r.username)?;
+                let (a, devices) = self
+                    .db(move |st| {
+                        let a = st.account_by_username(&u)?.ok_or(StorageError::NotFound("user"))?;
+                        let d = st.devices(a.id)?;
+                        Ok((a, d))
+                    })
+                    .await?;
+                ok(v1::ResolveUserResponse {
+                    identity_key: Bytes::copy_from_slice(&a.identity_key),
+                    device_keys: devices.iter().map(|d| Bytes::copy_from_slice(&d.device_key)).collect(),
+                })
+            }
+            method::RESOLVE_IDENTITY => {
+                let r = v1::ResolveIdentityRequest::decode(p)?;
+                let ik = key32(&r.identity_key, "identity_key")?;
+                let (a, devices) = self
+                    .db(move |st| {
+                        let a = st.account_by_identity(&ik)?.ok_or(StorageError::NotFound("user"))?;
+                        let d = st.devices(a.id)?;
+                        Ok((a, d))
+                    })
+                    .await?;
+                ok(v1::ResolveIdentityResponse {
+                    username: a.username,
+                    device_keys: devices.iter().map(|d| Bytes::copy_from_slice(&d.device_key)).collect(),
+                })
+            }
+            method::UPLOAD_BLOB => self.upload_blob(&s, v1::UploadBlobRequest::decode(p)?).await,
+            method::DOWNLOAD_BLOB => {
+                let r = v1::DownloadBlobRequest::decode(p)?;
+                let ch = id16(&r.channel_id, "channel_id")?;
+                let sha = key32(&r.sha256, "sha256")?;
+                let len = if r.length == 0 { BLOB_CHUNK_MAX } else { r.length.min(BLOB_CHUNK_MAX) };
+                let (chunk, total_size) = self
+                    .db(move |st| {
+                        // Absent and forbidden answer the same, so ids leak nothing.
+                        if !st.is_member(&ch, s.account_id)? {
+                            return Err(StorageError::NotFound("blob"));
+                        }
+                        st.read_blob(&ch, &sha, r.offset, len)
+                    })
+                    .await?;
+                ok(v1::DownloadBlobResponse {
+                    chunk: Bytes::from(chunk),
+                    total_size,
+                })
+            }
+            method::REGISTER_DEVICE => {
+                let r = v1::RegisterDeviceRequest::decode(p)?;
+                let dk = key32(&r.device_key, "device_key")?;
+                let max = self.config.max_devices;
+                self.db(move |st| st.add_device(s.account_id, &dk, max, now_secs())).await?;
+                ok(v1::RegisterDeviceResponse {})
+            }
+            method::LIST_DEVICES => {
+                let devices = self.db(move |st| st.devices(s.account_id)).await?;
+                ok(v1::ListDevicesResponse {
+                    devices: devices
+                        .iter()
+                        .map(|d| v1::DeviceInfo {
+                            device_key: Bytes::copy_from_slice(&d.device_key),
+                            created_at: d.created_at,
+                            current: d.id == s.device_id,
+                        })
+                        .collect(),
+                })
+            }
+            method::REVOKE_DEVICE => {
+                let r = v1::RevokeDeviceRequest::decode(p)?;
+                let dk = key32(&r.device_key, "device_key")?;
+                let devices = self.db(move |st| st.devices(s.account_id)).await?;
+                self.db(move |st| st.revoke_device(s.account_id, &dk)).await?;
+                if let Some(d) = devices.iter().find(|d| d.device_key == dk) {
+                    self.lock_pushers().remove(&d.id);
+                }
+                ok(v1::RevokeDeviceResponse {})
+            }
+            m => Err(Fail::new(Status::UnknownMethod, format!("method {m} is not implemented"))),
+        }
+    }
+
+    fn rate_limited(&self, wait: Duration) -> Fail {
+        Metrics::inc(&self.metrics.rate_limit_hit_total);
+        Fail {
+            status: Status::RateLimited,
+            message: "too many requests".into(),
+            retry_after_ms: (wait.as_millis() as u64).max(1),
+        }
+    }
+
+    async fn authenticate(&self, ctx: &CallContext, payload: &[u8]) -> Result<(Session, Key32), Fail> {
+        let token = qpq_proto::session_token(payload)?;
+        if token.is_empty() {
+            return Err(Fail::new(Status::Unauthorized, "this method needs a session token"));
+        }
+        if token.len() != 32 {
+            return Err(Fail::new(Status::Unauthorized, "invalid session token"));
+        }
+        let hash = token_hash(&token);
+        let s = self
+            .db(move |st| st.session(&hash, now_secs()))
+            .await?
+            .ok_or_else(|| Fail::new(Status::Unauthorized, "session expired or invalid; log in again"))?;
+        self.register_pusher(s.device_id, ctx);
+        Ok((s, hash))
+    }
+
+    fn register_pusher(&self, device: DeviceId, ctx: &CallContext) {
+        let mut p = self.lock_pushers();
+        let v = p.entry(device).or_default();
+        if !v.iter().any(|(id, _)| *id == ctx.conn_id) {
+            v.push((ctx.conn_id, ctx.push.clone()));
+        }
+    }
+
+    async fn register_start(&self, r: v1::OpaqueRegisterStartRequest) -> Reply {
+        let username = normalize_username(&r.username)?;
+        let request = RegistrationRequest::<OpaqueSuite>::deserialize(&r.registration_request)
+            .map_err(|_| Fail::bad("invalid OPAQUE registration request"))?;
+        let u = username.clone();
+        if self.db(move |st| st.username_taken(&u)).await? {
+            return Err(Fail::new(Status::Conflict, "username is taken"));
+        }
+        let start = qpq_crypto::opaque_ke::ServerRegistration::<OpaqueSuite>::start(&self.opaque, request, username.as_bytes())
+            .map_err(|_| Fail::bad("invalid OPAQUE registration request"))?;
+        ok(v1::OpaqueRegisterStartResponse {
+            registration_response: Bytes::from(start.message.serialize().to_vec()),
+        })
+    }
+
+    async fn register_finish(&self, r: v1::OpaqueRegisterFinishRequest) -> Reply {
+        let username = normalize_username(&r.username)?;
+        let upload = RegistrationUpload::<OpaqueSuite>::deserialize(&r.registration_upload)
+            .map_err(|_| Fail::bad("invalid OPAQUE registration upload"))?;
+        let ik = key32(&r.identity_key, "identity_key")?;
+        let dk = key32(&r.device_key, "device_key")?;
+        let record = ServerRegistration::<OpaqueSuite>::finish(upload).serialize().to_vec();
+        self.db(move |st| st.create_account(&username, &ik, &dk, &record, now_secs()))
+            .await?;
+        ok(v1::OpaqueRegisterFinishResponse {})
+    }
+
+    async fn login_start(&self, r: v1::OpaqueLoginStartRequest) -> Reply {
+        let username = normalize_username(&r.username)?;
+        let ke1 = CredentialRequest::<OpaqueSuite>::deserialize(&r.ke1).map_err(|_| Fail::bad("invalid OPAQUE KE1"))?;
+        let u = username.clone();
+        let account = self.db(move |st| st.account_by_username(&u)).await?;
+        let (password_file, account_id) = match account {
+            Some(a) => (
+                Some(
+                    ServerRegistration::<OpaqueSuite>::deserialize(&a.opaque_record)
+                        .map_err(|_| Fail::new(Status::Internal, "stored credential is unreadable"))?,
+                ),
+                Some(a.id),
+            ),
+            // Unknown users get a fake, indistinguishable KE2 (RFC 9807 §10.9).
+            None => (None, None),
+        };
+        let start = ServerLogin::start(
+            &mut OsRng,
+            &self.opaque,
+            password_file,
+            ke1,
+            username.as_bytes(),
+            ServerLoginParameters::default(),
+        )
+        .map_err(|_| Fail::bad("invalid OPAQUE KE1"))?;
+        let mut login_id = [0u8; 16];
+        OsRng.fill_bytes(&mut login_id);
+        {
+            let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+            logins.retain(|_, l| l.created.elapsed() < LOGIN_TTL);
+            if logins.len() >= LOGINS_MAX {
+                return Err(Fail {
+                    status: Status::RateLimited,
+                    message: "too many logins in progress".into(),
+                    retry_after_ms: 1000,
+                });
+            }
+            logins.insert(
+                login_id,
+                PendingLogin {
+                    state: start.state,
+                    account: account_id,
+                    created: Instant::now(),
+                },
+            );
+        }
+        ok(v1::OpaqueLoginStartResponse {
+            login_id: Bytes::copy_from_slice(&login_id),
+            ke2: Bytes::from(start.message.serialize().to_vec()),
+        })
+    }
+
+    async fn login_finish(&self, r: v1::OpaqueLoginFinishRequest) -> Reply {
+        let id = id16(&r.login_id, "login_id")?;
+        let dk = key32(&r.device_key, "device_key")?;
+        let pending = self.logins.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let fail = || {
+            Metrics::inc(&self.metrics.auth_login_failure_total);
+            Fail::new(Status::Unauthorized, "login failed")
+        };
+        let Some(pending) = pending.filter(|p| p.created.elapsed() < LOGIN_TTL) else {
+            return Err(fail());
+        };
+        let ke3 = CredentialFinalization::<OpaqueSuite>::deserialize(&r.ke3).map_err(|_| fail())?;
+        pending
+            .state
+            .finish(ke3, ServerLoginParameters::default())
+            .map_err(|_| fail())?;
+        let account = pending.account.ok_or_else(fail)?;
+        let max = self.config.max_devices;
+        let device = self.db(move |st| st.add_device(account, &dk, max, now_secs())).await?;
+        let mut token = [0u8; 32];
+        OsRng.fill_bytes(&mut token);
+        let hash = token_hash(&token);
+        let expires_at = now_secs() + self.config.session_ttl;
+        self.db(move |st| st.create_session(&hash, device, expires_at)).await?;
+        Metrics::inc(&self.metrics.auth_login_success_total);
+        ok(v1::OpaqueLoginFinishResponse {
+            session_token: Bytes::copy_from_slice(&token),
+            expires_at,
+        })
+    }
+
+    async fn enqueue(&self, s: &Session, r: v1::EnqueueRequest) -> Result<v1::EnqueueResponse, Fail> {
+        let channel_id = id16(&r.channel_id, "channel_id")?;
+        let message_id = id16(&r.message_id, "message_id")?;
+        if r.payload.is_empty() {
+            return Err(Fail::bad("payload is empty"));
+        }
+        let max = self.config.max_message_bytes;
+        if r.payload.len() > max || r.welcome.len() > max {
+            return Err(Fail::new(Status::PayloadTooLarge, format!("messages are limited to {max} bytes")));
+        }
+        let kind = v1::MessageKind::try_from(r.kind).map_err(|_| Fail::bad("unknown message kind"))?;
+        let is_commit = kind == v1::MessageKind::Commit;
+        if is_commit != r.commit_epoch.is_some() {
+            return Err(Fail::bad("commit_epoch is required for commits and only for commits"));
+        }
+        if !is_commit && (!r.add_members.is_empty() || !r.remove_members.is_empty() || !r.welcome.is_empty()) {
+            return Err(Fail::bad("membership changes and Welcomes travel only with commits"));
+        }
+        let bytes = r.payload.len() as u64;
+        let op = EnqueueOp {
+            sender_account: s.account_id,
+            sender_device: s.device_id,
+            sender_device_key: s.device_key,
+            channel_id,
+            message_id,
+            payload: r.payload,
+            kind: r.kind,
+            commit_epoch: r.commit_epoch,
+            add_members: keys32(&r.add_members, "add_members entry")?,
+            remove_members: keys32(&r.remove_members, "remove_members entry")?,
+            welcome: r.welcome,
+            welcome_devices: keys32(&r.welcome_devices, "welcome_devices entry")?,
+            now_ms: now_ms(),
+            max_queue_depth: self.config.max_queue_depth,
+        };
+        let out = self.db(move |st| st.enqueue(op)).await?;
+        if !out.duplicate {
+            Metrics::inc(&self.metrics.enqueue_total);
+            self.metrics.enqueue_bytes_total.fetch_add(bytes, Ordering::Relaxed);
+        }
+        self.deliver(&out.deliveries);
+        Ok(v1::EnqueueResponse {
+            server_id: out.server_id,
+            duplicate: out.duplicate,
+            epoch: out.epoch,
+        })
+    }
+
+    /// Wakes FetchWaits and pushes `NewMessage` to connected devices.
+    fn deliver(&self, deliveries: &[crate::storage::Delivery]) {
+        if deliveries.is_empty() {
+            return;
+        }
+        {
+            let w = self.lock_waiters();
+            for d in deliveries {
+                if let Some(n) = w.get(&d.device_id) {
+                    n.notify_waiters();
+                }
+            }
+        }
+        let p = self.lock_pushers();
+        for d in deliveries {
+            let Some(conns) = p.get(&d.device_id) else { continue };
+            let mut m = to_wire(&d.message);
+            let omitted = m.payload.len() > PUSH_INLINE_MAX;
+            if omitted {
+                m.payload = Bytes::new();
+            }
+            let payload = v1::NewMessage {
+                message: Some(m),
+                payload_omitted: omitted,
+            }
+            .encode_to_vec();
+            for (_, tx) in conns {
+                let push = Push {
+                    event: qpq_proto::event::NEW_MESSAGE,
+                    payload: Bytes::from(payload.clone()),
+                };
+                // A full push queue means a slow client: it will Fetch instead.
+                if tx.try_send(push).is_ok() {
+                    Metrics::inc(&self.metrics.push_total);
+                }
+            }
+        }
+    }
+
+    async fn batch_enqueue(&self, s: &Session, r: v1::BatchEnqueueRequest) -> Reply {
+        if r.messages.len() > 256 {
+            return Err(Fail::new(Status::PayloadTooLarge, "at most 256 messages per batch"));
+        }
+        let mut results = Vec::with_capacity(r.messages.len());
+        for m in r.messages {
+            results.push(match self.enqueue(s, m).await {
+                Ok(resp) => v1::BatchEnqueueResult {
+                    status: 0,
+                    response: Some(resp),
+                    error: None,
+                },
+                Err(f) => v1::BatchEnqueueResult {
+                    status: u32::from(f.status.code()),
+                    response: None,
+                    error: Some(v1::Error {
+                        code: u32::from(f.status.code()),
+                        message: f.message,
+                        retry_after_ms: f.retry_after_ms,
+                    }),
+                },
+            });
+        }
+        ok(v1::BatchEnqueueResponse { results })
+    }
+
+    async fn fetch(&self, s: &Session, after: u64, limit: u32, channel: &[u8]) -> Result<Vec<v1::QueuedMessage>, Fail> {
+        let ch = optional_channel(channel)?;
+        let limit = if limit == 0 { 100 } else { (limit as usize).min(FETCH_MAX) };
+        let device = s.device_id;
+        let msgs = self
+            .db(move |st| st.fetch(device, after, limit, FETCH_MAX_BYTES, ch))
+            .await?;
+        Ok(msgs.iter().map(to_wire).collect())
+    }
+
+    async fn fetch_wait(&self, s: &Session, r: v1::FetchWaitRequest) -> Reply {
+        let timeout = Duration::from_millis(u64::from(r.timeout_ms).min(self.config.max_fetch_wait_ms));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let notify = self.waiter(s.device_id);
+        loop {
+            let woken = notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let msgs = self.fetch(s, r.after_seq, r.limit, &r.channel_id).await?;
+            if !msgs.is_empty() || tokio::time::Instant::now() >= deadline || self.is_draining() {
+                return ok(v1::FetchResponse { messages: msgs });
+            }
+            tokio::select! {
+                _ = &mut woken => {}
+                _ = self.shutdown.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    async fn create_channel(&self, s: &Session, r: v1::CreateChannelRequest) -> Reply {
+        let kind = match v1::ChannelKind::try_from(r.kind) {
+            Ok(v1::ChannelKind::Dm) => ChannelKind::Dm,
+            Ok(v1::ChannelKind::Group) => ChannelKind::Group,
+            Err(_) => return Err(Fail::bad("unknown channel kind")),
+        };
+        let members = keys32(&r.members, "member")?;
+        if kind == ChannelKind::Dm && (members.len() != 1 || members[0] == s.identity_key) {
+            return Err(Fail::bad("a DM names exactly one other member"));
+        }
+        if members.len() > 10_000 {
+            return Err(Fail::new(Status::PayloadTooLarge, "at most 10000 initial members"));
+        }
+        if r.metadata.len() > METADATA_MAX {
+            return Err(Fail::new(Status::PayloadTooLarge, "metadata is at most 64 KiB"));
+        }
+        let account = s.account_id;
+        let (ch, created) = self
+            .db(move |st| st.create_channel(kind, account, &members, &r.metadata, now_secs()))
+            .await?;
+        ok(v1::CreateChannelResponse {
+            channel_id: Bytes::copy_from_slice(&ch.id),
+            created,
+            epoch: ch.epoch,
+        })
+    }
+
+    async fn upload_blob(&self, s: &Session, r: v1::UploadBlobRequest) -> Reply {
+        let ch = id16(&r.channel_id, "channel_id")?;
+        let sha = key32(&r.sha256, "sha256")?;
+        if r.total_size == 0 || r.chunk.is_empty() {
+            return Err(Fail::bad("blobs and chunks are never empty"));
+        }
+        let max = self.config.max_blob_bytes;
+        if r.total_size > max {
+            return Err(Fail::new(Status::PayloadTooLarge, format!("blobs are limited to {max} bytes")));
+        }
+        let chunk = BlobChunk {
+            account_id: s.account_id,
+            channel_id: ch,
+            sha256: sha,
+            total_size: r.total_size,
+            offset: r.offset,
+            data: r.chunk,
+            now_ms: now_ms(),
+        };
+        let total = r.total_size;
+        let received = self.db(move |st| st.put_blob_chunk(chunk, max)).await?;
+        let mut complete = false;
+        if received == total {
+            let actual = self.db(move |st| st.blob_sha256(&ch, &sha)).await?;
+            let valid = actual == sha;
+            self.db(move |st| st.finish_blob(&ch, &sha, valid)).await?;
+            if !valid {
+                return Err(Fail::bad("SHA-256 of the uploaded bytes does not match; the upload was discarded"));
+            }
+            complete = true;
+        }
+        ok(v1::UploadBlobResponse { received, complete })
+    }
+}
+
+fn optional_channel(b: &[u8]) -> Result<Option<ChannelId>, Fail> {
+    if b.is_empty() {
+        Ok(None)
+    } else {
+        id16(b, "channel_id").map(Some)
+    }
+}
+
+/// Methods this server implements beyond Health and OPAQUE.
+const IMPLEMENTED: &[u16] = &[
+    method::LOGOUT,
+    method::ENQUEUE,
+    method::FETCH,
+    method::FETCH_WAIT,
+    method::PEEK,
+    method::ACK,
+    method::BATCH_ENQUEUE,
+    method::UPLOAD_KEY_PACKAGE,
+    method::FETCH_KEY_PACKAGE,
+    method::UPLOAD_HYBRID_KEY,
+    method::FETCH_HYBRID_KEY,
+    method::FETCH_HYBRID_KEYS,
+    method::CREATE_CHANNEL,
+    method::REMOVE_MEMBER,
+    method::UPDATE_GROUP_METADATA,
+    method::LIST_GROUP_MEMBERS,
+    method::RESOLVE_USER,
+    method::RESOLVE_IDENTITY,
+    method::UPLOAD_BLOB,
+    method::DOWNLOAD_BLOB,
+    method::REGISTER_DEVICE,
+    method::LIST_DEVICES,
+    method::REVOKE_DEVICE,
+    method::DELETE_ACCOUNT,
+];
+
+/// Builds an error response carrying `qpq.v1.Error`.
+pub fn error_response(request_id: u32, f: Fail) -> Response {
+    let code = u32::from(f.status.code());
+    Response {
+        status: f.status,
+        request_id,
+        payload: Bytes::from(
+            v1::Error {
+                code,
+                message: f.message,
+                retry_after_ms: f.retry_after_ms,
+            }
+            .encode_to_vec(),
+        ),
+    }
+}
+
+/// An error response from a status and message (for frame-level failures).
+pub fn status_response(request_id: u32, status: Status, message: impl Into<String>) -> Response {
+    error_response(request_id, Fail::new(status, message))
+}
+
+impl Service {
+    /// The effective configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}

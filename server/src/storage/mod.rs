@@ -1,0 +1,324 @@
+//! Server storage: one trait ([`Storage`]) with the operations the service needs, and the
+//! SQLite backend ([`sqlite::SqliteStorage`]).
+//!
+//! Every method is blocking: the service calls them from `spawn_blocking`. Each write method
+//! is one transaction; when it returns `Ok`, the change is on disk (the SQLite backend runs
+//! WAL with `synchronous=FULL` and a group-commit writer).
+
+pub mod sqlite;
+
+use bytes::Bytes;
+
+/// Row id of an account.
+pub type AccountId = i64;
+/// Row id of a device.
+pub type DeviceId = i64;
+/// A 32-byte public key (identity or device).
+pub type Key32 = [u8; 32];
+/// A 16-byte channel id.
+pub type ChannelId = [u8; 16];
+
+/// Why a storage operation failed. Messages are safe to show to clients.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The change conflicts with what is stored (taken name, stale epoch, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A configured limit was reached (devices, queue depth, KeyPackages, blob size).
+    #[error("{0}")]
+    Limit(String),
+    /// The request is inconsistent with stored state (wrong blob offset, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The disk is full: nothing was written.
+    #[error("storage is full")]
+    Full,
+    /// The database failed; nothing was written.
+    #[error("storage failure")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(f, _) = &e {
+            if f.code == rusqlite::ErrorCode::DiskFull {
+                return StorageError::Full;
+            }
+        }
+        StorageError::Backend(e.to_string())
+    }
+}
+
+/// Result of a storage call.
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// A registered account.
+#[derive(Clone)]
+pub struct Account {
+    /// Row id.
+    pub id: AccountId,
+    /// Unique, lowercase.
+    pub username: String,
+    /// Ed25519 public key of the account.
+    pub identity_key: Key32,
+    /// Serialized OPAQUE registration record (`ServerRegistration`).
+    pub opaque_record: Vec<u8>,
+}
+
+/// A device of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Row id.
+    pub id: DeviceId,
+    /// Owner.
+    pub account_id: AccountId,
+    /// The device's Ed25519 public key.
+    pub device_key: Key32,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// A live session, resolved from a token hash.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Account of the token.
+    pub account_id: AccountId,
+    /// Device of the token.
+    pub device_id: DeviceId,
+    /// Device key of the token's device.
+    pub device_key: Key32,
+    /// Identity key of the token's account.
+    pub identity_key: Key32,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// Kind of a channel (the values of `qpq.v1.ChannelKind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// A group of any size.
+    Group = 0,
+    /// A direct conversation between two accounts.
+    Dm = 1,
+}
+
+/// A channel.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    /// Random 16-byte id.
+    pub id: ChannelId,
+    /// DM or group.
+    pub kind: ChannelKind,
+    /// The next commit epoch the server accepts.
+    pub epoch: u64,
+    /// Opaque to the server.
+    pub metadata: Vec<u8>,
+}
+
+/// A member of a channel, with its devices.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Account identity key.
+    pub identity_key: Key32,
+    /// Username.
+    pub username: String,
+    /// Device keys of the account.
+    pub device_keys: Vec<Key32>,
+}
+
+/// One message in a device queue.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    /// Per-device sequence number.
+    pub seq: u64,
+    /// Channel it belongs to.
+    pub channel_id: ChannelId,
+    /// Sending device key.
+    pub sender_device: Key32,
+    /// Client-chosen message id.
+    pub message_id: Bytes,
+    /// Opaque payload.
+    pub payload: Bytes,
+    /// Unix milliseconds at acceptance.
+    pub server_time_ms: u64,
+    /// `qpq.v1.MessageKind` value.
+    pub kind: i32,
+}
+
+/// An Enqueue, validated by the service (sizes, sender binding) and executed atomically.
+#[derive(Debug, Clone)]
+pub struct EnqueueOp {
+    /// Account of the session.
+    pub sender_account: AccountId,
+    /// Device of the session.
+    pub sender_device: DeviceId,
+    /// Device key of the session.
+    pub sender_device_key: Key32,
+    /// Target channel.
+    pub channel_id: ChannelId,
+    /// Client-chosen id (16 bytes); idempotency key with the sender device.
+    pub message_id: [u8; 16],
+    /// Opaque payload.
+    pub payload: Bytes,
+    /// `qpq.v1.MessageKind` value.
+    pub kind: i32,
+    /// For commits: the epoch committed from.
+    pub commit_epoch: Option<u64>,
+    /// Identity keys joining the channel with this commit.
+    pub add_members: Vec<Key32>,
+    /// Identity keys leaving the channel with this commit.
+    pub remove_members: Vec<Key32>,
+    /// Welcome for new devices (empty when none).
+    pub welcome: Bytes,
+    /// Devices that get the Welcome; empty means every device of `add_members`.
+    pub welcome_devices: Vec<Key32>,
+    /// Acceptance time, Unix milliseconds.
+    pub now_ms: u64,
+    /// Per-device queue cap.
+    pub max_queue_depth: u64,
+}
+
+/// A message queued for one device by an Enqueue (used to wake and push to it).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Recipient device.
+    pub device_id: DeviceId,
+    /// What was queued.
+    pub message: QueuedMessage,
+}
+
+/// What an Enqueue did.
+#[derive(Debug, Clone)]
+pub struct EnqueueOutcome {
+    /// Row id of the stored payload; stable across retries.
+    pub server_id: u64,
+    /// True when the message id had been accepted before (nothing new was stored).
+    pub duplicate: bool,
+    /// The channel's next commit epoch.
+    pub epoch: u64,
+    /// Messages queued, one per recipient device.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// One uploaded blob chunk.
+#[derive(Debug, Clone)]
+pub struct BlobChunk {
+    /// Uploading account (must be a member of the channel).
+    pub account_id: AccountId,
+    /// Channel scope.
+    pub channel_id: ChannelId,
+    /// Declared SHA-256 of the whole blob.
+    pub sha256: Key32,
+    /// Declared total size.
+    pub total_size: u64,
+    /// Must equal the bytes stored so far.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Bytes,
+    /// Unix milliseconds.
+    pub now_ms: u64,
+}
+
+/// The server's persistent state. Implementations must make every write method atomic and
+/// durable when it returns `Ok`.
+pub trait Storage: Send + Sync + 'static {
+    /// Returns the named server secret, creating it with `init` if absent (atomically).
+    fn server_secret(&self, name: &str, init: Vec<u8>) -> StorageResult<Vec<u8>>;
+
+    /// Whether the username is registered.
+    fn username_taken(&self, username: &str) -> StorageResult<bool>;
+    /// Creates an account with its first device. Conflict when the username or a key is taken.
+    fn create_account(
+        &self,
+        username: &str,
+        identity_key: &Key32,
+        device_key: &Key32,
+        opaque_record: &[u8],
+        now: u64,
+    ) -> StorageResult<AccountId>;
+    /// Looks an account up by username.
+    fn account_by_username(&self, username: &str) -> StorageResult<Option<Account>>;
+    /// Looks an account up by identity key.
+    fn account_by_identity(&self, identity_key: &Key32) -> StorageResult<Option<Account>>;
+    /// Deletes the account and everything of it, in one transaction.
+    fn delete_account(&self, account: AccountId) -> StorageResult<()>;
+
+    /// Devices of an account, oldest first.
+    fn devices(&self, account: AccountId) -> StorageResult<Vec<Device>>;
+    /// Adds a device (idempotent for a key the account already has). Limit when the account
+    /// has `max` devices; Conflict when another account uses the key.
+    fn add_device(&self, account: AccountId, device_key: &Key32, max: usize, now: u64) -> StorageResult<DeviceId>;
+    /// Removes a device with its sessions, queue and KeyPackages.
+    fn revoke_device(&self, account: AccountId, device_key: &Key32) -> StorageResult<()>;
+
+    /// Stores a session token hash.
+    fn create_session(&self, token_hash: &Key32, device: DeviceId, expires_at: u64) -> StorageResult<()>;
+    /// Resolves a token hash to a live session (None when unknown or expired at `now`).
+    fn session(&self, token_hash: &Key32, now: u64) -> StorageResult<Option<Session>>;
+    /// Deletes a session.
+    fn delete_session(&self, token_hash: &Key32) -> StorageResult<()>;
+
+    /// Stores KeyPackages for a device; returns the count after. Limit over `cap`.
+    fn add_key_packages(&self, device: DeviceId, packages: Vec<Bytes>, cap: u64) -> StorageResult<u64>;
+    /// Pops the oldest KeyPackage of a device, atomically.
+    fn pop_key_package(&self, device_key: &Key32) -> StorageResult<Option<Vec<u8>>>;
+    /// Sets a device's hybrid public key.
+    fn set_hybrid_key(&self, device: DeviceId, key: &[u8]) -> StorageResult<()>;
+    /// Hybrid keys of the listed devices that have one.
+    fn hybrid_keys(&self, device_keys: &[Key32]) -> StorageResult<Vec<(Key32, Vec<u8>)>>;
+
+    /// Creates a channel; for a DM between the two accounts returns the existing one.
+    /// Returns the channel and whether it was created.
+    fn create_channel(
+        &self,
+        kind: ChannelKind,
+        creator: AccountId,
+        members: &[Key32],
+        metadata: &[u8],
+        now: u64,
+    ) -> StorageResult<(Channel, bool)>;
+    /// A channel by id.
+    fn channel(&self, id: &ChannelId) -> StorageResult<Option<Channel>>;
+    /// Whether the account is a member.
+    fn is_member(&self, channel: &ChannelId, account: AccountId) -> StorageResult<bool>;
+    /// Members with their devices.
+    fn members(&self, channel: &ChannelId) -> StorageResult<Vec<Member>>;
+    /// Removes a member; NotFound when it was not one. Only a member may call.
+    fn remove_member(&self, channel: &ChannelId, by: AccountId, member: &Key32) -> StorageResult<()>;
+    /// Replaces the opaque metadata. Only a member may call.
+    fn set_metadata(&self, channel: &ChannelId, by: AccountId, metadata: &[u8]) -> StorageResult<()>;
+
+    /// Executes an Enqueue atomically (see `qpq.v1.EnqueueRequest`).
+    fn enqueue(&self, op: EnqueueOp) -> StorageResult<EnqueueOutcome>;
+    /// Queued messages of a device after `after_seq`, oldest first, at most `limit` and about
+    /// `max_bytes` of payload.
+    fn fetch(
+        &self,
+        device: DeviceId,
+        after_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+        channel: Option<ChannelId>,
+    ) -> StorageResult<Vec<QueuedMessage>>;
+    /// Count and highest sequence number of a device's queue.
+    fn peek(&self, device: DeviceId, channel: Option<ChannelId>) -> StorageResult<(u64, u64)>;
+    /// Removes acked messages; returns how many were removed.
+    fn ack(&self, device: DeviceId, up_to_seq: u64, seqs: &[u64]) -> StorageResult<u64>;
+    /// Total queued entries (for the `delivery_queue_depth` gauge).
+    fn queue_depth(&self) -> StorageResult<u64>;
+
+    /// Stores a blob chunk; returns bytes received so far.
+    fn put_blob_chunk(&self, chunk: BlobChunk, max_size: u64) -> StorageResult<u64>;
+    /// Reads a complete or partial blob's bytes in order, for verification.
+    fn blob_sha256(&self, channel: &ChannelId, sha256: &Key32) -> StorageResult<Key32>;
+    /// Marks a fully received blob complete, or deletes it when `valid` is false.
+    fn finish_blob(&self, channel: &ChannelId, sha256: &Key32, valid: bool) -> StorageResult<()>;
+    /// Reads a range of a complete blob: (bytes, total size). NotFound when absent or incomplete.
+    fn read_blob(&self, channel: &ChannelId, sha256: &Key32, offset: u64, len: u64) -> StorageResult<(Vec<u8>, u64)>;
+}

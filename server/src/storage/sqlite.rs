@@ -1,0 +1,1105 @@
+//! SQLite backend: WAL, `synchronous=FULL`, one writer thread with group commit, a small pool
+//! of read connections.
+//!
+//! Group commit: write operations are closures sent to the writer thread. The thread takes
+//! every operation that is waiting (up to [`MAX_BATCH`]), runs each inside its own SAVEPOINT
+//! (so one failing operation rolls back alone), commits the batch with one fsync, and only
+//! then answers the callers. Under load many enqueues share one fsync; alone, an enqueue pays
+//! exactly one.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use super::*;
+
+/// Most write operations committed together.
+pub const MAX_BATCH: usize = 256;
+const READERS: usize = 4;
+
+const MIGRATIONS: &[&str] = &[
+    // v1
+    "
+    CREATE TABLE server_state(name TEXT PRIMARY KEY, value BLOB NOT NULL);
+    CREATE TABLE accounts(
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        identity_key BLOB NOT NULL UNIQUE,
+        opaque_record BLOB NOT NULL,
+        created_at INTEGER NOT NULL);
+    CREATE TABLE devices(
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        device_key BLOB NOT NULL UNIQUE,
+        hybrid_key BLOB,
+        next_seq INTEGER NOT NULL DEFAULT 1,
+        created_at INTEGER NOT NULL);
+    CREATE INDEX devices_account ON devices(account_id);
+    CREATE TABLE sessions(
+        token_hash BLOB PRIMARY KEY,
+        device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        expires_at INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX sessions_device ON sessions(device_id);
+    CREATE TABLE key_packages(
+        id INTEGER PRIMARY KEY,
+        device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        data BLOB NOT NULL);
+    CREATE INDEX key_packages_device ON key_packages(device_id, id);
+    CREATE TABLE channels(
+        id BLOB PRIMARY KEY,
+        kind INTEGER NOT NULL,
+        dm_key BLOB UNIQUE,
+        epoch INTEGER NOT NULL DEFAULT 0,
+        metadata BLOB NOT NULL DEFAULT x'',
+        created_at INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE channel_members(
+        channel_id BLOB NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        PRIMARY KEY(channel_id, account_id)) WITHOUT ROWID;
+    CREATE INDEX channel_members_account ON channel_members(account_id);
+    CREATE TABLE payloads(
+        id INTEGER PRIMARY KEY,
+        channel_id BLOB NOT NULL,
+        sender_device BLOB NOT NULL,
+        message_id BLOB NOT NULL,
+        kind INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        created_ms INTEGER NOT NULL);
+    CREATE INDEX payloads_sender ON payloads(sender_device);
+    CREATE TABLE queue(
+        device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        channel_id BLOB NOT NULL,
+        payload_id INTEGER NOT NULL REFERENCES payloads(id),
+        PRIMARY KEY(device_id, seq)) WITHOUT ROWID;
+    CREATE INDEX queue_payload ON queue(payload_id);
+    CREATE TABLE enqueue_ids(
+        sender_device INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        message_id BLOB NOT NULL,
+        payload_id INTEGER NOT NULL,
+        epoch INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY(sender_device, message_id)) WITHOUT ROWID;
+    CREATE TABLE blobs(
+        channel_id BLOB NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+        sha256 BLOB NOT NULL,
+        uploader INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        total_size INTEGER NOT NULL,
+        received INTEGER NOT NULL,
+        complete INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY(channel_id, sha256)) WITHOUT ROWID;
+    CREATE TABLE blob_chunks(
+        channel_id BLOB NOT NULL,
+        sha256 BLOB NOT NULL,
+        offset INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY(channel_id, sha256, offset),
+        FOREIGN KEY(channel_id, sha256) REFERENCES blobs(channel_id, sha256) ON DELETE CASCADE) WITHOUT ROWID;
+    ",
+];
+
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+type Job = Box<dyn WriteJob>;
+
+trait WriteJob: Send {
+    /// Runs inside the batch transaction; returns whether it succeeded.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller once the batch committed (or failed to).
+    fn finish(self: Box<Self>, commit: Result<(), StorageError>);
+}
+
+struct Pending<T, F> {
+    f: Option<F>,
+    result: Option<StorageResult<T>>,
+    reply: mpsc::SyncSender<StorageResult<T>>,
+}
+
+impl<T, F> WriteJob for Pending<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> StorageResult<T> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let r = match self.f.take() {
+            Some(f) => f(conn),
+            None => Err(StorageError::Backend("job ran twice".into())),
+        };
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), StorageError>) {
+        let r = match (self.result, commit) {
+            (Some(Ok(_)), Err(e)) => Err(e),
+            (Some(r), _) => r,
+            (None, Err(e)) => Err(e),
+            (None, Ok(())) => Err(StorageError::Backend("job did not run".into())),
+        };
+        // The caller may have gone away (cancelled request); nothing to do then.
+        let _ = self.reply.send(r);
+    }
+}
+
+/// The SQLite storage backend.
+pub struct SqliteStorage {
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+    )
+}
+
+fn migrate(conn: &mut Connection) -> StorageResult<()> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if current > MIGRATIONS.len() {
+        return Err(StorageError::Backend(format!(
+            "database schema v{current} is newer than this server (v{})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let commit = run_batch(&conn, &mut batch);
+        for job in batch {
+            job.finish(commit.clone());
+        }
+    }
+}
+
+fn run_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    for job in batch.iter_mut() {
+        let step = (|| -> Result<(), StorageError> {
+            conn.execute_batch("SAVEPOINT job")?;
+            if job.run(conn) {
+                conn.execute_batch("RELEASE job")?;
+            } else {
+                conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = step {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+fn key32(v: Vec<u8>) -> rusqlite::Result<Key32> {
+    v.try_into()
+        .map_err(|_| rusqlite::Error::InvalidColumnType(0, "key32".into(), rusqlite::types::Type::Blob))
+}
+
+fn id16(v: Vec<u8>) -> rusqlite::Result<ChannelId> {
+    v.try_into()
+        .map_err(|_| rusqlite::Error::InvalidColumnType(0, "id16".into(), rusqlite::types::Type::Blob))
+}
+
+fn channel_kind(v: i64) -> ChannelKind {
+    if v == ChannelKind::Dm as i64 {
+        ChannelKind::Dm
+    } else {
+        ChannelKind::Group
+    }
+}
+
+impl SqliteStorage {
+    /// Opens (creating and migrating if needed) the database at `path`.
+    pub fn open(path: &Path) -> StorageResult<SqliteStorage> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StorageError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut conn = Connection::open(path)?;
+        configure(&conn)?;
+        migrate(&mut conn)?;
+        let integrity: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if integrity != "ok" {
+            return Err(StorageError::Backend(format!("database integrity check failed: {integrity}")));
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("qpq-db-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StorageError::Backend(format!("cannot start writer: {e}")))?;
+        Ok(SqliteStorage {
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Stops the writer after the operations already queued, and waits for it.
+    pub fn close(&self) {
+        if let Ok(mut w) = self.writer.lock() {
+            w.take();
+        }
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+
+    fn write<T, F>(&self, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StorageResult<T> + Send + 'static,
+    {
+        let (reply, rx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(Pending {
+            f: Some(f),
+            result: None,
+            reply,
+        });
+        {
+            let w = self.writer.lock().map_err(|_| StorageError::Backend("writer lock poisoned".into()))?;
+            let w = w.as_ref().ok_or_else(|| StorageError::Backend("storage is closed".into()))?;
+            w.send(job).map_err(|_| StorageError::Backend("writer stopped".into()))?;
+        }
+        rx.recv().map_err(|_| StorageError::Backend("writer stopped".into()))?
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> StorageResult<T>) -> StorageResult<T> {
+        let conn = {
+            let mut pool = self.readers.lock().map_err(|_| StorageError::Backend("reader lock poisoned".into()))?;
+            pool.pop()
+        };
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(std::time::Duration::from_secs(10))?;
+                c
+            }
+        };
+        let r = f(&conn);
+        if let Ok(mut pool) = self.readers.lock() {
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+        }
+        r
+    }
+}
+
+impl Drop for SqliteStorage {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        identity_key: key32(r.get(2)?)?,
+        opaque_record: r.get(3)?,
+    })
+}
+
+fn account_id_by_identity(conn: &Connection, key: &Key32) -> StorageResult<AccountId> {
+    conn.prepare_cached("SELECT id FROM accounts WHERE identity_key = ?1")?
+        .query_row([&key[..]], |r| r.get(0))
+        .optional()?
+        .ok_or(StorageError::NotFound("user"))
+}
+
+fn member_check(conn: &Connection, channel: &ChannelId, account: AccountId) -> StorageResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM channel_members WHERE channel_id = ?1 AND account_id = ?2")?
+        .exists(params![&channel[..], account])?)
+}
+
+fn channel_row(conn: &Connection, id: &ChannelId) -> StorageResult<Option<Channel>> {
+    Ok(conn
+        .prepare_cached("SELECT kind, epoch, metadata FROM channels WHERE id = ?1")?
+        .query_row([&id[..]], |r| {
+            Ok(Channel {
+                id: *id,
+                kind: channel_kind(r.get(0)?),
+                epoch: r.get::<_, i64>(1)? as u64,
+                metadata: r.get(2)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Queues `payload_id` for each device, assigning each its next sequence number.
+fn fan_out(
+    conn: &Connection,
+    devices: &[DeviceId],
+    channel: &ChannelId,
+    payload_id: i64,
+    template: &QueuedMessage,
+    max_depth: u64,
+    out: &mut Vec<Delivery>,
+) -> StorageResult<()> {
+    let mut next = conn.prepare_cached(
+        "UPDATE devices SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq - 1",
+    )?;
+    let mut depth = conn.prepare_cached("SELECT count(*) FROM queue WHERE device_id = ?1")?;
+    let mut ins = conn.prepare_cached(
+        "INSERT INTO queue(device_id, seq, channel_id, payload_id) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for &d in devices {
+        let n: i64 = depth.query_row([d], |r| r.get(0))?;
+        if n as u64 >= max_depth {
+            return Err(StorageError::Limit(format!(
+                "a recipient's queue is full ({max_depth} messages)"
+            )));
+        }
+        let seq: i64 = next.query_row([d], |r| r.get(0))?;
+        ins.execute(params![d, seq, &channel[..], payload_id])?;
+        let mut m = template.clone();
+        m.seq = seq as u64;
+        out.push(Delivery {
+            device_id: d,
+            message: m,
+        });
+    }
+    Ok(())
+}
+
+fn member_devices(conn: &Connection, channel: &ChannelId) -> StorageResult<Vec<(DeviceId, Key32, AccountId)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT d.id, d.device_key, d.account_id FROM channel_members m JOIN devices d ON d.account_id = m.account_id
+         WHERE m.channel_id = ?1 ORDER BY d.id",
+    )?;
+    let rows = st.query_map([&channel[..]], |r| Ok((r.get(0)?, key32(r.get(1)?)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome> {
+    let channel = channel_row(conn, &op.channel_id)?.ok_or(StorageError::NotFound("channel"))?;
+    if !member_check(conn, &op.channel_id, op.sender_account)? {
+        return Err(StorageError::Forbidden("not a member of the channel".into()));
+    }
+    // Idempotency: a retry of an accepted message id answers as the first time did.
+    let seen: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT payload_id, epoch FROM enqueue_ids WHERE sender_device = ?1 AND message_id = ?2")?
+        .query_row(params![op.sender_device, &op.message_id[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((payload_id, epoch)) = seen {
+        return Ok(EnqueueOutcome {
+            server_id: payload_id as u64,
+            duplicate: true,
+            epoch: epoch as u64,
+            deliveries: Vec::new(),
+        });
+    }
+    let mut epoch = channel.epoch;
+    if let Some(e) = op.commit_epoch {
+        if e != channel.epoch {
+            return Err(StorageError::Conflict(format!(
+                "commit from epoch {e} rejected: the channel is at epoch {}",
+                channel.epoch
+            )));
+        }
+        epoch = e + 1;
+        conn.prepare_cached("UPDATE channels SET epoch = ?2 WHERE id = ?1")?
+            .execute(params![&op.channel_id[..], epoch as i64])?;
+    }
+    // Recipients of the message: every device of the members before this change (so removed
+    // members learn of their removal), except the sender and the Welcome's recipients.
+    let before = member_devices(conn, &op.channel_id)?;
+    for key in &op.remove_members {
+        let id = account_id_by_identity(conn, key)?;
+        conn.prepare_cached("DELETE FROM channel_members WHERE channel_id = ?1 AND account_id = ?2")?
+            .execute(params![&op.channel_id[..], id])?;
+    }
+    let mut added = Vec::new();
+    for key in &op.add_members {
+        let id = account_id_by_identity(conn, key)?;
+        conn.prepare_cached("INSERT OR IGNORE INTO channel_members(channel_id, account_id) VALUES (?1, ?2)")?
+            .execute(params![&op.channel_id[..], id])?;
+        added.push(id);
+    }
+    let mut welcome_to: Vec<DeviceId> = Vec::new();
+    if !op.welcome.is_empty() {
+        let after = member_devices(conn, &op.channel_id)?;
+        if op.welcome_devices.is_empty() {
+            welcome_to = after.iter().filter(|d| added.contains(&d.2)).map(|d| d.0).collect();
+        } else {
+            for key in &op.welcome_devices {
+                let d = after
+                    .iter()
+                    .find(|d| d.1 == *key)
+                    .ok_or_else(|| StorageError::Invalid("a Welcome device is not a device of a member".into()))?;
+                welcome_to.push(d.0);
+            }
+        }
+        if welcome_to.is_empty() {
+            return Err(StorageError::Invalid("a Welcome needs at least one recipient device".into()));
+        }
+    }
+    let recipients: Vec<DeviceId> = before
+        .iter()
+        .map(|d| d.0)
+        .filter(|d| *d != op.sender_device && !welcome_to.contains(d))
+        .collect();
+
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO payloads(channel_id, sender_device, message_id, kind, data, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    insert.execute(params![
+        &op.channel_id[..],
+        &op.sender_device_key[..],
+        &op.message_id[..],
+        op.kind,
+        &op.payload[..],
+        op.now_ms as i64
+    ])?;
+    let payload_id = conn.last_insert_rowid();
+    conn.prepare_cached(
+        "INSERT INTO enqueue_ids(sender_device, message_id, payload_id, epoch, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![op.sender_device, &op.message_id[..], payload_id, epoch as i64, op.now_ms as i64])?;
+
+    let template = QueuedMessage {
+        seq: 0,
+        channel_id: op.channel_id,
+        sender_device: op.sender_device_key,
+        message_id: Bytes::copy_from_slice(&op.message_id),
+        payload: op.payload.clone(),
+        server_time_ms: op.now_ms,
+        kind: op.kind,
+    };
+    let mut deliveries = Vec::with_capacity(recipients.len() + welcome_to.len());
+    fan_out(conn, &recipients, &op.channel_id, payload_id, &template, op.max_queue_depth, &mut deliveries)?;
+    if !welcome_to.is_empty() {
+        // The Welcome is stored once too; its id is derived from the commit's id.
+        let mut wid = op.message_id;
+        wid[15] ^= 0x80;
+        insert.execute(params![
+            &op.channel_id[..],
+            &op.sender_device_key[..],
+            &wid[..],
+            2i32,
+            &op.welcome[..],
+            op.now_ms as i64
+        ])?;
+        let welcome_id = conn.last_insert_rowid();
+        let wt = QueuedMessage {
+            message_id: Bytes::copy_from_slice(&wid),
+            payload: op.welcome.clone(),
+            kind: 2,
+            ..template
+        };
+        fan_out(conn, &welcome_to, &op.channel_id, welcome_id, &wt, op.max_queue_depth, &mut deliveries)?;
+    }
+    if recipients.is_empty() && welcome_to.is_empty() {
+        // Nobody to deliver to: keep only the idempotency record.
+        conn.prepare_cached("DELETE FROM payloads WHERE id = ?1")?.execute([payload_id])?;
+    }
+    Ok(EnqueueOutcome {
+        server_id: payload_id as u64,
+        duplicate: false,
+        epoch,
+        deliveries,
+    })
+}
+
+fn gc_payloads(conn: &Connection, ids: &[i64]) -> StorageResult<()> {
+    let mut del = conn.prepare_cached(
+        "DELETE FROM payloads WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM queue WHERE payload_id = ?1)",
+    )?;
+    for id in ids {
+        del.execute([id])?;
+    }
+    Ok(())
+}
+
+fn purge_device(conn: &Connection, device: DeviceId) -> StorageResult<()> {
+    let ids: Vec<i64> = conn
+        .prepare_cached("DELETE FROM queue WHERE device_id = ?1 RETURNING payload_id")?
+        .query_map([device], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    gc_payloads(conn, &ids)?;
+    // Payloads this device sent that still wait in other queues.
+    let key: Vec<u8> = conn.query_row("SELECT device_key FROM devices WHERE id = ?1", [device], |r| r.get(0))?;
+    conn.execute(
+        "DELETE FROM queue WHERE payload_id IN (SELECT id FROM payloads WHERE sender_device = ?1)",
+        [&key],
+    )?;
+    conn.execute("DELETE FROM payloads WHERE sender_device = ?1", [&key])?;
+    conn.execute("DELETE FROM devices WHERE id = ?1", [device])?;
+    Ok(())
+}
+
+impl Storage for SqliteStorage {
+    fn server_secret(&self, name: &str, init: Vec<u8>) -> StorageResult<Vec<u8>> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO server_state(name, value) VALUES (?1, ?2)",
+                params![name, init],
+            )?;
+            Ok(c.query_row("SELECT value FROM server_state WHERE name = ?1", [&name], |r| r.get(0))?)
+        })
+    }
+
+    fn username_taken(&self, username: &str) -> StorageResult<bool> {
+        self.read(|c| Ok(c.prepare_cached("SELECT 1 FROM accounts WHERE username = ?1")?.exists([username])?))
+    }
+
+    fn create_account(
+        &self,
+        username: &str,
+        identity_key: &Key32,
+        device_key: &Key32,
+        opaque_record: &[u8],
+        now: u64,
+    ) -> StorageResult<AccountId> {
+        let (username, ik, dk, rec) = (username.to_owned(), *identity_key, *device_key, opaque_record.to_vec());
+        self.write(move |c| {
+            let taken = c
+                .prepare_cached("SELECT 1 FROM accounts WHERE username = ?1 OR identity_key = ?2")?
+                .exists(params![username, &ik[..]])?;
+            if taken {
+                return Err(StorageError::Conflict("username or identity key already registered".into()));
+            }
+            if c.prepare_cached("SELECT 1 FROM devices WHERE device_key = ?1")?.exists([&dk[..]])? {
+                return Err(StorageError::Conflict("device key already registered".into()));
+            }
+            c.prepare_cached(
+                "INSERT INTO accounts(username, identity_key, opaque_record, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![username, &ik[..], rec, now as i64])?;
+            let id = c.last_insert_rowid();
+            c.prepare_cached("INSERT INTO devices(account_id, device_key, created_at) VALUES (?1, ?2, ?3)")?
+                .execute(params![id, &dk[..], now as i64])?;
+            Ok(id)
+        })
+    }
+
+    fn account_by_username(&self, username: &str) -> StorageResult<Option<Account>> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT id, username, identity_key, opaque_record FROM accounts WHERE username = ?1")?
+                .query_row([username], account_row)
+                .optional()?)
+        })
+    }
+
+    fn account_by_identity(&self, identity_key: &Key32) -> StorageResult<Option<Account>> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT id, username, identity_key, opaque_record FROM accounts WHERE identity_key = ?1",
+            )?
+            .query_row([&identity_key[..]], account_row)
+            .optional()?)
+        })
+    }
+
+    fn delete_account(&self, account: AccountId) -> StorageResult<()> {
+        self.write(move |c| {
+            let devices: Vec<DeviceId> = c
+                .prepare("SELECT id FROM devices WHERE account_id = ?1")?
+                .query_map([account], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for d in devices {
+                purge_device(c, d)?;
+            }
+            c.execute("DELETE FROM accounts WHERE id = ?1", [account])?;
+            // Channels nobody belongs to any more go too (with their blobs).
+            c.execute(
+                "DELETE FROM channels WHERE NOT EXISTS (SELECT 1 FROM channel_members m WHERE m.channel_id = channels.id)",
+                [],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn devices(&self, account: AccountId) -> StorageResult<Vec<Device>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, account_id, device_key, created_at FROM devices WHERE account_id = ?1 ORDER BY id",
+            )?;
+            let rows = st.query_map([account], |r| {
+                Ok(Device {
+                    id: r.get(0)?,
+                    account_id: r.get(1)?,
+                    device_key: key32(r.get(2)?)?,
+                    created_at: r.get::<_, i64>(3)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn add_device(&self, account: AccountId, device_key: &Key32, max: usize, now: u64) -> StorageResult<DeviceId> {
+        let dk = *device_key;
+        self.write(move |c| {
+            let existing: Option<(DeviceId, AccountId)> = c
+                .prepare_cached("SELECT id, account_id FROM devices WHERE device_key = ?1")?
+                .query_row([&dk[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            match existing {
+                Some((id, owner)) if owner == account => return Ok(id),
+                Some(_) => return Err(StorageError::Conflict("device key belongs to another account".into())),
+                None => {}
+            }
+            let n: i64 = c.query_row("SELECT count(*) FROM devices WHERE account_id = ?1", [account], |r| r.get(0))?;
+            if n as usize >= max {
+                return Err(StorageError::Limit(format!("an account has at most {max} devices")));
+            }
+            c.prepare_cached("INSERT INTO devices(account_id, device_key, created_at) VALUES (?1, ?2, ?3)")?
+                .execute(params![account, &dk[..], now as i64])?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    fn revoke_device(&self, account: AccountId, device_key: &Key32) -> StorageResult<()> {
+        let dk = *device_key;
+        self.write(move |c| {
+            let id: DeviceId = c
+                .prepare_cached("SELECT id FROM devices WHERE device_key = ?1 AND account_id = ?2")?
+                .query_row(params![&dk[..], account], |r| r.get(0))
+                .optional()?
+                .ok_or(StorageError::NotFound("device"))?;
+            purge_device(c, id)
+        })
+    }
+
+    fn create_session(&self, token_hash: &Key32, device: DeviceId, expires_at: u64) -> StorageResult<()> {
+        let th = *token_hash;
+        self.write(move |c| {
+            c.prepare_cached("INSERT INTO sessions(token_hash, device_id, expires_at) VALUES (?1, ?2, ?3)")?
+                .execute(params![&th[..], device, expires_at as i64])?;
+            Ok(())
+        })
+    }
+
+    fn session(&self, token_hash: &Key32, now: u64) -> StorageResult<Option<Session>> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT d.account_id, d.id, d.device_key, a.identity_key, s.expires_at
+                 FROM sessions s JOIN devices d ON d.id = s.device_id JOIN accounts a ON a.id = d.account_id
+                 WHERE s.token_hash = ?1 AND s.expires_at > ?2",
+            )?
+            .query_row(params![&token_hash[..], now as i64], |r| {
+                Ok(Session {
+                    account_id: r.get(0)?,
+                    device_id: r.get(1)?,
+                    device_key: key32(r.get(2)?)?,
+                    identity_key: key32(r.get(3)?)?,
+                    expires_at: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .optional()?)
+        })
+    }
+
+    fn delete_session(&self, token_hash: &Key32) -> StorageResult<()> {
+        let th = *token_hash;
+        self.write(move |c| {
+            c.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?.execute([&th[..]])?;
+            Ok(())
+        })
+    }
+
+    fn add_key_packages(&self, device: DeviceId, packages: Vec<Bytes>, cap: u64) -> StorageResult<u64> {
+        self.write(move |c| {
+            let n: i64 = c
+                .prepare_cached("SELECT count(*) FROM key_packages WHERE device_id = ?1")?
+                .query_row([device], |r| r.get(0))?;
+            if n as u64 + packages.len() as u64 > cap {
+                return Err(StorageError::Limit(format!("at most {cap} KeyPackages are stored per device")));
+            }
+            let mut ins = c.prepare_cached("INSERT INTO key_packages(device_id, data) VALUES (?1, ?2)")?;
+            for p in &packages {
+                ins.execute(params![device, &p[..]])?;
+            }
+            Ok(n as u64 + packages.len() as u64)
+        })
+    }
+
+    fn pop_key_package(&self, device_key: &Key32) -> StorageResult<Option<Vec<u8>>> {
+        let dk = *device_key;
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "DELETE FROM key_packages WHERE id = (
+                    SELECT k.id FROM key_packages k JOIN devices d ON d.id = k.device_id
+                    WHERE d.device_key = ?1 ORDER BY k.id LIMIT 1)
+                 RETURNING data",
+            )?
+            .query_row([&dk[..]], |r| r.get(0))
+            .optional()?)
+        })
+    }
+
+    fn set_hybrid_key(&self, device: DeviceId, key: &[u8]) -> StorageResult<()> {
+        let key = key.to_vec();
+        self.write(move |c| {
+            c.prepare_cached("UPDATE devices SET hybrid_key = ?2 WHERE id = ?1")?.execute(params![device, key])?;
+            Ok(())
+        })
+    }
+
+    fn hybrid_keys(&self, device_keys: &[Key32]) -> StorageResult<Vec<(Key32, Vec<u8>)>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached("SELECT hybrid_key FROM devices WHERE device_key = ?1 AND hybrid_key IS NOT NULL")?;
+            let mut out = Vec::new();
+            for k in device_keys {
+                if let Some(h) = st.query_row([&k[..]], |r| r.get::<_, Vec<u8>>(0)).optional()? {
+                    out.push((*k, h));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn create_channel(
+        &self,
+        kind: ChannelKind,
+        creator: AccountId,
+        members: &[Key32],
+        metadata: &[u8],
+        now: u64,
+    ) -> StorageResult<(Channel, bool)> {
+        let (members, metadata) = (members.to_vec(), metadata.to_vec());
+        let id: ChannelId = rand::random();
+        self.write(move |c| {
+            let mut ids = vec![creator];
+            for m in &members {
+                let a = account_id_by_identity(c, m)?;
+                if !ids.contains(&a) {
+                    ids.push(a);
+                }
+            }
+            let dm_key = match kind {
+                ChannelKind::Dm => {
+                    if ids.len() != 2 {
+                        return Err(StorageError::Invalid("a DM needs exactly one other member".into()));
+                    }
+                    let (lo, hi) = (ids[0].min(ids[1]), ids[0].max(ids[1]));
+                    let key = format!("{lo}:{hi}").into_bytes();
+                    let existing: Option<Vec<u8>> = c
+                        .prepare_cached("SELECT id FROM channels WHERE dm_key = ?1")?
+                        .query_row([&key], |r| r.get(0))
+                        .optional()?;
+                    if let Some(eid) = existing {
+                        let eid = id16(eid)?;
+                        let ch = channel_row(c, &eid)?.ok_or(StorageError::NotFound("channel"))?;
+                        // Re-join a DM one side had left.
+                        for a in &ids {
+                            c.execute(
+                                "INSERT OR IGNORE INTO channel_members(channel_id, account_id) VALUES (?1, ?2)",
+                                params![&eid[..], a],
+                            )?;
+                        }
+                        return Ok((ch, false));
+                    }
+                    Some(key)
+                }
+                ChannelKind::Group => None,
+            };
+            c.prepare_cached("INSERT INTO channels(id, kind, dm_key, metadata, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                .execute(params![&id[..], kind as i64, dm_key, metadata, now as i64])?;
+            for a in &ids {
+                c.prepare_cached("INSERT INTO channel_members(channel_id, account_id) VALUES (?1, ?2)")?
+                    .execute(params![&id[..], a])?;
+            }
+            Ok((
+                Channel {
+                    id,
+                    kind,
+                    epoch: 0,
+                    metadata,
+                },
+                true,
+            ))
+        })
+    }
+
+    fn channel(&self, id: &ChannelId) -> StorageResult<Option<Channel>> {
+        self.read(|c| channel_row(c, id))
+    }
+
+    fn is_member(&self, channel: &ChannelId, account: AccountId) -> StorageResult<bool> {
+        self.read(|c| member_check(c, channel, account))
+    }
+
+    fn members(&self, channel: &ChannelId) -> StorageResult<Vec<Member>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT a.id, a.identity_key, a.username FROM channel_members m JOIN accounts a ON a.id = m.account_id
+                 WHERE m.channel_id = ?1 ORDER BY a.username",
+            )?;
+            let rows: Vec<(AccountId, Key32, String)> = st
+                .query_map([&channel[..]], |r| Ok((r.get(0)?, key32(r.get(1)?)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut dev = c.prepare_cached("SELECT device_key FROM devices WHERE account_id = ?1 ORDER BY id")?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (id, identity_key, username) in rows {
+                let device_keys = dev
+                    .query_map([id], |r| key32(r.get(0)?))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                out.push(Member {
+                    identity_key,
+                    username,
+                    device_keys,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn remove_member(&self, channel: &ChannelId, by: AccountId, member: &Key32) -> StorageResult<()> {
+        let (ch, m) = (*channel, *member);
+        self.write(move |c| {
+            channel_row(c, &ch)?.ok_or(StorageError::NotFound("channel"))?;
+            if !member_check(c, &ch, by)? {
+                return Err(StorageError::Forbidden("not a member of the channel".into()));
+            }
+            let id = account_id_by_identity(c, &m)?;
+            let n = c
+                .prepare_cached("DELETE FROM channel_members WHERE channel_id = ?1 AND account_id = ?2")?
+                .execute(params![&ch[..], id])?;
+            if n == 0 {
+                return Err(StorageError::NotFound("member"));
+            }
+            Ok(())
+        })
+    }
+
+    fn set_metadata(&self, channel: &ChannelId, by: AccountId, metadata: &[u8]) -> StorageResult<()> {
+        let (ch, md) = (*channel, metadata.to_vec());
+        self.write(move |c| {
+            channel_row(c, &ch)?.ok_or(StorageError::NotFound("channel"))?;
+            if !member_check(c, &ch, by)? {
+                return Err(StorageError::Forbidden("not a member of the channel".into()));
+            }
+            c.prepare_cached("UPDATE channels SET metadata = ?2 WHERE id = ?1")?.execute(params![&ch[..], md])?;
+            Ok(())
+        })
+    }
+
+    fn enqueue(&self, op: EnqueueOp) -> StorageResult<EnqueueOutcome> {
+        self.write(move |c| enqueue_tx(c, &op))
+    }
+
+    fn fetch(
+        &self,
+        device: DeviceId,
+        after_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+        channel: Option<ChannelId>,
+    ) -> StorageResult<Vec<QueuedMessage>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT q.seq, q.channel_id, p.sender_device, p.message_id, p.data, p.created_ms, p.kind
+                 FROM queue q JOIN payloads p ON p.id = q.payload_id
+                 WHERE q.device_id = ?1 AND q.seq > ?2 AND (?3 IS NULL OR q.channel_id = ?3)
+                 ORDER BY q.seq LIMIT ?4",
+            )?;
+            let ch = channel.map(|c| c.to_vec());
+            let rows = st.query_map(params![device, after_seq as i64, ch, limit as i64], |r| {
+                Ok(QueuedMessage {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    channel_id: id16(r.get(1)?)?,
+                    sender_device: key32(r.get(2)?)?,
+                    message_id: Bytes::from(r.get::<_, Vec<u8>>(3)?),
+                    payload: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+                    server_time_ms: r.get::<_, i64>(5)? as u64,
+                    kind: r.get(6)?,
+                })
+            })?;
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            for m in rows {
+                let m = m?;
+                bytes += m.payload.len() + 64;
+                if bytes > max_bytes && !out.is_empty() {
+                    break;
+                }
+                out.push(m);
+            }
+            Ok(out)
+        })
+    }
+
+    fn peek(&self, device: DeviceId, channel: Option<ChannelId>) -> StorageResult<(u64, u64)> {
+        self.read(|c| {
+            let ch = channel.map(|c| c.to_vec());
+            Ok(c.prepare_cached(
+                "SELECT count(*), coalesce(max(seq), 0) FROM queue WHERE device_id = ?1 AND (?2 IS NULL OR channel_id = ?2)",
+            )?
+            .query_row(params![device, ch], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?)
+        })
+    }
+
+    fn ack(&self, device: DeviceId, up_to_seq: u64, seqs: &[u64]) -> StorageResult<u64> {
+        let seqs = seqs.to_vec();
+        self.write(move |c| {
+            let mut payloads: Vec<i64> = Vec::new();
+            if up_to_seq > 0 {
+                let mut st = c.prepare_cached("DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2 RETURNING payload_id")?;
+                let ids = st.query_map(params![device, up_to_seq as i64], |r| r.get(0))?;
+                payloads.extend(ids.collect::<rusqlite::Result<Vec<i64>>>()?);
+            }
+            let mut one = c.prepare_cached("DELETE FROM queue WHERE device_id = ?1 AND seq = ?2 RETURNING payload_id")?;
+            for s in &seqs {
+                if let Some(id) = one.query_row(params![device, *s as i64], |r| r.get(0)).optional()? {
+                    payloads.push(id);
+                }
+            }
+            payloads.sort_unstable();
+            payloads.dedup();
+            let removed = payloads.len() as u64;
+            let removed_rows = removed; // one queue row per (device, payload)
+            gc_payloads(c, &payloads)?;
+            Ok(removed_rows)
+        })
+    }
+
+    fn queue_depth(&self) -> StorageResult<u64> {
+        self.read(|c| Ok(c.query_row("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))? as u64))
+    }
+
+    fn put_blob_chunk(&self, chunk: BlobChunk, max_size: u64) -> StorageResult<u64> {
+        self.write(move |c| {
+            let ch = &chunk.channel_id[..];
+            let sha = &chunk.sha256[..];
+            channel_row(c, &chunk.channel_id)?.ok_or(StorageError::NotFound("channel"))?;
+            if !member_check(c, &chunk.channel_id, chunk.account_id)? {
+                return Err(StorageError::Forbidden("not a member of the channel".into()));
+            }
+            if chunk.total_size > max_size {
+                return Err(StorageError::Limit(format!("blobs are limited to {max_size} bytes")));
+            }
+            let existing: Option<(i64, i64, i64)> = c
+                .prepare_cached("SELECT total_size, received, complete FROM blobs WHERE channel_id = ?1 AND sha256 = ?2")?
+                .query_row(params![ch, sha], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let received = match existing {
+                Some((_, received, 1)) => return Ok(received as u64),
+                Some((total, received, _)) => {
+                    if total as u64 != chunk.total_size {
+                        return Err(StorageError::Invalid("total_size differs from the first chunk".into()));
+                    }
+                    received as u64
+                }
+                None => {
+                    c.prepare_cached(
+                        "INSERT INTO blobs(channel_id, sha256, uploader, total_size, received, complete, created_ms)
+                         VALUES (?1, ?2, ?3, ?4, 0, 0, ?5)",
+                    )?
+                    .execute(params![ch, sha, chunk.account_id, chunk.total_size as i64, chunk.now_ms as i64])?;
+                    0
+                }
+            };
+            if chunk.offset != received {
+                return Err(StorageError::Invalid(format!("expected offset {received}, got {}", chunk.offset)));
+            }
+            let new_received = received + chunk.data.len() as u64;
+            if new_received > chunk.total_size {
+                return Err(StorageError::Invalid("chunk goes past total_size".into()));
+            }
+            c.prepare_cached("INSERT INTO blob_chunks(channel_id, sha256, offset, data) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![ch, sha, chunk.offset as i64, &chunk.data[..]])?;
+            c.prepare_cached("UPDATE blobs SET received = ?3 WHERE channel_id = ?1 AND sha256 = ?2")?
+                .execute(params![ch, sha, new_received as i64])?;
+            Ok(new_received)
+        })
+    }
+
+    fn blob_sha256(&self, channel: &ChannelId, sha256: &Key32) -> StorageResult<Key32> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT data FROM blob_chunks WHERE channel_id = ?1 AND sha256 = ?2 ORDER BY offset",
+            )?;
+            let mut rows = st.query(params![&channel[..], &sha256[..]])?;
+            let mut h = Sha256::new();
+            while let Some(r) = rows.next()? {
+                let d = r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+                h.update(d);
+            }
+            Ok(h.finalize().into())
+        })
+    }
+
+    fn finish_blob(&self, channel: &ChannelId, sha256: &Key32, valid: bool) -> StorageResult<()> {
+        let (ch, sha) = (*channel, *sha256);
+        self.write(move |c| {
+            if valid {
+                c.execute(
+                    "UPDATE blobs SET complete = 1 WHERE channel_id = ?1 AND sha256 = ?2",
+                    params![&ch[..], &sha[..]],
+                )?;
+            } else {
+                c.execute("DELETE FROM blobs WHERE channel_id = ?1 AND sha256 = ?2", params![&ch[..], &sha[..]])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn read_blob(&self, channel: &ChannelId, sha256: &Key32, offset: u64, len: u64) -> StorageResult<(Vec<u8>, u64)> {
+        self.read(|c| {
+            let total: i64 = c
+                .prepare_cached("SELECT total_size FROM blobs WHERE channel_id = ?1 AND sha256 = ?2 AND complete = 1")?
+                .query_row(params![&channel[..], &sha256[..]], |r| r.get(0))
+                .optional()?
+                .ok_or(StorageError::NotFound("blob"))?;
+            let total = total as u64;
+            if offset > total {
+                return Err(StorageError::Invalid(format!("offset {offset} is past the end ({total})")));
+            }
+            let end = offset.saturating_add(len).min(total);
+            let mut st = c.prepare_cached(
+                "SELECT offset, data FROM blob_chunks WHERE channel_id = ?1 AND sha256 = ?2
+                 AND offset < ?4 AND offset + length(data) > ?3 ORDER BY offset",
+            )?;
+            let mut rows = st.query(params![&channel[..], &sha256[..], offset as i64, end as i64])?;
+            let mut out = Vec::with_capacity((end - offset) as usize);
+            while let Some(r) = rows.next()? {
+                let start = r.get::<_, i64>(0)? as u64;
+                let d = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+                let from = offset.saturating_sub(start) as usize;
+                let to = ((end - start) as usize).min(d.len());
+                out.extend_from_slice(&d[from..to]);
+            }
+            Ok((out, total))
+        })
+    }
+}
