@@ -306,6 +306,7 @@ impl Service {
         let p = &req.payload[..];
         match req.method {
             method::HEALTH => {
+                v1::HealthRequest::decode(p)?;
                 return ok(v1::HealthResponse {
                     status: if self.is_draining() { "draining" } else { "ok" }.into(),
                     version: env!("CARGO_PKG_VERSION").into(),
