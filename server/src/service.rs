@@ -398,14 +398,18 @@ impl Service {
                 }
                 let n = r.key_packages.len() as u64;
                 let cap = self.config.max_key_packages;
-                let stored = self.db(move |st| st.add_key_packages(s.device_id, r.key_packages, cap)).await?;
+                let suite = r.ciphersuite;
+                let stored = self
+                    .db(move |st| st.add_key_packages(s.device_id, suite, r.key_packages, cap))
+                    .await?;
                 self.metrics.key_package_upload_total.fetch_add(n, Ordering::Relaxed);
                 ok(v1::UploadKeyPackageResponse { stored })
             }
             method::FETCH_KEY_PACKAGE => {
                 let r = v1::FetchKeyPackageRequest::decode(p)?;
                 let dk = key32(&r.device_key, "device_key")?;
-                let kp = self.db(move |st| st.pop_key_package(&dk)).await?;
+                let suite = r.ciphersuite;
+                let kp = self.db(move |st| st.pop_key_package(&dk, suite)).await?;
                 let kp = kp.ok_or_else(|| Fail::new(Status::NotFound, "no KeyPackage available for that device"))?;
                 ok(v1::FetchKeyPackageResponse {
                     key_package: Bytes::from(kp),

@@ -369,17 +369,23 @@ async fn key_packages_are_single_use_and_hybrid_keys_validated() {
     let s = TestServer::start_with(|c| c.max_key_packages = 5).await;
     let a = s.user("alice").await;
     let b = s.user("bob").await;
-    let up = |kps: Vec<&'static [u8]>| v1::UploadKeyPackageRequest { key_packages: kps.into_iter().map(Bytes::from_static).collect() };
+    let up = |kps: Vec<&'static [u8]>| v1::UploadKeyPackageRequest { key_packages: kps.into_iter().map(Bytes::from_static).collect(), ciphersuite: 1 };
+    // Another suite is counted and handed out separately.
+    let pq: v1::UploadKeyPackageResponse = a
+        .call(method::UPLOAD_KEY_PACKAGE, &v1::UploadKeyPackageRequest { key_packages: vec![Bytes::from_static(b"pq1")], ciphersuite: 0x4d })
+        .await
+        .unwrap();
+    assert_eq!(pq.stored, 1);
     let r: v1::UploadKeyPackageResponse = a.call(method::UPLOAD_KEY_PACKAGE, &up(vec![b"kp1", b"kp2", b"kp3"])).await.unwrap();
     assert_eq!(r.stored, 3);
     let count: v1::UploadKeyPackageResponse = a.call(method::UPLOAD_KEY_PACKAGE, &up(vec![])).await.unwrap();
     assert_eq!(count.stored, 3, "an empty upload reports the count");
     assert_eq!(status_of(a.call::<_, v1::UploadKeyPackageResponse>(method::UPLOAD_KEY_PACKAGE, &up(vec![b""])).await), Status::BadRequest);
     assert_eq!(status_of(a.call::<_, v1::UploadKeyPackageResponse>(method::UPLOAD_KEY_PACKAGE, &up(vec![b"a", b"b", b"c"])).await), Status::Forbidden, "cap");
-    let big = v1::UploadKeyPackageRequest { key_packages: vec![Bytes::from(vec![1u8; 1024 * 1024 + 1])] };
+    let big = v1::UploadKeyPackageRequest { key_packages: vec![Bytes::from(vec![1u8; 1024 * 1024 + 1])], ciphersuite: 1 };
     assert_eq!(status_of(a.call::<_, v1::UploadKeyPackageResponse>(method::UPLOAD_KEY_PACKAGE, &big).await), Status::PayloadTooLarge);
 
-    let fetch = v1::FetchKeyPackageRequest { device_key: a.device_key() };
+    let fetch = v1::FetchKeyPackageRequest { device_key: a.device_key(), ciphersuite: 1 };
     let mut got = Vec::new();
     for _ in 0..3 {
         let r: v1::FetchKeyPackageResponse = b.call(method::FETCH_KEY_PACKAGE, &fetch).await.unwrap();
@@ -388,8 +394,13 @@ async fn key_packages_are_single_use_and_hybrid_keys_validated() {
     got.sort();
     assert_eq!(got, [Bytes::from_static(b"kp1"), Bytes::from_static(b"kp2"), Bytes::from_static(b"kp3")]);
     assert_eq!(status_of(b.call::<_, v1::FetchKeyPackageResponse>(method::FETCH_KEY_PACKAGE, &fetch).await), Status::NotFound);
+    let pq: v1::FetchKeyPackageResponse = b
+        .call(method::FETCH_KEY_PACKAGE, &v1::FetchKeyPackageRequest { device_key: a.device_key(), ciphersuite: 0x4d })
+        .await
+        .unwrap();
+    assert_eq!(&pq.key_package[..], b"pq1");
     assert_eq!(
-        status_of(b.call::<_, v1::FetchKeyPackageResponse>(method::FETCH_KEY_PACKAGE, &v1::FetchKeyPackageRequest { device_key: Bytes::from_static(&[1; 31]) }).await),
+        status_of(b.call::<_, v1::FetchKeyPackageResponse>(method::FETCH_KEY_PACKAGE, &v1::FetchKeyPackageRequest { device_key: Bytes::from_static(&[1; 31]), ciphersuite: 1 }).await),
         Status::BadRequest
     );
 
@@ -516,14 +527,14 @@ async fn delete_account_purges_everything_and_kills_tokens() {
     a.send(&ch, 1, b"from alice").await.unwrap();
     b.send(&ch, 2, b"from bob").await.unwrap();
     let _: v1::UploadKeyPackageResponse = a
-        .call(method::UPLOAD_KEY_PACKAGE, &v1::UploadKeyPackageRequest { key_packages: vec![Bytes::from_static(b"kp")] })
+        .call(method::UPLOAD_KEY_PACKAGE, &v1::UploadKeyPackageRequest { key_packages: vec![Bytes::from_static(b"kp")], ciphersuite: 0 })
         .await
         .unwrap();
     let _: v1::DeleteAccountResponse = a.call(method::DELETE_ACCOUNT, &v1::DeleteAccountRequest {}).await.unwrap();
     assert_eq!(status_of(a.call::<_, v1::ListDevicesResponse>(method::LIST_DEVICES, &v1::ListDevicesRequest {}).await), Status::Unauthorized);
     assert_eq!(status_of(b.call::<_, v1::ResolveUserResponse>(method::RESOLVE_USER, &v1::ResolveUserRequest { username: "alice".into() }).await), Status::NotFound);
     assert_eq!(
-        status_of(b.call::<_, v1::FetchKeyPackageResponse>(method::FETCH_KEY_PACKAGE, &v1::FetchKeyPackageRequest { device_key: a.device_key() }).await),
+        status_of(b.call::<_, v1::FetchKeyPackageResponse>(method::FETCH_KEY_PACKAGE, &v1::FetchKeyPackageRequest { device_key: a.device_key(), ciphersuite: 0 }).await),
         Status::NotFound
     );
     assert!(b.fetch().await.is_empty(), "alice's undelivered messages are purged too");

@@ -264,10 +264,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Deletes a session.
     fn delete_session(&self, token_hash: &Key32) -> StorageResult<()>;
 
-    /// Stores KeyPackages for a device; returns the count after. Limit over `cap`.
-    fn add_key_packages(&self, device: DeviceId, packages: Vec<Bytes>, cap: u64) -> StorageResult<u64>;
-    /// Pops the oldest KeyPackage of a device, atomically.
-    fn pop_key_package(&self, device_key: &Key32) -> StorageResult<Option<Vec<u8>>>;
+    /// Stores KeyPackages of one ciphersuite for a device; returns that suite's count after.
+    /// Limit over `cap` per suite.
+    fn add_key_packages(&self, device: DeviceId, suite: u32, packages: Vec<Bytes>, cap: u64) -> StorageResult<u64>;
+    /// Pops the oldest KeyPackage of a device for a ciphersuite, atomically.
+    fn pop_key_package(&self, device_key: &Key32, suite: u32) -> StorageResult<Option<Vec<u8>>>;
     /// Sets a device's hybrid public key.
     fn set_hybrid_key(&self, device: DeviceId, key: &[u8]) -> StorageResult<()>;
     /// Hybrid keys of the listed devices that have one.

@@ -48,8 +48,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE key_packages(
         id INTEGER PRIMARY KEY,
         device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        suite INTEGER NOT NULL,
         data BLOB NOT NULL);
-    CREATE INDEX key_packages_device ON key_packages(device_id, id);
+    CREATE INDEX key_packages_device ON key_packages(device_id, suite, id);
     CREATE TABLE channels(
         id BLOB PRIMARY KEY,
         kind INTEGER NOT NULL,
@@ -737,32 +738,32 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn add_key_packages(&self, device: DeviceId, packages: Vec<Bytes>, cap: u64) -> StorageResult<u64> {
+    fn add_key_packages(&self, device: DeviceId, suite: u32, packages: Vec<Bytes>, cap: u64) -> StorageResult<u64> {
         self.write(move |c| {
             let n: i64 = c
-                .prepare_cached("SELECT count(*) FROM key_packages WHERE device_id = ?1")?
-                .query_row([device], |r| r.get(0))?;
+                .prepare_cached("SELECT count(*) FROM key_packages WHERE device_id = ?1 AND suite = ?2")?
+                .query_row(params![device, suite], |r| r.get(0))?;
             if n as u64 + packages.len() as u64 > cap {
                 return Err(StorageError::Limit(format!("at most {cap} KeyPackages are stored per device")));
             }
-            let mut ins = c.prepare_cached("INSERT INTO key_packages(device_id, data) VALUES (?1, ?2)")?;
+            let mut ins = c.prepare_cached("INSERT INTO key_packages(device_id, suite, data) VALUES (?1, ?2, ?3)")?;
             for p in &packages {
-                ins.execute(params![device, &p[..]])?;
+                ins.execute(params![device, suite, &p[..]])?;
             }
             Ok(n as u64 + packages.len() as u64)
         })
     }
 
-    fn pop_key_package(&self, device_key: &Key32) -> StorageResult<Option<Vec<u8>>> {
+    fn pop_key_package(&self, device_key: &Key32, suite: u32) -> StorageResult<Option<Vec<u8>>> {
         let dk = *device_key;
         self.write(move |c| {
             Ok(c.prepare_cached(
                 "DELETE FROM key_packages WHERE id = (
                     SELECT k.id FROM key_packages k JOIN devices d ON d.id = k.device_id
-                    WHERE d.device_key = ?1 ORDER BY k.id LIMIT 1)
+                    WHERE d.device_key = ?1 AND k.suite = ?2 ORDER BY k.id LIMIT 1)
                  RETURNING data",
             )?
-            .query_row([&dk[..]], |r| r.get(0))
+            .query_row(params![&dk[..], suite], |r| r.get(0))
             .optional()?)
         })
     }
