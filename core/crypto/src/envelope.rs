@@ -68,8 +68,7 @@ use core::fmt;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
-use ml_kem::kem::Decapsulate;
-use ml_kem::{EncapsulateDeterministic, EncodedSizeUser, KemCore, MlKem768, B32};
+use ml_kem::{ml_kem_768, Decapsulate, KeyExport, B32};
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -77,9 +76,9 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::CryptoError;
 
-type EncapsulationKey = <MlKem768 as KemCore>::EncapsulationKey;
-type DecapsulationKey = <MlKem768 as KemCore>::DecapsulationKey;
-type MlKemCiphertext = ml_kem::Ciphertext<MlKem768>;
+type EncapsulationKey = ml_kem_768::EncapsulationKey;
+type DecapsulationKey = ml_kem_768::DecapsulationKey;
+type MlKemCiphertext = ml_kem_768::Ciphertext;
 
 /// Envelope format version written in byte 0.
 pub const ENVELOPE_VERSION: u8 = 1;
@@ -137,7 +136,7 @@ impl HybridPublicKey {
     fn from_parts(x25519: PublicKey, mlkem: EncapsulationKey) -> HybridPublicKey {
         let mut bytes = Box::new([0u8; HYBRID_PUBLIC_KEY_LEN]);
         bytes[..X25519_LEN].copy_from_slice(x25519.as_bytes());
-        bytes[X25519_LEN..].copy_from_slice(&mlkem.as_bytes());
+        bytes[X25519_LEN..].copy_from_slice(&mlkem.to_bytes());
         HybridPublicKey {
             x25519,
             mlkem,
@@ -166,10 +165,12 @@ impl HybridPublicKey {
         {
             return Err(CryptoError::InvalidKey);
         }
-        let encoded = ml_kem::Encoded::<EncapsulationKey>::try_from(m_bytes)
-            .map_err(|_| CryptoError::InvalidKey)?;
-        let mlkem = EncapsulationKey::from_bytes(&encoded);
-        if mlkem.as_bytes() != encoded {
+        let encoded =
+            ml_kem::Key::<EncapsulationKey>::try_from(m_bytes).map_err(|_| CryptoError::InvalidKey)?;
+        // `new` runs the FIPS 203 §7.2 modulus check; the re-encoding comparison keeps the
+        // check explicit whatever the library version does.
+        let mlkem = EncapsulationKey::new(&encoded).map_err(|_| CryptoError::InvalidKey)?;
+        if mlkem.to_bytes() != encoded {
             return Err(CryptoError::InvalidKey);
         }
         Ok(HybridPublicKey::from_parts(x25519, mlkem))
@@ -254,11 +255,11 @@ impl HybridSecretKey {
         let mut x_secret = Zeroizing::new([0u8; 32]);
         x_secret.copy_from_slice(&okm[..32]);
         let x25519 = StaticSecret::from(*x_secret);
-        let mut d = B32::try_from(&okm[32..64]).expect("32-byte slice");
-        let mut z = B32::try_from(&okm[64..96]).expect("32-byte slice");
-        let (mlkem, ek) = MlKem768::generate_deterministic(&d, &z);
-        d.as_mut_slice().zeroize();
-        z.as_mut_slice().zeroize();
+        // `from_seed` splits the 64 bytes into FIPS 203's d (first half) and z (second half).
+        let mut dz = ml_kem::Seed::try_from(&okm[32..96]).expect("64-byte slice");
+        let mlkem = DecapsulationKey::from_seed(dz.clone());
+        dz.as_mut_slice().zeroize();
+        let ek = mlkem.encapsulation_key().clone();
         let public = HybridPublicKey::from_parts(PublicKey::from(&x25519), ek);
         HybridSecretKey {
             seed: Zeroizing::new(*seed),
@@ -385,9 +386,8 @@ pub fn seal<R: CryptoRngCore + ?Sized>(
 
         let mut m = B32::default();
         rng.fill_bytes(m.as_mut_slice());
-        let encapsulated = recipient.mlkem.encapsulate_deterministic(&m);
+        let (ct_m, mut ss_m) = recipient.mlkem.encapsulate_deterministic(&m);
         m.as_mut_slice().zeroize();
-        let (ct_m, mut ss_m) = encapsulated.map_err(|_| CryptoError::InvalidKey)?;
 
         let entry_start = out.len();
         out.extend_from_slice(&recipient.fingerprint());
@@ -501,10 +501,7 @@ fn unwrap_entry(
         return Err(CryptoError::NonContributory);
     }
     let ct_m = MlKemCiphertext::try_from(ct_bytes).map_err(|_| CryptoError::InvalidEnvelope)?;
-    let mut ss_m = sk
-        .mlkem
-        .decapsulate(&ct_m)
-        .map_err(|_| CryptoError::Decrypt)?;
+    let mut ss_m = sk.mlkem.decapsulate(&ct_m);
     let wrap_key = derive_wrap_key(
         &ss_m,
         ss_x.as_bytes(),
