@@ -69,9 +69,9 @@ async fn acked_enqueues_survive_sigkill_exactly_once() {
     let (a_token, b_token) = (a.token.clone(), b.token.clone());
 
     let mut acked: HashSet<Bytes> = HashSet::new();
+    let mut a = Arc::new(a);
     for cycle in 0..3 {
         // 8 concurrent senders; the kill lands while later enqueues are still in flight.
-        let a = Arc::new(a);
         let mut tasks = Vec::new();
         for t in 0..8u8 {
             let a = a.clone();
@@ -90,25 +90,16 @@ async fn acked_enqueues_survive_sigkill_exactly_once() {
                 ok
             }));
         }
-        // Kill after a number of acks have been observed.
-        let killer = {
-            let a = a.clone();
-            async move {
-                let _ = a; // keep alive
-                tokio::time::sleep(Duration::from_millis(150)).await;
-            }
-        };
-        killer.await;
+        // Kill while the senders are busy.
+        tokio::time::sleep(Duration::from_millis(150)).await;
         sigkill(&mut server);
         for t in tasks {
             acked.extend(t.await.unwrap());
         }
-        let a_conn = Arc::try_unwrap(a).ok().unwrap();
-        drop(a_conn);
         server = spawn_server(dir.path());
         let mut fresh = connect(&server).await;
         fresh.token = a_token.clone();
-        a = fresh;
+        a = Arc::new(fresh);
         // The database is intact after every kill.
         let db = rusqlite::Connection::open(dir.path().join("qpq.db")).unwrap();
         let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
