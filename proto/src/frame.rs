@@ -89,7 +89,12 @@ fn check_len(len: usize, max: usize) -> Result<u32, FrameError> {
     })
 }
 
-fn split_payload(buf: &[u8], header: usize, len: u32, max: usize) -> Result<(Bytes, usize), FrameError> {
+fn split_payload(
+    buf: &[u8],
+    header: usize,
+    len: u32,
+    max: usize,
+) -> Result<(Bytes, usize), FrameError> {
     let len = len as usize;
     if len > max.min(MAX_PAYLOAD) {
         return Err(FrameError::TooLarge {
@@ -273,7 +278,10 @@ async fn read_frame<R: AsyncRead + Unpin, const H: usize>(
     // Grow the buffer as bytes arrive: a peer that declares 4 MiB and sends nothing pins
     // no memory.
     let mut payload = Vec::with_capacity((len as usize).min(64 * 1024));
-    let got = (&mut *r).take(u64::from(len)).read_to_end(&mut payload).await?;
+    let got = (&mut *r)
+        .take(u64::from(len))
+        .read_to_end(&mut payload)
+        .await?;
     if got != len as usize {
         return Err(ReadError::Truncated);
     }
@@ -383,7 +391,10 @@ mod tests {
         }
         // A caller limit below MAX_PAYLOAD is honoured too.
         let b = req(1, 1, &[0u8; 100]).encode().expect("small");
-        assert!(matches!(Request::decode(&b, 99), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            Request::decode(&b, 99),
+            Err(FrameError::TooLarge { .. })
+        ));
         assert!(Request::decode(&b, 100).is_ok());
         let big = req(1, 1, &vec![0u8; MAX_PAYLOAD + 1]);
         assert!(matches!(big.encode(), Err(FrameError::TooLarge { .. })));
@@ -402,17 +413,39 @@ mod tests {
         two.extend_from_slice(&frame);
         let mut s = &two[..];
         let d = Duration::from_secs(1);
-        assert_eq!(read_request(&mut s, 100, d).await.expect("first").payload, &b"hello"[..]);
-        assert_eq!(read_request(&mut s, 100, d).await.expect("second").request_id, 9);
-        assert!(matches!(read_request(&mut s, 100, d).await, Err(ReadError::Closed)));
+        assert_eq!(
+            read_request(&mut s, 100, d).await.expect("first").payload,
+            &b"hello"[..]
+        );
+        assert_eq!(
+            read_request(&mut s, 100, d)
+                .await
+                .expect("second")
+                .request_id,
+            9
+        );
+        assert!(matches!(
+            read_request(&mut s, 100, d).await,
+            Err(ReadError::Closed)
+        ));
 
         for cut in 1..frame.len() {
             let mut s = &frame[..cut];
-            assert!(matches!(read_request(&mut s, 100, d).await, Err(ReadError::Truncated)), "cut {cut}");
+            assert!(
+                matches!(
+                    read_request(&mut s, 100, d).await,
+                    Err(ReadError::Truncated)
+                ),
+                "cut {cut}"
+            );
         }
         let mut s = &frame[..];
         match read_request(&mut s, 4, d).await {
-            Err(ReadError::TooLarge { request_id, len, max }) => {
+            Err(ReadError::TooLarge {
+                request_id,
+                len,
+                max,
+            }) => {
                 assert_eq!((request_id, len, max), (9, 5, 4));
             }
             other => panic!("expected TooLarge, got {other:?}"),

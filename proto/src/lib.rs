@@ -83,6 +83,8 @@ mod token_tests {
         let buf = encode_with_token(&req, &[7; 32]);
         assert_eq!(session_token(&buf).expect("decodes"), &[7u8; 32][..]);
         assert_eq!(v1::EnqueueRequest::decode(&buf[..]).expect("decodes"), req);
-        assert!(session_token(&req.encode_to_vec()).expect("decodes").is_empty());
+        assert!(session_token(&req.encode_to_vec())
+            .expect("decodes")
+            .is_empty());
     }
 }

@@ -117,7 +117,9 @@ impl Config {
         let cli = Options::parse();
         let file = match &cli.config {
             Some(p) => Some(read_file(p)?),
-            None if Path::new("qpq-server.toml").exists() => Some(read_file(Path::new("qpq-server.toml"))?),
+            None if Path::new("qpq-server.toml").exists() => {
+                Some(read_file(Path::new("qpq-server.toml"))?)
+            }
             None => None,
         };
         Ok(Config::from_options(match file {
@@ -147,7 +149,8 @@ impl Config {
 }
 
 fn read_file(p: &Path) -> Result<Options, String> {
-    let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let text =
+        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
     toml::from_str(&text).map_err(|e| format!("invalid {}: {e}", p.display()))
 }
 
@@ -157,8 +160,10 @@ mod tests {
 
     #[test]
     fn flags_override_file_override_defaults() {
-        let file: Options = toml::from_str("listen = \"127.0.0.1:7000\"\nmax_devices = 3\n").expect("valid toml");
-        let cli = Options::try_parse_from(["qpq-server", "--max-devices", "4"]).expect("valid flags");
+        let file: Options =
+            toml::from_str("listen = \"127.0.0.1:7000\"\nmax_devices = 3\n").expect("valid toml");
+        let cli =
+            Options::try_parse_from(["qpq-server", "--max-devices", "4"]).expect("valid flags");
         let c = Config::from_options(cli.or(file));
         assert_eq!(c.listen, "127.0.0.1:7000".parse().expect("addr"));
         assert_eq!(c.max_devices, 4);

@@ -86,18 +86,26 @@ impl Server {
     /// metrics TCP socket when configured). Must be called inside a tokio runtime.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let material = tls::load_or_generate(&config).map_err(ServerError::Tls)?;
-        let cert_der = material.chain.first().map(|c| c.to_vec()).unwrap_or_default();
+        let cert_der = material
+            .chain
+            .first()
+            .map(|c| c.to_vec())
+            .unwrap_or_default();
         let fingerprint = material.fingerprint();
         let tls = tls::server_config(material).map_err(ServerError::Tls)?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| ServerError::Tls(format!("TLS config unusable for QUIC: {e}")))?;
         let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        sc.transport_config(Arc::new(listener::transport_config(&config).map_err(ServerError::Config)?));
+        sc.transport_config(Arc::new(
+            listener::transport_config(&config).map_err(ServerError::Config)?,
+        ));
 
         let db_path = config.db_path();
-        let sqlite = Arc::new(tokio::task::spawn_blocking(move || SqliteStorage::open(&db_path)).await.map_err(
-            |_| ServerError::Config("storage open task failed".into()),
-        )??);
+        let sqlite = Arc::new(
+            tokio::task::spawn_blocking(move || SqliteStorage::open(&db_path))
+                .await
+                .map_err(|_| ServerError::Config("storage open task failed".into()))??,
+        );
         let store: Arc<dyn Storage> = sqlite.clone();
         let cfg = config.clone();
         let service = Arc::new(

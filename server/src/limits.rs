@@ -33,7 +33,9 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         if b.len() > 100_000 {
             // Forget full buckets so the map stays bounded.
             let (burst, rate) = (self.burst, self.per_sec);
-            b.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
+            b.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
         }
         let (tokens, at) = b.entry(key.clone()).or_insert((self.burst, now));
         let refill = now.saturating_duration_since(*at).as_secs_f64() * self.per_sec;

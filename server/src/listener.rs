@@ -35,7 +35,12 @@ pub fn transport_config(c: &crate::config::Config) -> Result<quinn::TransportCon
 }
 
 /// Serves one incoming connection until it closes.
-pub async fn serve_connection(svc: Arc<Service>, cap: Arc<ConnectionCap>, incoming: quinn::Incoming, ip: IpAddr) {
+pub async fn serve_connection(
+    svc: Arc<Service>,
+    cap: Arc<ConnectionCap>,
+    incoming: quinn::Incoming,
+    ip: IpAddr,
+) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -70,7 +75,12 @@ pub async fn serve_connection(svc: Arc<Service>, cap: Arc<ConnectionCap>, incomi
     cap.release(ip);
 }
 
-async fn serve_stream(svc: Arc<Service>, ctx: Arc<CallContext>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn serve_stream(
+    svc: Arc<Service>,
+    ctx: Arc<CallContext>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let deadline = svc_read_deadline(&svc);
     let response = match read_request(&mut recv, MAX_PAYLOAD, deadline).await {
         Ok(req) => svc.handle(&ctx, req).await,
@@ -78,7 +88,11 @@ async fn serve_stream(svc: Arc<Service>, ctx: Arc<CallContext>, mut send: quinn:
             let _ = send.finish();
             return;
         }
-        Err(ReadError::TooLarge { request_id, len, max }) => {
+        Err(ReadError::TooLarge {
+            request_id,
+            len,
+            max,
+        }) => {
             let _ = recv.stop(0u32.into());
             status_response(
                 request_id,
@@ -88,9 +102,15 @@ async fn serve_stream(svc: Arc<Service>, ctx: Arc<CallContext>, mut send: quinn:
         }
         Err(ReadError::Deadline) => {
             let _ = recv.stop(0u32.into());
-            status_response(0, Status::DeadlineExceeded, "request frame not received in time")
+            status_response(
+                0,
+                Status::DeadlineExceeded,
+                "request frame not received in time",
+            )
         }
-        Err(ReadError::Truncated) => status_response(0, Status::BadRequest, "stream ended inside a request frame"),
+        Err(ReadError::Truncated) => {
+            status_response(0, Status::BadRequest, "stream ended inside a request frame")
+        }
         Err(e) => {
             tracing::debug!(error = %e, "stream failed");
             return;
@@ -120,7 +140,9 @@ fn svc_read_deadline(svc: &Service) -> Duration {
 async fn push_loop(conn: quinn::Connection, mut rx: mpsc::Receiver<Push>) {
     while let Some(push) = rx.recv().await {
         let Ok(bytes) = push.encode() else { continue };
-        let Ok(mut s) = conn.open_uni().await else { break };
+        let Ok(mut s) = conn.open_uni().await else {
+            break;
+        };
         if s.write_all(&bytes).await.is_err() {
             break;
         }

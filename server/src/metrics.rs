@@ -66,8 +66,11 @@ where
         let (metrics, gauges) = (metrics.clone(), gauges.clone());
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf)).await;
-            let g = tokio::task::spawn_blocking(gauges).await.unwrap_or_default();
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf)).await;
+            let g = tokio::task::spawn_blocking(gauges)
+                .await
+                .unwrap_or_default();
             let body = metrics.render(&g);
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use prost::Message;
 use qpq_crypto::opaque::OpaqueSuite;
 use qpq_crypto::opaque_ke::{
-    CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload, ServerLogin,
-    ServerLoginParameters, ServerRegistration, ServerSetup,
+    CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
+    ServerLogin, ServerLoginParameters, ServerRegistration, ServerSetup,
 };
 use qpq_proto::frame::{Push, Request, Response};
 use qpq_proto::{method, v1, Status};
@@ -25,8 +25,8 @@ use crate::config::Config;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::storage::{
-    AccountId, BlobChunk, ChannelId, ChannelKind, DeviceId, EnqueueOp, Key32, QueuedMessage, Session, Storage,
-    StorageError,
+    AccountId, BlobChunk, ChannelId, ChannelKind, DeviceId, EnqueueOp, Key32, QueuedMessage,
+    Session, Storage, StorageError,
 };
 
 /// Payloads up to this size travel inside the push event; larger ones are fetched.
@@ -106,6 +106,9 @@ pub struct CallContext {
     pub push: mpsc::Sender<Push>,
 }
 
+/// Push channels of the connections of each logged-in device: (connection id, sender).
+type PushRegistry = HashMap<DeviceId, Vec<(u64, mpsc::Sender<Push>)>>;
+
 struct PendingLogin {
     state: ServerLogin<OpaqueSuite>,
     account: Option<AccountId>,
@@ -119,7 +122,7 @@ pub struct Service {
     opaque: ServerSetup<OpaqueSuite>,
     logins: Mutex<HashMap<[u8; 16], PendingLogin>>,
     waiters: Mutex<HashMap<DeviceId, Arc<Notify>>>,
-    pushers: Mutex<HashMap<DeviceId, Vec<(u64, mpsc::Sender<Push>)>>>,
+    pushers: Mutex<PushRegistry>,
     /// Counters for the metrics endpoint.
     pub metrics: Arc<Metrics>,
     account_limiter: RateLimiter<AccountId>,
@@ -133,11 +136,15 @@ pub struct Service {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn key32(b: &[u8], what: &str) -> Result<Key32, Fail> {
@@ -160,8 +167,13 @@ pub fn normalize_username(u: &str) -> Result<String, Fail> {
     if u.is_empty() || u.len() > 32 {
         return Err(Fail::bad("username must be 1 to 32 characters"));
     }
-    if !u.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(&c)) {
-        return Err(Fail::bad("username may contain only a-z, 0-9, '_', '.' and '-'"));
+    if !u
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(&c))
+    {
+        return Err(Fail::bad(
+            "username may contain only a-z, 0-9, '_', '.' and '-'",
+        ));
     }
     Ok(u)
 }
@@ -185,7 +197,9 @@ fn to_wire(m: &QueuedMessage) -> v1::QueuedMessage {
 impl Service {
     /// Builds the service over a storage backend; loads or creates the OPAQUE server setup.
     pub fn new(store: Arc<dyn Storage>, config: Config) -> Result<Service, StorageError> {
-        let fresh = ServerSetup::<OpaqueSuite>::new(&mut OsRng).serialize().to_vec();
+        let fresh = ServerSetup::<OpaqueSuite>::new(&mut OsRng)
+            .serialize()
+            .to_vec();
         let stored = store.server_secret("opaque_server_setup", fresh)?;
         let opaque = ServerSetup::<OpaqueSuite>::deserialize(&stored)
             .map_err(|_| StorageError::Backend("stored OPAQUE server setup is invalid".into()))?;
@@ -260,7 +274,7 @@ impl Service {
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_pushers(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Vec<(u64, mpsc::Sender<Push>)>>> {
+    fn lock_pushers(&self) -> std::sync::MutexGuard<'_, PushRegistry> {
         self.pushers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -311,7 +325,7 @@ impl Service {
                     status: if self.is_draining() { "draining" } else { "ok" }.into(),
                     version: env!("CARGO_PKG_VERSION").into(),
                     uptime_secs: self.started.elapsed().as_secs(),
-                })
+                });
             }
             method::OPAQUE_REGISTER_START
             | method::OPAQUE_REGISTER_FINISH
@@ -321,10 +335,22 @@ impl Service {
                     return Err(self.rate_limited(wait));
                 }
                 return match req.method {
-                    method::OPAQUE_REGISTER_START => self.register_start(v1::OpaqueRegisterStartRequest::decode(p)?).await,
-                    method::OPAQUE_REGISTER_FINISH => self.register_finish(v1::OpaqueRegisterFinishRequest::decode(p)?).await,
-                    method::OPAQUE_LOGIN_START => self.login_start(v1::OpaqueLoginStartRequest::decode(p)?).await,
-                    _ => self.login_finish(v1::OpaqueLoginFinishRequest::decode(p)?).await,
+                    method::OPAQUE_REGISTER_START => {
+                        self.register_start(v1::OpaqueRegisterStartRequest::decode(p)?)
+                            .await
+                    }
+                    method::OPAQUE_REGISTER_FINISH => {
+                        self.register_finish(v1::OpaqueRegisterFinishRequest::decode(p)?)
+                            .await
+                    }
+                    method::OPAQUE_LOGIN_START => {
+                        self.login_start(v1::OpaqueLoginStartRequest::decode(p)?)
+                            .await
+                    }
+                    _ => {
+                        self.login_finish(v1::OpaqueLoginFinishRequest::decode(p)?)
+                            .await
+                    }
                 };
             }
             m if !IMPLEMENTED.contains(&m) => {
@@ -358,7 +384,10 @@ impl Service {
                 ok(v1::DeleteAccountResponse {})
             }
             method::ENQUEUE => ok(self.enqueue(&s, v1::EnqueueRequest::decode(p)?).await?),
-            method::BATCH_ENQUEUE => self.batch_enqueue(&s, v1::BatchEnqueueRequest::decode(p)?).await,
+            method::BATCH_ENQUEUE => {
+                self.batch_enqueue(&s, v1::BatchEnqueueRequest::decode(p)?)
+                    .await
+            }
             method::FETCH => {
                 Metrics::inc(&self.metrics.fetch_total);
                 let r = v1::FetchRequest::decode(p)?;
@@ -381,9 +410,14 @@ impl Service {
                     return Err(Fail::bad("nothing to ack: set up_to_seq or seqs"));
                 }
                 if r.seqs.len() > FETCH_MAX {
-                    return Err(Fail::new(Status::PayloadTooLarge, format!("at most {FETCH_MAX} seqs per Ack")));
+                    return Err(Fail::new(
+                        Status::PayloadTooLarge,
+                        format!("at most {FETCH_MAX} seqs per Ack"),
+                    ));
                 }
-                let removed = self.db(move |st| st.ack(s.device_id, r.up_to_seq, &r.seqs)).await?;
+                let removed = self
+                    .db(move |st| st.ack(s.device_id, r.up_to_seq, &r.seqs))
+                    .await?;
                 ok(v1::AckResponse { removed })
             }
             method::UPLOAD_KEY_PACKAGE => {
@@ -393,7 +427,10 @@ impl Service {
                         return Err(Fail::bad("a KeyPackage is never empty"));
                     }
                     if kp.len() > KEY_PACKAGE_MAX {
-                        return Err(Fail::new(Status::PayloadTooLarge, "a KeyPackage is at most 1 MiB"));
+                        return Err(Fail::new(
+                            Status::PayloadTooLarge,
+                            "a KeyPackage is at most 1 MiB",
+                        ));
                     }
                 }
                 let n = r.key_packages.len() as u64;
@@ -402,7 +439,9 @@ impl Service {
                 let stored = self
                     .db(move |st| st.add_key_packages(s.device_id, suite, r.key_packages, cap))
                     .await?;
-                self.metrics.key_package_upload_total.fetch_add(n, Ordering::Relaxed);
+                self.metrics
+                    .key_package_upload_total
+                    .fetch_add(n, Ordering::Relaxed);
                 ok(v1::UploadKeyPackageResponse { stored })
             }
             method::FETCH_KEY_PACKAGE => {
@@ -410,7 +449,9 @@ impl Service {
                 let dk = key32(&r.device_key, "device_key")?;
                 let suite = r.ciphersuite;
                 let kp = self.db(move |st| st.pop_key_package(&dk, suite)).await?;
-                let kp = kp.ok_or_else(|| Fail::new(Status::NotFound, "no KeyPackage available for that device"))?;
+                let kp = kp.ok_or_else(|| {
+                    Fail::new(Status::NotFound, "no KeyPackage available for that device")
+                })?;
                 ok(v1::FetchKeyPackageResponse {
                     key_package: Bytes::from(kp),
                 })
@@ -419,7 +460,8 @@ impl Service {
                 let r = v1::UploadHybridKeyRequest::decode(p)?;
                 qpq_crypto::envelope::HybridPublicKey::from_bytes(&r.hybrid_public_key)
                     .map_err(|e| Fail::bad(format!("invalid hybrid public key: {e}")))?;
-                self.db(move |st| st.set_hybrid_key(s.device_id, &r.hybrid_public_key)).await?;
+                self.db(move |st| st.set_hybrid_key(s.device_id, &r.hybrid_public_key))
+                    .await?;
                 ok(v1::UploadHybridKeyResponse {})
             }
             method::FETCH_HYBRID_KEY => {
@@ -436,7 +478,10 @@ impl Service {
             method::FETCH_HYBRID_KEYS => {
                 let r = v1::FetchHybridKeysRequest::decode(p)?;
                 if r.device_keys.len() > 5000 {
-                    return Err(Fail::new(Status::PayloadTooLarge, "at most 5000 device keys per call"));
+                    return Err(Fail::new(
+                        Status::PayloadTooLarge,
+                        "at most 5000 device keys per call",
+                    ));
                 }
                 let dks = keys32(&r.device_keys, "device_key")?;
                 let keys = self.db(move |st| st.hybrid_keys(&dks)).await?;
@@ -450,21 +495,29 @@ impl Service {
                         .collect(),
                 })
             }
-            method::CREATE_CHANNEL => self.create_channel(&s, v1::CreateChannelRequest::decode(p)?).await,
+            method::CREATE_CHANNEL => {
+                self.create_channel(&s, v1::CreateChannelRequest::decode(p)?)
+                    .await
+            }
             method::REMOVE_MEMBER => {
                 let r = v1::RemoveMemberRequest::decode(p)?;
                 let ch = id16(&r.channel_id, "channel_id")?;
                 let m = key32(&r.member, "member")?;
-                self.db(move |st| st.remove_member(&ch, s.account_id, &m)).await?;
+                self.db(move |st| st.remove_member(&ch, s.account_id, &m))
+                    .await?;
                 ok(v1::RemoveMemberResponse {})
             }
             method::UPDATE_GROUP_METADATA => {
                 let r = v1::UpdateGroupMetadataRequest::decode(p)?;
                 let ch = id16(&r.channel_id, "channel_id")?;
                 if r.metadata.len() > METADATA_MAX {
-                    return Err(Fail::new(Status::PayloadTooLarge, "metadata is at most 64 KiB"));
+                    return Err(Fail::new(
+                        Status::PayloadTooLarge,
+                        "metadata is at most 64 KiB",
+                    ));
                 }
-                self.db(move |st| st.set_metadata(&ch, s.account_id, &r.metadata)).await?;
+                self.db(move |st| st.set_metadata(&ch, s.account_id, &r.metadata))
+                    .await?;
                 ok(v1::UpdateGroupMetadataResponse {})
             }
             method::LIST_GROUP_MEMBERS => {
@@ -474,7 +527,9 @@ impl Service {
                     .db(move |st| {
                         let c = st.channel(&ch)?.ok_or(StorageError::NotFound("channel"))?;
                         if !st.is_member(&ch, s.account_id)? {
-                            return Err(StorageError::Forbidden("not a member of the channel".into()));
+                            return Err(StorageError::Forbidden(
+                                "not a member of the channel".into(),
+                            ));
                         }
                         Ok((c, st.members(&ch)?))
                     })
@@ -485,7 +540,11 @@ impl Service {
                         .map(|m| v1::GroupMember {
                             identity_key: Bytes::copy_from_slice(&m.identity_key),
                             username: m.username,
-                            device_keys: m.device_keys.iter().map(|k| Bytes::copy_from_slice(k)).collect(),
+                            device_keys: m
+                                .device_keys
+                                .iter()
+                                .map(|k| Bytes::copy_from_slice(k))
+                                .collect(),
                         })
                         .collect(),
                     metadata: Bytes::from(channel.metadata),
@@ -498,14 +557,19 @@ impl Service {
                 let u = normalize_username(&r.username)?;
                 let (a, devices) = self
                     .db(move |st| {
-                        let a = st.account_by_username(&u)?.ok_or(StorageError::NotFound("user"))?;
+                        let a = st
+                            .account_by_username(&u)?
+                            .ok_or(StorageError::NotFound("user"))?;
                         let d = st.devices(a.id)?;
                         Ok((a, d))
                     })
                     .await?;
                 ok(v1::ResolveUserResponse {
                     identity_key: Bytes::copy_from_slice(&a.identity_key),
-                    device_keys: devices.iter().map(|d| Bytes::copy_from_slice(&d.device_key)).collect(),
+                    device_keys: devices
+                        .iter()
+                        .map(|d| Bytes::copy_from_slice(&d.device_key))
+                        .collect(),
                 })
             }
             method::RESOLVE_IDENTITY => {
@@ -513,22 +577,34 @@ impl Service {
                 let ik = key32(&r.identity_key, "identity_key")?;
                 let (a, devices) = self
                     .db(move |st| {
-                        let a = st.account_by_identity(&ik)?.ok_or(StorageError::NotFound("user"))?;
+                        let a = st
+                            .account_by_identity(&ik)?
+                            .ok_or(StorageError::NotFound("user"))?;
                         let d = st.devices(a.id)?;
                         Ok((a, d))
                     })
                     .await?;
                 ok(v1::ResolveIdentityResponse {
                     username: a.username,
-                    device_keys: devices.iter().map(|d| Bytes::copy_from_slice(&d.device_key)).collect(),
+                    device_keys: devices
+                        .iter()
+                        .map(|d| Bytes::copy_from_slice(&d.device_key))
+                        .collect(),
                 })
             }
-            method::UPLOAD_BLOB => self.upload_blob(&s, v1::UploadBlobRequest::decode(p)?).await,
+            method::UPLOAD_BLOB => {
+                self.upload_blob(&s, v1::UploadBlobRequest::decode(p)?)
+                    .await
+            }
             method::DOWNLOAD_BLOB => {
                 let r = v1::DownloadBlobRequest::decode(p)?;
                 let ch = id16(&r.channel_id, "channel_id")?;
                 let sha = key32(&r.sha256, "sha256")?;
-                let len = if r.length == 0 { BLOB_CHUNK_MAX } else { r.length.min(BLOB_CHUNK_MAX) };
+                let len = if r.length == 0 {
+                    BLOB_CHUNK_MAX
+                } else {
+                    r.length.min(BLOB_CHUNK_MAX)
+                };
                 let (chunk, total_size) = self
                     .db(move |st| {
                         // Absent and forbidden answer the same, so ids leak nothing.
@@ -547,7 +623,8 @@ impl Service {
                 let r = v1::RegisterDeviceRequest::decode(p)?;
                 let dk = key32(&r.device_key, "device_key")?;
                 let max = self.config.max_devices;
-                self.db(move |st| st.add_device(s.account_id, &dk, max, now_secs())).await?;
+                self.db(move |st| st.add_device(s.account_id, &dk, max, now_secs()))
+                    .await?;
                 ok(v1::RegisterDeviceResponse {})
             }
             method::LIST_DEVICES => {
@@ -567,13 +644,17 @@ impl Service {
                 let r = v1::RevokeDeviceRequest::decode(p)?;
                 let dk = key32(&r.device_key, "device_key")?;
                 let devices = self.db(move |st| st.devices(s.account_id)).await?;
-                self.db(move |st| st.revoke_device(s.account_id, &dk)).await?;
+                self.db(move |st| st.revoke_device(s.account_id, &dk))
+                    .await?;
                 if let Some(d) = devices.iter().find(|d| d.device_key == dk) {
                     self.lock_pushers().remove(&d.id);
                 }
                 ok(v1::RevokeDeviceResponse {})
             }
-            m => Err(Fail::new(Status::UnknownMethod, format!("method {m} is not implemented"))),
+            m => Err(Fail::new(
+                Status::UnknownMethod,
+                format!("method {m} is not implemented"),
+            )),
         }
     }
 
@@ -586,10 +667,17 @@ impl Service {
         }
     }
 
-    async fn authenticate(&self, ctx: &CallContext, payload: &[u8]) -> Result<(Session, Key32), Fail> {
+    async fn authenticate(
+        &self,
+        ctx: &CallContext,
+        payload: &[u8],
+    ) -> Result<(Session, Key32), Fail> {
         let token = qpq_proto::session_token(payload)?;
         if token.is_empty() {
-            return Err(Fail::new(Status::Unauthorized, "this method needs a session token"));
+            return Err(Fail::new(
+                Status::Unauthorized,
+                "this method needs a session token",
+            ));
         }
         if token.len() != 32 {
             return Err(Fail::new(Status::Unauthorized, "invalid session token"));
@@ -598,7 +686,12 @@ impl Service {
         let s = self
             .db(move |st| st.session(&hash, now_secs()))
             .await?
-            .ok_or_else(|| Fail::new(Status::Unauthorized, "session expired or invalid; log in again"))?;
+            .ok_or_else(|| {
+                Fail::new(
+                    Status::Unauthorized,
+                    "session expired or invalid; log in again",
+                )
+            })?;
         self.register_pusher(s.device_id, ctx);
         Ok((s, hash))
     }
@@ -619,8 +712,12 @@ impl Service {
         if self.db(move |st| st.username_taken(&u)).await? {
             return Err(Fail::new(Status::Conflict, "username is taken"));
         }
-        let start = qpq_crypto::opaque_ke::ServerRegistration::<OpaqueSuite>::start(&self.opaque, request, username.as_bytes())
-            .map_err(|_| Fail::bad("invalid OPAQUE registration request"))?;
+        let start = qpq_crypto::opaque_ke::ServerRegistration::<OpaqueSuite>::start(
+            &self.opaque,
+            request,
+            username.as_bytes(),
+        )
+        .map_err(|_| Fail::bad("invalid OPAQUE registration request"))?;
         ok(v1::OpaqueRegisterStartResponse {
             registration_response: Bytes::from(start.message.serialize().to_vec()),
         })
@@ -632,7 +729,9 @@ impl Service {
             .map_err(|_| Fail::bad("invalid OPAQUE registration upload"))?;
         let ik = key32(&r.identity_key, "identity_key")?;
         let dk = key32(&r.device_key, "device_key")?;
-        let record = ServerRegistration::<OpaqueSuite>::finish(upload).serialize().to_vec();
+        let record = ServerRegistration::<OpaqueSuite>::finish(upload)
+            .serialize()
+            .to_vec();
         self.db(move |st| st.create_account(&username, &ik, &dk, &record, now_secs()))
             .await?;
         ok(v1::OpaqueRegisterFinishResponse {})
@@ -640,14 +739,16 @@ impl Service {
 
     async fn login_start(&self, r: v1::OpaqueLoginStartRequest) -> Reply {
         let username = normalize_username(&r.username)?;
-        let ke1 = CredentialRequest::<OpaqueSuite>::deserialize(&r.ke1).map_err(|_| Fail::bad("invalid OPAQUE KE1"))?;
+        let ke1 = CredentialRequest::<OpaqueSuite>::deserialize(&r.ke1)
+            .map_err(|_| Fail::bad("invalid OPAQUE KE1"))?;
         let u = username.clone();
         let account = self.db(move |st| st.account_by_username(&u)).await?;
         let (password_file, account_id) = match account {
             Some(a) => (
                 Some(
-                    ServerRegistration::<OpaqueSuite>::deserialize(&a.opaque_record)
-                        .map_err(|_| Fail::new(Status::Internal, "stored credential is unreadable"))?,
+                    ServerRegistration::<OpaqueSuite>::deserialize(&a.opaque_record).map_err(
+                        |_| Fail::new(Status::Internal, "stored credential is unreadable"),
+                    )?,
                 ),
                 Some(a.id),
             ),
@@ -693,7 +794,11 @@ impl Service {
     async fn login_finish(&self, r: v1::OpaqueLoginFinishRequest) -> Reply {
         let id = id16(&r.login_id, "login_id")?;
         let dk = key32(&r.device_key, "device_key")?;
-        let pending = self.logins.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let pending = self
+            .logins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         let fail = || {
             Metrics::inc(&self.metrics.auth_login_failure_total);
             Fail::new(Status::Unauthorized, "login failed")
@@ -708,12 +813,15 @@ impl Service {
             .map_err(|_| fail())?;
         let account = pending.account.ok_or_else(fail)?;
         let max = self.config.max_devices;
-        let device = self.db(move |st| st.add_device(account, &dk, max, now_secs())).await?;
+        let device = self
+            .db(move |st| st.add_device(account, &dk, max, now_secs()))
+            .await?;
         let mut token = [0u8; 32];
         OsRng.fill_bytes(&mut token);
         let hash = token_hash(&token);
         let expires_at = now_secs() + self.config.session_ttl;
-        self.db(move |st| st.create_session(&hash, device, expires_at)).await?;
+        self.db(move |st| st.create_session(&hash, device, expires_at))
+            .await?;
         Metrics::inc(&self.metrics.auth_login_success_total);
         ok(v1::OpaqueLoginFinishResponse {
             session_token: Bytes::copy_from_slice(&token),
@@ -721,7 +829,11 @@ impl Service {
         })
     }
 
-    async fn enqueue(&self, s: &Session, r: v1::EnqueueRequest) -> Result<v1::EnqueueResponse, Fail> {
+    async fn enqueue(
+        &self,
+        s: &Session,
+        r: v1::EnqueueRequest,
+    ) -> Result<v1::EnqueueResponse, Fail> {
         let channel_id = id16(&r.channel_id, "channel_id")?;
         let message_id = id16(&r.message_id, "message_id")?;
         if r.payload.is_empty() {
@@ -729,15 +841,25 @@ impl Service {
         }
         let max = self.config.max_message_bytes;
         if r.payload.len() > max || r.welcome.len() > max {
-            return Err(Fail::new(Status::PayloadTooLarge, format!("messages are limited to {max} bytes")));
+            return Err(Fail::new(
+                Status::PayloadTooLarge,
+                format!("messages are limited to {max} bytes"),
+            ));
         }
-        let kind = v1::MessageKind::try_from(r.kind).map_err(|_| Fail::bad("unknown message kind"))?;
+        let kind =
+            v1::MessageKind::try_from(r.kind).map_err(|_| Fail::bad("unknown message kind"))?;
         let is_commit = kind == v1::MessageKind::Commit;
         if is_commit != r.commit_epoch.is_some() {
-            return Err(Fail::bad("commit_epoch is required for commits and only for commits"));
+            return Err(Fail::bad(
+                "commit_epoch is required for commits and only for commits",
+            ));
         }
-        if !is_commit && (!r.add_members.is_empty() || !r.remove_members.is_empty() || !r.welcome.is_empty()) {
-            return Err(Fail::bad("membership changes and Welcomes travel only with commits"));
+        if !is_commit
+            && (!r.add_members.is_empty() || !r.remove_members.is_empty() || !r.welcome.is_empty())
+        {
+            return Err(Fail::bad(
+                "membership changes and Welcomes travel only with commits",
+            ));
         }
         let bytes = r.payload.len() as u64;
         let op = EnqueueOp {
@@ -759,7 +881,9 @@ impl Service {
         let out = self.db(move |st| st.enqueue(op)).await?;
         if !out.duplicate {
             Metrics::inc(&self.metrics.enqueue_total);
-            self.metrics.enqueue_bytes_total.fetch_add(bytes, Ordering::Relaxed);
+            self.metrics
+                .enqueue_bytes_total
+                .fetch_add(bytes, Ordering::Relaxed);
         }
         self.deliver(&out.deliveries);
         Ok(v1::EnqueueResponse {
@@ -784,7 +908,9 @@ impl Service {
         }
         let p = self.lock_pushers();
         for d in deliveries {
-            let Some(conns) = p.get(&d.device_id) else { continue };
+            let Some(conns) = p.get(&d.device_id) else {
+                continue;
+            };
             let mut m = to_wire(&d.message);
             let omitted = m.payload.len() > PUSH_INLINE_MAX;
             if omitted {
@@ -810,7 +936,10 @@ impl Service {
 
     async fn batch_enqueue(&self, s: &Session, r: v1::BatchEnqueueRequest) -> Reply {
         if r.messages.len() > 256 {
-            return Err(Fail::new(Status::PayloadTooLarge, "at most 256 messages per batch"));
+            return Err(Fail::new(
+                Status::PayloadTooLarge,
+                "at most 256 messages per batch",
+            ));
         }
         let mut results = Vec::with_capacity(r.messages.len());
         for m in r.messages {
@@ -834,9 +963,19 @@ impl Service {
         ok(v1::BatchEnqueueResponse { results })
     }
 
-    async fn fetch(&self, s: &Session, after: u64, limit: u32, channel: &[u8]) -> Result<Vec<v1::QueuedMessage>, Fail> {
+    async fn fetch(
+        &self,
+        s: &Session,
+        after: u64,
+        limit: u32,
+        channel: &[u8],
+    ) -> Result<Vec<v1::QueuedMessage>, Fail> {
         let ch = optional_channel(channel)?;
-        let limit = if limit == 0 { 100 } else { (limit as usize).min(FETCH_MAX) };
+        let limit = if limit == 0 {
+            100
+        } else {
+            (limit as usize).min(FETCH_MAX)
+        };
         let device = s.device_id;
         let msgs = self
             .db(move |st| st.fetch(device, after, limit, FETCH_MAX_BYTES, ch))
@@ -845,7 +984,8 @@ impl Service {
     }
 
     async fn fetch_wait(&self, s: &Session, r: v1::FetchWaitRequest) -> Reply {
-        let timeout = Duration::from_millis(u64::from(r.timeout_ms).min(self.config.max_fetch_wait_ms));
+        let timeout =
+            Duration::from_millis(u64::from(r.timeout_ms).min(self.config.max_fetch_wait_ms));
         let deadline = tokio::time::Instant::now() + timeout;
         let notify = self.waiter(s.device_id);
         loop {
@@ -875,10 +1015,16 @@ impl Service {
             return Err(Fail::bad("a DM names exactly one other member"));
         }
         if members.len() > 10_000 {
-            return Err(Fail::new(Status::PayloadTooLarge, "at most 10000 initial members"));
+            return Err(Fail::new(
+                Status::PayloadTooLarge,
+                "at most 10000 initial members",
+            ));
         }
         if r.metadata.len() > METADATA_MAX {
-            return Err(Fail::new(Status::PayloadTooLarge, "metadata is at most 64 KiB"));
+            return Err(Fail::new(
+                Status::PayloadTooLarge,
+                "metadata is at most 64 KiB",
+            ));
         }
         let account = s.account_id;
         let (ch, created) = self
@@ -899,7 +1045,10 @@ impl Service {
         }
         let max = self.config.max_blob_bytes;
         if r.total_size > max {
-            return Err(Fail::new(Status::PayloadTooLarge, format!("blobs are limited to {max} bytes")));
+            return Err(Fail::new(
+                Status::PayloadTooLarge,
+                format!("blobs are limited to {max} bytes"),
+            ));
         }
         let chunk = BlobChunk {
             account_id: s.account_id,
@@ -918,7 +1067,9 @@ impl Service {
             let valid = actual == sha;
             self.db(move |st| st.finish_blob(&ch, &sha, valid)).await?;
             if !valid {
-                return Err(Fail::bad("SHA-256 of the uploaded bytes does not match; the upload was discarded"));
+                return Err(Fail::bad(
+                    "SHA-256 of the uploaded bytes does not match; the upload was discarded",
+                ));
             }
             complete = true;
         }

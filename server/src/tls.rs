@@ -20,7 +20,10 @@ pub struct TlsMaterial {
 impl TlsMaterial {
     /// SHA-256 of the leaf certificate, lowercase hex (what clients pin).
     pub fn fingerprint(&self) -> String {
-        self.chain.first().map(|c| hex::encode(Sha256::digest(c.as_ref()))).unwrap_or_default()
+        self.chain
+            .first()
+            .map(|c| hex::encode(Sha256::digest(c.as_ref())))
+            .unwrap_or_default()
     }
 }
 
@@ -38,7 +41,8 @@ fn read_certs(p: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 fn read_key(p: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
     if bytes.starts_with(b"-----") {
-        PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| format!("invalid PEM key {}: {e}", p.display()))
+        PrivateKeyDer::from_pem_slice(&bytes)
+            .map_err(|e| format!("invalid PEM key {}: {e}", p.display()))
     } else {
         Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(bytes)))
     }
@@ -66,13 +70,18 @@ pub fn load_or_generate(config: &Config) -> Result<TlsMaterial, String> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-    let generated =
-        rcgen::generate_simple_self_signed(names).map_err(|e| format!("cannot generate a certificate: {e}"))?;
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let generated = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| format!("cannot generate a certificate: {e}"))?;
     let cert = generated.cert.der().to_vec();
     let key = generated.key_pair.serialize_der();
     write_private(&key_path, &key)?;
-    std::fs::write(&cert_path, &cert).map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
+    std::fs::write(&cert_path, &cert)
+        .map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
     Ok(TlsMaterial {
         chain: vec![CertificateDer::from(cert)],
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
@@ -88,8 +97,11 @@ fn write_private(p: &Path, bytes: &[u8]) -> Result<(), String> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(p).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-    f.write_all(bytes).map_err(|e| format!("cannot write {}: {e}", p.display()))
+    let mut f = opts
+        .open(p)
+        .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    f.write_all(bytes)
+        .map_err(|e| format!("cannot write {}: {e}", p.display()))
 }
 
 /// A rustls server config: TLS 1.3 only, ALPN `qpq`, no client certificates.

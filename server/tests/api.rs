@@ -21,7 +21,13 @@ async fn health_needs_no_token_and_unknown_methods_are_named() {
     let h: v1::HealthResponse = c.call(method::HEALTH, &v1::HealthRequest {}).await.unwrap();
     assert_eq!(h.status, "ok");
     assert_eq!(h.version, env!("CARGO_PKG_VERSION"));
-    for m in [999u16, 0, method::REPORT_MESSAGE, method::STORE_RECOVERY_BUNDLE, method::RELAY_ENQUEUE] {
+    for m in [
+        999u16,
+        0,
+        method::REPORT_MESSAGE,
+        method::STORE_RECOVERY_BUNDLE,
+        method::RELAY_ENQUEUE,
+    ] {
         let r = c.raw(m, vec![]).await;
         assert_eq!(r.status, Status::UnknownMethod, "method {m}");
     }
@@ -36,25 +42,44 @@ async fn opaque_register_login_logout() {
     let mut dup = s.connect().await;
     assert_eq!(status_of(dup.register("alice", PW).await), Status::Conflict);
     let mut bad = s.connect().await;
-    assert_eq!(status_of(bad.register("no spaces", PW).await), Status::BadRequest);
+    assert_eq!(
+        status_of(bad.register("no spaces", PW).await),
+        Status::BadRequest
+    );
 
     // Wrong passwords never yield a token.
-    for wrong in ["correct horse battery stapl", "Correct horse battery staple", "correct horse battery staple ", ""] {
+    for wrong in [
+        "correct horse battery stapl",
+        "Correct horse battery staple",
+        "correct horse battery staple ",
+        "",
+    ] {
         let mut c = s.connect().await;
         c.device = qpq_crypto::identity::IdentityKey::generate(&mut rand::rngs::OsRng);
-        assert_eq!(status_of(c.login("alice", wrong).await), Status::Unauthorized);
+        assert_eq!(
+            status_of(c.login("alice", wrong).await),
+            Status::Unauthorized
+        );
         assert!(c.token.is_none());
     }
     // An unknown user gets a well-formed KE2 and fails at the same step.
     let mut ghost = s.connect().await;
-    assert_eq!(status_of(ghost.login("nobody", PW).await), Status::Unauthorized);
+    assert_eq!(
+        status_of(ghost.login("nobody", PW).await),
+        Status::Unauthorized
+    );
 
     a.login("alice", PW).await.unwrap();
-    let d: v1::ListDevicesResponse = a.call(method::LIST_DEVICES, &v1::ListDevicesRequest {}).await.unwrap();
+    let d: v1::ListDevicesResponse = a
+        .call(method::LIST_DEVICES, &v1::ListDevicesRequest {})
+        .await
+        .unwrap();
     assert_eq!(d.devices.len(), 1);
     assert!(d.devices[0].current);
     let _: v1::LogoutResponse = a.call(method::LOGOUT, &v1::LogoutRequest {}).await.unwrap();
-    let r = a.call::<_, v1::ListDevicesResponse>(method::LIST_DEVICES, &v1::ListDevicesRequest {}).await;
+    let r = a
+        .call::<_, v1::ListDevicesResponse>(method::LIST_DEVICES, &v1::ListDevicesRequest {})
+        .await;
     assert_eq!(status_of(r), Status::Unauthorized, "token dies on logout");
 }
 
@@ -89,11 +114,23 @@ async fn every_authenticated_method_rejects_missing_and_bad_tokens() {
         method::DELETE_ACCOUNT,
     ] {
         c.token = None;
-        assert_eq!(c.raw(m, vec![]).await.status, Status::Unauthorized, "no token, method {m}");
+        assert_eq!(
+            c.raw(m, vec![]).await.status,
+            Status::Unauthorized,
+            "no token, method {m}"
+        );
         c.token = Some(vec![7; 32]);
-        assert_eq!(c.raw(m, c.encode(&v1::Empty {})).await.status, Status::Unauthorized, "bad token, method {m}");
+        assert_eq!(
+            c.raw(m, c.encode(&v1::Empty {})).await.status,
+            Status::Unauthorized,
+            "bad token, method {m}"
+        );
         c.token = Some(vec![7; 5]);
-        assert_eq!(c.raw(m, c.encode(&v1::Empty {})).await.status, Status::Unauthorized, "short token, method {m}");
+        assert_eq!(
+            c.raw(m, c.encode(&v1::Empty {})).await.status,
+            Status::Unauthorized,
+            "short token, method {m}"
+        );
     }
 }
 
@@ -126,7 +163,10 @@ async fn enqueue_fetch_ack_peek_and_idempotency() {
         )
         .await
         .unwrap();
-    assert_eq!((again.channel_id.clone(), again.created), (dm.channel_id.clone(), false));
+    assert_eq!(
+        (again.channel_id.clone(), again.created),
+        (dm.channel_id.clone(), false)
+    );
     let ch = dm.channel_id;
 
     let req = app_message(&ch, 1, b"ciphertext-1");
@@ -135,40 +175,83 @@ async fn enqueue_fetch_ack_peek_and_idempotency() {
     for _ in 0..10 {
         let retry: v1::EnqueueResponse = a.call(method::ENQUEUE, &req).await.unwrap();
         assert!(retry.duplicate);
-        assert_eq!(retry.server_id, first.server_id, "a retry answers with the same id");
+        assert_eq!(
+            retry.server_id, first.server_id,
+            "a retry answers with the same id"
+        );
     }
     a.send(&ch, 2, b"ciphertext-2").await.unwrap();
     a.send(&ch, 3, b"ciphertext-3").await.unwrap();
 
     let msgs = b.fetch().await;
-    assert_eq!(msgs.iter().map(|m| &m.payload[..]).collect::<Vec<_>>(), [&b"ciphertext-1"[..], b"ciphertext-2", b"ciphertext-3"]);
+    assert_eq!(
+        msgs.iter().map(|m| &m.payload[..]).collect::<Vec<_>>(),
+        [&b"ciphertext-1"[..], b"ciphertext-2", b"ciphertext-3"]
+    );
     assert!(msgs.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!(msgs[0].sender_device, a.device_key());
-    assert!(a.fetch().await.is_empty(), "the sender's device gets no copy");
+    assert!(
+        a.fetch().await.is_empty(),
+        "the sender's device gets no copy"
+    );
 
-    let peek: v1::PeekResponse = b.call(method::PEEK, &v1::PeekRequest::default()).await.unwrap();
+    let peek: v1::PeekResponse = b
+        .call(method::PEEK, &v1::PeekRequest::default())
+        .await
+        .unwrap();
     assert_eq!((peek.count, peek.last_seq), (3, msgs[2].seq));
     // Fetch without ack re-delivers.
     assert_eq!(b.fetch().await.len(), 3);
     let after: v1::FetchResponse = b
-        .call(method::FETCH, &v1::FetchRequest { after_seq: msgs[0].seq, limit: 1, channel_id: ch.clone() })
+        .call(
+            method::FETCH,
+            &v1::FetchRequest {
+                after_seq: msgs[0].seq,
+                limit: 1,
+                channel_id: ch.clone(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(after.messages.len(), 1);
     assert_eq!(after.messages[0].seq, msgs[1].seq);
 
     let acked: v1::AckResponse = b
-        .call(method::ACK, &v1::AckRequest { up_to_seq: msgs[1].seq, seqs: vec![] })
+        .call(
+            method::ACK,
+            &v1::AckRequest {
+                up_to_seq: msgs[1].seq,
+                seqs: vec![],
+            },
+        )
         .await
         .unwrap();
     assert_eq!(acked.removed, 2);
     let left = b.fetch().await;
     assert_eq!(left.len(), 1);
     // Acking someone else's sequence numbers (or unknown ones) removes nothing of theirs.
-    let none: v1::AckResponse = a.call(method::ACK, &v1::AckRequest { up_to_seq: 1000, seqs: vec![] }).await.unwrap();
+    let none: v1::AckResponse = a
+        .call(
+            method::ACK,
+            &v1::AckRequest {
+                up_to_seq: 1000,
+                seqs: vec![],
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(none.removed, 0);
     assert_eq!(b.fetch().await.len(), 1);
-    let _: v1::AckResponse = b.call(method::ACK, &v1::AckRequest { up_to_seq: 0, seqs: vec![left[0].seq] }).await.unwrap();
+    let _: v1::AckResponse = b
+        .call(
+            method::ACK,
+            &v1::AckRequest {
+                up_to_seq: 0,
+                seqs: vec![left[0].seq],
+            },
+        )
+        .await
+        .unwrap();
     assert!(b.fetch().await.is_empty());
 
     // Sequence numbers keep increasing after the queue drained.
@@ -180,7 +263,11 @@ async fn enqueue_fetch_ack_peek_and_idempotency() {
         .call(
             method::BATCH_ENQUEUE,
             &v1::BatchEnqueueRequest {
-                messages: vec![app_message(&ch, 5, b"five"), app_message(&ch, 6, b""), app_message(&ch, 7, b"seven")],
+                messages: vec![
+                    app_message(&ch, 5, b"five"),
+                    app_message(&ch, 6, b""),
+                    app_message(&ch, 7, b"seven"),
+                ],
             },
         )
         .await
@@ -199,22 +286,53 @@ async fn enqueue_validation_errors() {
 
     let mut r = app_message(&ch, 1, b"x");
     r.channel_id = Bytes::from_static(&[1; 15]);
-    assert_eq!(status_of(a.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &r).await), Status::BadRequest);
+    assert_eq!(
+        status_of(a.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &r).await),
+        Status::BadRequest
+    );
     let mut r = app_message(&ch, 1, b"x");
     r.message_id = Bytes::from_static(&[1; 17]);
-    assert_eq!(status_of(a.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &r).await), Status::BadRequest);
-    assert_eq!(status_of(a.send(&ch, 1, b"").await), Status::BadRequest, "empty payload");
-    assert_eq!(status_of(a.send(&ch, 1, &[0u8; 1001]).await), Status::PayloadTooLarge);
-    assert_eq!(status_of(a.send(&ch, 1, &[0u8; 1000]).await), Status::Ok, "exactly the cap is accepted");
-    assert_eq!(status_of(a.send(&Bytes::from_static(&[9; 16]), 1, b"x").await), Status::NotFound);
-    assert_eq!(status_of(outsider.send(&ch, 1, b"x").await), Status::Forbidden, "sender must be a member");
+    assert_eq!(
+        status_of(a.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &r).await),
+        Status::BadRequest
+    );
+    assert_eq!(
+        status_of(a.send(&ch, 1, b"").await),
+        Status::BadRequest,
+        "empty payload"
+    );
+    assert_eq!(
+        status_of(a.send(&ch, 1, &[0u8; 1001]).await),
+        Status::PayloadTooLarge
+    );
+    assert_eq!(
+        status_of(a.send(&ch, 1, &[0u8; 1000]).await),
+        Status::Ok,
+        "exactly the cap is accepted"
+    );
+    assert_eq!(
+        status_of(a.send(&Bytes::from_static(&[9; 16]), 1, b"x").await),
+        Status::NotFound
+    );
+    assert_eq!(
+        status_of(outsider.send(&ch, 1, b"x").await),
+        Status::Forbidden,
+        "sender must be a member"
+    );
     // Commit rules.
     let mut c = app_message(&ch, 2, b"commit");
     c.kind = v1::MessageKind::Commit as i32;
-    assert_eq!(status_of(a.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &c).await), Status::BadRequest, "commit needs epoch");
+    assert_eq!(
+        status_of(a.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &c).await),
+        Status::BadRequest,
+        "commit needs epoch"
+    );
     let mut w = app_message(&ch, 3, b"app");
     w.add_members = vec![outsider.identity_key()];
-    assert_eq!(status_of(a.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &w).await), Status::BadRequest);
+    assert_eq!(
+        status_of(a.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &w).await),
+        Status::BadRequest
+    );
     // Garbage protobuf.
     let r = a.raw(method::ENQUEUE, vec![0xff, 0xff, 0xff]).await;
     assert_eq!(r.status, Status::BadRequest);
@@ -229,22 +347,44 @@ async fn fetch_wait_wakes_on_enqueue_and_push_arrives() {
     // An idle FetchWait returns empty at its timeout.
     let t0 = std::time::Instant::now();
     let r: v1::FetchResponse = b
-        .call(method::FETCH_WAIT, &v1::FetchWaitRequest { timeout_ms: 300, ..Default::default() })
+        .call(
+            method::FETCH_WAIT,
+            &v1::FetchWaitRequest {
+                timeout_ms: 300,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert!(r.messages.is_empty());
     assert!(t0.elapsed() >= Duration::from_millis(290));
 
     let waiter = tokio::spawn({
-        let req = b.encode(&v1::FetchWaitRequest { timeout_ms: 20_000, ..Default::default() });
+        let req = b.encode(&v1::FetchWaitRequest {
+            timeout_ms: 20_000,
+            ..Default::default()
+        });
         let conn = b.conn.clone();
         async move {
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            let f = Request { method: method::FETCH_WAIT, request_id: 77, payload: Bytes::from(req) };
+            let f = Request {
+                method: method::FETCH_WAIT,
+                request_id: 77,
+                payload: Bytes::from(req),
+            };
             send.write_all(&f.encode().unwrap()).await.unwrap();
             send.finish().unwrap();
-            let resp = qpq_proto::frame::read_response(&mut recv, qpq_proto::MAX_PAYLOAD, Duration::from_secs(30)).await.unwrap();
-            (decode_response::<v1::FetchResponse>(resp).unwrap(), std::time::Instant::now())
+            let resp = qpq_proto::frame::read_response(
+                &mut recv,
+                qpq_proto::MAX_PAYLOAD,
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+            (
+                decode_response::<v1::FetchResponse>(resp).unwrap(),
+                std::time::Instant::now(),
+            )
         }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -252,9 +392,15 @@ async fn fetch_wait_wakes_on_enqueue_and_push_arrives() {
     a.send(&ch, 1, b"wake up").await.unwrap();
     let (got, at) = waiter.await.unwrap();
     assert_eq!(got.messages.len(), 1);
-    assert!(at.duration_since(sent_at) < Duration::from_secs(2), "woken by the enqueue, not the timeout");
+    assert!(
+        at.duration_since(sent_at) < Duration::from_secs(2),
+        "woken by the enqueue, not the timeout"
+    );
 
-    let push = b.next_push(Duration::from_secs(5)).await.expect("push NewMessage");
+    let push = b
+        .next_push(Duration::from_secs(5))
+        .await
+        .expect("push NewMessage");
     assert_eq!(push.event, qpq_proto::event::NEW_MESSAGE);
     let nm = v1::NewMessage::decode(push.payload).unwrap();
     let m = nm.message.unwrap();
@@ -283,13 +429,19 @@ async fn commits_are_ordered_per_epoch_and_carry_membership_and_welcome() {
     assert_eq!(r.epoch, 1);
     let cm = c.fetch().await;
     assert_eq!(cm.len(), 1, "carol gets only the Welcome");
-    assert_eq!((cm[0].kind, &cm[0].payload[..]), (v1::MessageKind::Welcome as i32, &b"welcome-for-carol"[..]));
+    assert_eq!(
+        (cm[0].kind, &cm[0].payload[..]),
+        (v1::MessageKind::Welcome as i32, &b"welcome-for-carol"[..])
+    );
     let bm = b.fetch().await;
     assert_eq!((bm.len(), bm[0].kind), (1, v1::MessageKind::Commit as i32));
 
     // A stale epoch conflicts, and nothing of it is stored.
     let stale = commit(2, 0);
-    let e = b.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &stale).await.unwrap_err();
+    let e = b
+        .call::<_, v1::EnqueueResponse>(method::ENQUEUE, &stale)
+        .await
+        .unwrap_err();
     assert_eq!(e.status, Status::Conflict);
     assert!(e.message.contains("epoch 1"), "{}", e.message);
     // Two members commit from the same epoch at the same moment: exactly one wins.
@@ -299,26 +451,62 @@ async fn commits_are_ordered_per_epoch_and_carry_membership_and_welcome() {
         c.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &cc),
     );
     let oks = [status_of(rb), status_of(rc)];
-    assert_eq!(oks.iter().filter(|s| **s == Status::Ok).count(), 1, "{oks:?}");
-    assert_eq!(oks.iter().filter(|s| **s == Status::Conflict).count(), 1, "{oks:?}");
+    assert_eq!(
+        oks.iter().filter(|s| **s == Status::Ok).count(),
+        1,
+        "{oks:?}"
+    );
+    assert_eq!(
+        oks.iter().filter(|s| **s == Status::Conflict).count(),
+        1,
+        "{oks:?}"
+    );
 
     // Removal travels with a commit; the removed member gets the commit, not what follows.
     let mut rm = commit(5, 2);
     rm.remove_members = vec![c.identity_key()];
     let _: v1::EnqueueResponse = a.call(method::ENQUEUE, &rm).await.unwrap();
-    let _: v1::AckResponse = c.call(method::ACK, &v1::AckRequest { up_to_seq: u64::MAX >> 1, seqs: vec![] }).await.unwrap();
+    let _: v1::AckResponse = c
+        .call(
+            method::ACK,
+            &v1::AckRequest {
+                up_to_seq: u64::MAX >> 1,
+                seqs: vec![],
+            },
+        )
+        .await
+        .unwrap();
     a.send(&ch, 6, b"after removal").await.unwrap();
-    assert!(c.fetch().await.iter().all(|m| &m.payload[..] != b"after removal"));
+    assert!(c
+        .fetch()
+        .await
+        .iter()
+        .all(|m| &m.payload[..] != b"after removal"));
     assert_eq!(status_of(c.send(&ch, 7, b"x").await), Status::Forbidden);
 
-    let members: v1::ListGroupMembersResponse =
-        a.call(method::LIST_GROUP_MEMBERS, &v1::ListGroupMembersRequest { channel_id: ch.clone() }).await.unwrap();
+    let members: v1::ListGroupMembersResponse = a
+        .call(
+            method::LIST_GROUP_MEMBERS,
+            &v1::ListGroupMembersRequest {
+                channel_id: ch.clone(),
+            },
+        )
+        .await
+        .unwrap();
     let mut names: Vec<_> = members.members.iter().map(|m| m.username.clone()).collect();
     names.sort();
     assert_eq!(names, ["alice", "bob"]);
     assert_eq!(members.epoch, 3);
     assert_eq!(
-        status_of(c.call::<_, v1::ListGroupMembersResponse>(method::LIST_GROUP_MEMBERS, &v1::ListGroupMembersRequest { channel_id: ch.clone() }).await),
+        status_of(
+            c.call::<_, v1::ListGroupMembersResponse>(
+                method::LIST_GROUP_MEMBERS,
+                &v1::ListGroupMembersRequest {
+                    channel_id: ch.clone()
+                }
+            )
+            .await
+        ),
         Status::Forbidden
     );
 }
@@ -330,36 +518,116 @@ async fn channel_membership_methods() {
     let b = s.user("bob").await;
     let ch = a.group(&[&b]).await;
     let _: v1::UpdateGroupMetadataResponse = a
-        .call(method::UPDATE_GROUP_METADATA, &v1::UpdateGroupMetadataRequest { channel_id: ch.clone(), metadata: Bytes::from_static(b"sealed name") })
+        .call(
+            method::UPDATE_GROUP_METADATA,
+            &v1::UpdateGroupMetadataRequest {
+                channel_id: ch.clone(),
+                metadata: Bytes::from_static(b"sealed name"),
+            },
+        )
         .await
         .unwrap();
-    let l: v1::ListGroupMembersResponse = b.call(method::LIST_GROUP_MEMBERS, &v1::ListGroupMembersRequest { channel_id: ch.clone() }).await.unwrap();
+    let l: v1::ListGroupMembersResponse = b
+        .call(
+            method::LIST_GROUP_MEMBERS,
+            &v1::ListGroupMembersRequest {
+                channel_id: ch.clone(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(&l.metadata[..], b"sealed name");
     assert_eq!(l.members.len(), 2);
     assert_eq!(
-        status_of(a.call::<_, v1::UpdateGroupMetadataResponse>(method::UPDATE_GROUP_METADATA, &v1::UpdateGroupMetadataRequest { channel_id: ch.clone(), metadata: Bytes::from(vec![0; 65 * 1024]) }).await),
+        status_of(
+            a.call::<_, v1::UpdateGroupMetadataResponse>(
+                method::UPDATE_GROUP_METADATA,
+                &v1::UpdateGroupMetadataRequest {
+                    channel_id: ch.clone(),
+                    metadata: Bytes::from(vec![0; 65 * 1024])
+                }
+            )
+            .await
+        ),
         Status::PayloadTooLarge
     );
     // bob leaves (removes himself).
-    let _: v1::RemoveMemberResponse = b.call(method::REMOVE_MEMBER, &v1::RemoveMemberRequest { channel_id: ch.clone(), member: b.identity_key() }).await.unwrap();
+    let _: v1::RemoveMemberResponse = b
+        .call(
+            method::REMOVE_MEMBER,
+            &v1::RemoveMemberRequest {
+                channel_id: ch.clone(),
+                member: b.identity_key(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(
-        status_of(b.call::<_, v1::RemoveMemberResponse>(method::REMOVE_MEMBER, &v1::RemoveMemberRequest { channel_id: ch.clone(), member: a.identity_key() }).await),
+        status_of(
+            b.call::<_, v1::RemoveMemberResponse>(
+                method::REMOVE_MEMBER,
+                &v1::RemoveMemberRequest {
+                    channel_id: ch.clone(),
+                    member: a.identity_key()
+                }
+            )
+            .await
+        ),
         Status::Forbidden
     );
     assert_eq!(
-        status_of(a.call::<_, v1::RemoveMemberResponse>(method::REMOVE_MEMBER, &v1::RemoveMemberRequest { channel_id: ch.clone(), member: b.identity_key() }).await),
+        status_of(
+            a.call::<_, v1::RemoveMemberResponse>(
+                method::REMOVE_MEMBER,
+                &v1::RemoveMemberRequest {
+                    channel_id: ch.clone(),
+                    member: b.identity_key()
+                }
+            )
+            .await
+        ),
         Status::NotFound
     );
     assert_eq!(
-        status_of(a.call::<_, v1::CreateChannelResponse>(method::CREATE_CHANNEL, &v1::CreateChannelRequest { kind: v1::ChannelKind::Dm as i32, members: vec![Bytes::from_static(&[3; 32])], metadata: Bytes::new() }).await),
+        status_of(
+            a.call::<_, v1::CreateChannelResponse>(
+                method::CREATE_CHANNEL,
+                &v1::CreateChannelRequest {
+                    kind: v1::ChannelKind::Dm as i32,
+                    members: vec![Bytes::from_static(&[3; 32])],
+                    metadata: Bytes::new()
+                }
+            )
+            .await
+        ),
         Status::NotFound
     );
     assert_eq!(
-        status_of(a.call::<_, v1::CreateChannelResponse>(method::CREATE_CHANNEL, &v1::CreateChannelRequest { kind: v1::ChannelKind::Dm as i32, members: vec![a.identity_key()], metadata: Bytes::new() }).await),
+        status_of(
+            a.call::<_, v1::CreateChannelResponse>(
+                method::CREATE_CHANNEL,
+                &v1::CreateChannelRequest {
+                    kind: v1::ChannelKind::Dm as i32,
+                    members: vec![a.identity_key()],
+                    metadata: Bytes::new()
+                }
+            )
+            .await
+        ),
         Status::BadRequest
     );
     assert_eq!(
-        status_of(a.call::<_, v1::CreateChannelResponse>(method::CREATE_CHANNEL, &v1::CreateChannelRequest { kind: 9, members: vec![], metadata: Bytes::new() }).await),
+        status_of(
+            a.call::<_, v1::CreateChannelResponse>(
+                method::CREATE_CHANNEL,
+                &v1::CreateChannelRequest {
+                    kind: 9,
+                    members: vec![],
+                    metadata: Bytes::new()
+                }
+            )
+            .await
+        ),
         Status::BadRequest
     );
 }
@@ -369,57 +637,171 @@ async fn key_packages_are_single_use_and_hybrid_keys_validated() {
     let s = TestServer::start_with(|c| c.max_key_packages = 5).await;
     let a = s.user("alice").await;
     let b = s.user("bob").await;
-    let up = |kps: Vec<&'static [u8]>| v1::UploadKeyPackageRequest { key_packages: kps.into_iter().map(Bytes::from_static).collect(), ciphersuite: 1 };
+    let up = |kps: Vec<&'static [u8]>| v1::UploadKeyPackageRequest {
+        key_packages: kps.into_iter().map(Bytes::from_static).collect(),
+        ciphersuite: 1,
+    };
     // Another suite is counted and handed out separately.
     let pq: v1::UploadKeyPackageResponse = a
-        .call(method::UPLOAD_KEY_PACKAGE, &v1::UploadKeyPackageRequest { key_packages: vec![Bytes::from_static(b"pq1")], ciphersuite: 0x4d })
+        .call(
+            method::UPLOAD_KEY_PACKAGE,
+            &v1::UploadKeyPackageRequest {
+                key_packages: vec![Bytes::from_static(b"pq1")],
+                ciphersuite: 0x4d,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(pq.stored, 1);
-    let r: v1::UploadKeyPackageResponse = a.call(method::UPLOAD_KEY_PACKAGE, &up(vec![b"kp1", b"kp2", b"kp3"])).await.unwrap();
+    let r: v1::UploadKeyPackageResponse = a
+        .call(
+            method::UPLOAD_KEY_PACKAGE,
+            &up(vec![b"kp1", b"kp2", b"kp3"]),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.stored, 3);
-    let count: v1::UploadKeyPackageResponse = a.call(method::UPLOAD_KEY_PACKAGE, &up(vec![])).await.unwrap();
+    let count: v1::UploadKeyPackageResponse = a
+        .call(method::UPLOAD_KEY_PACKAGE, &up(vec![]))
+        .await
+        .unwrap();
     assert_eq!(count.stored, 3, "an empty upload reports the count");
-    assert_eq!(status_of(a.call::<_, v1::UploadKeyPackageResponse>(method::UPLOAD_KEY_PACKAGE, &up(vec![b""])).await), Status::BadRequest);
-    assert_eq!(status_of(a.call::<_, v1::UploadKeyPackageResponse>(method::UPLOAD_KEY_PACKAGE, &up(vec![b"a", b"b", b"c"])).await), Status::Forbidden, "cap");
-    let big = v1::UploadKeyPackageRequest { key_packages: vec![Bytes::from(vec![1u8; 1024 * 1024 + 1])], ciphersuite: 1 };
-    assert_eq!(status_of(a.call::<_, v1::UploadKeyPackageResponse>(method::UPLOAD_KEY_PACKAGE, &big).await), Status::PayloadTooLarge);
+    assert_eq!(
+        status_of(
+            a.call::<_, v1::UploadKeyPackageResponse>(method::UPLOAD_KEY_PACKAGE, &up(vec![b""]))
+                .await
+        ),
+        Status::BadRequest
+    );
+    assert_eq!(
+        status_of(
+            a.call::<_, v1::UploadKeyPackageResponse>(
+                method::UPLOAD_KEY_PACKAGE,
+                &up(vec![b"a", b"b", b"c"])
+            )
+            .await
+        ),
+        Status::Forbidden,
+        "cap"
+    );
+    let big = v1::UploadKeyPackageRequest {
+        key_packages: vec![Bytes::from(vec![1u8; 1024 * 1024 + 1])],
+        ciphersuite: 1,
+    };
+    assert_eq!(
+        status_of(
+            a.call::<_, v1::UploadKeyPackageResponse>(method::UPLOAD_KEY_PACKAGE, &big)
+                .await
+        ),
+        Status::PayloadTooLarge
+    );
 
-    let fetch = v1::FetchKeyPackageRequest { device_key: a.device_key(), ciphersuite: 1 };
+    let fetch = v1::FetchKeyPackageRequest {
+        device_key: a.device_key(),
+        ciphersuite: 1,
+    };
     let mut got = Vec::new();
     for _ in 0..3 {
-        let r: v1::FetchKeyPackageResponse = b.call(method::FETCH_KEY_PACKAGE, &fetch).await.unwrap();
+        let r: v1::FetchKeyPackageResponse =
+            b.call(method::FETCH_KEY_PACKAGE, &fetch).await.unwrap();
         got.push(r.key_package);
     }
     got.sort();
-    assert_eq!(got, [Bytes::from_static(b"kp1"), Bytes::from_static(b"kp2"), Bytes::from_static(b"kp3")]);
-    assert_eq!(status_of(b.call::<_, v1::FetchKeyPackageResponse>(method::FETCH_KEY_PACKAGE, &fetch).await), Status::NotFound);
+    assert_eq!(
+        got,
+        [
+            Bytes::from_static(b"kp1"),
+            Bytes::from_static(b"kp2"),
+            Bytes::from_static(b"kp3")
+        ]
+    );
+    assert_eq!(
+        status_of(
+            b.call::<_, v1::FetchKeyPackageResponse>(method::FETCH_KEY_PACKAGE, &fetch)
+                .await
+        ),
+        Status::NotFound
+    );
     let pq: v1::FetchKeyPackageResponse = b
-        .call(method::FETCH_KEY_PACKAGE, &v1::FetchKeyPackageRequest { device_key: a.device_key(), ciphersuite: 0x4d })
+        .call(
+            method::FETCH_KEY_PACKAGE,
+            &v1::FetchKeyPackageRequest {
+                device_key: a.device_key(),
+                ciphersuite: 0x4d,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(&pq.key_package[..], b"pq1");
     assert_eq!(
-        status_of(b.call::<_, v1::FetchKeyPackageResponse>(method::FETCH_KEY_PACKAGE, &v1::FetchKeyPackageRequest { device_key: Bytes::from_static(&[1; 31]), ciphersuite: 1 }).await),
+        status_of(
+            b.call::<_, v1::FetchKeyPackageResponse>(
+                method::FETCH_KEY_PACKAGE,
+                &v1::FetchKeyPackageRequest {
+                    device_key: Bytes::from_static(&[1; 31]),
+                    ciphersuite: 1
+                }
+            )
+            .await
+        ),
         Status::BadRequest
     );
 
-    let hk = qpq_crypto::envelope::HybridSecretKey::generate(&mut rand::rngs::OsRng).public_key().to_bytes();
-    let _: v1::UploadHybridKeyResponse = a.call(method::UPLOAD_HYBRID_KEY, &v1::UploadHybridKeyRequest { hybrid_public_key: Bytes::from(hk.clone()) }).await.unwrap();
+    let hk = qpq_crypto::envelope::HybridSecretKey::generate(&mut rand::rngs::OsRng)
+        .public_key()
+        .to_bytes();
+    let _: v1::UploadHybridKeyResponse = a
+        .call(
+            method::UPLOAD_HYBRID_KEY,
+            &v1::UploadHybridKeyRequest {
+                hybrid_public_key: Bytes::from(hk.clone()),
+            },
+        )
+        .await
+        .unwrap();
     let mut broken = hk.clone();
     broken.truncate(100);
     assert_eq!(
-        status_of(a.call::<_, v1::UploadHybridKeyResponse>(method::UPLOAD_HYBRID_KEY, &v1::UploadHybridKeyRequest { hybrid_public_key: Bytes::from(broken) }).await),
+        status_of(
+            a.call::<_, v1::UploadHybridKeyResponse>(
+                method::UPLOAD_HYBRID_KEY,
+                &v1::UploadHybridKeyRequest {
+                    hybrid_public_key: Bytes::from(broken)
+                }
+            )
+            .await
+        ),
         Status::BadRequest
     );
-    let one: v1::FetchHybridKeyResponse = b.call(method::FETCH_HYBRID_KEY, &v1::FetchHybridKeyRequest { device_key: a.device_key() }).await.unwrap();
+    let one: v1::FetchHybridKeyResponse = b
+        .call(
+            method::FETCH_HYBRID_KEY,
+            &v1::FetchHybridKeyRequest {
+                device_key: a.device_key(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(one.hybrid_public_key, hk);
     assert_eq!(
-        status_of(b.call::<_, v1::FetchHybridKeyResponse>(method::FETCH_HYBRID_KEY, &v1::FetchHybridKeyRequest { device_key: b.device_key() }).await),
+        status_of(
+            b.call::<_, v1::FetchHybridKeyResponse>(
+                method::FETCH_HYBRID_KEY,
+                &v1::FetchHybridKeyRequest {
+                    device_key: b.device_key()
+                }
+            )
+            .await
+        ),
         Status::NotFound
     );
     let many: v1::FetchHybridKeysResponse = b
-        .call(method::FETCH_HYBRID_KEYS, &v1::FetchHybridKeysRequest { device_keys: vec![a.device_key(), b.device_key()] })
+        .call(
+            method::FETCH_HYBRID_KEYS,
+            &v1::FetchHybridKeysRequest {
+                device_keys: vec![a.device_key(), b.device_key()],
+            },
+        )
         .await
         .unwrap();
     assert_eq!(many.keys.len(), 1);
@@ -431,13 +813,51 @@ async fn users_and_devices() {
     let s = TestServer::start_with(|c| c.max_devices = 3).await;
     let a = s.user("alice").await;
     let b = s.user("bob").await;
-    let r: v1::ResolveUserResponse = b.call(method::RESOLVE_USER, &v1::ResolveUserRequest { username: "ALICE".into() }).await.unwrap();
+    let r: v1::ResolveUserResponse = b
+        .call(
+            method::RESOLVE_USER,
+            &v1::ResolveUserRequest {
+                username: "ALICE".into(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(r.identity_key, a.identity_key());
     assert_eq!(r.device_keys, vec![a.device_key()]);
-    assert_eq!(status_of(b.call::<_, v1::ResolveUserResponse>(method::RESOLVE_USER, &v1::ResolveUserRequest { username: "nobody".into() }).await), Status::NotFound);
-    let i: v1::ResolveIdentityResponse = b.call(method::RESOLVE_IDENTITY, &v1::ResolveIdentityRequest { identity_key: a.identity_key() }).await.unwrap();
+    assert_eq!(
+        status_of(
+            b.call::<_, v1::ResolveUserResponse>(
+                method::RESOLVE_USER,
+                &v1::ResolveUserRequest {
+                    username: "nobody".into()
+                }
+            )
+            .await
+        ),
+        Status::NotFound
+    );
+    let i: v1::ResolveIdentityResponse = b
+        .call(
+            method::RESOLVE_IDENTITY,
+            &v1::ResolveIdentityRequest {
+                identity_key: a.identity_key(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(i.username, "alice");
-    assert_eq!(status_of(b.call::<_, v1::ResolveIdentityResponse>(method::RESOLVE_IDENTITY, &v1::ResolveIdentityRequest { identity_key: Bytes::from_static(&[0; 32]) }).await), Status::NotFound);
+    assert_eq!(
+        status_of(
+            b.call::<_, v1::ResolveIdentityResponse>(
+                method::RESOLVE_IDENTITY,
+                &v1::ResolveIdentityRequest {
+                    identity_key: Bytes::from_static(&[0; 32])
+                }
+            )
+            .await
+        ),
+        Status::NotFound
+    );
 
     // A second device logs in on its own and gets its own queue.
     let mut a2 = s.connect().await;
@@ -449,23 +869,72 @@ async fn users_and_devices() {
     assert_eq!(a2.fetch().await.len(), 1);
 
     let extra = Bytes::from_static(&[5; 32]);
-    let _: v1::RegisterDeviceResponse = a.call(method::REGISTER_DEVICE, &v1::RegisterDeviceRequest { device_key: extra.clone() }).await.unwrap();
-    let l: v1::ListDevicesResponse = a.call(method::LIST_DEVICES, &v1::ListDevicesRequest {}).await.unwrap();
+    let _: v1::RegisterDeviceResponse = a
+        .call(
+            method::REGISTER_DEVICE,
+            &v1::RegisterDeviceRequest {
+                device_key: extra.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    let l: v1::ListDevicesResponse = a
+        .call(method::LIST_DEVICES, &v1::ListDevicesRequest {})
+        .await
+        .unwrap();
     assert_eq!(l.devices.len(), 3);
     assert_eq!(
-        status_of(a.call::<_, v1::RegisterDeviceResponse>(method::REGISTER_DEVICE, &v1::RegisterDeviceRequest { device_key: Bytes::from_static(&[6; 32]) }).await),
+        status_of(
+            a.call::<_, v1::RegisterDeviceResponse>(
+                method::REGISTER_DEVICE,
+                &v1::RegisterDeviceRequest {
+                    device_key: Bytes::from_static(&[6; 32])
+                }
+            )
+            .await
+        ),
         Status::Forbidden,
         "device cap"
     );
     assert_eq!(
-        status_of(a.call::<_, v1::RegisterDeviceResponse>(method::REGISTER_DEVICE, &v1::RegisterDeviceRequest { device_key: b.device_key() }).await),
+        status_of(
+            a.call::<_, v1::RegisterDeviceResponse>(
+                method::REGISTER_DEVICE,
+                &v1::RegisterDeviceRequest {
+                    device_key: b.device_key()
+                }
+            )
+            .await
+        ),
         Status::Conflict
     );
     // Revoking a device kills its session at once.
-    let _: v1::RevokeDeviceResponse = a.call(method::REVOKE_DEVICE, &v1::RevokeDeviceRequest { device_key: a2.device_key() }).await.unwrap();
-    assert_eq!(status_of(a2.call::<_, v1::ListDevicesResponse>(method::LIST_DEVICES, &v1::ListDevicesRequest {}).await), Status::Unauthorized);
+    let _: v1::RevokeDeviceResponse = a
+        .call(
+            method::REVOKE_DEVICE,
+            &v1::RevokeDeviceRequest {
+                device_key: a2.device_key(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(
-        status_of(a.call::<_, v1::RevokeDeviceResponse>(method::REVOKE_DEVICE, &v1::RevokeDeviceRequest { device_key: a2.device_key() }).await),
+        status_of(
+            a2.call::<_, v1::ListDevicesResponse>(method::LIST_DEVICES, &v1::ListDevicesRequest {})
+                .await
+        ),
+        Status::Unauthorized
+    );
+    assert_eq!(
+        status_of(
+            a.call::<_, v1::RevokeDeviceResponse>(
+                method::REVOKE_DEVICE,
+                &v1::RevokeDeviceRequest {
+                    device_key: a2.device_key()
+                }
+            )
+            .await
+        ),
         Status::NotFound
     );
 }
@@ -485,7 +954,13 @@ async fn blobs_are_chunked_verified_ranged_and_member_only() {
         last = a
             .call(
                 method::UPLOAD_BLOB,
-                &v1::UploadBlobRequest { channel_id: ch.clone(), sha256: sha.clone(), total_size: data.len() as u64, offset: offset as u64, chunk: Bytes::copy_from_slice(chunk) },
+                &v1::UploadBlobRequest {
+                    channel_id: ch.clone(),
+                    sha256: sha.clone(),
+                    total_size: data.len() as u64,
+                    offset: offset as u64,
+                    chunk: Bytes::copy_from_slice(chunk),
+                },
             )
             .await
             .unwrap();
@@ -493,29 +968,96 @@ async fn blobs_are_chunked_verified_ranged_and_member_only() {
     }
     assert!(last.complete);
     assert_eq!(last.received, data.len() as u64);
-    let dl = |offset: u64, length: u64| v1::DownloadBlobRequest { channel_id: ch.clone(), sha256: sha.clone(), offset, length };
-    let r: v1::DownloadBlobResponse = b.call(method::DOWNLOAD_BLOB, &dl(999_990, 30)).await.unwrap();
+    let dl = |offset: u64, length: u64| v1::DownloadBlobRequest {
+        channel_id: ch.clone(),
+        sha256: sha.clone(),
+        offset,
+        length,
+    };
+    let r: v1::DownloadBlobResponse = b
+        .call(method::DOWNLOAD_BLOB, &dl(999_990, 30))
+        .await
+        .unwrap();
     assert_eq!(&r.chunk[..], &data[999_990..1_000_020]);
     assert_eq!(r.total_size, data.len() as u64);
     let mut whole = Vec::new();
     while whole.len() < data.len() {
-        let r: v1::DownloadBlobResponse = b.call(method::DOWNLOAD_BLOB, &dl(whole.len() as u64, 0)).await.unwrap();
+        let r: v1::DownloadBlobResponse = b
+            .call(method::DOWNLOAD_BLOB, &dl(whole.len() as u64, 0))
+            .await
+            .unwrap();
         whole.extend_from_slice(&r.chunk);
     }
     assert_eq!(whole, data);
-    assert_eq!(status_of(eve.call::<_, v1::DownloadBlobResponse>(method::DOWNLOAD_BLOB, &dl(0, 10)).await), Status::NotFound, "non-members see nothing");
+    assert_eq!(
+        status_of(
+            eve.call::<_, v1::DownloadBlobResponse>(method::DOWNLOAD_BLOB, &dl(0, 10))
+                .await
+        ),
+        Status::NotFound,
+        "non-members see nothing"
+    );
 
     // Wrong hash: discarded.
-    let bad = v1::UploadBlobRequest { channel_id: ch.clone(), sha256: Bytes::from_static(&[1; 32]), total_size: 3, offset: 0, chunk: Bytes::from_static(b"abc") };
-    assert_eq!(status_of(a.call::<_, v1::UploadBlobResponse>(method::UPLOAD_BLOB, &bad).await), Status::BadRequest);
-    let gone = v1::DownloadBlobRequest { channel_id: ch.clone(), sha256: Bytes::from_static(&[1; 32]), offset: 0, length: 3 };
-    assert_eq!(status_of(a.call::<_, v1::DownloadBlobResponse>(method::DOWNLOAD_BLOB, &gone).await), Status::NotFound);
+    let bad = v1::UploadBlobRequest {
+        channel_id: ch.clone(),
+        sha256: Bytes::from_static(&[1; 32]),
+        total_size: 3,
+        offset: 0,
+        chunk: Bytes::from_static(b"abc"),
+    };
+    assert_eq!(
+        status_of(
+            a.call::<_, v1::UploadBlobResponse>(method::UPLOAD_BLOB, &bad)
+                .await
+        ),
+        Status::BadRequest
+    );
+    let gone = v1::DownloadBlobRequest {
+        channel_id: ch.clone(),
+        sha256: Bytes::from_static(&[1; 32]),
+        offset: 0,
+        length: 3,
+    };
+    assert_eq!(
+        status_of(
+            a.call::<_, v1::DownloadBlobResponse>(method::DOWNLOAD_BLOB, &gone)
+                .await
+        ),
+        Status::NotFound
+    );
     // Over the size limit, wrong offsets, non-members.
-    let big = v1::UploadBlobRequest { total_size: 4 * 1024 * 1024, ..bad.clone() };
-    assert_eq!(status_of(a.call::<_, v1::UploadBlobResponse>(method::UPLOAD_BLOB, &big).await), Status::PayloadTooLarge);
-    let skip = v1::UploadBlobRequest { sha256: Bytes::from_static(&[2; 32]), total_size: 10, offset: 5, ..bad.clone() };
-    assert_eq!(status_of(a.call::<_, v1::UploadBlobResponse>(method::UPLOAD_BLOB, &skip).await), Status::BadRequest);
-    assert_eq!(status_of(eve.call::<_, v1::UploadBlobResponse>(method::UPLOAD_BLOB, &bad).await), Status::Forbidden);
+    let big = v1::UploadBlobRequest {
+        total_size: 4 * 1024 * 1024,
+        ..bad.clone()
+    };
+    assert_eq!(
+        status_of(
+            a.call::<_, v1::UploadBlobResponse>(method::UPLOAD_BLOB, &big)
+                .await
+        ),
+        Status::PayloadTooLarge
+    );
+    let skip = v1::UploadBlobRequest {
+        sha256: Bytes::from_static(&[2; 32]),
+        total_size: 10,
+        offset: 5,
+        ..bad.clone()
+    };
+    assert_eq!(
+        status_of(
+            a.call::<_, v1::UploadBlobResponse>(method::UPLOAD_BLOB, &skip)
+                .await
+        ),
+        Status::BadRequest
+    );
+    assert_eq!(
+        status_of(
+            eve.call::<_, v1::UploadBlobResponse>(method::UPLOAD_BLOB, &bad)
+                .await
+        ),
+        Status::Forbidden
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,17 +1069,55 @@ async fn delete_account_purges_everything_and_kills_tokens() {
     a.send(&ch, 1, b"from alice").await.unwrap();
     b.send(&ch, 2, b"from bob").await.unwrap();
     let _: v1::UploadKeyPackageResponse = a
-        .call(method::UPLOAD_KEY_PACKAGE, &v1::UploadKeyPackageRequest { key_packages: vec![Bytes::from_static(b"kp")], ciphersuite: 0 })
+        .call(
+            method::UPLOAD_KEY_PACKAGE,
+            &v1::UploadKeyPackageRequest {
+                key_packages: vec![Bytes::from_static(b"kp")],
+                ciphersuite: 0,
+            },
+        )
         .await
         .unwrap();
-    let _: v1::DeleteAccountResponse = a.call(method::DELETE_ACCOUNT, &v1::DeleteAccountRequest {}).await.unwrap();
-    assert_eq!(status_of(a.call::<_, v1::ListDevicesResponse>(method::LIST_DEVICES, &v1::ListDevicesRequest {}).await), Status::Unauthorized);
-    assert_eq!(status_of(b.call::<_, v1::ResolveUserResponse>(method::RESOLVE_USER, &v1::ResolveUserRequest { username: "alice".into() }).await), Status::NotFound);
+    let _: v1::DeleteAccountResponse = a
+        .call(method::DELETE_ACCOUNT, &v1::DeleteAccountRequest {})
+        .await
+        .unwrap();
     assert_eq!(
-        status_of(b.call::<_, v1::FetchKeyPackageResponse>(method::FETCH_KEY_PACKAGE, &v1::FetchKeyPackageRequest { device_key: a.device_key(), ciphersuite: 0 }).await),
+        status_of(
+            a.call::<_, v1::ListDevicesResponse>(method::LIST_DEVICES, &v1::ListDevicesRequest {})
+                .await
+        ),
+        Status::Unauthorized
+    );
+    assert_eq!(
+        status_of(
+            b.call::<_, v1::ResolveUserResponse>(
+                method::RESOLVE_USER,
+                &v1::ResolveUserRequest {
+                    username: "alice".into()
+                }
+            )
+            .await
+        ),
         Status::NotFound
     );
-    assert!(b.fetch().await.is_empty(), "alice's undelivered messages are purged too");
+    assert_eq!(
+        status_of(
+            b.call::<_, v1::FetchKeyPackageResponse>(
+                method::FETCH_KEY_PACKAGE,
+                &v1::FetchKeyPackageRequest {
+                    device_key: a.device_key(),
+                    ciphersuite: 0
+                }
+            )
+            .await
+        ),
+        Status::NotFound
+    );
+    assert!(
+        b.fetch().await.is_empty(),
+        "alice's undelivered messages are purged too"
+    );
     // No row of alice's is left in any table.
     let db = rusqlite::Connection::open(s.dir.path().join("qpq.db")).unwrap();
     let ik = a.identity_key().to_vec();
@@ -570,16 +1150,26 @@ async fn rate_limits_answer_with_retry_after() {
     let other = s.user("bob").await;
     let mut limited = None;
     for _ in 0..10 {
-        if let Err(e) = a.call::<_, v1::ListDevicesResponse>(method::LIST_DEVICES, &v1::ListDevicesRequest {}).await {
+        if let Err(e) = a
+            .call::<_, v1::ListDevicesResponse>(method::LIST_DEVICES, &v1::ListDevicesRequest {})
+            .await
+        {
             limited = Some(e);
             break;
         }
     }
     let e = limited.expect("rate limited within 10 calls");
     assert_eq!(e.status, Status::RateLimited);
-    assert!(e.retry_after_ms > 0 && e.retry_after_ms <= 1000, "{}", e.retry_after_ms);
+    assert!(
+        e.retry_after_ms > 0 && e.retry_after_ms <= 1000,
+        "{}",
+        e.retry_after_ms
+    );
     // Another account is unaffected.
-    let _: v1::ListDevicesResponse = other.call(method::LIST_DEVICES, &v1::ListDevicesRequest {}).await.unwrap();
+    let _: v1::ListDevicesResponse = other
+        .call(method::LIST_DEVICES, &v1::ListDevicesRequest {})
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,11 +1182,23 @@ async fn auth_rate_limit_per_ip() {
     let c = s.connect().await;
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        let r = c.raw(method::OPAQUE_LOGIN_START, v1::OpaqueLoginStartRequest { username: "x".into(), ke1: Bytes::new() }.encode_to_vec()).await;
+        let r = c
+            .raw(
+                method::OPAQUE_LOGIN_START,
+                v1::OpaqueLoginStartRequest {
+                    username: "x".into(),
+                    ke1: Bytes::new(),
+                }
+                .encode_to_vec(),
+            )
+            .await;
         statuses.push(r.status);
     }
     assert_eq!(statuses[..3], [Status::BadRequest; 3]);
-    assert!(statuses[3..].iter().all(|s| *s == Status::RateLimited), "{statuses:?}");
+    assert!(
+        statuses[3..].iter().all(|s| *s == Status::RateLimited),
+        "{statuses:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -616,11 +1218,21 @@ async fn bad_frames_get_statuses_and_never_stall_others() {
     send.write_all(&[0, 200, 0]).await.unwrap();
     let meanwhile = a.fetch().await;
     assert!(meanwhile.is_empty());
-    let r = qpq_proto::frame::read_response(&mut recv, 1024, Duration::from_secs(5)).await.unwrap();
+    let r = qpq_proto::frame::read_response(&mut recv, 1024, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(r.status, Status::DeadlineExceeded);
     // Garbage payloads on every implemented method answer, never panic.
     for (m, _) in qpq_proto::method::ALL {
-        let r = a.raw(*m, a.encode(&v1::Empty {}).into_iter().chain([0xff, 0x01, 0x02]).collect()).await;
+        let r = a
+            .raw(
+                *m,
+                a.encode(&v1::Empty {})
+                    .into_iter()
+                    .chain([0xff, 0x01, 0x02])
+                    .collect(),
+            )
+            .await;
         assert_ne!(r.status, Status::Ok, "method {m}");
         assert_ne!(r.status, Status::Internal, "method {m}");
     }
@@ -633,13 +1245,17 @@ async fn per_ip_connection_cap() {
     let s = TestServer::start_with(|c| c.max_connections_per_ip = 2).await;
     let c1 = s.connect().await;
     let _c2 = s.connect().await;
-    assert!(Conn::connect(s.addr, &s.cert_der).await.is_err(), "third connection from the same IP is refused");
+    assert!(
+        Conn::connect(s.addr, &s.cert_der).await.is_err(),
+        "third connection from the same IP is refused"
+    );
     drop(c1);
     // Once one closes, a new one is accepted (the close needs a moment to reach the server).
     let mut ok = false;
     for _ in 0..50 {
         if let Ok(c) = Conn::connect(s.addr, &s.cert_der).await {
-            let _: v1::HealthResponse = c.call(method::HEALTH, &v1::HealthRequest {}).await.unwrap();
+            let _: v1::HealthResponse =
+                c.call(method::HEALTH, &v1::HealthRequest {}).await.unwrap();
             ok = true;
             break;
         }
@@ -656,9 +1272,13 @@ async fn metrics_endpoint_serves_counters() {
     let ch = a.group(&[&b]).await;
     a.send(&ch, 1, b"hello").await.unwrap();
     b.fetch().await;
-    let mut sock = tokio::net::TcpStream::connect(s.metrics_addr.unwrap()).await.unwrap();
+    let mut sock = tokio::net::TcpStream::connect(s.metrics_addr.unwrap())
+        .await
+        .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    sock.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut body = String::new();
     sock.read_to_string(&mut body).await.unwrap();
     for line in [
@@ -681,11 +1301,18 @@ async fn graceful_shutdown_answers_in_flight_calls() {
     let s = TestServer::start().await;
     let a = s.user("alice").await;
     let fw = {
-        let req = a.encode(&v1::FetchWaitRequest { timeout_ms: 30_000, ..Default::default() });
+        let req = a.encode(&v1::FetchWaitRequest {
+            timeout_ms: 30_000,
+            ..Default::default()
+        });
         let conn = a.conn.clone();
         tokio::spawn(async move {
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            let f = Request { method: method::FETCH_WAIT, request_id: 5, payload: Bytes::from(req) };
+            let f = Request {
+                method: method::FETCH_WAIT,
+                request_id: 5,
+                payload: Bytes::from(req),
+            };
             send.write_all(&f.encode().unwrap()).await.unwrap();
             send.finish().unwrap();
             qpq_proto::frame::read_response(&mut recv, 1 << 20, Duration::from_secs(10)).await
@@ -695,7 +1322,14 @@ async fn graceful_shutdown_answers_in_flight_calls() {
     let t0 = std::time::Instant::now();
     s.shutdown.shutdown();
     let r = fw.await.unwrap().unwrap();
-    assert_eq!(r.status, qpq_proto::Status::Ok, "the long-poll is answered, not dropped");
-    tokio::time::timeout(Duration::from_secs(10), s.task).await.unwrap().unwrap();
+    assert_eq!(
+        r.status,
+        qpq_proto::Status::Ok,
+        "the long-poll is answered, not dropped"
+    );
+    tokio::time::timeout(Duration::from_secs(10), s.task)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(t0.elapsed() < Duration::from_secs(5));
 }

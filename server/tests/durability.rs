@@ -25,7 +25,13 @@ struct ChildServer {
 
 fn spawn_server(data: &Path) -> ChildServer {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qpq-server"))
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
         .arg(data)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -34,7 +40,10 @@ fn spawn_server(data: &Path) -> ChildServer {
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let addr = loop {
-        let line = lines.next().expect("server exited before listening").unwrap();
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         if v["fields"]["message"] == "qpq-server listening" {
             break v["fields"]["listen"].as_str().unwrap().parse().unwrap();
@@ -80,10 +89,21 @@ async fn acked_enqueues_survive_sigkill_exactly_once() {
                 let mut ok = Vec::new();
                 for i in 0..40u8 {
                     let mut req = app_message(&ch, t, &[cycle, t, i, 0xAA]);
-                    req.payload = Bytes::from(vec![cycle, t, i].into_iter().chain([0u8; 1021]).collect::<Vec<_>>());
-                    let resp = tokio::time::timeout(Duration::from_secs(5), a.raw(method::ENQUEUE, a.encode(&req))).await;
+                    req.payload = Bytes::from(
+                        vec![cycle, t, i]
+                            .into_iter()
+                            .chain([0u8; 1021])
+                            .collect::<Vec<_>>(),
+                    );
+                    let resp = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        a.raw(method::ENQUEUE, a.encode(&req)),
+                    )
+                    .await;
                     match resp {
-                        Ok(r) if r.status == qpq_proto::Status::Ok => ok.push(req.message_id.clone()),
+                        Ok(r) if r.status == qpq_proto::Status::Ok => {
+                            ok.push(req.message_id.clone())
+                        }
                         _ => break,
                     }
                 }
@@ -102,10 +122,16 @@ async fn acked_enqueues_survive_sigkill_exactly_once() {
         a = Arc::new(fresh);
         // The database is intact after every kill.
         let db = rusqlite::Connection::open(dir.path().join("qpq.db")).unwrap();
-        let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        let check: String = db
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(check, "ok");
     }
-    assert!(acked.len() >= 100, "the load produced acks before the kills ({})", acked.len());
+    assert!(
+        acked.len() >= 100,
+        "the load produced acks before the kills ({})",
+        acked.len()
+    );
 
     b = connect(&server).await;
     b.token = b_token;
@@ -114,14 +140,24 @@ async fn acked_enqueues_survive_sigkill_exactly_once() {
     let mut last_seq = 0;
     loop {
         let r: v1::FetchResponse = b
-            .call(method::FETCH, &v1::FetchRequest { after_seq: after, limit: 1000, channel_id: Bytes::new() })
+            .call(
+                method::FETCH,
+                &v1::FetchRequest {
+                    after_seq: after,
+                    limit: 1000,
+                    channel_id: Bytes::new(),
+                },
+            )
             .await
             .unwrap();
         if r.messages.is_empty() {
             break;
         }
         for m in &r.messages {
-            assert!(m.seq > last_seq, "sequence numbers strictly increase across restarts");
+            assert!(
+                m.seq > last_seq,
+                "sequence numbers strictly increase across restarts"
+            );
             last_seq = m.seq;
             seen.push(m.message_id.clone());
         }

@@ -165,8 +165,8 @@ impl HybridPublicKey {
         {
             return Err(CryptoError::InvalidKey);
         }
-        let encoded =
-            ml_kem::Key::<EncapsulationKey>::try_from(m_bytes).map_err(|_| CryptoError::InvalidKey)?;
+        let encoded = ml_kem::Key::<EncapsulationKey>::try_from(m_bytes)
+            .map_err(|_| CryptoError::InvalidKey)?;
         // `new` runs the FIPS 203 §7.2 modulus check; the re-encoding comparison keeps the
         // check explicit whatever the library version does.
         let mlkem = EncapsulationKey::new(&encoded).map_err(|_| CryptoError::InvalidKey)?;
@@ -257,7 +257,7 @@ impl HybridSecretKey {
         let x25519 = StaticSecret::from(*x_secret);
         // `from_seed` splits the 64 bytes into FIPS 203's d (first half) and z (second half).
         let mut dz = ml_kem::Seed::try_from(&okm[32..96]).expect("64-byte slice");
-        let mlkem = DecapsulationKey::from_seed(dz.clone());
+        let mlkem = DecapsulationKey::from_seed(dz);
         dz.as_mut_slice().zeroize();
         let ek = mlkem.encapsulation_key().clone();
         let public = HybridPublicKey::from_parts(PublicKey::from(&x25519), ek);

@@ -253,12 +253,23 @@ pub trait Storage: Send + Sync + 'static {
     fn devices(&self, account: AccountId) -> StorageResult<Vec<Device>>;
     /// Adds a device (idempotent for a key the account already has). Limit when the account
     /// has `max` devices; Conflict when another account uses the key.
-    fn add_device(&self, account: AccountId, device_key: &Key32, max: usize, now: u64) -> StorageResult<DeviceId>;
+    fn add_device(
+        &self,
+        account: AccountId,
+        device_key: &Key32,
+        max: usize,
+        now: u64,
+    ) -> StorageResult<DeviceId>;
     /// Removes a device with its sessions, queue and KeyPackages.
     fn revoke_device(&self, account: AccountId, device_key: &Key32) -> StorageResult<()>;
 
     /// Stores a session token hash.
-    fn create_session(&self, token_hash: &Key32, device: DeviceId, expires_at: u64) -> StorageResult<()>;
+    fn create_session(
+        &self,
+        token_hash: &Key32,
+        device: DeviceId,
+        expires_at: u64,
+    ) -> StorageResult<()>;
     /// Resolves a token hash to a live session (None when unknown or expired at `now`).
     fn session(&self, token_hash: &Key32, now: u64) -> StorageResult<Option<Session>>;
     /// Deletes a session.
@@ -266,7 +277,13 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Stores KeyPackages of one ciphersuite for a device; returns that suite's count after.
     /// Limit over `cap` per suite.
-    fn add_key_packages(&self, device: DeviceId, suite: u32, packages: Vec<Bytes>, cap: u64) -> StorageResult<u64>;
+    fn add_key_packages(
+        &self,
+        device: DeviceId,
+        suite: u32,
+        packages: Vec<Bytes>,
+        cap: u64,
+    ) -> StorageResult<u64>;
     /// Pops the oldest KeyPackage of a device for a ciphersuite, atomically.
     fn pop_key_package(&self, device_key: &Key32, suite: u32) -> StorageResult<Option<Vec<u8>>>;
     /// Sets a device's hybrid public key.
@@ -291,9 +308,19 @@ pub trait Storage: Send + Sync + 'static {
     /// Members with their devices.
     fn members(&self, channel: &ChannelId) -> StorageResult<Vec<Member>>;
     /// Removes a member; NotFound when it was not one. Only a member may call.
-    fn remove_member(&self, channel: &ChannelId, by: AccountId, member: &Key32) -> StorageResult<()>;
+    fn remove_member(
+        &self,
+        channel: &ChannelId,
+        by: AccountId,
+        member: &Key32,
+    ) -> StorageResult<()>;
     /// Replaces the opaque metadata. Only a member may call.
-    fn set_metadata(&self, channel: &ChannelId, by: AccountId, metadata: &[u8]) -> StorageResult<()>;
+    fn set_metadata(
+        &self,
+        channel: &ChannelId,
+        by: AccountId,
+        metadata: &[u8],
+    ) -> StorageResult<()>;
 
     /// Executes an Enqueue atomically (see `qpq.v1.EnqueueRequest`).
     fn enqueue(&self, op: EnqueueOp) -> StorageResult<EnqueueOutcome>;
@@ -321,5 +348,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Marks a fully received blob complete, or deletes it when `valid` is false.
     fn finish_blob(&self, channel: &ChannelId, sha256: &Key32, valid: bool) -> StorageResult<()>;
     /// Reads a range of a complete blob: (bytes, total size). NotFound when absent or incomplete.
-    fn read_blob(&self, channel: &ChannelId, sha256: &Key32, offset: u64, len: u64) -> StorageResult<(Vec<u8>, u64)>;
+    fn read_blob(
+        &self,
+        channel: &ChannelId,
+        sha256: &Key32,
+        offset: u64,
+        len: u64,
+    ) -> StorageResult<(Vec<u8>, u64)>;
 }

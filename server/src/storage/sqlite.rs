@@ -160,13 +160,12 @@ pub struct SqliteStorage {
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
-    )
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
 }
 
 fn migrate(conn: &mut Connection) -> StorageResult<()> {
-    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    let current: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     if current > MIGRATIONS.len() {
         return Err(StorageError::Backend(format!(
             "database schema v{current} is newer than this server (v{})",
@@ -223,13 +222,15 @@ fn run_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
 }
 
 fn key32(v: Vec<u8>) -> rusqlite::Result<Key32> {
-    v.try_into()
-        .map_err(|_| rusqlite::Error::InvalidColumnType(0, "key32".into(), rusqlite::types::Type::Blob))
+    v.try_into().map_err(|_| {
+        rusqlite::Error::InvalidColumnType(0, "key32".into(), rusqlite::types::Type::Blob)
+    })
 }
 
 fn id16(v: Vec<u8>) -> rusqlite::Result<ChannelId> {
-    v.try_into()
-        .map_err(|_| rusqlite::Error::InvalidColumnType(0, "id16".into(), rusqlite::types::Type::Blob))
+    v.try_into().map_err(|_| {
+        rusqlite::Error::InvalidColumnType(0, "id16".into(), rusqlite::types::Type::Blob)
+    })
 }
 
 fn channel_kind(v: i64) -> ChannelKind {
@@ -244,15 +245,18 @@ impl SqliteStorage {
     /// Opens (creating and migrating if needed) the database at `path`.
     pub fn open(path: &Path) -> StorageResult<SqliteStorage> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StorageError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StorageError::Backend(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let mut conn = Connection::open(path)?;
         configure(&conn)?;
         migrate(&mut conn)?;
         let integrity: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if integrity != "ok" {
-            return Err(StorageError::Backend(format!("database integrity check failed: {integrity}")));
+            return Err(StorageError::Backend(format!(
+                "database integrity check failed: {integrity}"
+            )));
         }
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
@@ -289,16 +293,26 @@ impl SqliteStorage {
             reply,
         });
         {
-            let w = self.writer.lock().map_err(|_| StorageError::Backend("writer lock poisoned".into()))?;
-            let w = w.as_ref().ok_or_else(|| StorageError::Backend("storage is closed".into()))?;
-            w.send(job).map_err(|_| StorageError::Backend("writer stopped".into()))?;
+            let w = self
+                .writer
+                .lock()
+                .map_err(|_| StorageError::Backend("writer lock poisoned".into()))?;
+            let w = w
+                .as_ref()
+                .ok_or_else(|| StorageError::Backend("storage is closed".into()))?;
+            w.send(job)
+                .map_err(|_| StorageError::Backend("writer stopped".into()))?;
         }
-        rx.recv().map_err(|_| StorageError::Backend("writer stopped".into()))?
+        rx.recv()
+            .map_err(|_| StorageError::Backend("writer stopped".into()))?
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> StorageResult<T>) -> StorageResult<T> {
         let conn = {
-            let mut pool = self.readers.lock().map_err(|_| StorageError::Backend("reader lock poisoned".into()))?;
+            let mut pool = self
+                .readers
+                .lock()
+                .map_err(|_| StorageError::Backend("reader lock poisoned".into()))?;
             pool.pop()
         };
         let conn = match conn {
@@ -400,19 +414,26 @@ fn fan_out(
     Ok(())
 }
 
-fn member_devices(conn: &Connection, channel: &ChannelId) -> StorageResult<Vec<(DeviceId, Key32, AccountId)>> {
+fn member_devices(
+    conn: &Connection,
+    channel: &ChannelId,
+) -> StorageResult<Vec<(DeviceId, Key32, AccountId)>> {
     let mut st = conn.prepare_cached(
         "SELECT d.id, d.device_key, d.account_id FROM channel_members m JOIN devices d ON d.account_id = m.account_id
          WHERE m.channel_id = ?1 ORDER BY d.id",
     )?;
-    let rows = st.query_map([&channel[..]], |r| Ok((r.get(0)?, key32(r.get(1)?)?, r.get(2)?)))?;
+    let rows = st.query_map([&channel[..]], |r| {
+        Ok((r.get(0)?, key32(r.get(1)?)?, r.get(2)?))
+    })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome> {
     let channel = channel_row(conn, &op.channel_id)?.ok_or(StorageError::NotFound("channel"))?;
     if !member_check(conn, &op.channel_id, op.sender_account)? {
-        return Err(StorageError::Forbidden("not a member of the channel".into()));
+        return Err(StorageError::Forbidden(
+            "not a member of the channel".into(),
+        ));
     }
     // Idempotency: a retry of an accepted message id answers as the first time did.
     let seen: Option<(i64, i64)> = conn
@@ -444,32 +465,41 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     let before = member_devices(conn, &op.channel_id)?;
     for key in &op.remove_members {
         let id = account_id_by_identity(conn, key)?;
-        conn.prepare_cached("DELETE FROM channel_members WHERE channel_id = ?1 AND account_id = ?2")?
-            .execute(params![&op.channel_id[..], id])?;
+        conn.prepare_cached(
+            "DELETE FROM channel_members WHERE channel_id = ?1 AND account_id = ?2",
+        )?
+        .execute(params![&op.channel_id[..], id])?;
     }
     let mut added = Vec::new();
     for key in &op.add_members {
         let id = account_id_by_identity(conn, key)?;
-        conn.prepare_cached("INSERT OR IGNORE INTO channel_members(channel_id, account_id) VALUES (?1, ?2)")?
-            .execute(params![&op.channel_id[..], id])?;
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO channel_members(channel_id, account_id) VALUES (?1, ?2)",
+        )?
+        .execute(params![&op.channel_id[..], id])?;
         added.push(id);
     }
     let mut welcome_to: Vec<DeviceId> = Vec::new();
     if !op.welcome.is_empty() {
         let after = member_devices(conn, &op.channel_id)?;
         if op.welcome_devices.is_empty() {
-            welcome_to = after.iter().filter(|d| added.contains(&d.2)).map(|d| d.0).collect();
+            welcome_to = after
+                .iter()
+                .filter(|d| added.contains(&d.2))
+                .map(|d| d.0)
+                .collect();
         } else {
             for key in &op.welcome_devices {
-                let d = after
-                    .iter()
-                    .find(|d| d.1 == *key)
-                    .ok_or_else(|| StorageError::Invalid("a Welcome device is not a device of a member".into()))?;
+                let d = after.iter().find(|d| d.1 == *key).ok_or_else(|| {
+                    StorageError::Invalid("a Welcome device is not a device of a member".into())
+                })?;
                 welcome_to.push(d.0);
             }
         }
         if welcome_to.is_empty() {
-            return Err(StorageError::Invalid("a Welcome needs at least one recipient device".into()));
+            return Err(StorageError::Invalid(
+                "a Welcome needs at least one recipient device".into(),
+            ));
         }
     }
     let recipients: Vec<DeviceId> = before
@@ -506,7 +536,15 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
         kind: op.kind,
     };
     let mut deliveries = Vec::with_capacity(recipients.len() + welcome_to.len());
-    fan_out(conn, &recipients, &op.channel_id, payload_id, &template, op.max_queue_depth, &mut deliveries)?;
+    fan_out(
+        conn,
+        &recipients,
+        &op.channel_id,
+        payload_id,
+        &template,
+        op.max_queue_depth,
+        &mut deliveries,
+    )?;
     if !welcome_to.is_empty() {
         // The Welcome is stored once too; its id is derived from the commit's id.
         let mut wid = op.message_id;
@@ -526,11 +564,20 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
             kind: 2,
             ..template
         };
-        fan_out(conn, &welcome_to, &op.channel_id, welcome_id, &wt, op.max_queue_depth, &mut deliveries)?;
+        fan_out(
+            conn,
+            &welcome_to,
+            &op.channel_id,
+            welcome_id,
+            &wt,
+            op.max_queue_depth,
+            &mut deliveries,
+        )?;
     }
     if recipients.is_empty() && welcome_to.is_empty() {
         // Nobody to deliver to: keep only the idempotency record.
-        conn.prepare_cached("DELETE FROM payloads WHERE id = ?1")?.execute([payload_id])?;
+        conn.prepare_cached("DELETE FROM payloads WHERE id = ?1")?
+            .execute([payload_id])?;
     }
     Ok(EnqueueOutcome {
         server_id: payload_id as u64,
@@ -557,7 +604,11 @@ fn purge_device(conn: &Connection, device: DeviceId) -> StorageResult<()> {
         .collect::<rusqlite::Result<_>>()?;
     gc_payloads(conn, &ids)?;
     // Payloads this device sent that still wait in other queues.
-    let key: Vec<u8> = conn.query_row("SELECT device_key FROM devices WHERE id = ?1", [device], |r| r.get(0))?;
+    let key: Vec<u8> = conn.query_row(
+        "SELECT device_key FROM devices WHERE id = ?1",
+        [device],
+        |r| r.get(0),
+    )?;
     conn.execute(
         "DELETE FROM queue WHERE payload_id IN (SELECT id FROM payloads WHERE sender_device = ?1)",
         [&key],
@@ -575,12 +626,21 @@ impl Storage for SqliteStorage {
                 "INSERT OR IGNORE INTO server_state(name, value) VALUES (?1, ?2)",
                 params![name, init],
             )?;
-            Ok(c.query_row("SELECT value FROM server_state WHERE name = ?1", [&name], |r| r.get(0))?)
+            Ok(c.query_row(
+                "SELECT value FROM server_state WHERE name = ?1",
+                [&name],
+                |r| r.get(0),
+            )?)
         })
     }
 
     fn username_taken(&self, username: &str) -> StorageResult<bool> {
-        self.read(|c| Ok(c.prepare_cached("SELECT 1 FROM accounts WHERE username = ?1")?.exists([username])?))
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT 1 FROM accounts WHERE username = ?1")?
+                    .exists([username])?,
+            )
+        })
     }
 
     fn create_account(
@@ -591,7 +651,12 @@ impl Storage for SqliteStorage {
         opaque_record: &[u8],
         now: u64,
     ) -> StorageResult<AccountId> {
-        let (username, ik, dk, rec) = (username.to_owned(), *identity_key, *device_key, opaque_record.to_vec());
+        let (username, ik, dk, rec) = (
+            username.to_owned(),
+            *identity_key,
+            *device_key,
+            opaque_record.to_vec(),
+        );
         self.write(move |c| {
             let taken = c
                 .prepare_cached("SELECT 1 FROM accounts WHERE username = ?1 OR identity_key = ?2")?
@@ -667,7 +732,13 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn add_device(&self, account: AccountId, device_key: &Key32, max: usize, now: u64) -> StorageResult<DeviceId> {
+    fn add_device(
+        &self,
+        account: AccountId,
+        device_key: &Key32,
+        max: usize,
+        now: u64,
+    ) -> StorageResult<DeviceId> {
         let dk = *device_key;
         self.write(move |c| {
             let existing: Option<(DeviceId, AccountId)> = c
@@ -676,15 +747,27 @@ impl Storage for SqliteStorage {
                 .optional()?;
             match existing {
                 Some((id, owner)) if owner == account => return Ok(id),
-                Some(_) => return Err(StorageError::Conflict("device key belongs to another account".into())),
+                Some(_) => {
+                    return Err(StorageError::Conflict(
+                        "device key belongs to another account".into(),
+                    ))
+                }
                 None => {}
             }
-            let n: i64 = c.query_row("SELECT count(*) FROM devices WHERE account_id = ?1", [account], |r| r.get(0))?;
+            let n: i64 = c.query_row(
+                "SELECT count(*) FROM devices WHERE account_id = ?1",
+                [account],
+                |r| r.get(0),
+            )?;
             if n as usize >= max {
-                return Err(StorageError::Limit(format!("an account has at most {max} devices")));
+                return Err(StorageError::Limit(format!(
+                    "an account has at most {max} devices"
+                )));
             }
-            c.prepare_cached("INSERT INTO devices(account_id, device_key, created_at) VALUES (?1, ?2, ?3)")?
-                .execute(params![account, &dk[..], now as i64])?;
+            c.prepare_cached(
+                "INSERT INTO devices(account_id, device_key, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![account, &dk[..], now as i64])?;
             Ok(c.last_insert_rowid())
         })
     }
@@ -701,11 +784,18 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn create_session(&self, token_hash: &Key32, device: DeviceId, expires_at: u64) -> StorageResult<()> {
+    fn create_session(
+        &self,
+        token_hash: &Key32,
+        device: DeviceId,
+        expires_at: u64,
+    ) -> StorageResult<()> {
         let th = *token_hash;
         self.write(move |c| {
-            c.prepare_cached("INSERT INTO sessions(token_hash, device_id, expires_at) VALUES (?1, ?2, ?3)")?
-                .execute(params![&th[..], device, expires_at as i64])?;
+            c.prepare_cached(
+                "INSERT INTO sessions(token_hash, device_id, expires_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![&th[..], device, expires_at as i64])?;
             Ok(())
         })
     }
@@ -733,20 +823,33 @@ impl Storage for SqliteStorage {
     fn delete_session(&self, token_hash: &Key32) -> StorageResult<()> {
         let th = *token_hash;
         self.write(move |c| {
-            c.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?.execute([&th[..]])?;
+            c.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+                .execute([&th[..]])?;
             Ok(())
         })
     }
 
-    fn add_key_packages(&self, device: DeviceId, suite: u32, packages: Vec<Bytes>, cap: u64) -> StorageResult<u64> {
+    fn add_key_packages(
+        &self,
+        device: DeviceId,
+        suite: u32,
+        packages: Vec<Bytes>,
+        cap: u64,
+    ) -> StorageResult<u64> {
         self.write(move |c| {
             let n: i64 = c
-                .prepare_cached("SELECT count(*) FROM key_packages WHERE device_id = ?1 AND suite = ?2")?
+                .prepare_cached(
+                    "SELECT count(*) FROM key_packages WHERE device_id = ?1 AND suite = ?2",
+                )?
                 .query_row(params![device, suite], |r| r.get(0))?;
             if n as u64 + packages.len() as u64 > cap {
-                return Err(StorageError::Limit(format!("at most {cap} KeyPackages are stored per device")));
+                return Err(StorageError::Limit(format!(
+                    "at most {cap} KeyPackages are stored per device"
+                )));
             }
-            let mut ins = c.prepare_cached("INSERT INTO key_packages(device_id, suite, data) VALUES (?1, ?2, ?3)")?;
+            let mut ins = c.prepare_cached(
+                "INSERT INTO key_packages(device_id, suite, data) VALUES (?1, ?2, ?3)",
+            )?;
             for p in &packages {
                 ins.execute(params![device, suite, &p[..]])?;
             }
@@ -771,17 +874,23 @@ impl Storage for SqliteStorage {
     fn set_hybrid_key(&self, device: DeviceId, key: &[u8]) -> StorageResult<()> {
         let key = key.to_vec();
         self.write(move |c| {
-            c.prepare_cached("UPDATE devices SET hybrid_key = ?2 WHERE id = ?1")?.execute(params![device, key])?;
+            c.prepare_cached("UPDATE devices SET hybrid_key = ?2 WHERE id = ?1")?
+                .execute(params![device, key])?;
             Ok(())
         })
     }
 
     fn hybrid_keys(&self, device_keys: &[Key32]) -> StorageResult<Vec<(Key32, Vec<u8>)>> {
         self.read(|c| {
-            let mut st = c.prepare_cached("SELECT hybrid_key FROM devices WHERE device_key = ?1 AND hybrid_key IS NOT NULL")?;
+            let mut st = c.prepare_cached(
+                "SELECT hybrid_key FROM devices WHERE device_key = ?1 AND hybrid_key IS NOT NULL",
+            )?;
             let mut out = Vec::new();
             for k in device_keys {
-                if let Some(h) = st.query_row([&k[..]], |r| r.get::<_, Vec<u8>>(0)).optional()? {
+                if let Some(h) = st
+                    .query_row([&k[..]], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()?
+                {
                     out.push((*k, h));
                 }
             }
@@ -885,16 +994,25 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn remove_member(&self, channel: &ChannelId, by: AccountId, member: &Key32) -> StorageResult<()> {
+    fn remove_member(
+        &self,
+        channel: &ChannelId,
+        by: AccountId,
+        member: &Key32,
+    ) -> StorageResult<()> {
         let (ch, m) = (*channel, *member);
         self.write(move |c| {
             channel_row(c, &ch)?.ok_or(StorageError::NotFound("channel"))?;
             if !member_check(c, &ch, by)? {
-                return Err(StorageError::Forbidden("not a member of the channel".into()));
+                return Err(StorageError::Forbidden(
+                    "not a member of the channel".into(),
+                ));
             }
             let id = account_id_by_identity(c, &m)?;
             let n = c
-                .prepare_cached("DELETE FROM channel_members WHERE channel_id = ?1 AND account_id = ?2")?
+                .prepare_cached(
+                    "DELETE FROM channel_members WHERE channel_id = ?1 AND account_id = ?2",
+                )?
                 .execute(params![&ch[..], id])?;
             if n == 0 {
                 return Err(StorageError::NotFound("member"));
@@ -903,14 +1021,22 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn set_metadata(&self, channel: &ChannelId, by: AccountId, metadata: &[u8]) -> StorageResult<()> {
+    fn set_metadata(
+        &self,
+        channel: &ChannelId,
+        by: AccountId,
+        metadata: &[u8],
+    ) -> StorageResult<()> {
         let (ch, md) = (*channel, metadata.to_vec());
         self.write(move |c| {
             channel_row(c, &ch)?.ok_or(StorageError::NotFound("channel"))?;
             if !member_check(c, &ch, by)? {
-                return Err(StorageError::Forbidden("not a member of the channel".into()));
+                return Err(StorageError::Forbidden(
+                    "not a member of the channel".into(),
+                ));
             }
-            c.prepare_cached("UPDATE channels SET metadata = ?2 WHERE id = ?1")?.execute(params![&ch[..], md])?;
+            c.prepare_cached("UPDATE channels SET metadata = ?2 WHERE id = ?1")?
+                .execute(params![&ch[..], md])?;
             Ok(())
         })
     }
@@ -975,27 +1101,36 @@ impl Storage for SqliteStorage {
         self.write(move |c| {
             let mut payloads: Vec<i64> = Vec::new();
             if up_to_seq > 0 {
-                let mut st = c.prepare_cached("DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2 RETURNING payload_id")?;
+                let mut st = c.prepare_cached(
+                    "DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2 RETURNING payload_id",
+                )?;
                 let ids = st.query_map(params![device, up_to_seq as i64], |r| r.get(0))?;
                 payloads.extend(ids.collect::<rusqlite::Result<Vec<i64>>>()?);
             }
-            let mut one = c.prepare_cached("DELETE FROM queue WHERE device_id = ?1 AND seq = ?2 RETURNING payload_id")?;
+            let mut one = c.prepare_cached(
+                "DELETE FROM queue WHERE device_id = ?1 AND seq = ?2 RETURNING payload_id",
+            )?;
             for s in &seqs {
-                if let Some(id) = one.query_row(params![device, *s as i64], |r| r.get(0)).optional()? {
+                if let Some(id) = one
+                    .query_row(params![device, *s as i64], |r| r.get(0))
+                    .optional()?
+                {
                     payloads.push(id);
                 }
             }
             payloads.sort_unstable();
             payloads.dedup();
+            // A device's queue holds a payload at most once, so payloads removed = rows removed.
             let removed = payloads.len() as u64;
-            let removed_rows = removed; // one queue row per (device, payload)
             gc_payloads(c, &payloads)?;
-            Ok(removed_rows)
+            Ok(removed)
         })
     }
 
     fn queue_depth(&self) -> StorageResult<u64> {
-        self.read(|c| Ok(c.query_row("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))? as u64))
+        self.read(|c| {
+            Ok(c.query_row("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))? as u64)
+        })
     }
 
     fn put_blob_chunk(&self, chunk: BlobChunk, max_size: u64) -> StorageResult<u64> {
@@ -1069,13 +1204,22 @@ impl Storage for SqliteStorage {
                     params![&ch[..], &sha[..]],
                 )?;
             } else {
-                c.execute("DELETE FROM blobs WHERE channel_id = ?1 AND sha256 = ?2", params![&ch[..], &sha[..]])?;
+                c.execute(
+                    "DELETE FROM blobs WHERE channel_id = ?1 AND sha256 = ?2",
+                    params![&ch[..], &sha[..]],
+                )?;
             }
             Ok(())
         })
     }
 
-    fn read_blob(&self, channel: &ChannelId, sha256: &Key32, offset: u64, len: u64) -> StorageResult<(Vec<u8>, u64)> {
+    fn read_blob(
+        &self,
+        channel: &ChannelId,
+        sha256: &Key32,
+        offset: u64,
+        len: u64,
+    ) -> StorageResult<(Vec<u8>, u64)> {
         self.read(|c| {
             let total: i64 = c
                 .prepare_cached("SELECT total_size FROM blobs WHERE channel_id = ?1 AND sha256 = ?2 AND complete = 1")?

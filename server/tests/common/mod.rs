@@ -11,8 +11,8 @@ use prost::Message;
 use qpq_crypto::identity::IdentityKey;
 use qpq_crypto::opaque::OpaqueSuite;
 use qpq_crypto::opaque_ke::{
-    ClientLogin, ClientLoginFinishParameters, ClientRegistration, ClientRegistrationFinishParameters,
-    CredentialResponse, RegistrationResponse,
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
 };
 use qpq_proto::frame::{read_push, read_response, Push, Request, Response};
 use qpq_proto::{method, v1, Status, MAX_PAYLOAD};
@@ -64,7 +64,9 @@ impl TestServer {
     /// A connected client with a fresh registered and logged-in account.
     pub async fn user(&self, name: &str) -> Conn {
         let mut c = self.connect().await;
-        c.register(name, "correct horse battery staple").await.unwrap();
+        c.register(name, "correct horse battery staple")
+            .await
+            .unwrap();
         c.login(name, "correct horse battery staple").await.unwrap();
         c
     }
@@ -91,7 +93,9 @@ pub struct Conn {
 
 pub fn client_config(cert_der: &[u8]) -> quinn::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(cert_der.to_vec())).unwrap();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(cert_der.to_vec()))
+        .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -145,7 +149,9 @@ impl Conn {
         let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
         send.write_all(bytes).await.unwrap();
         send.finish().unwrap();
-        read_response(&mut recv, MAX_PAYLOAD, Duration::from_secs(30)).await.unwrap()
+        read_response(&mut recv, MAX_PAYLOAD, Duration::from_secs(30))
+            .await
+            .unwrap()
     }
 
     pub async fn raw(&self, method: u16, payload: Vec<u8>) -> Response {
@@ -156,7 +162,10 @@ impl Conn {
             payload: Bytes::from(payload),
         };
         let resp = self.raw_bytes(&req.encode().unwrap()).await;
-        assert_eq!(resp.request_id, request_id, "response echoes the request id");
+        assert_eq!(
+            resp.request_id, request_id,
+            "response echoes the request id"
+        );
         resp
     }
 
@@ -167,13 +176,18 @@ impl Conn {
         }
     }
 
-    pub async fn call<Req: Message, Resp: Message + Default>(&self, method: u16, req: &Req) -> Result<Resp, CallError> {
+    pub async fn call<Req: Message, Resp: Message + Default>(
+        &self,
+        method: u16,
+        req: &Req,
+    ) -> Result<Resp, CallError> {
         let resp = self.raw(method, self.encode(req)).await;
         decode_response(resp)
     }
 
     pub async fn register(&mut self, username: &str, password: &str) -> Result<(), CallError> {
-        let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, password.as_bytes()).unwrap();
+        let start =
+            ClientRegistration::<OpaqueSuite>::start(&mut OsRng, password.as_bytes()).unwrap();
         let r: v1::OpaqueRegisterStartResponse = self
             .call(
                 method::OPAQUE_REGISTER_START,
@@ -183,10 +197,16 @@ impl Conn {
                 },
             )
             .await?;
-        let resp = RegistrationResponse::<OpaqueSuite>::deserialize(&r.registration_response).unwrap();
+        let resp =
+            RegistrationResponse::<OpaqueSuite>::deserialize(&r.registration_response).unwrap();
         let fin = start
             .state
-            .finish(&mut OsRng, password.as_bytes(), resp, ClientRegistrationFinishParameters::default())
+            .finish(
+                &mut OsRng,
+                password.as_bytes(),
+                resp,
+                ClientRegistrationFinishParameters::default(),
+            )
             .unwrap();
         let _: v1::OpaqueRegisterFinishResponse = self
             .call(
@@ -217,10 +237,12 @@ impl Conn {
             )
             .await?;
         let ke2 = CredentialResponse::<OpaqueSuite>::deserialize(&r.ke2).unwrap();
-        let ke3 = match start
-            .state
-            .finish(&mut OsRng, password.as_bytes(), ke2, ClientLoginFinishParameters::default())
-        {
+        let ke3 = match start.state.finish(
+            &mut OsRng,
+            password.as_bytes(),
+            ke2,
+            ClientLoginFinishParameters::default(),
+        ) {
             Ok(f) => f.message.serialize().to_vec(),
             Err(_) => vec![0u8; 64],
         };
@@ -263,17 +285,29 @@ impl Conn {
         r.channel_id
     }
 
-    pub async fn send(&self, channel: &Bytes, id: u8, payload: &[u8]) -> Result<v1::EnqueueResponse, CallError> {
-        self.call(method::ENQUEUE, &app_message(channel, id, payload)).await
+    pub async fn send(
+        &self,
+        channel: &Bytes,
+        id: u8,
+        payload: &[u8],
+    ) -> Result<v1::EnqueueResponse, CallError> {
+        self.call(method::ENQUEUE, &app_message(channel, id, payload))
+            .await
     }
 
     pub async fn fetch(&self) -> Vec<v1::QueuedMessage> {
-        let r: v1::FetchResponse = self.call(method::FETCH, &v1::FetchRequest::default()).await.unwrap();
+        let r: v1::FetchResponse = self
+            .call(method::FETCH, &v1::FetchRequest::default())
+            .await
+            .unwrap();
         r.messages
     }
 
     pub async fn next_push(&self, timeout: Duration) -> Option<Push> {
-        tokio::time::timeout(timeout, self.pushes.lock().await.recv()).await.ok().flatten()
+        tokio::time::timeout(timeout, self.pushes.lock().await.recv())
+            .await
+            .ok()
+            .flatten()
     }
 }
 
@@ -306,7 +340,11 @@ pub fn decode_response<Resp: Message + Default>(resp: Response) -> Result<Resp, 
         Ok(Resp::decode(resp.payload).unwrap())
     } else {
         let e = v1::Error::decode(resp.payload).unwrap();
-        assert_eq!(e.code, u32::from(resp.status.code()), "Error.code equals the frame status");
+        assert_eq!(
+            e.code,
+            u32::from(resp.status.code()),
+            "Error.code equals the frame status"
+        );
         assert!(!e.message.is_empty(), "every error carries a message");
         Err(CallError {
             status: resp.status,
