@@ -69,7 +69,15 @@ impl Fail {
 
 impl From<StorageError> for Fail {
     fn from(e: StorageError) -> Fail {
+        if let StorageError::QueueFull(m) = &e {
+            return Fail {
+                status: Status::RateLimited,
+                message: m.clone(),
+                retry_after_ms: 1000,
+            };
+        }
         let status = match &e {
+            StorageError::QueueFull(_) => Status::RateLimited,
             StorageError::NotFound(_) => Status::NotFound,
             StorageError::Conflict(_) => Status::Conflict,
             StorageError::Forbidden(_) | StorageError::Limit(_) => Status::Forbidden,

@@ -1333,3 +1333,31 @@ async fn graceful_shutdown_answers_in_flight_calls() {
         .unwrap();
     assert!(t0.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_recipient_queue_answers_rate_limited_and_recovers_after_ack() {
+    let s = TestServer::start_with(|c| c.max_queue_depth = 3).await;
+    let a = s.user("alice").await;
+    let b = s.user("bob").await;
+    let ch = a.group(&[&b]).await;
+    for i in 0..3 {
+        a.send(&ch, i, b"x").await.unwrap();
+    }
+    let e = a.send(&ch, 9, b"x").await.unwrap_err();
+    assert_eq!(e.status, Status::RateLimited);
+    assert!(e.retry_after_ms > 0);
+    // The victim's fetch is unaffected; once it acks, the sender gets through.
+    let got = b.fetch().await;
+    assert_eq!(got.len(), 3);
+    let _: v1::AckResponse = b
+        .call(
+            method::ACK,
+            &v1::AckRequest {
+                up_to_seq: got[2].seq,
+                seqs: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    a.send(&ch, 10, b"x").await.unwrap();
+}

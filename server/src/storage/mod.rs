@@ -33,6 +33,9 @@ pub enum StorageError {
     /// A configured limit was reached (devices, queue depth, KeyPackages, blob size).
     #[error("{0}")]
     Limit(String),
+    /// A recipient's queue is at its cap; retry after it drains.
+    #[error("{0}")]
+    QueueFull(String),
     /// The request is inconsistent with stored state (wrong blob offset, ...).
     #[error("{0}")]
     Invalid(String),

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
         device_key BLOB NOT NULL UNIQUE,
         hybrid_key BLOB,
         next_seq INTEGER NOT NULL DEFAULT 1,
+        queue_len INTEGER NOT NULL DEFAULT 0,
         created_at INTEGER NOT NULL);
     CREATE INDEX devices_account ON devices(account_id);
     CREATE TABLE sessions(
@@ -388,21 +389,22 @@ fn fan_out(
     max_depth: u64,
     out: &mut Vec<Delivery>,
 ) -> StorageResult<()> {
+    // One statement takes the sequence number and counts the queue (the cap is checked on the
+    // counter: counting rows per insert would make a long queue quadratic).
     let mut next = conn.prepare_cached(
-        "UPDATE devices SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq - 1",
+        "UPDATE devices SET next_seq = next_seq + 1, queue_len = queue_len + 1 WHERE id = ?1
+         RETURNING next_seq - 1, queue_len - 1",
     )?;
-    let mut depth = conn.prepare_cached("SELECT count(*) FROM queue WHERE device_id = ?1")?;
     let mut ins = conn.prepare_cached(
         "INSERT INTO queue(device_id, seq, channel_id, payload_id) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for &d in devices {
-        let n: i64 = depth.query_row([d], |r| r.get(0))?;
-        if n as u64 >= max_depth {
-            return Err(StorageError::Limit(format!(
+        let (seq, depth): (i64, i64) = next.query_row([d], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if depth as u64 >= max_depth {
+            return Err(StorageError::QueueFull(format!(
                 "a recipient's queue is full ({max_depth} messages)"
             )));
         }
-        let seq: i64 = next.query_row([d], |r| r.get(0))?;
         ins.execute(params![d, seq, &channel[..], payload_id])?;
         let mut m = template.clone();
         m.seq = seq as u64;
@@ -609,10 +611,18 @@ fn purge_device(conn: &Connection, device: DeviceId) -> StorageResult<()> {
         [device],
         |r| r.get(0),
     )?;
-    conn.execute(
-        "DELETE FROM queue WHERE payload_id IN (SELECT id FROM payloads WHERE sender_device = ?1)",
-        [&key],
-    )?;
+    let holders: Vec<DeviceId> = conn
+        .prepare_cached(
+            "DELETE FROM queue WHERE payload_id IN (SELECT id FROM payloads WHERE sender_device = ?1)
+             RETURNING device_id",
+        )?
+        .query_map([&key], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut dec =
+        conn.prepare_cached("UPDATE devices SET queue_len = max(queue_len - 1, 0) WHERE id = ?1")?;
+    for d in holders {
+        dec.execute([d])?;
+    }
     conn.execute("DELETE FROM payloads WHERE sender_device = ?1", [&key])?;
     conn.execute("DELETE FROM devices WHERE id = ?1", [device])?;
     Ok(())
@@ -1122,6 +1132,10 @@ impl Storage for SqliteStorage {
             payloads.dedup();
             // A device's queue holds a payload at most once, so payloads removed = rows removed.
             let removed = payloads.len() as u64;
+            c.prepare_cached(
+                "UPDATE devices SET queue_len = max(queue_len - ?2, 0) WHERE id = ?1",
+            )?
+            .execute(params![device, removed as i64])?;
             gc_payloads(c, &payloads)?;
             Ok(removed)
         })
