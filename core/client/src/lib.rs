@@ -1,0 +1,29 @@
+//! `qpq-core`: the quicproquo client engine.
+//!
+//! What it does: one blocking, `Send + Sync` [`Client`] per account that registers and logs
+//! in with OPAQUE, keeps an encrypted local store (SQLCipher), runs MLS groups (classic and
+//! X-Wing post-quantum) through openmls, talks to a `qpq-server` over QUIC, and delivers
+//! incoming messages exactly once, in order, as [`Event`]s — acked to the server only after
+//! they are stored.
+//!
+//! What it will not do: render anything, hold a UI thread, or expose async APIs (bindings wrap
+//! the blocking calls), talk to more than one server, or trust the server with any key.
+//!
+//! Layers (DESIGN.md §1): `net` (only it touches quinn), `store` (only it touches rusqlite),
+//! `mls` (openmls glue), `engine` (session: conversations, commits, outbox, processing) and
+//! the `client` facade (only it touches the runtime).
+
+mod client;
+mod engine;
+mod error;
+mod mls;
+mod net;
+mod store;
+mod types;
+
+pub use client::Client;
+pub use error::{Error, ErrorCode};
+pub use types::{
+    Account, ClientConfig, Conversation, ConversationId, ConversationKind, Event, EventListener,
+    Member, Message, MessageId, StoreKey, Trust,
+};

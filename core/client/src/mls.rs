@@ -1,0 +1,166 @@
+//! MLS glue: the openmls provider over the encrypted store, ciphersuites, credentials,
+//! KeyPackages and group configs. Decisions about when to commit live in [`crate::client`].
+
+use openmls::prelude::tls_codec::Serialize as _;
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::RustCrypto;
+use openmls_traits::OpenMlsProvider;
+use qpq_crypto::identity::IdentityKey;
+
+use crate::error::MlsError;
+use crate::store::{MlsStorage, Store};
+
+/// Classic suite (id 1).
+pub(crate) const CLASSIC: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// Post-quantum suite (X-Wing: ML-KEM-768 + X25519).
+pub(crate) const PQ: Ciphersuite = Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519;
+/// Both suites we keep KeyPackages for.
+pub(crate) const SUITES: [Ciphersuite; 2] = [CLASSIC, PQ];
+
+/// How many past epochs' secrets are kept, so messages sent just before a commit still
+/// decrypt after it was merged.
+const MAX_PAST_EPOCHS: usize = 5;
+
+/// The openmls provider: RustCrypto for crypto and randomness, the encrypted store for state.
+pub(crate) struct Provider<'a> {
+    crypto: &'a RustCrypto,
+    storage: MlsStorage<'a>,
+}
+
+impl<'a> Provider<'a> {
+    pub(crate) fn new(crypto: &'a RustCrypto, store: &'a Store) -> Provider<'a> {
+        Provider {
+            crypto,
+            storage: store.mls(),
+        }
+    }
+}
+
+impl<'a> OpenMlsProvider for Provider<'a> {
+    type CryptoProvider = RustCrypto;
+    type RandProvider = RustCrypto;
+    type StorageProvider = MlsStorage<'a>;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+
+    fn crypto(&self) -> &Self::CryptoProvider {
+        self.crypto
+    }
+
+    fn rand(&self) -> &Self::RandProvider {
+        self.crypto
+    }
+}
+
+/// Name of a ciphersuite as shown in [`crate::Conversation::ciphersuite`].
+pub(crate) fn suite_name(cs: Ciphersuite) -> String {
+    format!("{cs:?}")
+}
+
+/// The device's MLS signer (its Ed25519 device key).
+pub(crate) fn signer(device: &IdentityKey) -> SignatureKeyPair {
+    SignatureKeyPair::from_raw(
+        SignatureScheme::ED25519,
+        device.to_bytes().to_vec(),
+        device.public_key().to_vec(),
+    )
+}
+
+/// BasicCredential with identity = device public key.
+pub(crate) fn credential(device: &IdentityKey) -> CredentialWithKey {
+    let public = device.public_key();
+    CredentialWithKey {
+        credential: BasicCredential::new(public.to_vec()).into(),
+        signature_key: public.to_vec().into(),
+    }
+}
+
+/// Device key named by a member credential (BasicCredential identity).
+pub(crate) fn device_of(credential: &Credential) -> Option<[u8; 32]> {
+    BasicCredential::try_from(credential.clone())
+        .ok()
+        .and_then(|b| b.identity().try_into().ok())
+}
+
+/// Capabilities every leaf of ours advertises: both suites.
+fn capabilities() -> Capabilities {
+    Capabilities::new(None, Some(&SUITES), None, None, None)
+}
+
+/// Makes `n` KeyPackages of `cs` (private parts go to the store) and returns their encodings.
+pub(crate) fn key_packages(
+    provider: &Provider<'_>,
+    device: &IdentityKey,
+    cs: Ciphersuite,
+    n: usize,
+) -> Result<Vec<Vec<u8>>, MlsError> {
+    let signer = signer(device);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(capabilities())
+            .build(cs, provider, &signer, credential(device))
+            .map_err(|e| MlsError::Openmls(format!("key package: {e}")))?;
+        let bytes = bundle
+            .key_package()
+            .tls_serialize_detached()
+            .map_err(|e| MlsError::Openmls(e.to_string()))?;
+        out.push(bytes);
+    }
+    Ok(out)
+}
+
+/// Parses and validates a KeyPackage from the server.
+pub(crate) fn parse_key_package(
+    provider: &Provider<'_>,
+    bytes: &[u8],
+) -> Result<KeyPackage, MlsError> {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    let kp = KeyPackageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| MlsError::Openmls(format!("key package: {e}")))?;
+    kp.validate(provider.crypto(), ProtocolVersion::Mls10)
+        .map_err(|e| MlsError::Openmls(format!("key package: {e}")))
+}
+
+/// Config for groups we create.
+pub(crate) fn create_config(cs: Ciphersuite) -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(cs)
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .capabilities(capabilities())
+        .build()
+}
+
+/// Config for groups we join by Welcome.
+pub(crate) fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .build()
+}
+
+/// Serialises an outgoing MLS message.
+pub(crate) fn encode(m: &MlsMessageOut) -> Result<Vec<u8>, MlsError> {
+    m.tls_serialize_detached()
+        .map_err(|e| MlsError::Openmls(e.to_string()))
+}
+
+/// Loads a group by conversation id.
+pub(crate) fn load(provider: &Provider<'_>, id: &[u8; 16]) -> Result<Option<MlsGroup>, MlsError> {
+    MlsGroup::load(provider.storage(), &GroupId::from_slice(id))
+        .map_err(|e| MlsError::Openmls(format!("load group: {e}")))
+}
+
+/// Device keys of all members (leaf order).
+pub(crate) fn member_devices(group: &MlsGroup) -> Vec<(LeafNodeIndex, [u8; 32])> {
+    group
+        .members()
+        .filter_map(|m| device_of(&m.credential).map(|d| (m.index, d)))
+        .collect()
+}

@@ -1,0 +1,566 @@
+//! The encrypted local store: one SQLCipher file per account. Only this module touches rusqlite.
+//!
+//! Holds the account's keys and session token, the MLS state (through openmls's
+//! `StorageProvider`, in the same database and the same transactions), conversations,
+//! messages, the outbox and the highest processed queue sequence number. A wrong key or a
+//! corrupt file gives a clear error and the file is never modified or deleted.
+
+use std::path::{Path, PathBuf};
+
+use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use zeroize::Zeroizing;
+
+use crate::error::StoreError;
+use crate::types::{ConversationId, ConversationKind, Message, MessageId, StoreKey};
+
+/// File name of the database inside `data_dir`.
+pub(crate) const DB_FILE: &str = "qpq-client.db";
+/// File name of the plaintext salt sidecar (passphrase keys only).
+pub(crate) const SALT_FILE: &str = "qpq-client.salt";
+
+/// Serde codec for openmls's storage (JSON).
+#[derive(Default)]
+pub(crate) struct JsonCodec;
+
+impl Codec for JsonCodec {
+    type Error = serde_json::Error;
+
+    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(value)
+    }
+
+    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+        serde_json::from_slice(slice)
+    }
+}
+
+/// openmls's storage over the store's connection.
+pub(crate) type MlsStorage<'a> = SqliteStorageProvider<JsonCodec, &'a Connection>;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite(e.to_string())
+    }
+}
+
+/// A conversation row.
+#[derive(Debug, Clone)]
+pub(crate) struct ConversationRow {
+    pub id: ConversationId,
+    pub kind: ConversationKind,
+    pub name: String,
+    pub post_quantum: bool,
+    pub active: bool,
+    pub unread: u64,
+}
+
+/// An outbox entry: an application message not yet accepted by the server.
+#[derive(Debug, Clone)]
+pub(crate) struct OutboxRow {
+    pub id: MessageId,
+    pub conversation: ConversationId,
+    pub plaintext: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub epoch: u64,
+}
+
+/// The open store.
+pub(crate) struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+// SAFETY: `rusqlite::Connection` is `Send` but not `Sync` (interior `RefCell`s). The only
+// `Store` lives inside the engine, behind a `tokio::sync::Mutex`: every `&Store` is derived
+// from that lock's guard and used by the one task holding it, so no two threads ever touch
+// the connection at the same time. `Sync` is needed only because that task's future holds
+// `&Store` across `.await` and must be `Send`.
+#[allow(unsafe_code)]
+unsafe impl Sync for Store {}
+
+const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATION_1: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE conversations (
+    id BLOB PRIMARY KEY, kind INTEGER NOT NULL, name TEXT NOT NULL, post_quantum INTEGER NOT NULL,
+    active INTEGER NOT NULL, unread INTEGER NOT NULL DEFAULT 0, created_ms INTEGER NOT NULL);
+CREATE TABLE messages (
+    ord INTEGER PRIMARY KEY, id BLOB NOT NULL, conversation BLOB NOT NULL, sender TEXT NOT NULL,
+    sender_device BLOB NOT NULL, text TEXT NOT NULL, sent_at_ms INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL, outgoing INTEGER NOT NULL, UNIQUE(conversation, id));
+CREATE INDEX messages_by_time ON messages(conversation, received_at_ms);
+CREATE TABLE outbox (
+    id BLOB PRIMARY KEY, ord INTEGER NOT NULL, conversation BLOB NOT NULL, plaintext BLOB NOT NULL,
+    ciphertext BLOB NOT NULL, epoch INTEGER NOT NULL);
+CREATE TABLE devices (device_key BLOB PRIMARY KEY, identity_key BLOB NOT NULL, username TEXT NOT NULL);
+";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn derive_key(
+    data_dir: &Path,
+    key: &StoreKey,
+    fast: bool,
+    creating: bool,
+) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+    match key {
+        StoreKey::Raw(k) => Ok(Zeroizing::new(*k)),
+        StoreKey::Passphrase(p) => {
+            let salt_path = data_dir.join(SALT_FILE);
+            let salt: Vec<u8> = if creating && !salt_path.exists() {
+                let salt: [u8; 16] = rand::random();
+                std::fs::write(&salt_path, salt).map_err(|e| StoreError::Io(e.to_string()))?;
+                salt.to_vec()
+            } else {
+                std::fs::read(&salt_path).map_err(|e| {
+                    StoreError::Io(format!(
+                        "cannot read the salt file {}: {e}",
+                        salt_path.display()
+                    ))
+                })?
+            };
+            if salt.len() != 16 {
+                return Err(StoreError::Corrupt("the salt file is not 16 bytes".into()));
+            }
+            let params = if fast {
+                argon2::Params::new(256, 1, 1, Some(32))
+            } else {
+                argon2::Params::new(64 * 1024, 3, 4, Some(32))
+            }
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let argon =
+                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let mut out = Zeroizing::new([0u8; 32]);
+            argon
+                .hash_password_into(p.as_bytes(), &salt, &mut out[..])
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok(out)
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) `data_dir/qpq-client.db`. Never modifies an existing file that the
+    /// key does not open.
+    pub(crate) fn open(
+        data_dir: &Path,
+        key: &StoreKey,
+        fast_kdf: bool,
+    ) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io(e.to_string()))?;
+        let path = data_dir.join(DB_FILE);
+        let creating = !path.exists();
+        let raw = derive_key(data_dir, key, fast_kdf, creating)?;
+        let flags = if creating {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        };
+        let conn = Connection::open_with_flags(&path, flags)?;
+        let key_sql = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex(&raw[..])));
+        conn.execute_batch(&key_sql)?;
+        // The first read fails when the key is wrong or the file is not a database.
+        let check: Result<i64, _> =
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
+        if check.is_err() {
+            return Err(StoreError::WrongKey);
+        }
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mut store = Store { conn, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "the store has schema version {version}, newer than this library ({SCHEMA_VERSION})"
+            )));
+        }
+        if version < 1 {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(MIGRATION_1)?;
+            tx.execute_batch("PRAGMA user_version = 1")?;
+            tx.commit()?;
+        }
+        let mut mls = SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut self.conn);
+        mls.run_migrations()
+            .map_err(|e| StoreError::Sqlite(format!("mls storage migrations: {e}")))?;
+        Ok(())
+    }
+
+    /// Path of the database file.
+    #[allow(dead_code)]
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// openmls's storage provider over this store.
+    pub(crate) fn mls(&self) -> MlsStorage<'_> {
+        SqliteStorageProvider::new(&self.conn)
+    }
+
+    /// Starts a transaction that covers MLS state and our tables alike.
+    pub(crate) fn begin(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    /// Commits the open transaction.
+    pub(crate) fn commit(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Rolls the open transaction back (ignores "no transaction").
+    pub(crate) fn rollback(&self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    // ---- meta ----
+
+    pub(crate) fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub(crate) fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
+    pub(crate) fn get_u64(&self, key: &str) -> Result<u64, StoreError> {
+        Ok(match self.get_meta(key)? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+            _ => 0,
+        })
+    }
+
+    pub(crate) fn set_u64(&self, key: &str, v: u64) -> Result<(), StoreError> {
+        self.set_meta(key, &v.to_be_bytes())
+    }
+
+    // ---- devices (directory cache) ----
+
+    pub(crate) fn put_device(
+        &self,
+        device: &[u8; 32],
+        identity: &[u8; 32],
+        username: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO devices(device_key, identity_key, username) VALUES (?1, ?2, ?3)
+             ON CONFLICT(device_key) DO UPDATE SET identity_key = excluded.identity_key, username = excluded.username",
+            params![&device[..], &identity[..], username],
+        )?;
+        Ok(())
+    }
+
+    /// (identity key, username) of a known device.
+    pub(crate) fn device(&self, device: &[u8]) -> Result<Option<([u8; 32], String)>, StoreError> {
+        let row: Option<(Vec<u8>, String)> = self
+            .conn
+            .query_row(
+                "SELECT identity_key, username FROM devices WHERE device_key = ?1",
+                [device],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((id, name)) => Ok(Some((to32(&id)?, name))),
+        }
+    }
+
+    // ---- conversations ----
+
+    pub(crate) fn put_conversation(
+        &self,
+        c: &ConversationRow,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO conversations(id, kind, name, post_quantum, active, unread, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, name = excluded.name,
+               post_quantum = excluded.post_quantum, active = excluded.active",
+            params![
+                &c.id[..],
+                matches!(c.kind, ConversationKind::Dm) as i64,
+                c.name,
+                c.post_quantum as i64,
+                c.active as i64,
+                c.unread as i64,
+                now_ms as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn set_active(&self, id: &ConversationId, active: bool) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE conversations SET active = ?2 WHERE id = ?1",
+            params![&id[..], active as i64],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn conversation(
+        &self,
+        id: &ConversationId,
+    ) -> Result<Option<ConversationRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, kind, name, post_quantum, active, unread FROM conversations WHERE id = ?1",
+        )?;
+        let mut rows = st.query_map([&id[..]], conv_row)?;
+        match rows.next() {
+            Some(r) => Ok(Some(r??)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn conversations(&self) -> Result<Vec<ConversationRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, kind, name, post_quantum, active, unread FROM conversations ORDER BY created_ms, id",
+        )?;
+        let rows = st.query_map([], conv_row)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r??);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn clear_unread(&self, id: &ConversationId) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE conversations SET unread = 0 WHERE id = ?1",
+            [&id[..]],
+        )?;
+        Ok(())
+    }
+
+    // ---- messages ----
+
+    /// A strictly increasing receive timestamp (ms).
+    fn next_received_at(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let last: Option<i64> =
+            self.conn
+                .query_row("SELECT max(received_at_ms) FROM messages", [], |r| r.get(0))?;
+        Ok(now_ms.max(last.map(|l| l as u64 + 1).unwrap_or(0)))
+    }
+
+    /// Stores a message unless one with the same id is already in the conversation. Returns
+    /// the stored message (with its receive time) when it is new.
+    pub(crate) fn insert_message(
+        &self,
+        m: &Message,
+        now_ms: u64,
+    ) -> Result<Option<Message>, StoreError> {
+        let exists: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM messages WHERE conversation = ?1 AND id = ?2",
+                params![&m.conversation[..], &m.id[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if exists.is_some() {
+            return Ok(None);
+        }
+        let received = self.next_received_at(now_ms)?;
+        self.conn.execute(
+            "INSERT INTO messages(id, conversation, sender, sender_device, text, sent_at_ms, received_at_ms, outgoing)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                &m.id[..],
+                &m.conversation[..],
+                m.sender,
+                &m.sender_device[..],
+                m.text,
+                m.sent_at_ms as i64,
+                received as i64,
+                m.outgoing as i64
+            ],
+        )?;
+        if !m.outgoing {
+            self.conn.execute(
+                "UPDATE conversations SET unread = unread + 1 WHERE id = ?1",
+                [&m.conversation[..]],
+            )?;
+        }
+        let mut stored = m.clone();
+        stored.received_at_ms = received;
+        Ok(Some(stored))
+    }
+
+    /// Up to `limit` messages received before `before` (received_at_ms), oldest first.
+    pub(crate) fn messages(
+        &self,
+        conv: &ConversationId,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<Message>, StoreError> {
+        let before = before
+            .map(|b| b.min(i64::MAX as u64) as i64)
+            .unwrap_or(i64::MAX);
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, conversation, sender, sender_device, text, sent_at_ms, received_at_ms, outgoing
+             FROM messages WHERE conversation = ?1 AND received_at_ms < ?2
+             ORDER BY received_at_ms DESC LIMIT ?3",
+        )?;
+        let rows = st.query_map(
+            params![&conv[..], before, limit.min(i64::MAX as usize) as i64],
+            |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, c, sender, dev, text, sent, recv, outgoing) = r?;
+            out.push(Message {
+                id: to16(&id)?,
+                conversation: to16(&c)?,
+                sender,
+                sender_device: to32(&dev)?,
+                text,
+                sent_at_ms: sent as u64,
+                received_at_ms: recv as u64,
+                outgoing: outgoing != 0,
+            });
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    // ---- outbox ----
+
+    pub(crate) fn put_outbox(&self, o: &OutboxRow) -> Result<(), StoreError> {
+        let ord: i64 =
+            self.conn
+                .query_row("SELECT coalesce(max(ord), 0) + 1 FROM outbox", [], |r| {
+                    r.get(0)
+                })?;
+        self.conn.execute(
+            "INSERT INTO outbox(id, ord, conversation, plaintext, ciphertext, epoch) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(id) DO UPDATE SET ciphertext = excluded.ciphertext, epoch = excluded.epoch",
+            params![&o.id[..], ord, &o.conversation[..], o.plaintext, o.ciphertext, o.epoch as i64],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn outbox(&self) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, conversation, plaintext, ciphertext, epoch FROM outbox ORDER BY ord",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, c, p, ct, e) = r?;
+            out.push(OutboxRow {
+                id: to16(&id)?,
+                conversation: to16(&c)?,
+                plaintext: p,
+                ciphertext: ct,
+                epoch: e as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn delete_outbox(&self, id: &MessageId) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM outbox WHERE id = ?1", [&id[..]])?;
+        Ok(())
+    }
+}
+
+fn conv_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ConversationRow, StoreError>> {
+    let id: Vec<u8> = r.get(0)?;
+    let kind: i64 = r.get(1)?;
+    let name: String = r.get(2)?;
+    let pq: i64 = r.get(3)?;
+    let active: i64 = r.get(4)?;
+    let unread: i64 = r.get(5)?;
+    Ok(to16(&id).map(|id| ConversationRow {
+        id,
+        kind: if kind == 1 {
+            ConversationKind::Dm
+        } else {
+            ConversationKind::Group
+        },
+        name,
+        post_quantum: pq != 0,
+        active: active != 0,
+        unread: unread as u64,
+    }))
+}
+
+fn to16(b: &[u8]) -> Result<[u8; 16], StoreError> {
+    b.try_into()
+        .map_err(|_| StoreError::Corrupt("an id is not 16 bytes".into()))
+}
+
+fn to32(b: &[u8]) -> Result<[u8; 32], StoreError> {
+    b.try_into()
+        .map_err(|_| StoreError::Corrupt("a key is not 32 bytes".into()))
+}
+
+impl Store {
+    /// Meta entries whose key starts with `prefix`.
+    pub(crate) fn meta_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT key, value FROM meta WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+        )?;
+        let rows = st.query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,161 @@
+//! An in-process qpq-server on 127.0.0.1:0 and helpers for blocking clients.
+#![allow(dead_code, clippy::unwrap_used, clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use qpq_core::{Client, ClientConfig, Event, StoreKey, Trust};
+use qpq_server::config::Config;
+use qpq_server::Server;
+
+pub const PW: &str = "correct horse battery staple";
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub cert_der: Vec<u8>,
+    pub dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::ephemeral(dir.path());
+        tweak(&mut config);
+        let (addr, cert_der) = rt.block_on(async {
+            let server = Server::bind(config).await.unwrap();
+            let addr = server.local_addr().unwrap();
+            let cert = server.certificate_der().to_vec();
+            tokio::spawn(async move {
+                server.run().await.unwrap();
+            });
+            (addr, cert)
+        });
+        TestServer {
+            addr,
+            cert_der,
+            dir,
+            rt,
+        }
+    }
+
+    pub fn config(&self, data_dir: &Path) -> ClientConfig {
+        let mut c = ClientConfig::new(
+            data_dir,
+            StoreKey::Passphrase("store passphrase".into()),
+            self.addr.to_string(),
+            Trust::PinnedCertDer(self.cert_der.clone()),
+        );
+        c.insecure_fast_kdf = true;
+        c
+    }
+
+    pub fn open(&self, data_dir: &Path) -> Client {
+        Client::open(self.config(data_dir)).unwrap()
+    }
+
+    /// A fresh client with a registered, logged-in account.
+    pub fn user(&self, name: &str) -> User {
+        let dir = tempfile::tempdir().unwrap();
+        let client = self.open(dir.path());
+        client.register(name, PW).unwrap();
+        User { client, dir }
+    }
+
+    /// A second device of an existing account.
+    pub fn device(&self, name: &str) -> User {
+        let dir = tempfile::tempdir().unwrap();
+        let client = self.open(dir.path());
+        client.login(name, PW).unwrap();
+        User { client, dir }
+    }
+}
+
+pub struct User {
+    pub client: Client,
+    pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for User {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Collects background events until `done` says so, or panics at the deadline.
+pub fn wait_until(c: &Client, what: &str, mut done: impl FnMut(&Event) -> bool) -> Vec<Event> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "timed out waiting for {what}; saw {seen:?}"
+        );
+        if let Some(e) = c.next_event(left.min(Duration::from_millis(500))).unwrap() {
+            let stop = done(&e);
+            seen.push(e);
+            if stop {
+                return seen;
+            }
+        }
+    }
+}
+
+/// Waits for a text message with this body.
+pub fn wait_text(c: &Client, text: &str) -> qpq_core::Message {
+    let mut found = None;
+    wait_until(c, text, |e| match e {
+        Event::Message(m) if m.text == text => {
+            found = Some(m.clone());
+            true
+        }
+        _ => false,
+    });
+    found.unwrap()
+}
+
+/// Waits until the client has joined `conv`.
+pub fn wait_joined(c: &Client, conv: &[u8; 16]) {
+    if c.conversation(conv).map(|x| x.active).unwrap_or(false) {
+        return;
+    }
+    wait_until(
+        c,
+        "ConversationJoined",
+        |e| matches!(e, Event::ConversationJoined(x) if x.id == *conv),
+    );
+}
+
+/// Waits until `conv` is at `epoch` at least (by polling state, events go unobserved).
+pub fn wait_epoch(c: &Client, conv: &[u8; 16], epoch: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(x) = c.conversation(conv) {
+            if x.epoch >= epoch {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "epoch {epoch} not reached");
+        let _ = c.next_event(Duration::from_millis(100));
+    }
+}
+
+pub fn texts(c: &Client, conv: &[u8; 16]) -> Vec<String> {
+    c.messages(conv, 1000, None)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect()
+}
