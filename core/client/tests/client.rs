@@ -279,9 +279,10 @@ fn store_is_encrypted_and_wrong_key_fails_cleanly() {
     let secret = "the eagle lands at midnight";
     b.send_text(&g, secret).unwrap();
     wait_text(&a, secret);
-    let dir = b.dir.path().to_path_buf();
-    b.client.close();
-    drop(b);
+    let User { client: bc, dir: bdir } = b;
+    let dir = bdir.path().to_path_buf();
+    bc.close();
+    drop(bc);
     let db = dir.join("qpq-client.db");
     let mut raw = std::fs::read(&db).unwrap();
     if let Ok(wal) = std::fs::read(dir.join("qpq-client.db-wal")) {
