@@ -279,7 +279,10 @@ fn store_is_encrypted_and_wrong_key_fails_cleanly() {
     let secret = "the eagle lands at midnight";
     b.send_text(&g, secret).unwrap();
     wait_text(&a, secret);
-    let User { client: bc, dir: bdir } = b;
+    let User {
+        client: bc,
+        dir: bdir,
+    } = b;
     let dir = bdir.path().to_path_buf();
     bc.close();
     drop(bc);
