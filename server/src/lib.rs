@@ -18,6 +18,7 @@ pub mod listener;
 pub mod metrics;
 pub mod service;
 pub mod storage;
+pub mod testkit;
 pub mod tls;
 
 use std::net::SocketAddr;

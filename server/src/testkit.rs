@@ -1,0 +1,342 @@
+//! A minimal qpq protocol client, for the integration tests, the benchmarks and the fuzz
+//! targets: connect with a pinned certificate, OPAQUE register and login, call any method with
+//! the session token attached, read pushes.
+//!
+//! What it will not do: reconnect, retry, or anything a real client needs. Applications use
+//! `qpq-core`; this exists so tests speak the wire protocol directly.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use qpq_crypto::identity::IdentityKey;
+use qpq_crypto::opaque::OpaqueSuite;
+use qpq_crypto::opaque_ke::{
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
+};
+use qpq_proto::frame::{read_push, read_response, Push, Request, Response};
+use qpq_proto::{method, v1, Status, MAX_PAYLOAD};
+use rand::rngs::OsRng;
+use tokio::sync::{mpsc, Mutex};
+
+/// A failed call: status and the server's error message.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    /// The response status.
+    pub status: Status,
+    /// `qpq.v1.Error.message`.
+    pub message: String,
+    /// `qpq.v1.Error.retry_after_ms`.
+    pub retry_after_ms: u64,
+}
+
+/// One QUIC connection to a server, with an optional session.
+pub struct Conn {
+    /// The client endpoint.
+    pub endpoint: quinn::Endpoint,
+    /// The connection.
+    pub conn: quinn::Connection,
+    next_id: AtomicU32,
+    /// Session token, attached to every call when set.
+    pub token: Option<Vec<u8>>,
+    /// Account identity key used at registration.
+    pub identity: IdentityKey,
+    /// This device's key.
+    pub device: IdentityKey,
+    /// Username after register/login.
+    pub username: String,
+    /// Push frames received on unidirectional streams.
+    pub pushes: Arc<Mutex<mpsc::Receiver<Push>>>,
+}
+
+/// A quinn client config trusting exactly `cert_der`, TLS 1.3, ALPN qpq.
+pub fn client_config(cert_der: &[u8]) -> quinn::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(cert_der.to_vec()))
+        .expect("testkit setup");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("testkit setup")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![qpq_proto::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("testkit setup");
+    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_uni_streams(16u32.into());
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    cc.transport_config(Arc::new(t));
+    cc
+}
+
+impl Conn {
+    /// Connects to `addr`, trusting only `cert_der`, and starts reading pushes.
+    pub async fn connect(addr: SocketAddr, cert_der: &[u8]) -> Result<Conn, String> {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("testkit setup"))
+            .expect("testkit setup");
+        endpoint.set_default_client_config(client_config(cert_der));
+        let conn = endpoint
+            .connect(addr, "localhost")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel(1024);
+        let c2 = conn.clone();
+        tokio::spawn(async move {
+            while let Ok(mut s) = c2.accept_uni().await {
+                if let Ok(p) = read_push(&mut s, MAX_PAYLOAD, Duration::from_secs(5)).await {
+                    if tx.send(p).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Conn {
+            endpoint,
+            conn,
+            next_id: AtomicU32::new(1),
+            token: None,
+            identity: IdentityKey::generate(&mut OsRng),
+            device: IdentityKey::generate(&mut OsRng),
+            username: String::new(),
+            pushes: Arc::new(Mutex::new(rx)),
+        })
+    }
+
+    /// Sends raw bytes on a fresh stream and reads the response. Panics on transport errors.
+    pub async fn raw_bytes(&self, bytes: &[u8]) -> Response {
+        let (mut send, mut recv) = self.conn.open_bi().await.expect("testkit setup");
+        send.write_all(bytes).await.expect("testkit setup");
+        send.finish().expect("testkit setup");
+        read_response(&mut recv, MAX_PAYLOAD, Duration::from_secs(30))
+            .await
+            .expect("testkit setup")
+    }
+
+    /// Sends one request frame and reads its response. Panics on transport errors.
+    pub async fn raw(&self, method: u16, payload: Vec<u8>) -> Response {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let req = Request {
+            method,
+            request_id,
+            payload: Bytes::from(payload),
+        };
+        let resp = self.raw_bytes(&req.encode().expect("testkit setup")).await;
+        assert_eq!(
+            resp.request_id, request_id,
+            "response echoes the request id"
+        );
+        resp
+    }
+
+    /// Encodes a request body, with the session token when there is one.
+    pub fn encode<M: Message>(&self, m: &M) -> Vec<u8> {
+        match &self.token {
+            Some(t) => qpq_proto::encode_with_token(m, t),
+            None => m.encode_to_vec(),
+        }
+    }
+
+    /// Calls a method and decodes the response (or the error).
+    pub async fn call<Req: Message, Resp: Message + Default>(
+        &self,
+        method: u16,
+        req: &Req,
+    ) -> Result<Resp, CallError> {
+        let resp = self.raw(method, self.encode(req)).await;
+        decode_response(resp)
+    }
+
+    /// OPAQUE registration with this connection's identity and device keys.
+    pub async fn register(&mut self, username: &str, password: &str) -> Result<(), CallError> {
+        let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, password.as_bytes())
+            .expect("testkit setup");
+        let r: v1::OpaqueRegisterStartResponse = self
+            .call(
+                method::OPAQUE_REGISTER_START,
+                &v1::OpaqueRegisterStartRequest {
+                    username: username.into(),
+                    registration_request: Bytes::from(start.message.serialize().to_vec()),
+                },
+            )
+            .await?;
+        let resp = RegistrationResponse::<OpaqueSuite>::deserialize(&r.registration_response)
+            .expect("testkit setup");
+        let fin = start
+            .state
+            .finish(
+                &mut OsRng,
+                password.as_bytes(),
+                resp,
+                ClientRegistrationFinishParameters::default(),
+            )
+            .expect("testkit setup");
+        let _: v1::OpaqueRegisterFinishResponse = self
+            .call(
+                method::OPAQUE_REGISTER_FINISH,
+                &v1::OpaqueRegisterFinishRequest {
+                    username: username.into(),
+                    registration_upload: Bytes::from(fin.message.serialize().to_vec()),
+                    identity_key: Bytes::copy_from_slice(&self.identity.public_key()),
+                    device_key: Bytes::copy_from_slice(&self.device.public_key()),
+                },
+            )
+            .await?;
+        self.username = username.into();
+        Ok(())
+    }
+
+    /// OPAQUE login; keeps the session token. A wrong password gives `Unauthorized` (the
+    /// client-side finish fails, so a garbage KE3 is sent to make the server answer).
+    pub async fn login(&mut self, username: &str, password: &str) -> Result<(), CallError> {
+        let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, password.as_bytes())
+            .expect("testkit setup");
+        let r: v1::OpaqueLoginStartResponse = self
+            .call(
+                method::OPAQUE_LOGIN_START,
+                &v1::OpaqueLoginStartRequest {
+                    username: username.into(),
+                    ke1: Bytes::from(start.message.serialize().to_vec()),
+                },
+            )
+            .await?;
+        let ke2 = CredentialResponse::<OpaqueSuite>::deserialize(&r.ke2).expect("testkit setup");
+        let ke3 = match start.state.finish(
+            &mut OsRng,
+            password.as_bytes(),
+            ke2,
+            ClientLoginFinishParameters::default(),
+        ) {
+            Ok(f) => f.message.serialize().to_vec(),
+            Err(_) => vec![0u8; 64],
+        };
+        let fin: v1::OpaqueLoginFinishResponse = self
+            .call(
+                method::OPAQUE_LOGIN_FINISH,
+                &v1::OpaqueLoginFinishRequest {
+                    login_id: r.login_id,
+                    ke3: Bytes::from(ke3),
+                    device_key: Bytes::copy_from_slice(&self.device.public_key()),
+                },
+            )
+            .await?;
+        assert_eq!(fin.session_token.len(), 32);
+        self.token = Some(fin.session_token.to_vec());
+        self.username = username.into();
+        Ok(())
+    }
+
+    /// The account identity public key.
+    pub fn identity_key(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.identity.public_key())
+    }
+
+    /// The device public key.
+    pub fn device_key(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.device.public_key())
+    }
+
+    /// Creates a group channel with the given members.
+    pub async fn group(&self, members: &[&Conn]) -> Bytes {
+        let r: v1::CreateChannelResponse = self
+            .call(
+                method::CREATE_CHANNEL,
+                &v1::CreateChannelRequest {
+                    kind: v1::ChannelKind::Group as i32,
+                    members: members.iter().map(|m| m.identity_key()).collect(),
+                    metadata: Bytes::new(),
+                },
+            )
+            .await
+            .expect("testkit setup");
+        r.channel_id
+    }
+
+    /// Enqueues an application message.
+    pub async fn send(
+        &self,
+        channel: &Bytes,
+        id: u8,
+        payload: &[u8],
+    ) -> Result<v1::EnqueueResponse, CallError> {
+        self.call(method::ENQUEUE, &app_message(channel, id, payload))
+            .await
+    }
+
+    /// Fetches everything queued for this device.
+    pub async fn fetch(&self) -> Vec<v1::QueuedMessage> {
+        let r: v1::FetchResponse = self
+            .call(method::FETCH, &v1::FetchRequest::default())
+            .await
+            .expect("testkit setup");
+        r.messages
+    }
+
+    /// The next push frame, or `None` after `timeout`.
+    pub async fn next_push(&self, timeout: Duration) -> Option<Push> {
+        tokio::time::timeout(timeout, self.pushes.lock().await.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The push reader holds a clone of the connection: close explicitly.
+        self.conn.close(0u32.into(), b"client done");
+    }
+}
+
+/// A fresh 16-byte message id whose first byte is `n`.
+pub fn message_id(n: u8) -> Bytes {
+    let mut id = [0u8; 16];
+    id[0] = n;
+    id[1..9].copy_from_slice(&rand::random::<[u8; 8]>());
+    Bytes::copy_from_slice(&id)
+}
+
+/// An application-message Enqueue request.
+pub fn app_message(channel: &Bytes, id: u8, payload: &[u8]) -> v1::EnqueueRequest {
+    v1::EnqueueRequest {
+        channel_id: channel.clone(),
+        message_id: message_id(id),
+        payload: Bytes::copy_from_slice(payload),
+        kind: v1::MessageKind::Application as i32,
+        ..Default::default()
+    }
+}
+
+/// Decodes a response body, or its `qpq.v1.Error` into a [`CallError`].
+pub fn decode_response<Resp: Message + Default>(resp: Response) -> Result<Resp, CallError> {
+    if resp.status == Status::Ok {
+        Ok(Resp::decode(resp.payload).expect("testkit setup"))
+    } else {
+        let e = v1::Error::decode(resp.payload).expect("testkit setup");
+        assert_eq!(
+            e.code,
+            u32::from(resp.status.code()),
+            "Error.code equals the frame status"
+        );
+        assert!(!e.message.is_empty(), "every error carries a message");
+        Err(CallError {
+            status: resp.status,
+            message: e.message,
+            retry_after_ms: e.retry_after_ms,
+        })
+    }
+}
+
+/// The status of a call result (`Ok` for success).
+pub fn status_of<T>(r: Result<T, CallError>) -> Status {
+    match r {
+        Ok(_) => Status::Ok,
+        Err(e) => e.status,
+    }
+}
