@@ -1,0 +1,59 @@
+//! `qpq-bench`: every scenario next to its bare baseline, measured in the same run, written to
+//! `docs/BENCHMARKS.md` (a table of medians, ratios and goals) and `docs/bench/results.json`
+//! (raw figures and the machine).
+//!
+//! `cargo run --release -p qpq-bench -- run` is the full run; `-- run --smoke` does a few
+//! iterations of everything (the test suite runs it to keep the harness working; it never
+//! asserts a timing). Servers run as child processes (this binary's `serve-qpq` and
+//! `serve-bare` modes), pinned to another CPU than the client where the machine has one.
+
+// A measuring tool: printing is its purpose.
+#![allow(clippy::print_stdout)]
+
+mod bare;
+mod report;
+mod scenarios;
+
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: qpq-bench run [--smoke] [--out DIR]   (DIR default: docs)\n       \
+         qpq-bench serve-qpq DATA_DIR | serve-bare DATA_DIR   (internal: child servers)"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve-qpq") if args.len() == 2 => bare::serve_qpq(&args[1]),
+        Some("serve-bare") if args.len() == 2 => bare::serve_bare(&args[1]),
+        Some("run") => {
+            let smoke = args.iter().any(|a| a == "--smoke");
+            let out = args
+                .iter()
+                .position(|a| a == "--out")
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+                .unwrap_or_else(|| "docs".into());
+            match scenarios::run_all(smoke) {
+                Ok(results) => match report::write(&results, std::path::Path::new(&out), smoke) {
+                    Ok(path) => {
+                        println!("wrote {path}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("cannot write the report: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => {
+                    eprintln!("benchmark failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => usage(),
+    }
+}

@@ -1,0 +1,1042 @@
+//! The scenarios of the benchmark issue, each with its baseline measured in the same run,
+//! interleaved round by round (round 0 is a discarded warm-up).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openmls::prelude::tls_codec::Serialize as _;
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use qpq_core::{Client, ClientConfig, Event, StoreKey, Trust};
+use qpq_proto::{method, v1};
+use qpq_server::testkit::{app_message, client_config, Conn};
+use rand::rngs::OsRng;
+use rand::RngCore;
+
+use crate::bare::{self, ChildServer, BARE_DURABLE, BARE_ECHO, BARE_PUSH, BARE_SUBSCRIBE};
+use crate::report::{Results, Row, Samples};
+
+struct Plan {
+    smoke: bool,
+    rounds: usize,
+    per_round: usize,
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn thread_cpu() -> Duration {
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Runs every scenario the landed code supports.
+pub fn run_all(smoke: bool) -> Result<Results, String> {
+    bare::pin_to_cpu(0);
+    let plan = Plan {
+        smoke,
+        rounds: if smoke { 2 } else { 11 },
+        per_round: if smoke { 5 } else { 200 },
+    };
+    let mut r = Results {
+        rows: Vec::new(),
+        extra: Vec::new(),
+        skipped: Vec::new(),
+    };
+    println!("server scenarios (S1, S2, S5, S6, S12)…");
+    server_latency(&plan, &mut r)?;
+    println!("throughput (S3)…");
+    throughput(&plan, &mut r)?;
+    println!("OPAQUE login CPU (S11)…");
+    opaque_cpu(&plan, &mut r)?;
+    println!("bytes stored for a large invite (S10)…");
+    invite_storage(&plan, &mut r)?;
+    println!("hybrid envelope (C3)…");
+    envelope(&plan, &mut r)?;
+    println!("client engine (C1, C2, database size)…");
+    client_engine(&plan, &mut r)?;
+    println!("idle connections (M1)…");
+    idle_connections(&plan, &mut r)?;
+    r.skipped.push((
+        "B1".into(),
+        "the Python, Go and Kotlin SDKs have not landed yet; the row appears as each does".into(),
+    ));
+    Ok(r)
+}
+
+fn server_latency(p: &Plan, r: &mut Results) -> Result<(), String> {
+    let qpq = ChildServer::start("serve-qpq")?;
+    let bare = ChildServer::start("serve-bare")?;
+    let rt = runtime()?;
+    let payload = vec![0x5au8; 1024];
+    let (mut s1, mut b1, mut b2, mut s6, mut b6, mut s5, mut b5, mut s12, mut b12) =
+        Default::default();
+    rt.block_on(async {
+        let mut a = Conn::connect(qpq.addr, &qpq.cert).await?;
+        a.register("alice", "alice bench password")
+            .await
+            .map_err(|e| e.message)?;
+        a.login("alice", "alice bench password")
+            .await
+            .map_err(|e| e.message)?;
+        let mut b = Conn::connect(qpq.addr, &qpq.cert).await?;
+        b.register("bob", "bob bench password")
+            .await
+            .map_err(|e| e.message)?;
+        b.login("bob", "bob bench password")
+            .await
+            .map_err(|e| e.message)?;
+        let ch = a.group(&[&b]).await;
+        let ba = Conn::connect(bare.addr, &bare.cert).await?;
+        let bb = Conn::connect(bare.addr, &bare.cert).await?;
+        bb.raw(BARE_SUBSCRIBE, vec![]).await;
+        for round in 0..p.rounds {
+            let keep = round > 0;
+            let take = |v: &mut Samples, d: Duration| {
+                if keep {
+                    v.0.push(us(d));
+                }
+            };
+            for _ in 0..p.per_round {
+                let t = Instant::now();
+                a.send(&ch, 1, &payload).await.map_err(|e| e.message)?;
+                take(&mut s1, t.elapsed());
+                let t = Instant::now();
+                ba.raw(BARE_ECHO, payload.clone()).await;
+                take(&mut b1, t.elapsed());
+                let t = Instant::now();
+                ba.raw(BARE_DURABLE, payload.clone()).await;
+                take(&mut b2, t.elapsed());
+            }
+            let _: v1::AckResponse = b
+                .call(
+                    method::ACK,
+                    &v1::AckRequest {
+                        up_to_seq: u64::MAX >> 2,
+                        seqs: vec![],
+                    },
+                )
+                .await
+                .map_err(|e| e.message)?;
+            while b.next_push(Duration::from_millis(50)).await.is_some() {}
+            for _ in 0..p.per_round {
+                let t = Instant::now();
+                a.send(&ch, 6, &payload).await.map_err(|e| e.message)?;
+                let got = b.fetch().await;
+                take(&mut s6, t.elapsed());
+                let last = got.last().map_or(0, |m| m.seq);
+                let _: v1::AckResponse = b
+                    .call(
+                        method::ACK,
+                        &v1::AckRequest {
+                            up_to_seq: last,
+                            seqs: vec![],
+                        },
+                    )
+                    .await
+                    .map_err(|e| e.message)?;
+                let t = Instant::now();
+                ba.raw(BARE_ECHO, payload.clone()).await;
+                take(&mut b6, t.elapsed());
+            }
+            while b.next_push(Duration::from_millis(50)).await.is_some() {}
+            for _ in 0..p.per_round {
+                let t = Instant::now();
+                a.send(&ch, 5, &payload).await.map_err(|e| e.message)?;
+                b.next_push(Duration::from_secs(5)).await.ok_or("no push")?;
+                take(&mut s5, t.elapsed());
+                let t = Instant::now();
+                ba.raw(BARE_PUSH, payload.clone()).await;
+                bb.next_push(Duration::from_secs(5))
+                    .await
+                    .ok_or("no bare push")?;
+                take(&mut b5, t.elapsed());
+            }
+            for _ in 0..p.per_round.min(50) {
+                let t = Instant::now();
+                let mut c = Conn::connect(qpq.addr, &qpq.cert).await?;
+                c.token = a.token.clone();
+                let _: v1::ListDevicesResponse = c
+                    .call(method::LIST_DEVICES, &v1::ListDevicesRequest {})
+                    .await
+                    .map_err(|e| e.message)?;
+                take(&mut s12, t.elapsed());
+                drop(c);
+                let t = Instant::now();
+                let c = Conn::connect(bare.addr, &bare.cert).await?;
+                c.raw(BARE_ECHO, vec![]).await;
+                take(&mut b12, t.elapsed());
+            }
+        }
+        Ok::<(), String>(())
+    })?;
+    r.rows.push(Row::latency(
+        "S1",
+        "Enqueue → Ok, sequential, 1 KiB",
+        &s1,
+        &b1,
+        1.5,
+        "baseline: bare quinn request/response, same framing",
+    ));
+    r.rows.push(Row::latency(
+        "S2",
+        "durable Enqueue → Ok (SQLite FULL)",
+        &s1,
+        &b2,
+        1.2,
+        "baseline: bare quinn request + one single-row FULL commit",
+    ));
+    r.rows.push(Row::latency(
+        "S5",
+        "Enqueue by A → push at B",
+        &s5,
+        &b5,
+        1.3,
+        "baseline: bare quinn request + uni-stream push",
+    ));
+    r.rows.push(Row::latency(
+        "S6",
+        "Enqueue → Fetch",
+        &s6,
+        &b6,
+        2.2,
+        "baseline: one bare quinn request",
+    ));
+    r.rows.push(Row::latency(
+        "S12",
+        "connect + first authenticated request",
+        &s12,
+        &b12,
+        1.2,
+        "baseline: bare quinn connect + request",
+    ));
+    Ok(())
+}
+
+async fn rate(
+    conn: Arc<Conn>,
+    concurrency: usize,
+    total: usize,
+    op: fn(Arc<Conn>, usize) -> tokio::task::JoinHandle<()>,
+) -> f64 {
+    let _ = &conn;
+    let next = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (conn, next) = (conn.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let _ = op(conn.clone(), i).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    total as f64 / t.elapsed().as_secs_f64()
+}
+
+fn qpq_enqueue(c: Arc<Conn>, _i: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let ch = c.pushes.clone();
+        let _ = ch;
+        if let Some(chan) = CHANNEL.get() {
+            let req = app_message(chan, 3, &[0x33; 1024]);
+            let _ = c.raw(method::ENQUEUE, c.encode(&req)).await;
+        }
+    })
+}
+
+fn bare_echo(c: Arc<Conn>, _i: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        c.raw(BARE_ECHO, vec![0x33; 1024]).await;
+    })
+}
+
+static CHANNEL: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+
+fn sqlite_batch_rate(rows: usize, batch: usize) -> Result<f64, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut db = rusqlite::Connection::open(dir.path().join("b.db")).map_err(|e| e.to_string())?;
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE t(id INTEGER PRIMARY KEY, data BLOB NOT NULL);",
+    )
+    .map_err(|e| e.to_string())?;
+    let data = vec![0x44u8; 1024];
+    let t = Instant::now();
+    for _ in 0..rows / batch {
+        let tx = db.transaction().map_err(|e| e.to_string())?;
+        for _ in 0..batch {
+            tx.execute("INSERT INTO t(data) VALUES (?1)", [&data])
+                .map_err(|e| e.to_string())?;
+        }
+        tx.commit().map_err(|e| e.to_string())?;
+    }
+    Ok((rows / batch * batch) as f64 / t.elapsed().as_secs_f64())
+}
+
+fn throughput(p: &Plan, r: &mut Results) -> Result<(), String> {
+    let qpq = ChildServer::start("serve-qpq")?;
+    let bare = ChildServer::start("serve-bare")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let total = if p.smoke { 200 } else { 20_000 };
+    let mut figures = Vec::new();
+    rt.block_on(async {
+        let mut a = Conn::connect(qpq.addr, &qpq.cert).await?;
+        a.register("alice", "pw-alice")
+            .await
+            .map_err(|e| e.message)?;
+        a.login("alice", "pw-alice").await.map_err(|e| e.message)?;
+        let mut b = Conn::connect(qpq.addr, &qpq.cert).await?;
+        b.register("bob", "pw-bob").await.map_err(|e| e.message)?;
+        b.login("bob", "pw-bob").await.map_err(|e| e.message)?;
+        let _ = CHANNEL.set(a.group(&[&b]).await);
+        let a = Arc::new(a);
+        let ba = Arc::new(Conn::connect(bare.addr, &bare.cert).await?);
+        for conc in [1usize, 8, 64] {
+            let n = if conc == 1 { total / 10 } else { total };
+            let mut q = Vec::new();
+            let mut bq = Vec::new();
+            for _ in 0..if p.smoke { 1 } else { 3 } {
+                q.push(rate(a.clone(), conc, n, qpq_enqueue).await);
+                bq.push(rate(ba.clone(), conc, n, bare_echo).await);
+            }
+            q.sort_by(|x, y| x.total_cmp(y));
+            bq.sort_by(|x, y| x.total_cmp(y));
+            figures.push((conc, q[q.len() / 2], bq[bq.len() / 2]));
+        }
+        Ok::<(), String>(())
+    })?;
+    let sqlite64 = {
+        let mut v: Vec<f64> = (0..3)
+            .filter_map(|_| sqlite_batch_rate(if p.smoke { 640 } else { 64_000 }, 64).ok())
+            .collect();
+        v.sort_by(|x, y| x.total_cmp(y));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let sqlite1 = sqlite_batch_rate(if p.smoke { 50 } else { 2000 }, 1)?;
+    for (conc, q, b) in &figures {
+        r.extra.push((
+            format!("S3 growth: qpq durable enqueue rate, {conc} concurrent streams"),
+            *q,
+            "msg/s".into(),
+        ));
+        r.extra.push((
+            format!("S3 growth: bare quinn request rate, {conc} concurrent streams"),
+            *b,
+            "req/s".into(),
+        ));
+    }
+    r.extra.push((
+        "bare SQLite FULL insert rate, 1 row per commit".into(),
+        sqlite1,
+        "rows/s".into(),
+    ));
+    r.extra.push((
+        "bare SQLite FULL insert rate, 64-row batches".into(),
+        sqlite64,
+        "rows/s".into(),
+    ));
+    if let Some((_, q, b)) = figures.iter().find(|f| f.0 == 64) {
+        r.rows.push(Row {
+            id: "S3".into(),
+            scenario: "durable Enqueue throughput, 64 concurrent streams (vs bare quinn)".into(),
+            unit: "msg/s",
+            qpq: *q,
+            baseline: *b,
+            qpq_p99: None,
+            base_p99: None,
+            goal: "≥ 0.4×".into(),
+            limit: 0.4,
+            higher_is_better: true,
+            note: "median of 3 runs each; baseline: bare quinn 64-stream request rate".into(),
+        });
+        r.rows.push(Row {
+            id: "S3b".into(),
+            scenario: "durable Enqueue throughput, 64 concurrent streams (vs bare SQLite)".into(),
+            unit: "msg/s",
+            qpq: *q,
+            baseline: sqlite64,
+            qpq_p99: None,
+            base_p99: None,
+            goal: "≥ 0.7×".into(),
+            limit: 0.7,
+            higher_is_better: true,
+            note: "baseline: bare SQLite 64-row-batch FULL insert rate, same disk".into(),
+        });
+    }
+    Ok(())
+}
+
+fn opaque_cpu(p: &Plan, r: &mut Results) -> Result<(), String> {
+    use qpq_crypto::opaque::OpaqueSuite;
+    use qpq_crypto::opaque_ke::*;
+    let qpq = ChildServer::start("serve-qpq")?;
+    let rt = runtime()?;
+    let logins = if p.smoke { 3 } else { 200 };
+    let mut q = Samples::default();
+    let mut base = Samples::default();
+    // Bare opaque-ke: the two server steps, timed on this thread's CPU clock.
+    let setup = ServerSetup::<OpaqueSuite>::new(&mut OsRng);
+    let pw = b"bench password";
+    let reg =
+        ClientRegistration::<OpaqueSuite>::start(&mut OsRng, pw).map_err(|e| e.to_string())?;
+    let resp =
+        ServerRegistration::start(&setup, reg.message, b"alice").map_err(|e| e.to_string())?;
+    let up = reg
+        .state
+        .finish(
+            &mut OsRng,
+            pw,
+            resp.message,
+            ClientRegistrationFinishParameters::default(),
+        )
+        .map_err(|e| e.to_string())?;
+    let record = ServerRegistration::<OpaqueSuite>::finish(up.message);
+    rt.block_on(async {
+        let mut a = Conn::connect(qpq.addr, &qpq.cert).await?;
+        a.register("alice", "bench password")
+            .await
+            .map_err(|e| e.message)?;
+        for round in 0..p.rounds {
+            let cpu0 = qpq.cpu_seconds();
+            for _ in 0..logins {
+                a.login("alice", "bench password")
+                    .await
+                    .map_err(|e| e.message)?;
+            }
+            let per = (qpq.cpu_seconds() - cpu0) / logins as f64;
+            let mut spent = Duration::ZERO;
+            for _ in 0..logins {
+                let c =
+                    ClientLogin::<OpaqueSuite>::start(&mut OsRng, pw).map_err(|e| e.to_string())?;
+                let t = thread_cpu();
+                let s = ServerLogin::start(
+                    &mut OsRng,
+                    &setup,
+                    Some(record.clone()),
+                    c.message,
+                    b"alice",
+                    ServerLoginParameters::default(),
+                )
+                .map_err(|e| e.to_string())?;
+                spent += thread_cpu() - t;
+                let f = c
+                    .state
+                    .finish(
+                        &mut OsRng,
+                        pw,
+                        s.message,
+                        ClientLoginFinishParameters::default(),
+                    )
+                    .map_err(|e| e.to_string())?;
+                let t = thread_cpu();
+                s.state
+                    .finish(f.message, ServerLoginParameters::default())
+                    .map_err(|e| e.to_string())?;
+                spent += thread_cpu() - t;
+            }
+            if round > 0 {
+                q.0.push(per * 1e6);
+                base.0.push(us(spent) / logins as f64);
+            }
+        }
+        Ok::<(), String>(())
+    })?;
+    let mut row = Row::latency(
+        "S11",
+        "OPAQUE login, server CPU per login",
+        &q,
+        &base,
+        1.2,
+        "qpq: server process CPU time over whole logins (incl. QUIC, protobuf, session write); baseline: ServerLogin::start + finish",
+    );
+    row.qpq_p99 = None;
+    row.base_p99 = None;
+    row.note = format!(
+        "{logins} logins per round, median of round means; {}",
+        row.note
+    );
+    r.rows.push(row);
+    Ok(())
+}
+
+fn mls_member(
+    cs: Ciphersuite,
+    provider: &OpenMlsRustCrypto,
+    name: &str,
+) -> Result<(SignatureKeyPair, CredentialWithKey), String> {
+    let signer = SignatureKeyPair::new(cs.signature_algorithm()).map_err(|e| e.to_string())?;
+    signer
+        .store(provider.storage())
+        .map_err(|e| e.to_string())?;
+    let cred = CredentialWithKey {
+        credential: BasicCredential::new(name.as_bytes().to_vec()).into(),
+        signature_key: signer.public().into(),
+    };
+    Ok((signer, cred))
+}
+
+/// Bare openmls: a creator adds `n` members in one commit. Returns (commit, welcome, seconds
+/// to create+add, seconds for the first member to join).
+fn bare_invite(cs: Ciphersuite, n: usize) -> Result<(Vec<u8>, Vec<u8>, f64, f64), String> {
+    let alice_p = OpenMlsRustCrypto::default();
+    let (alice_s, alice_c) = mls_member(cs, &alice_p, "alice")?;
+    let member_p = OpenMlsRustCrypto::default();
+    let mut kps = Vec::with_capacity(n);
+    for i in 0..n {
+        let (s, c) = mls_member(cs, &member_p, &format!("m{i}"))?;
+        let b = KeyPackage::builder()
+            .build(cs, &member_p, &s, c)
+            .map_err(|e| e.to_string())?;
+        kps.push(b.key_package().clone());
+    }
+    let config = MlsGroupCreateConfig::builder()
+        .ciphersuite(cs)
+        .use_ratchet_tree_extension(true)
+        .build();
+    let t = Instant::now();
+    let mut group =
+        MlsGroup::new(&alice_p, &alice_s, &config, alice_c).map_err(|e| e.to_string())?;
+    let (commit, welcome, _) = group
+        .add_members(&alice_p, &alice_s, &kps)
+        .map_err(|e| e.to_string())?;
+    group
+        .merge_pending_commit(&alice_p)
+        .map_err(|e| e.to_string())?;
+    let create = t.elapsed().as_secs_f64();
+    let commit = commit.tls_serialize_detached().map_err(|e| e.to_string())?;
+    let welcome_bytes = welcome
+        .tls_serialize_detached()
+        .map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let msg = MlsMessageIn::tls_deserialize_exact(&welcome_bytes[..]).map_err(|e| e.to_string())?;
+    let MlsMessageBodyIn::Welcome(w) = msg.extract() else {
+        return Err("not a welcome".into());
+    };
+    let join = MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .build();
+    let staged =
+        StagedWelcome::new_from_welcome(&member_p, &join, w, None).map_err(|e| e.to_string())?;
+    staged.into_group(&member_p).map_err(|e| e.to_string())?;
+    Ok((commit, welcome_bytes, create, t.elapsed().as_secs_f64()))
+}
+
+use openmls::prelude::tls_codec::Deserialize as _;
+
+fn invite_storage(p: &Plan, r: &mut Results) -> Result<(), String> {
+    use qpq_server::storage::sqlite::SqliteStorage;
+    use qpq_server::storage::{ChannelKind, EnqueueOp, Storage};
+    let n = if p.smoke { 20 } else { 1000 };
+    let cs = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+    let (commit, welcome, _, _) = bare_invite(cs, n)?;
+    // qpq seals the Welcome once to every new device's hybrid key.
+    let keys: Vec<_> = (0..n)
+        .map(|_| qpq_crypto::envelope::HybridSecretKey::generate(&mut OsRng).public_key())
+        .collect();
+    let refs: Vec<_> = keys.iter().collect();
+    let sealed = qpq_crypto::envelope::seal(&mut OsRng, &refs, b"qpq welcome", &welcome)
+        .map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("qpq.db");
+    let store = SqliteStorage::open(&path).map_err(|e| e.to_string())?;
+    let mut ids = Vec::new();
+    let mut creator = 0;
+    for i in 0..=n {
+        let mut ik = [0u8; 32];
+        let mut dk = [0u8; 32];
+        OsRng.fill_bytes(&mut ik);
+        OsRng.fill_bytes(&mut dk);
+        let id = store
+            .create_account(&format!("u{i}"), &ik, &dk, &[0u8; 192], 0)
+            .map_err(|e| e.to_string())?;
+        if i == 0 {
+            creator = id;
+        } else {
+            ids.push(ik);
+        }
+    }
+    let (channel, _) = store
+        .create_channel(ChannelKind::Group, creator, &[], &[], 0)
+        .map_err(|e| e.to_string())?;
+    let used = |p: &std::path::Path| -> Result<f64, String> {
+        let c = rusqlite::Connection::open(p).map_err(|e| e.to_string())?;
+        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(|e| e.to_string())?;
+        let v: i64 = c
+            .query_row("SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count())", [], |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        let ps: i64 = c
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        Ok((v * ps) as f64)
+    };
+    let before = used(&path)?;
+    let devices = store.devices(creator).map_err(|e| e.to_string())?;
+    let op = EnqueueOp {
+        sender_account: creator,
+        sender_device: devices[0].id,
+        sender_device_key: devices[0].device_key,
+        channel_id: channel.id,
+        message_id: [7; 16],
+        payload: Bytes::from(commit.clone()),
+        kind: 1,
+        commit_epoch: Some(0),
+        add_members: ids,
+        remove_members: vec![],
+        welcome: Bytes::from(sealed.clone()),
+        welcome_devices: vec![],
+        now_ms: 0,
+        max_queue_depth: u64::MAX / 2,
+    };
+    store.enqueue(op).map_err(|e| e.to_string())?;
+    let after = used(&path)?;
+    store.close();
+    let stored = after - before;
+    let bare = (commit.len() + welcome.len()) as f64;
+    r.rows.push(Row {
+        id: "S10".into(),
+        scenario: format!("invite {n} users in one commit: bytes the server stores"),
+        unit: "B",
+        qpq: stored,
+        baseline: bare,
+        qpq_p99: None,
+        base_p99: None,
+        goal: "≤ 1.1×".into(),
+        limit: 1.1,
+        higher_is_better: false,
+        note: format!(
+            "classic suite, ratchet tree in the Welcome; qpq payloads: commit {} B + hybrid-sealed Welcome {} B; baseline: commit {} B + Welcome {} B",
+            commit.len(),
+            sealed.len(),
+            commit.len(),
+            welcome.len()
+        ),
+    });
+    r.extra.push((
+        format!("S10: server bytes stored ÷ bytes of the payloads it was given ({n} recipients)"),
+        stored / (commit.len() + sealed.len()) as f64 * 100.0,
+        "%".into(),
+    ));
+    Ok(())
+}
+
+fn envelope(p: &Plan, r: &mut Results) -> Result<(), String> {
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    use ml_kem::{Decapsulate, KeyExport};
+    use qpq_crypto::envelope::{open, seal, HybridSecretKey};
+    let sk = HybridSecretKey::generate(&mut OsRng);
+    let pk = sk.public_key();
+    let msg = vec![0x11u8; 1024];
+    let mut seed = [0u8; 64];
+    OsRng.fill_bytes(&mut seed);
+    let dk = ml_kem::ml_kem_768::DecapsulationKey::from_seed(seed.into());
+    let ek = dk.encapsulation_key().clone();
+    let ek_bytes = ek.to_bytes();
+    let x_peer = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+    let x_peer_pub = x25519_dalek::PublicKey::from(&x_peer);
+    let (mut qs, mut bs, mut qo, mut bo) = (
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+    );
+    let n = if p.smoke { 5 } else { 300 };
+    for round in 0..p.rounds {
+        for _ in 0..n {
+            let t = Instant::now();
+            let env = seal(&mut OsRng, &[&pk], b"aad", &msg).map_err(|e| e.to_string())?;
+            let sealed_t = t.elapsed();
+            let t = Instant::now();
+            let _ = open(&sk, b"aad", &env).map_err(|e| e.to_string())?;
+            let open_t = t.elapsed();
+            // The parts: ML-KEM encapsulation, an ephemeral X25519 key + DH, HKDF, two AEAD seals.
+            let t = Instant::now();
+            let mut m = [0u8; 32];
+            OsRng.fill_bytes(&mut m);
+            let (ct, ss_m) = ek.encapsulate_deterministic(&m.into());
+            let eph = x25519_dalek::StaticSecret::random_from_rng(OsRng);
+            let ss_x = eph.diffie_hellman(&x_peer_pub);
+            let mut okm = [0u8; 32];
+            let mut info = Vec::with_capacity(2400);
+            info.extend_from_slice(&ct);
+            info.extend_from_slice(&ek_bytes);
+            hkdf::Hkdf::<sha2::Sha256>::new(None, &[&ss_m[..], ss_x.as_bytes()].concat())
+                .expand(&info, &mut okm)
+                .map_err(|e| e.to_string())?;
+            let wrap = chacha20poly1305::ChaCha20Poly1305::new(&okm.into());
+            let wrapped = wrap
+                .encrypt(&[0u8; 12].into(), &okm[..])
+                .map_err(|e| e.to_string())?;
+            let body = chacha20poly1305::ChaCha20Poly1305::new(&okm.into());
+            let ct_body = body
+                .encrypt(&[0u8; 12].into(), &msg[..])
+                .map_err(|e| e.to_string())?;
+            let parts_seal = t.elapsed();
+            let t = Instant::now();
+            let ss2 = dk.decapsulate(&ct);
+            let ss_x2 = x_peer.diffie_hellman(&x25519_dalek::PublicKey::from(&eph));
+            hkdf::Hkdf::<sha2::Sha256>::new(None, &[&ss2[..], ss_x2.as_bytes()].concat())
+                .expand(&info, &mut okm)
+                .map_err(|e| e.to_string())?;
+            let _ = wrap.decrypt(&[0u8; 12].into(), &wrapped[..]);
+            let _ = body.decrypt(&[0u8; 12].into(), &ct_body[..]);
+            let parts_open = t.elapsed();
+            if round > 0 {
+                qs.0.push(us(sealed_t));
+                qo.0.push(us(open_t));
+                bs.0.push(us(parts_seal));
+                bo.0.push(us(parts_open));
+            }
+        }
+    }
+    r.rows.push(Row::latency(
+        "C3",
+        "hybrid envelope seal, 1 recipient, 1 KiB",
+        &qs,
+        &bs,
+        1.25,
+        "baseline: the sum of its parts (ML-KEM-768 encaps, X25519, HKDF, 2× ChaCha20-Poly1305)",
+    ));
+    r.rows.push(Row::latency(
+        "C3",
+        "hybrid envelope open, 1 recipient, 1 KiB",
+        &qo,
+        &bo,
+        1.25,
+        "baseline: the sum of its parts (ML-KEM-768 decaps, X25519, HKDF, 2× ChaCha20-Poly1305)",
+    ));
+    Ok(())
+}
+
+fn open_client(dir: &std::path::Path, name: &str, server: &ChildServer) -> Result<Client, String> {
+    let mut key = [0u8; 32];
+    OsRng.fill_bytes(&mut key);
+    let mut config = ClientConfig::new(
+        dir.join(name),
+        StoreKey::Raw(key),
+        server.addr.to_string(),
+        Trust::PinnedCertDer(server.cert.clone()),
+    );
+    config.insecure_fast_kdf = true;
+    Client::open(config).map_err(|e| e.to_string())
+}
+
+fn wait(c: &Client, mut pred: impl FnMut(&Event) -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(e) = c
+            .next_event(Duration::from_millis(200))
+            .map_err(|e| e.to_string())?
+        {
+            if pred(&e) {
+                return Ok(());
+            }
+        }
+    }
+    Err("timed out waiting for an event".into())
+}
+
+fn client_engine(p: &Plan, r: &mut Results) -> Result<(), String> {
+    let server = ChildServer::start("serve-qpq")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let sizes: &[usize] = if p.smoke { &[3] } else { &[10, 100] };
+    let users = sizes.iter().copied().max().unwrap_or(3);
+    let mut clients = Vec::new();
+    for i in 0..users {
+        let c = open_client(dir.path(), &format!("u{i}"), &server)?;
+        c.register(&format!("u{i}"), "bench password")
+            .map_err(|e| format!("register u{i}: {e}"))?;
+        clients.push(c);
+    }
+    let cs = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+    // C1: send → event at a peer, group of 3, through the engine vs bare openmls.
+    let (mut q1, mut b1) = (Samples::default(), Samples::default());
+    let conv = clients[0]
+        .create_group("c1", false)
+        .map_err(|e| e.to_string())?;
+    clients[0]
+        .invite(&conv, &["u1", "u2"])
+        .map_err(|e| e.to_string())?;
+    for c in &clients[1..3] {
+        wait(
+            c,
+            |e| matches!(e, Event::ConversationJoined(x) if x.id == conv),
+        )?;
+    }
+    let (mut bare_a, mut bare_b, bare_ap, bare_bp, bare_as) = bare_pair(cs)?;
+    for round in 0..p.rounds {
+        for i in 0..p.per_round.min(100) {
+            let text = format!("r{round} m{i}");
+            let t = Instant::now();
+            clients[0]
+                .send_text(&conv, &text)
+                .map_err(|e| e.to_string())?;
+            wait(
+                &clients[1],
+                |e| matches!(e, Event::Message(m) if m.text == text),
+            )?;
+            let took = t.elapsed();
+            let t = Instant::now();
+            let out = bare_a
+                .create_message(&bare_ap, &bare_as, text.as_bytes())
+                .map_err(|e| e.to_string())?;
+            let bytes = out.tls_serialize_detached().map_err(|e| e.to_string())?;
+            let inm = MlsMessageIn::tls_deserialize_exact(&bytes[..]).map_err(|e| e.to_string())?;
+            let pm = inm.try_into_protocol_message().map_err(|e| e.to_string())?;
+            bare_b
+                .process_message(&bare_bp, pm)
+                .map_err(|e| e.to_string())?;
+            let bt = t.elapsed();
+            if round > 0 {
+                q1.0.push(us(took));
+                b1.0.push(us(bt));
+            }
+        }
+    }
+    r.rows.push(Row::latency("C1", "send → event at a peer, group of 3", &q1, &b1, 2.0, "qpq-core with its encrypted store and the server; baseline: bare openmls encrypt + decrypt, in-memory storage"));
+    let _ = &mut bare_a;
+
+    // C2: create group + add N + first member joins from the Welcome.
+    for &n in sizes {
+        let mut q = Samples::default();
+        let mut b = Samples::default();
+        let names: Vec<String> = (1..n).map(|i| format!("u{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        for round in 0..if p.smoke { 2 } else { 4 } {
+            let t = Instant::now();
+            let conv = clients[0]
+                .create_group(&format!("c2-{n}-{round}"), false)
+                .map_err(|e| e.to_string())?;
+            clients[0].invite(&conv, &refs).map_err(|e| e.to_string())?;
+            wait(
+                &clients[1],
+                |e| matches!(e, Event::ConversationJoined(x) if x.id == conv),
+            )?;
+            let took = t.elapsed();
+            let (_, _, create, join) = bare_invite(cs, n - 1)?;
+            if round > 0 {
+                q.0.push(us(took));
+                b.0.push((create + join) * 1e6);
+            }
+        }
+        r.rows.push(Row::latency(
+            "C2",
+            &format!("create group + add {} + join from Welcome", n - 1),
+            &q,
+            &b,
+            1.2,
+            "baseline: bare openmls, same N, in-memory",
+        ));
+    }
+    if !p.smoke {
+        let (_, _, create, join) = bare_invite(cs, 999)?;
+        r.extra.push((
+            "C2 growth: bare openmls create + add 999 + join".into(),
+            (create + join) * 1e6,
+            "µs".into(),
+        ));
+    }
+    r.skipped.push((
+        "C1 at 100/1000, C2 at 1000".into(),
+        "need 100–1000 registered engine accounts per run; the harness registers up to 100 (C2 runs at 10 and 100)".into(),
+    ));
+
+    // The client database after N messages.
+    let n = if p.smoke { 50 } else { 10_000 };
+    let dm = clients[0].create_dm("u1").map_err(|e| e.to_string())?;
+    wait(
+        &clients[1],
+        |e| matches!(e, Event::ConversationJoined(x) if x.id == dm),
+    )?;
+    for i in 0..n {
+        clients[0]
+            .send_text(&dm, &format!("message {i:05} with some ordinary chat text"))
+            .map_err(|e| e.to_string())?;
+    }
+    let last = format!("message {:05} with some ordinary chat text", n - 1);
+    wait(
+        &clients[1],
+        |e| matches!(e, Event::Message(m) if m.text == last),
+    )?;
+    let size: u64 = std::fs::read_dir(dir.path().join("u1"))
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().and_then(|e| e.metadata().ok()).map(|m| m.len()))
+        .sum();
+    r.extra.push((
+        format!("client database (store dir) size after receiving {n} messages"),
+        size as f64,
+        "B".into(),
+    ));
+    for c in &clients {
+        c.close();
+    }
+    Ok(())
+}
+
+type BarePair = (
+    MlsGroup,
+    MlsGroup,
+    OpenMlsRustCrypto,
+    OpenMlsRustCrypto,
+    SignatureKeyPair,
+);
+
+/// Two members of a 3-member bare openmls group (alice, bob; carol joins too).
+fn bare_pair(cs: Ciphersuite) -> Result<BarePair, String> {
+    let ap = OpenMlsRustCrypto::default();
+    let bp = OpenMlsRustCrypto::default();
+    let cp = OpenMlsRustCrypto::default();
+    let (a_s, a_c) = mls_member(cs, &ap, "alice")?;
+    let (b_s, b_c) = mls_member(cs, &bp, "bob")?;
+    let (c_s, c_c) = mls_member(cs, &cp, "carol")?;
+    let bkp = KeyPackage::builder()
+        .build(cs, &bp, &b_s, b_c)
+        .map_err(|e| e.to_string())?;
+    let ckp = KeyPackage::builder()
+        .build(cs, &cp, &c_s, c_c)
+        .map_err(|e| e.to_string())?;
+    let config = MlsGroupCreateConfig::builder()
+        .ciphersuite(cs)
+        .use_ratchet_tree_extension(true)
+        .build();
+    let mut a = MlsGroup::new(&ap, &a_s, &config, a_c).map_err(|e| e.to_string())?;
+    let (_, welcome, _) = a
+        .add_members(
+            &ap,
+            &a_s,
+            &[bkp.key_package().clone(), ckp.key_package().clone()],
+        )
+        .map_err(|e| e.to_string())?;
+    a.merge_pending_commit(&ap).map_err(|e| e.to_string())?;
+    let bytes = welcome
+        .tls_serialize_detached()
+        .map_err(|e| e.to_string())?;
+    let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact(&bytes[..])
+        .map_err(|e| e.to_string())?
+        .extract()
+    else {
+        return Err("not a welcome".into());
+    };
+    let join = MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .build();
+    let b = StagedWelcome::new_from_welcome(&bp, &join, w, None)
+        .map_err(|e| e.to_string())?
+        .into_group(&bp)
+        .map_err(|e| e.to_string())?;
+    Ok((a, b, ap, bp, a_s))
+}
+
+fn idle_connections(p: &Plan, r: &mut Results) -> Result<(), String> {
+    let server = ChildServer::start("serve-qpq")?;
+    let n = if p.smoke { 50 } else { 10_000 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (before, after) = rt.block_on(async {
+        let mut a = Conn::connect(server.addr, &server.cert).await?;
+        a.register("idle", "pw").await.map_err(|e| e.message)?;
+        a.login("idle", "pw").await.map_err(|e| e.message)?;
+        let token = a.token.clone().unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = server.rss();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().map_err(|_| "addr")?)
+            .map_err(|e| e.to_string())?;
+        endpoint.set_default_client_config(client_config(&server.cert));
+        let body = qpq_proto::encode_with_token(
+            &v1::FetchWaitRequest {
+                timeout_ms: 120_000,
+                ..Default::default()
+            },
+            &token,
+        );
+        let frame = qpq_proto::frame::Request {
+            method: method::FETCH_WAIT,
+            request_id: 1,
+            payload: Bytes::from(body),
+        }
+        .encode()
+        .map_err(|e| e.to_string())?;
+        let held = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        let next = Arc::new(AtomicUsize::new(0));
+        for _ in 0..32 {
+            let (endpoint, frame, held, next, addr) = (
+                endpoint.clone(),
+                frame.clone(),
+                held.clone(),
+                next.clone(),
+                server.addr,
+            );
+            tasks.push(tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    let Ok(connecting) = endpoint.connect(addr, "localhost") else {
+                        continue;
+                    };
+                    let Ok(conn) = connecting.await else { continue };
+                    let Ok((mut send, recv)) = conn.open_bi().await else {
+                        continue;
+                    };
+                    let _ = send.write_all(&frame).await;
+                    let _ = send.finish();
+                    held.lock().await.push((conn, send, recv));
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = server.rss();
+        let count = held.lock().await.len();
+        if count < n * 9 / 10 {
+            return Err(format!("only {count} of {n} connections established"));
+        }
+        Ok::<(u64, u64), String>((before, after))
+    })?;
+    r.extra.push((
+        "M1: server RSS before the idle connections".into(),
+        before as f64 / 1048576.0,
+        "MiB".into(),
+    ));
+    r.extra.push((
+        format!("M1: server RSS with {n} idle logged-in connections in FetchWait (goal < 200 MiB)"),
+        after as f64 / 1048576.0,
+        "MiB".into(),
+    ));
+    r.extra.push((
+        "M1: server memory per idle connection".into(),
+        (after.saturating_sub(before)) as f64 / n as f64,
+        "B".into(),
+    ));
+    Ok(())
+}
