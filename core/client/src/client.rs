@@ -40,7 +40,8 @@ struct Inner {
     engine: tokio::sync::Mutex<Engine>,
     queue: Mutex<VecDeque<Event>>,
     queue_cv: Condvar,
-    listener: RwLock<Option<Arc<dyn EventListener>>>,
+    /// Where listener events go: the sending side of the listener thread's channel.
+    listener: RwLock<Option<std::sync::mpsc::Sender<Event>>>,
     closed: AtomicBool,
     wake: tokio::sync::Notify,
     connected: AtomicBool,
@@ -53,9 +54,11 @@ impl Inner {
         }
         let listener = self.listener.read().ok().and_then(|l| l.clone());
         match listener {
-            Some(l) => {
+            // The listener runs on its own thread, in order, so it may block or call back
+            // into the client without stalling the engine.
+            Some(tx) => {
                 for e in events {
-                    l.on_event(e);
+                    let _ = tx.send(e);
                 }
             }
             None => {
@@ -413,9 +416,25 @@ impl Client {
     }
 
     /// Sets (or clears) the listener that receives background events instead of the queue.
+    ///
+    /// The listener is called on a thread of its own, one event at a time, in order. It may
+    /// block and may call back into this `Client`; events wait for it meanwhile. Replacing or
+    /// clearing the listener lets the previous one finish the events already handed to it.
     pub fn set_listener(&self, listener: Option<Arc<dyn EventListener>>) {
+        let tx = listener.and_then(|l| {
+            let (tx, rx) = std::sync::mpsc::channel::<Event>();
+            std::thread::Builder::new()
+                .name("qpq-listener".into())
+                .spawn(move || {
+                    for e in rx {
+                        l.on_event(e);
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        });
         if let Ok(mut l) = self.inner.listener.write() {
-            *l = listener;
+            *l = tx;
         }
     }
 
@@ -450,6 +469,10 @@ impl Client {
         }
         self.inner.net.shutdown();
         self.inner.queue_cv.notify_all();
+        // Ends the listener thread once it has delivered what it holds.
+        if let Ok(mut l) = self.inner.listener.write() {
+            l.take();
+        }
     }
 
     /// Test hook: encrypts `text` in `conv` without sending it.

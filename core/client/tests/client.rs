@@ -309,3 +309,49 @@ fn store_is_encrypted_and_wrong_key_fails_cleanly() {
     let ok = s.open(&dir);
     assert_eq!(texts(&ok, &g).last().unwrap(), secret);
 }
+
+/// A listener runs on its own thread: it may call back into the client (look the conversation
+/// up, read history) while the engine keeps receiving.
+#[test]
+fn listener_may_call_back_into_the_client() {
+    use std::sync::{mpsc, Arc, Mutex};
+    struct Lookup {
+        client: Arc<qpq_core::Client>,
+        seen: Mutex<mpsc::Sender<(String, usize)>>,
+    }
+    impl qpq_core::EventListener for Lookup {
+        fn on_event(&self, event: Event) {
+            if let Event::Message(m) = event {
+                let name = self
+                    .client
+                    .conversation(&m.conversation)
+                    .map(|c| c.name)
+                    .unwrap_or_default();
+                let history = self
+                    .client
+                    .messages(&m.conversation, 10, None)
+                    .map(|v| v.len())
+                    .unwrap_or(0);
+                let _ = self.seen.lock().unwrap().send((name, history));
+            }
+        }
+    }
+    let s = TestServer::start();
+    let a = s.user("alice");
+    let b = Arc::new(s.open(&s.dir.path().join("bob")));
+    b.register("bob", "bob password").unwrap();
+    let g = a.create_group("callbacks", false).unwrap();
+    a.invite(&g, &["bob"]).unwrap();
+    let (tx, rx) = mpsc::channel();
+    b.set_listener(Some(Arc::new(Lookup {
+        client: b.clone(),
+        seen: Mutex::new(tx),
+    })));
+    a.send_text(&g, "hello listener").unwrap();
+    let (name, history) = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("listener called");
+    assert_eq!(name, "callbacks");
+    assert!(history >= 1);
+    b.set_listener(None);
+}
