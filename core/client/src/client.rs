@@ -489,6 +489,18 @@ impl Client {
         let (conv, b) = (*conv, mls_bytes.to_vec());
         self.with_engine(move |e, _, _| Box::pin(async move { e.debug_process(&conv, &b) }))
     }
+
+    /// Test hook: makes the next commit stop at `at` as if the process died there. Drop the
+    /// client afterwards and reopen it from its store to test recovery.
+    #[doc(hidden)]
+    pub fn debug_failpoint(&self, at: Option<crate::Failpoint>) {
+        let _ = self.with_engine(move |e, _, _| {
+            Box::pin(async move {
+                e.set_failpoint(at);
+                Ok(())
+            })
+        });
+    }
 }
 
 impl Drop for Client {

@@ -112,9 +112,31 @@ pub(crate) struct Engine {
     keys: Keys,
     /// Last time KeyPackages were counted.
     kp_checked: Option<std::time::Instant>,
+    /// Test hook: where to simulate a crash (see [`Failpoint`]).
+    failpoint: Option<Failpoint>,
+}
+
+/// Points where a test can make the engine stop as if the process died there: nothing after
+/// the point is done, in memory or on disk.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    /// The pending commit is stored, nothing was sent.
+    CommitBuilt,
+    /// The server accepted the commit; the group has not merged it.
+    CommitSent,
+}
+
+fn crashed(at: Failpoint) -> Error {
+    Error::internal(format!("failpoint {at:?}: simulated crash"))
 }
 
 impl Engine {
+    /// Test hook: arms (or disarms) a simulated crash point.
+    pub(crate) fn set_failpoint(&mut self, at: Option<Failpoint>) {
+        self.failpoint = at;
+    }
+
     pub(crate) fn new(store: Store) -> Result<Engine, Error> {
         let device = match store.get_meta(META_DEVICE)? {
             Some(b) => IdentityKey::from_bytes(&Zeroizing::new(key32(&b, "device seed")?)),
@@ -158,6 +180,7 @@ impl Engine {
                 token,
             },
             kp_checked: None,
+            failpoint: None,
         })
     }
 
@@ -998,6 +1021,9 @@ impl Engine {
             };
             let key = format!("{META_PENDING_COMMIT}{}", hexs(conv));
             self.store.set_meta(&key, &req.encode_to_vec())?;
+            if self.failpoint == Some(Failpoint::CommitBuilt) {
+                return Err(crashed(Failpoint::CommitBuilt));
+            }
             match self.send_pending_commit(net, conv, &req, events).await? {
                 true => return Ok(()),
                 false => continue,
@@ -1021,6 +1047,9 @@ impl Engine {
     ) -> Result<bool, Error> {
         let key = format!("{META_PENDING_COMMIT}{}", hexs(conv));
         let r: Result<v1::EnqueueResponse, Error> = self.call(net, method::ENQUEUE, req).await;
+        if r.is_ok() && self.failpoint == Some(Failpoint::CommitSent) {
+            return Err(crashed(Failpoint::CommitSent));
+        }
         let provider = self.provider();
         let mut group = mls::load(&provider, conv)?;
         match r {

@@ -22,6 +22,8 @@ mod store;
 mod types;
 
 pub use client::Client;
+#[doc(hidden)]
+pub use engine::Failpoint;
 pub use error::{Error, ErrorCode};
 pub use types::{
     Account, ClientConfig, Conversation, ConversationId, ConversationKind, Event, EventListener,
