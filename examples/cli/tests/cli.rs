@@ -8,48 +8,10 @@ use std::time::Duration;
 
 use expectrl::{Regex, Session};
 
+mod common;
+use common::{server, Server};
+
 const QPQ: &str = env!("CARGO_BIN_EXE_qpq");
-
-struct Server {
-    addr: String,
-    cert: std::path::PathBuf,
-    stop: qpq_server::ShutdownHandle,
-    rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-}
-
-fn server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (addr, stop) = rt.block_on(async {
-        let s = qpq_server::Server::bind(qpq_server::config::Config::ephemeral(
-            &dir.path().join("server"),
-        ))
-        .await
-        .unwrap();
-        let addr = s.local_addr().unwrap().to_string();
-        let stop = s.shutdown_handle();
-        tokio::spawn(s.run());
-        (addr, stop)
-    });
-    // The server writes its self-signed certificate into its data dir, as a real deployment.
-    let cert = dir.path().join("server").join("server-cert.der");
-    assert!(cert.exists());
-    Server {
-        addr,
-        cert,
-        stop,
-        rt,
-        dir,
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.shutdown();
-        let _ = &self.rt;
-    }
-}
 
 #[test]
 fn demo_succeeds_and_prints_a_transcript() {
