@@ -80,6 +80,7 @@ impl Inner {
     /// reconnects with backoff when the connection drops.
     async fn receive_loop(self: Arc<Inner>) {
         let mut backoff = Duration::from_millis(100);
+        let mut prefetched = Vec::new();
         while !self.closed.load(Ordering::SeqCst) {
             let logged_in = self.engine.lock().await.logged_in();
             if !logged_in {
@@ -89,7 +90,9 @@ impl Inner {
             let mut events = Vec::new();
             let r = {
                 let mut engine = self.engine.lock().await;
-                let r = engine.sync(&self.net, &mut events).await;
+                let r = engine
+                    .sync_from(&self.net, &mut events, std::mem::take(&mut prefetched))
+                    .await;
                 if r.is_ok() {
                     if let Err(e) = engine.replenish_key_packages(&self.net, false).await {
                         tracing::debug!("key package check failed: {e}");
@@ -121,7 +124,7 @@ impl Inner {
             let Some(token) = token else { continue };
             let req = v1::FetchWaitRequest {
                 after_seq: after,
-                limit: 1,
+                limit: 256,
                 channel_id: bytes::Bytes::new(),
                 timeout_ms: 10_000,
             };
@@ -134,6 +137,9 @@ impl Inner {
             );
             tokio::select! {
                 r = wait => {
+                    if let Ok(resp) = &r {
+                        prefetched = resp.messages.clone();
+                    }
                     if let Err(e) = r {
                         tracing::debug!("fetch wait failed: {e}");
                         if self.net.connected().await {

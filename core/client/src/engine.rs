@@ -1367,26 +1367,51 @@ impl Engine {
     /// Everything queued now: pending commits resolved, queue fetched and processed (acked
     /// after each message is stored), outbox flushed, received proposals committed.
     pub(crate) async fn sync(&mut self, net: &Net, events: &mut Vec<Event>) -> Result<(), Error> {
+        self.sync_from(net, events, Vec::new()).await
+    }
+
+    /// Like [`Engine::sync`], starting with messages a FetchWait already returned (saving the
+    /// Fetch that would return them again). Messages at or below the last processed sequence
+    /// number are skipped as always, so stale prefetched ones are harmless.
+    pub(crate) async fn sync_from(
+        &mut self,
+        net: &Net,
+        events: &mut Vec<Event>,
+        mut prefetched: Vec<v1::QueuedMessage>,
+    ) -> Result<(), Error> {
+        /// A page this full may have more behind it; a shorter one was the whole queue.
+        const PAGE: usize = 256;
+        const PAGE_BYTES: usize = 1024 * 1024;
         self.resolve_pending_commits(net, events).await?;
         let mut proposals = BTreeSet::new();
         loop {
-            let after = self.store.get_u64(META_LAST_SEQ)?;
-            let r: v1::FetchResponse = self
-                .call(
-                    net,
-                    method::FETCH,
-                    &v1::FetchRequest {
-                        after_seq: after,
-                        limit: 256,
-                        channel_id: Bytes::new(),
-                    },
-                )
-                .await?;
-            if r.messages.is_empty() {
+            let messages = if prefetched.is_empty() {
+                let after = self.store.get_u64(META_LAST_SEQ)?;
+                let r: v1::FetchResponse = self
+                    .call(
+                        net,
+                        method::FETCH,
+                        &v1::FetchRequest {
+                            after_seq: after,
+                            limit: PAGE as u32,
+                            channel_id: Bytes::new(),
+                        },
+                    )
+                    .await?;
+                r.messages
+            } else {
+                std::mem::take(&mut prefetched)
+            };
+            if messages.is_empty() {
                 break;
             }
-            self.process_batch(net, r.messages, events, &mut proposals)
+            let short = messages.len() < PAGE
+                && messages.iter().map(|m| m.payload.len()).sum::<usize>() < PAGE_BYTES;
+            self.process_batch(net, messages, events, &mut proposals)
                 .await?;
+            if short {
+                break;
+            }
         }
         if let Err(e) = self.flush_outbox(net).await {
             tracing::debug!("outbox not flushed: {e}");
