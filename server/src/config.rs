@@ -109,6 +109,24 @@ options! {
     auth_rate_burst: f64 = "QPQ_AUTH_RATE_BURST", 200.0;
     /// Longest FetchWait, in milliseconds.
     max_fetch_wait_ms: u64 = "QPQ_MAX_FETCH_WAIT_MS", 60_000;
+    /// Failed logins per username within `login_failure_window_secs`; past it LoginStart for
+    /// that username answers RateLimited with retry_after_ms (0 = no limit). Counted for
+    /// unknown usernames too, so the limit reveals nothing about which names exist.
+    login_failures_per_account: u32 = "QPQ_LOGIN_FAILURES_PER_ACCOUNT", 5;
+    /// Failed logins per IP address within `login_failure_window_secs` (0 = no limit).
+    login_failures_per_ip: u32 = "QPQ_LOGIN_FAILURES_PER_IP", 100;
+    /// Sliding window of the failed-login limits, in seconds.
+    login_failure_window_secs: u64 = "QPQ_LOGIN_FAILURE_WINDOW_SECS", 15 * 60;
+    /// Accounts one IP address may register within `registration_window_secs`; excess
+    /// registrations answer RateLimited (0 = no limit).
+    registrations_per_ip: u32 = "QPQ_REGISTRATIONS_PER_IP", 10;
+    /// Sliding window of the registration limit, in seconds.
+    registration_window_secs: u64 = "QPQ_REGISTRATION_WINDOW_SECS", 3600;
+    /// Test and operations knob: caps the database file at this many pages (SQLite
+    /// `max_page_count`, 4 KiB pages by default), applied to every connection. Writes past the
+    /// cap fail as on a full disk (Enqueue answers Unavailable, nothing is acknowledged).
+    /// 0 = no cap.
+    max_db_pages: u64 = "QPQ_MAX_DB_PAGES", 0;
 }
 
 impl Config {
@@ -129,12 +147,25 @@ impl Config {
     }
 
     /// A configuration for tests and embedding: loopback, ephemeral port, the given data dir.
+    /// Every default applies except the per-IP registration limit, which is off: a loopback
+    /// server's clients all come from 127.0.0.1, and tests and demos register many accounts.
     pub fn ephemeral(data_dir: &Path) -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.to_path_buf(),
+            registrations_per_ip: 0,
             ..Config::default()
         }
+    }
+
+    /// The failed-login window as a duration.
+    pub fn login_failure_window(&self) -> Duration {
+        Duration::from_secs(self.login_failure_window_secs)
+    }
+
+    /// The registration window as a duration.
+    pub fn registration_window(&self) -> Duration {
+        Duration::from_secs(self.registration_window_secs)
     }
 
     /// Path of the SQLite database.

@@ -102,8 +102,9 @@ impl Server {
         ));
 
         let db_path = config.db_path();
+        let max_pages = config.max_db_pages;
         let sqlite = Arc::new(
-            tokio::task::spawn_blocking(move || SqliteStorage::open(&db_path))
+            tokio::task::spawn_blocking(move || SqliteStorage::open_with(&db_path, max_pages))
                 .await
                 .map_err(|_| ServerError::Config("storage open task failed".into()))??,
         );
@@ -170,12 +171,25 @@ impl Server {
         let cap = Arc::new(ConnectionCap::new(self.config.max_connections_per_ip));
         let metrics_task = self.metrics_listener.take().map(|l| {
             let store = self.service.store().clone();
+            let svc = self.service.clone();
             let gauges = move || {
-                vec![(
-                    "delivery_queue_depth",
-                    "Messages waiting in device queues.",
-                    store.queue_depth().unwrap_or(0),
-                )]
+                vec![
+                    (
+                        "delivery_queue_depth",
+                        "Messages waiting in device queues.",
+                        store.queue_depth().unwrap_or(0),
+                    ),
+                    (
+                        "calls_in_flight",
+                        "Calls being handled.",
+                        svc.calls_in_flight() as u64,
+                    ),
+                    (
+                        "fetch_waits_parked",
+                        "FetchWait calls waiting for a message.",
+                        svc.fetch_waits_parked() as u64,
+                    ),
+                ]
             };
             tokio::spawn(metrics::serve(l, self.service.metrics.clone(), gauges))
         });

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::Config;
-use crate::limits::RateLimiter;
+use crate::limits::{FailureWindow, RateLimiter};
 use crate::metrics::Metrics;
 use crate::storage::{
     AccountId, BlobChunk, ChannelId, ChannelKind, DeviceId, EnqueueOp, Key32, QueuedMessage,
@@ -120,6 +120,7 @@ type PushRegistry = HashMap<DeviceId, Vec<(u64, mpsc::Sender<Push>)>>;
 struct PendingLogin {
     state: ServerLogin<OpaqueSuite>,
     account: Option<AccountId>,
+    username: String,
     created: Instant,
 }
 
@@ -128,6 +129,9 @@ pub struct Service {
     store: Arc<dyn Storage>,
     config: Config,
     opaque: ServerSetup<OpaqueSuite>,
+    /// A well-formed, unusable credential record: LoginStart for an unknown username parses it
+    /// so both paths do the same work (A-6: no timing difference to enumerate usernames by).
+    decoy_record: Vec<u8>,
     logins: Mutex<HashMap<[u8; 16], PendingLogin>>,
     waiters: Mutex<HashMap<DeviceId, Arc<Notify>>>,
     pushers: Mutex<PushRegistry>,
@@ -135,6 +139,10 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     account_limiter: RateLimiter<AccountId>,
     ip_limiter: RateLimiter<IpAddr>,
+    login_failures_account: FailureWindow<String>,
+    login_failures_ip: FailureWindow<IpAddr>,
+    registrations_ip: FailureWindow<IpAddr>,
+    fetch_waits: AtomicUsize,
     started: Instant,
     draining: AtomicBool,
     shutdown: Notify,
@@ -211,9 +219,31 @@ impl Service {
         let stored = store.server_secret("opaque_server_setup", fresh)?;
         let opaque = ServerSetup::<OpaqueSuite>::deserialize(&stored)
             .map_err(|_| StorageError::Backend("stored OPAQUE server setup is invalid".into()))?;
+        // client public key || masking key || envelope (nonce, MAC), as ServerRegistration
+        // serializes; the key is a valid point, the rest random.
+        let mut decoy_record = opaque.keypair().public().serialize().to_vec();
+        let mut rest = [0u8; 64 + 32 + 64];
+        OsRng.fill_bytes(&mut rest);
+        decoy_record.extend_from_slice(&rest);
+        ServerRegistration::<OpaqueSuite>::deserialize(&decoy_record)
+            .map_err(|_| StorageError::Backend("decoy credential record is invalid".into()))?;
         Ok(Service {
+            decoy_record,
             account_limiter: RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst),
             ip_limiter: RateLimiter::new(config.auth_rate_per_sec, config.auth_rate_burst),
+            login_failures_account: FailureWindow::new(
+                config.login_failures_per_account,
+                config.login_failure_window(),
+            ),
+            login_failures_ip: FailureWindow::new(
+                config.login_failures_per_ip,
+                config.login_failure_window(),
+            ),
+            registrations_ip: FailureWindow::new(
+                config.registrations_per_ip,
+                config.registration_window(),
+            ),
+            fetch_waits: AtomicUsize::new(0),
             store,
             config,
             opaque,
@@ -233,6 +263,16 @@ impl Service {
     /// The storage backend.
     pub fn store(&self) -> &Arc<dyn Storage> {
         &self.store
+    }
+
+    /// Calls being handled right now (every method, every connection).
+    pub fn calls_in_flight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    /// FetchWait calls parked waiting for a message right now.
+    pub fn fetch_waits_parked(&self) -> usize {
+        self.fetch_waits.load(Ordering::SeqCst)
     }
 
     /// A fresh connection id.
@@ -339,24 +379,25 @@ impl Service {
             | method::OPAQUE_REGISTER_FINISH
             | method::OPAQUE_LOGIN_START
             | method::OPAQUE_LOGIN_FINISH => {
-                if let Err(wait) = self.ip_limiter.check(&ctx.peer.ip()) {
+                let ip = ctx.peer.ip();
+                if let Err(wait) = self.ip_limiter.check(&ip) {
                     return Err(self.rate_limited(wait));
                 }
                 return match req.method {
                     method::OPAQUE_REGISTER_START => {
-                        self.register_start(v1::OpaqueRegisterStartRequest::decode(p)?)
+                        self.register_start(ip, v1::OpaqueRegisterStartRequest::decode(p)?)
                             .await
                     }
                     method::OPAQUE_REGISTER_FINISH => {
-                        self.register_finish(v1::OpaqueRegisterFinishRequest::decode(p)?)
+                        self.register_finish(ip, v1::OpaqueRegisterFinishRequest::decode(p)?)
                             .await
                     }
                     method::OPAQUE_LOGIN_START => {
-                        self.login_start(v1::OpaqueLoginStartRequest::decode(p)?)
+                        self.login_start(ip, v1::OpaqueLoginStartRequest::decode(p)?)
                             .await
                     }
                     _ => {
-                        self.login_finish(v1::OpaqueLoginFinishRequest::decode(p)?)
+                        self.login_finish(ip, v1::OpaqueLoginFinishRequest::decode(p)?)
                             .await
                     }
                 };
@@ -712,8 +753,42 @@ impl Service {
         }
     }
 
-    async fn register_start(&self, r: v1::OpaqueRegisterStartRequest) -> Reply {
+    /// Answers RateLimited when `ip` registered its quota of accounts within the window.
+    fn check_registrations(&self, ip: IpAddr) -> Result<(), Fail> {
+        self.registrations_ip.check(&ip).map_err(|wait| {
+            let mut f = self.rate_limited(wait);
+            f.message = "too many registrations from this address; try later".into();
+            f
+        })
+    }
+
+    /// Answers RateLimited when the username or the address is at its failed-login limit.
+    fn check_login_failures(&self, ip: IpAddr, username: &str) -> Result<(), Fail> {
+        let account = self.login_failures_account.check(&username.to_owned());
+        let addr = self.login_failures_ip.check(&ip);
+        match (account, addr) {
+            (Ok(()), Ok(())) => Ok(()),
+            (a, b) => {
+                let wait = a.err().unwrap_or_default().max(b.err().unwrap_or_default());
+                let mut f = self.rate_limited(wait);
+                f.message = "too many failed logins; try later".into();
+                Err(f)
+            }
+        }
+    }
+
+    fn login_failed(&self, ip: IpAddr, username: Option<String>) -> Fail {
+        Metrics::inc(&self.metrics.auth_login_failure_total);
+        self.login_failures_ip.record(ip);
+        if let Some(u) = username {
+            self.login_failures_account.record(u);
+        }
+        Fail::new(Status::Unauthorized, "login failed")
+    }
+
+    async fn register_start(&self, ip: IpAddr, r: v1::OpaqueRegisterStartRequest) -> Reply {
         let username = normalize_username(&r.username)?;
+        self.check_registrations(ip)?;
         let request = RegistrationRequest::<OpaqueSuite>::deserialize(&r.registration_request)
             .map_err(|_| Fail::bad("invalid OPAQUE registration request"))?;
         let u = username.clone();
@@ -731,8 +806,9 @@ impl Service {
         })
     }
 
-    async fn register_finish(&self, r: v1::OpaqueRegisterFinishRequest) -> Reply {
+    async fn register_finish(&self, ip: IpAddr, r: v1::OpaqueRegisterFinishRequest) -> Reply {
         let username = normalize_username(&r.username)?;
+        self.check_registrations(ip)?;
         let upload = RegistrationUpload::<OpaqueSuite>::deserialize(&r.registration_upload)
             .map_err(|_| Fail::bad("invalid OPAQUE registration upload"))?;
         let ik = key32(&r.identity_key, "identity_key")?;
@@ -742,11 +818,13 @@ impl Service {
             .to_vec();
         self.db(move |st| st.create_account(&username, &ik, &dk, &record, now_secs()))
             .await?;
+        self.registrations_ip.record(ip);
         ok(v1::OpaqueRegisterFinishResponse {})
     }
 
-    async fn login_start(&self, r: v1::OpaqueLoginStartRequest) -> Reply {
+    async fn login_start(&self, ip: IpAddr, r: v1::OpaqueLoginStartRequest) -> Reply {
         let username = normalize_username(&r.username)?;
+        self.check_login_failures(ip, &username)?;
         let ke1 = CredentialRequest::<OpaqueSuite>::deserialize(&r.ke1)
             .map_err(|_| Fail::bad("invalid OPAQUE KE1"))?;
         let u = username.clone();
@@ -760,8 +838,14 @@ impl Service {
                 ),
                 Some(a.id),
             ),
-            // Unknown users get a fake, indistinguishable KE2 (RFC 9807 §10.9).
-            None => (None, None),
+            // Unknown users get a fake, indistinguishable KE2 (RFC 9807 §10.9), after the same
+            // parsing work as a real record.
+            None => {
+                let _ = std::hint::black_box(ServerRegistration::<OpaqueSuite>::deserialize(
+                    &self.decoy_record,
+                ));
+                (None, None)
+            }
         };
         let start = ServerLogin::start(
             &mut OsRng,
@@ -789,6 +873,7 @@ impl Service {
                 PendingLogin {
                     state: start.state,
                     account: account_id,
+                    username,
                     created: Instant::now(),
                 },
             );
@@ -799,7 +884,7 @@ impl Service {
         })
     }
 
-    async fn login_finish(&self, r: v1::OpaqueLoginFinishRequest) -> Reply {
+    async fn login_finish(&self, ip: IpAddr, r: v1::OpaqueLoginFinishRequest) -> Reply {
         let id = id16(&r.login_id, "login_id")?;
         let dk = key32(&r.device_key, "device_key")?;
         let pending = self
@@ -807,19 +892,22 @@ impl Service {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        let fail = || {
-            Metrics::inc(&self.metrics.auth_login_failure_total);
-            Fail::new(Status::Unauthorized, "login failed")
-        };
         let Some(pending) = pending.filter(|p| p.created.elapsed() < LOGIN_TTL) else {
-            return Err(fail());
+            return Err(self.login_failed(ip, None));
         };
-        let ke3 = CredentialFinalization::<OpaqueSuite>::deserialize(&r.ke3).map_err(|_| fail())?;
-        pending
-            .state
-            .finish(ke3, ServerLoginParameters::default())
-            .map_err(|_| fail())?;
-        let account = pending.account.ok_or_else(fail)?;
+        let username = pending.username;
+        let verified = CredentialFinalization::<OpaqueSuite>::deserialize(&r.ke3)
+            .ok()
+            .and_then(|ke3| {
+                pending
+                    .state
+                    .finish(ke3, ServerLoginParameters::default())
+                    .ok()
+            });
+        let (Some(_), Some(account)) = (verified, pending.account) else {
+            return Err(self.login_failed(ip, Some(username)));
+        };
+        self.login_failures_account.clear(&username);
         let max = self.config.max_devices;
         let device = self
             .db(move |st| st.add_device(account, &dk, max, now_secs()))
@@ -1004,6 +1092,7 @@ impl Service {
             if !msgs.is_empty() || tokio::time::Instant::now() >= deadline || self.is_draining() {
                 return ok(v1::FetchResponse { messages: msgs });
             }
+            let _parked = Parked::new(&self.fetch_waits);
             tokio::select! {
                 _ = &mut woken => {}
                 _ = self.shutdown.notified() => {}
@@ -1082,6 +1171,22 @@ impl Service {
             complete = true;
         }
         ok(v1::UploadBlobResponse { received, complete })
+    }
+}
+
+/// Counts a parked FetchWait for as long as it lives (also when the call is cancelled).
+struct Parked<'a>(&'a AtomicUsize);
+
+impl<'a> Parked<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Parked(n)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

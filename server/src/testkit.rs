@@ -49,6 +49,8 @@ pub struct Conn {
     pub device: IdentityKey,
     /// Username after register/login.
     pub username: String,
+    /// Unix seconds at which the session token expires (0 before login).
+    pub expires_at: u64,
     /// Push frames received on unidirectional streams.
     pub pushes: Arc<Mutex<mpsc::Receiver<Push>>>,
 }
@@ -78,8 +80,21 @@ pub fn client_config(cert_der: &[u8]) -> quinn::ClientConfig {
 impl Conn {
     /// Connects to `addr`, trusting only `cert_der`, and starts reading pushes.
     pub async fn connect(addr: SocketAddr, cert_der: &[u8]) -> Result<Conn, String> {
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("testkit setup"))
-            .expect("testkit setup");
+        Conn::connect_from(
+            "127.0.0.1:0".parse().expect("testkit setup"),
+            addr,
+            cert_der,
+        )
+        .await
+    }
+
+    /// [`Conn::connect`] from a given local address (e.g. `127.0.0.2:0`, to be another IP).
+    pub async fn connect_from(
+        local: SocketAddr,
+        addr: SocketAddr,
+        cert_der: &[u8],
+    ) -> Result<Conn, String> {
+        let mut endpoint = quinn::Endpoint::client(local).map_err(|e| e.to_string())?;
         endpoint.set_default_client_config(client_config(cert_der));
         let conn = endpoint
             .connect(addr, "localhost")
@@ -105,6 +120,7 @@ impl Conn {
             identity: IdentityKey::generate(&mut OsRng),
             device: IdentityKey::generate(&mut OsRng),
             username: String::new(),
+            expires_at: 0,
             pushes: Arc::new(Mutex::new(rx)),
         })
     }
@@ -228,6 +244,7 @@ impl Conn {
             .await?;
         assert_eq!(fin.session_token.len(), 32);
         self.token = Some(fin.session_token.to_vec());
+        self.expires_at = fin.expires_at;
         self.username = username.into();
         Ok(())
     }

@@ -1318,7 +1318,15 @@ async fn graceful_shutdown_answers_in_flight_calls() {
             qpq_proto::frame::read_response(&mut recv, 1 << 20, Duration::from_secs(10)).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Shut down once the long-poll is parked in the server.
+    let t = std::time::Instant::now();
+    while s.service.fetch_waits_parked() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the FetchWait never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let t0 = std::time::Instant::now();
     s.shutdown.shutdown();
     let r = fw.await.unwrap().unwrap();

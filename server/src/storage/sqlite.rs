@@ -112,8 +112,8 @@ pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 type Job = Box<dyn WriteJob>;
 
 trait WriteJob: Send {
-    /// Runs inside the batch transaction; returns whether it succeeded.
-    fn run(&mut self, conn: &Connection) -> bool;
+    /// Runs inside the batch transaction; returns its error when it failed.
+    fn run(&mut self, conn: &Connection) -> Result<(), StorageError>;
     /// Answers the caller once the batch committed (or failed to).
     fn finish(self: Box<Self>, commit: Result<(), StorageError>);
 }
@@ -129,14 +129,17 @@ where
     T: Send,
     F: FnOnce(&Connection) -> StorageResult<T> + Send,
 {
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, conn: &Connection) -> Result<(), StorageError> {
         let r = match self.f.take() {
             Some(f) => f(conn),
             None => Err(StorageError::Backend("job ran twice".into())),
         };
-        let ok = r.is_ok();
+        let out = match &r {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
         self.result = Some(r);
-        ok
+        out
     }
 
     fn finish(self: Box<Self>, commit: Result<(), StorageError>) {
@@ -157,11 +160,25 @@ pub struct SqliteStorage {
     thread: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
+    max_pages: u64,
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
+fn configure(conn: &Connection, max_pages: u64) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+    )?;
+    limit_pages(conn, max_pages)
+}
+
+/// Applies the page cap (SQLite `max_page_count` is per connection); 0 = no cap.
+fn limit_pages(conn: &Connection, max_pages: u64) -> rusqlite::Result<()> {
+    if max_pages > 0 {
+        let _: i64 = conn.query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |r| {
+            r.get(0)
+        })?;
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> StorageResult<()> {
@@ -203,10 +220,18 @@ fn run_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
     for job in batch.iter_mut() {
         let step = (|| -> Result<(), StorageError> {
             conn.execute_batch("SAVEPOINT job")?;
-            if job.run(conn) {
-                conn.execute_batch("RELEASE job")?;
-            } else {
-                conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            match job.run(conn) {
+                Ok(()) => conn.execute_batch("RELEASE job")?,
+                Err(failed) => {
+                    if let Err(e) = conn.execute_batch("ROLLBACK TO job; RELEASE job") {
+                        // SQLite may roll the whole transaction back on a full disk; the batch
+                        // then fails as "full", which the service reports as Unavailable.
+                        return Err(match failed {
+                            StorageError::Full => StorageError::Full,
+                            _ => e.into(),
+                        });
+                    }
+                }
             }
             Ok(())
         })();
@@ -245,13 +270,20 @@ fn channel_kind(v: i64) -> ChannelKind {
 impl SqliteStorage {
     /// Opens (creating and migrating if needed) the database at `path`.
     pub fn open(path: &Path) -> StorageResult<SqliteStorage> {
+        SqliteStorage::open_with(path, 0)
+    }
+
+    /// [`SqliteStorage::open`] with the database capped at `max_pages` pages on every
+    /// connection (0 = no cap): writes past it fail with [`StorageError::Full`], exactly as on
+    /// a full disk. A test and operations knob (`max_db_pages`).
+    pub fn open_with(path: &Path, max_pages: u64) -> StorageResult<SqliteStorage> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StorageError::Backend(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
         let mut conn = Connection::open(path)?;
-        configure(&conn)?;
+        configure(&conn, max_pages)?;
         migrate(&mut conn)?;
         let integrity: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if integrity != "ok" {
@@ -269,6 +301,7 @@ impl SqliteStorage {
             thread: Mutex::new(Some(thread)),
             readers: Mutex::new(Vec::new()),
             path: path.to_path_buf(),
+            max_pages,
         })
     }
 
@@ -324,6 +357,7 @@ impl SqliteStorage {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.busy_timeout(std::time::Duration::from_secs(10))?;
+                limit_pages(&c, self.max_pages)?;
                 c
             }
         };
