@@ -90,9 +90,17 @@ impl Inner {
             let mut events = Vec::new();
             let r = {
                 let mut engine = self.engine.lock().await;
+                // Weak: an aborted task must not leave a cycle that keeps the store open.
+                let me = Arc::downgrade(&self);
+                engine.set_sink(Some(Arc::new(move |ev| {
+                    if let Some(inner) = me.upgrade() {
+                        inner.dispatch(ev);
+                    }
+                })));
                 let r = engine
                     .sync_from(&self.net, &mut events, std::mem::take(&mut prefetched))
                     .await;
+                engine.set_sink(None);
                 if r.is_ok() {
                     if let Err(e) = engine.replenish_key_packages(&self.net, false).await {
                         tracing::debug!("key package check failed: {e}");

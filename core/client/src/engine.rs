@@ -114,7 +114,13 @@ pub(crate) struct Engine {
     kp_checked: Option<std::time::Instant>,
     /// Test hook: where to simulate a crash (see [`Failpoint`]).
     failpoint: Option<Failpoint>,
+    /// When set, received-message events go here as soon as each message is committed
+    /// locally (before the Ack round trip), instead of waiting for the end of the sync.
+    sink: Option<EventSink>,
 }
+
+/// Receives events as soon as they are durable.
+pub(crate) type EventSink = std::sync::Arc<dyn Fn(Vec<Event>) + Send + Sync>;
 
 /// Points where a test can make the engine stop as if the process died there: nothing after
 /// the point is done, in memory or on disk.
@@ -132,6 +138,11 @@ fn crashed(at: Failpoint) -> Error {
 }
 
 impl Engine {
+    /// Sets where events go as soon as they are durable (the background loop's dispatcher).
+    pub(crate) fn set_sink(&mut self, sink: Option<EventSink>) {
+        self.sink = sink;
+    }
+
     /// Test hook: arms (or disarms) a simulated crash point.
     pub(crate) fn set_failpoint(&mut self, at: Option<Failpoint>) {
         self.failpoint = at;
@@ -181,6 +192,7 @@ impl Engine {
             },
             kp_checked: None,
             failpoint: None,
+            sink: None,
         })
     }
 
@@ -1472,6 +1484,11 @@ impl Engine {
             self.store.commit()?;
             last = m.seq;
             events.extend(local);
+            // Durable now: the app may see it before the Ack (which only lets the server
+            // forget it; a lost Ack means a redelivery that is skipped by sequence number).
+            if let Some(sink) = &self.sink {
+                sink(std::mem::take(events));
+            }
         }
         // Ack only what is durably processed.
         let _: v1::AckResponse = self
