@@ -14,6 +14,10 @@ use crate::limits::ConnectionCap;
 use crate::metrics::Metrics;
 use crate::service::{status_response, CallContext, Service};
 
+/// How long a call waits for the client to acknowledge its response before it stops
+/// counting as in flight.
+const ACK_WAIT: Duration = Duration::from_secs(2);
+
 /// Push events buffered per connection before new ones are dropped (the client fetches).
 const PUSH_QUEUE: usize = 256;
 
@@ -82,7 +86,10 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
 ) {
     let deadline = svc_read_deadline(&svc);
-    let response = match read_request(&mut recv, MAX_PAYLOAD, deadline).await {
+    let request = read_request(&mut recv, MAX_PAYLOAD, deadline).await;
+    // From here until the answer is acknowledged, the call counts as in flight for the drain.
+    let _guard = svc.call_guard();
+    let response = match request {
         Ok(req) => svc.handle(&ctx, req).await,
         Err(ReadError::Closed) => {
             let _ = send.finish();
@@ -118,8 +125,10 @@ async fn serve_stream(
     };
     match response.encode() {
         Ok(bytes) => {
-            if send.write_all(&bytes).await.is_ok() {
-                let _ = send.finish();
+            if send.write_all(&bytes).await.is_ok() && send.finish().is_ok() {
+                // Resolves once the peer acknowledged every byte (or stopped the stream);
+                // bounded, so a vanished client cannot hold a drain.
+                let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
             }
         }
         Err(e) => {

@@ -45,6 +45,8 @@ const METADATA_MAX: usize = 64 * 1024;
 const LOGIN_TTL: Duration = Duration::from_secs(60);
 /// Pending logins kept at most.
 const LOGINS_MAX: usize = 10_000;
+/// Sessions cached at most (a shortcut, never the truth: a miss reads the database).
+const SESSION_CACHE_MAX: usize = 100_000;
 
 /// A failed request: the status and a message for the client (never a secret).
 #[derive(Debug)]
@@ -104,6 +106,17 @@ fn ok<M: Message>(m: M) -> Reply {
     Ok(m.encode_to_vec())
 }
 
+/// Keeps one call counted as in flight; dropping it ends the call.
+pub struct CallGuard(Arc<Service>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// What the service knows of the connection a call arrived on.
 pub struct CallContext {
     /// Remote address.
@@ -133,6 +146,9 @@ pub struct Service {
     /// so both paths do the same work (A-6: no timing difference to enumerate usernames by).
     decoy_record: Vec<u8>,
     logins: Mutex<HashMap<[u8; 16], PendingLogin>>,
+    /// Sessions resolved recently, by token hash. This process is the only writer of the
+    /// sessions table, and every path that ends a session also drops it here.
+    sessions: Mutex<HashMap<Key32, Session>>,
     waiters: Mutex<HashMap<DeviceId, Arc<Notify>>>,
     pushers: Mutex<PushRegistry>,
     /// Counters for the metrics endpoint.
@@ -248,6 +264,7 @@ impl Service {
             config,
             opaque,
             logins: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             pushers: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::default()),
@@ -318,6 +335,15 @@ impl Service {
         });
     }
 
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Key32, Session>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops cached sessions that match; every path that ends sessions calls it.
+    fn forget_sessions(&self, matches: impl Fn(&Key32, &Session) -> bool) {
+        self.lock_sessions().retain(|h, s| !matches(h, s));
+    }
+
     fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Arc<Notify>>> {
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -341,9 +367,17 @@ impl Service {
             .map_err(Fail::from)
     }
 
-    /// Handles one request and returns its response. Never panics on bad input.
-    pub async fn handle(&self, ctx: &CallContext, req: Request) -> Response {
+    /// Counts a call as in flight until the returned guard drops. The listener holds it from
+    /// the first byte of a request until its response is acknowledged, so a drain waits for
+    /// answers to reach clients, not just to be computed.
+    pub fn call_guard(self: &Arc<Self>) -> CallGuard {
         self.inflight.fetch_add(1, Ordering::SeqCst);
+        CallGuard(self.clone())
+    }
+
+    /// Handles one request and returns its response. Never panics on bad input.
+    /// (In flight accounting is the caller's: see [`Service::call_guard`].)
+    pub async fn handle(&self, ctx: &CallContext, req: Request) -> Response {
         Metrics::inc(&self.metrics.requests_total);
         let request_id = req.request_id;
         let result = if self.is_draining() {
@@ -351,9 +385,6 @@ impl Service {
         } else {
             self.dispatch(ctx, req).await
         };
-        if self.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.idle.notify_waiters();
-        }
         match result {
             Ok(payload) => Response {
                 status: Status::Ok,
@@ -420,12 +451,14 @@ impl Service {
         match req.method {
             method::LOGOUT => {
                 self.db(move |st| st.delete_session(&hash)).await?;
+                self.forget_sessions(|h, _| *h == hash);
                 self.connection_closed(ctx.conn_id);
                 ok(v1::LogoutResponse {})
             }
             method::DELETE_ACCOUNT => {
                 let devices = self.db(move |st| st.devices(s.account_id)).await?;
                 self.db(move |st| st.delete_account(s.account_id)).await?;
+                self.forget_sessions(|_, x| x.account_id == s.account_id);
                 let mut p = self.lock_pushers();
                 for d in devices {
                     p.remove(&d.id);
@@ -695,6 +728,7 @@ impl Service {
                 let devices = self.db(move |st| st.devices(s.account_id)).await?;
                 self.db(move |st| st.revoke_device(s.account_id, &dk))
                     .await?;
+                self.forget_sessions(|_, x| x.device_key == dk);
                 if let Some(d) = devices.iter().find(|d| d.device_key == dk) {
                     self.lock_pushers().remove(&d.id);
                 }
@@ -732,15 +766,35 @@ impl Service {
             return Err(Fail::new(Status::Unauthorized, "invalid session token"));
         }
         let hash = token_hash(&token);
-        let s = self
-            .db(move |st| st.session(&hash, now_secs()))
-            .await?
-            .ok_or_else(|| {
-                Fail::new(
-                    Status::Unauthorized,
-                    "session expired or invalid; log in again",
-                )
-            })?;
+        let now = now_secs();
+        let cached = self
+            .lock_sessions()
+            .get(&hash)
+            .filter(|s| s.expires_at > now)
+            .cloned();
+        let s = match cached {
+            Some(s) => s,
+            None => {
+                let s = self
+                    .db(move |st| st.session(&hash, now))
+                    .await?
+                    .ok_or_else(|| {
+                        Fail::new(
+                            Status::Unauthorized,
+                            "session expired or invalid; log in again",
+                        )
+                    })?;
+                let mut cache = self.lock_sessions();
+                if cache.len() >= SESSION_CACHE_MAX {
+                    cache.retain(|_, s| s.expires_at > now);
+                    if cache.len() >= SESSION_CACHE_MAX {
+                        cache.clear();
+                    }
+                }
+                cache.insert(hash, s.clone());
+                s
+            }
+        };
         self.register_pusher(s.device_id, ctx);
         Ok((s, hash))
     }
