@@ -75,17 +75,29 @@ fuzz_target!(|input: &[u8]| {
     let data = &input[4..];
 
     let req = Request::decode(data, max);
-    check_decode(data, max, req.clone(), |r| r.payload.len(), |r| {
-        r.encode().expect("decoded frame re-encodes")
-    });
+    check_decode(
+        data,
+        max,
+        req.clone(),
+        |r| r.payload.len(),
+        |r| r.encode().expect("decoded frame re-encodes"),
+    );
     let resp = Response::decode(data, max);
-    check_decode(data, max, resp.clone(), |r| r.payload.len(), |r| {
-        r.encode().expect("decoded frame re-encodes")
-    });
+    check_decode(
+        data,
+        max,
+        resp.clone(),
+        |r| r.payload.len(),
+        |r| r.encode().expect("decoded frame re-encodes"),
+    );
     let push = Push::decode(data, max);
-    check_decode(data, max, push.clone(), |r| r.payload.len(), |r| {
-        r.encode().expect("decoded frame re-encodes")
-    });
+    check_decode(
+        data,
+        max,
+        push.clone(),
+        |r| r.payload.len(),
+        |r| r.encode().expect("decoded frame re-encodes"),
+    );
 
     let d = Duration::from_secs(1);
     runtime().block_on(async {

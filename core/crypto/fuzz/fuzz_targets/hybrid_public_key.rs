@@ -12,7 +12,11 @@ use qpq_crypto::envelope::{HybridPublicKey, HybridSecretKey};
 
 fn valid() -> &'static [u8] {
     static K: OnceLock<Vec<u8>> = OnceLock::new();
-    K.get_or_init(|| HybridSecretKey::from_seed(&[0x10; 64]).public_key().to_bytes())
+    K.get_or_init(|| {
+        HybridSecretKey::from_seed(&[0x10; 64])
+            .public_key()
+            .to_bytes()
+    })
 }
 
 fuzz_target!(|input: &[u8]| {

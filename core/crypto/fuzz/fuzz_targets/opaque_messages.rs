@@ -26,8 +26,8 @@ use qpq_crypto::opaque::OpaqueSuite;
 use qpq_crypto::opaque_ke::{
     ClientLogin, ClientLoginFinishParameters, ClientRegistration,
     ClientRegistrationFinishParameters, CredentialFinalization, CredentialRequest,
-    CredentialResponse, RegistrationRequest, RegistrationResponse, RegistrationUpload,
-    ServerLogin, ServerLoginParameters, ServerRegistration, ServerSetup,
+    CredentialResponse, RegistrationRequest, RegistrationResponse, RegistrationUpload, ServerLogin,
+    ServerLoginParameters, ServerRegistration, ServerSetup,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -99,18 +99,27 @@ fuzz_target!(|input: &[u8]| {
     match mode % 8 {
         0 => {
             if let Ok(req) = RegistrationRequest::<OpaqueSuite>::deserialize(rest) {
-                assert!(rest.starts_with(&req.serialize()), "re-serialization is not a prefix");
+                assert!(
+                    rest.starts_with(&req.serialize()),
+                    "re-serialization is not a prefix"
+                );
                 let _ = ServerRegistration::<OpaqueSuite>::start(&f.setup, req, USER);
             }
         }
         1 => {
             if let Ok(m) = RegistrationResponse::<OpaqueSuite>::deserialize(rest) {
-                assert!(rest.starts_with(&m.serialize()), "re-serialization is not a prefix");
+                assert!(
+                    rest.starts_with(&m.serialize()),
+                    "re-serialization is not a prefix"
+                );
             }
         }
         2 => {
             if let Ok(upload) = RegistrationUpload::<OpaqueSuite>::deserialize(rest) {
-                assert!(rest.starts_with(&upload.serialize()), "re-serialization is not a prefix");
+                assert!(
+                    rest.starts_with(&upload.serialize()),
+                    "re-serialization is not a prefix"
+                );
                 let file = ServerRegistration::<OpaqueSuite>::finish(upload);
                 let bytes = file.serialize();
                 ServerRegistration::<OpaqueSuite>::deserialize(&bytes).expect("file round trip");
@@ -118,7 +127,10 @@ fuzz_target!(|input: &[u8]| {
         }
         3 | 4 => {
             if let Ok(ke1) = CredentialRequest::<OpaqueSuite>::deserialize(rest) {
-                assert!(rest.starts_with(&ke1.serialize()), "re-serialization is not a prefix");
+                assert!(
+                    rest.starts_with(&ke1.serialize()),
+                    "re-serialization is not a prefix"
+                );
                 let file = if mode % 8 == 3 {
                     Some(ServerRegistration::<OpaqueSuite>::deserialize(&f.file).expect("file"))
                 } else {
@@ -136,7 +148,10 @@ fuzz_target!(|input: &[u8]| {
         }
         5 => {
             if let Ok(m) = CredentialResponse::<OpaqueSuite>::deserialize(rest) {
-                assert!(rest.starts_with(&m.serialize()), "re-serialization is not a prefix");
+                assert!(
+                    rest.starts_with(&m.serialize()),
+                    "re-serialization is not a prefix"
+                );
             }
         }
         6 => {
