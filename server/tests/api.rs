@@ -87,32 +87,7 @@ async fn opaque_register_login_logout() {
 async fn every_authenticated_method_rejects_missing_and_bad_tokens() {
     let s = TestServer::start().await;
     let mut c = s.connect().await;
-    for m in [
-        method::LOGOUT,
-        method::ENQUEUE,
-        method::FETCH,
-        method::FETCH_WAIT,
-        method::PEEK,
-        method::ACK,
-        method::BATCH_ENQUEUE,
-        method::UPLOAD_KEY_PACKAGE,
-        method::FETCH_KEY_PACKAGE,
-        method::UPLOAD_HYBRID_KEY,
-        method::FETCH_HYBRID_KEY,
-        method::FETCH_HYBRID_KEYS,
-        method::CREATE_CHANNEL,
-        method::REMOVE_MEMBER,
-        method::UPDATE_GROUP_METADATA,
-        method::LIST_GROUP_MEMBERS,
-        method::RESOLVE_USER,
-        method::RESOLVE_IDENTITY,
-        method::UPLOAD_BLOB,
-        method::DOWNLOAD_BLOB,
-        method::REGISTER_DEVICE,
-        method::LIST_DEVICES,
-        method::REVOKE_DEVICE,
-        method::DELETE_ACCOUNT,
-    ] {
+    for &m in qpq_server::service::IMPLEMENTED {
         c.token = None;
         assert_eq!(
             c.raw(m, vec![]).await.status,

@@ -411,32 +411,7 @@ async fn a2_wrong_passwords_never_log_in() {
 }
 
 /// Every method that needs a session.
-const AUTHENTICATED: [u16; 24] = [
-    method::LOGOUT,
-    method::ENQUEUE,
-    method::FETCH,
-    method::FETCH_WAIT,
-    method::PEEK,
-    method::ACK,
-    method::BATCH_ENQUEUE,
-    method::UPLOAD_KEY_PACKAGE,
-    method::FETCH_KEY_PACKAGE,
-    method::UPLOAD_HYBRID_KEY,
-    method::FETCH_HYBRID_KEY,
-    method::FETCH_HYBRID_KEYS,
-    method::CREATE_CHANNEL,
-    method::REMOVE_MEMBER,
-    method::UPDATE_GROUP_METADATA,
-    method::LIST_GROUP_MEMBERS,
-    method::RESOLVE_USER,
-    method::RESOLVE_IDENTITY,
-    method::UPLOAD_BLOB,
-    method::DOWNLOAD_BLOB,
-    method::REGISTER_DEVICE,
-    method::LIST_DEVICES,
-    method::REVOKE_DEVICE,
-    method::DELETE_ACCOUNT,
-];
+const AUTHENTICATED: &[u16] = qpq_server::service::IMPLEMENTED;
 
 /// unauthenticated calls to every authenticated method (all 24 the server implements:
 /// enqueue, batch enqueue, fetch, fetch-wait, peek, ack, KeyPackage and hybrid-key upload and
