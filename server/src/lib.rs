@@ -51,13 +51,6 @@ pub enum ServerError {
     Config(String),
 }
 
-impl Service {
-    /// The configured read deadline for one request frame.
-    pub fn read_deadline(&self) -> Duration {
-        self.config().read_deadline()
-    }
-}
-
 /// Stops a running server (graceful drain) from anywhere.
 #[derive(Clone)]
 pub struct ShutdownHandle(Arc<Notify>);

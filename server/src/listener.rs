@@ -85,7 +85,7 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let deadline = svc_read_deadline(&svc);
+    let deadline = svc.config().read_deadline();
     let request = read_request(&mut recv, MAX_PAYLOAD, deadline).await;
     // From here until the answer is acknowledged, the call counts as in flight for the drain.
     let _guard = svc.call_guard();
@@ -140,10 +140,6 @@ async fn serve_stream(
             }
         }
     }
-}
-
-fn svc_read_deadline(svc: &Service) -> Duration {
-    svc.read_deadline()
 }
 
 async fn push_loop(conn: quinn::Connection, mut rx: mpsc::Receiver<Push>) {

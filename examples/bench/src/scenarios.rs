@@ -234,7 +234,6 @@ async fn rate(
     total: usize,
     op: fn(Arc<Conn>, usize) -> tokio::task::JoinHandle<()>,
 ) -> f64 {
-    let _ = &conn;
     let next = Arc::new(AtomicUsize::new(0));
     let t = Instant::now();
     let mut tasks = Vec::new();
@@ -258,8 +257,6 @@ async fn rate(
 
 fn qpq_enqueue(c: Arc<Conn>, _i: usize) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let ch = c.pushes.clone();
-        let _ = ch;
         if let Some(chan) = CHANNEL.get() {
             let req = app_message(chan, 3, &[0x33; 1024]);
             let _ = c.raw(method::ENQUEUE, c.encode(&req)).await;
