@@ -11,14 +11,17 @@ pub struct Server {
 }
 
 pub fn server() -> Server {
+    server_with(|_| {})
+}
+
+/// A server with some settings changed.
+pub fn server_with(tweak: impl FnOnce(&mut qpq_server::config::Config)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut config = qpq_server::config::Config::ephemeral(&dir.path().join("server"));
+    tweak(&mut config);
     let (addr, stop) = rt.block_on(async {
-        let s = qpq_server::Server::bind(qpq_server::config::Config::ephemeral(
-            &dir.path().join("server"),
-        ))
-        .await
-        .unwrap();
+        let s = qpq_server::Server::bind(config).await.unwrap();
         let addr = s.local_addr().unwrap().to_string();
         let stop = s.shutdown_handle();
         tokio::spawn(s.run());
