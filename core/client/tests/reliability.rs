@@ -242,15 +242,16 @@ fn store_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-/// L-1: 1,000 canary strings sent and received: 0 hits in the database, its WAL and SHM and
-/// any other file of the store; the file does not start with "SQLite format 3".
+/// L-1: 1,000 canary strings sent and received, plus the group name and both usernames: 0
+/// hits in the database, its WAL and SHM and any other file of the store; the file does not start with "SQLite format 3".
 #[test]
 fn l1_store_is_encrypted_at_rest() {
     let s = TestServer::start();
-    let a = s.user("alice");
-    let b = s.user("bob");
+    // Names long enough to be canaries: a 3-letter name occurs by chance in MBs of ciphertext.
+    let a = s.user("alicecanary7f3a91c2");
+    let b = s.user("bobcanary5e8d20b4");
     let g = a.create_group("canary-group-name-7f3a", false).unwrap();
-    a.invite(&g, &["bob"]).unwrap();
+    a.invite(&g, &["bobcanary5e8d20b4"]).unwrap();
     wait_joined(&b, &g);
     let canaries: Vec<String> = (0..1000)
         .map(|i| format!("canary-{i:04}-{:016x}", rand::random::<u64>()))
@@ -274,7 +275,11 @@ fn l1_store_is_encrypted_at_rest() {
         let hay = String::from_utf8_lossy(&raw);
         let hits = canaries.iter().filter(|c| hay.contains(c.as_str())).count();
         assert_eq!(hits, 0, "{who}: canaries found in the store");
-        for needle in ["canary-group-name-7f3a", "alice", "bob"] {
+        for needle in [
+            "canary-group-name-7f3a",
+            "alicecanary7f3a91c2",
+            "bobcanary5e8d20b4",
+        ] {
             assert!(
                 !hay.contains(needle),
                 "{who}: {needle:?} found in the store"
