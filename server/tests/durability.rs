@@ -7,9 +7,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,61 +15,14 @@ use bytes::Bytes;
 use common::*;
 use qpq_proto::{method, v1};
 
-struct ChildServer {
-    child: Child,
-    addr: SocketAddr,
-    cert: Vec<u8>,
-}
-
-fn spawn_server(data: &Path) -> ChildServer {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qpq-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--data-dir",
-        ])
-        .arg(data)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["fields"]["message"] == "qpq-server listening" {
-            break v["fields"]["listen"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    let cert = std::fs::read(data.join("server-cert.der")).unwrap();
-    ChildServer { child, addr, cert }
-}
-
-fn sigkill(c: &mut ChildServer) {
-    c.child.kill().unwrap();
-    c.child.wait().unwrap();
-}
-
-async fn connect(s: &ChildServer) -> Conn {
-    Conn::connect(s.addr, &s.cert).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_enqueues_survive_sigkill_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = spawn_server(dir.path());
-    let mut a = connect(&server).await;
+    let mut server = ChildServer::spawn(dir.path(), &[]);
+    let mut a = server.connect().await;
     a.register("alice", "pw-alice").await.unwrap();
     a.login("alice", "pw-alice").await.unwrap();
-    let mut b = connect(&server).await;
+    let mut b = server.connect().await;
     b.register("bob", "pw-bob").await.unwrap();
     b.login("bob", "pw-bob").await.unwrap();
     let ch = a.group(&[&b]).await;
@@ -112,12 +63,12 @@ async fn acked_enqueues_survive_sigkill_exactly_once() {
         }
         // Kill while the senders are busy.
         tokio::time::sleep(Duration::from_millis(150)).await;
-        sigkill(&mut server);
+        server.sigkill();
         for t in tasks {
             acked.extend(t.await.unwrap());
         }
-        server = spawn_server(dir.path());
-        let mut fresh = connect(&server).await;
+        server = ChildServer::spawn(dir.path(), &[]);
+        let mut fresh = server.connect().await;
         fresh.token = a_token.clone();
         a = Arc::new(fresh);
         // The database is intact after every kill.
@@ -133,7 +84,7 @@ async fn acked_enqueues_survive_sigkill_exactly_once() {
         acked.len()
     );
 
-    b = connect(&server).await;
+    b = server.connect().await;
     b.token = b_token;
     let mut seen: Vec<Bytes> = Vec::new();
     let mut after = 0;
@@ -167,16 +118,16 @@ async fn acked_enqueues_survive_sigkill_exactly_once() {
     assert_eq!(unique.len(), seen.len(), "no message is stored twice");
     let lost: Vec<_> = acked.difference(&unique).collect();
     assert!(lost.is_empty(), "{} acked messages lost", lost.len());
-    sigkill(&mut server);
+    server.sigkill();
 }
 
 #[test]
 fn sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = spawn_server(dir.path());
+    let mut server = ChildServer::spawn(dir.path(), &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let c = connect(&server).await;
+        let c = server.connect().await;
         let h: v1::HealthResponse = c.call(method::HEALTH, &v1::HealthRequest {}).await.unwrap();
         assert_eq!(h.status, "ok");
     });
