@@ -45,6 +45,9 @@ const METADATA_MAX: usize = 64 * 1024;
 const LOGIN_TTL: Duration = Duration::from_secs(60);
 /// Pending logins kept at most.
 const LOGINS_MAX: usize = 10_000;
+/// How long a sender refused for a full queue is told to wait (and is refused in memory,
+/// without a storage transaction, unless the full device acks first).
+const QUEUE_FULL_RETRY: Duration = Duration::from_secs(1);
 /// Sessions cached at most (a shortcut, never the truth: a miss reads the database).
 const SESSION_CACHE_MAX: usize = 100_000;
 
@@ -71,15 +74,15 @@ impl Fail {
 
 impl From<StorageError> for Fail {
     fn from(e: StorageError) -> Fail {
-        if let StorageError::QueueFull(m) = &e {
+        if let StorageError::QueueFull { message, .. } = &e {
             return Fail {
                 status: Status::RateLimited,
-                message: m.clone(),
-                retry_after_ms: 1000,
+                message: message.clone(),
+                retry_after_ms: QUEUE_FULL_RETRY.as_millis() as u64,
             };
         }
         let status = match &e {
-            StorageError::QueueFull(_) => Status::RateLimited,
+            StorageError::QueueFull { .. } => Status::RateLimited,
             StorageError::NotFound(_) => Status::NotFound,
             StorageError::Conflict(_) => Status::Conflict,
             StorageError::Forbidden(_) | StorageError::Limit(_) => Status::Forbidden,
@@ -146,6 +149,9 @@ pub struct Service {
     /// so both paths do the same work (A-6: no timing difference to enumerate usernames by).
     decoy_record: Vec<u8>,
     logins: Mutex<HashMap<[u8; 16], PendingLogin>>,
+    /// Senders refused because a recipient's queue is full, by (sender account, channel): the
+    /// full device and until when the refusal stands. Cleared for a device when it acks.
+    queue_full: Mutex<HashMap<(AccountId, ChannelId), (DeviceId, Instant)>>,
     /// Sessions resolved recently, by token hash. This process is the only writer of the
     /// sessions table, and every path that ends a session also drops it here.
     sessions: Mutex<HashMap<Key32, Session>>,
@@ -264,6 +270,7 @@ impl Service {
             config,
             opaque,
             logins: Mutex::new(HashMap::new()),
+            queue_full: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             pushers: Mutex::new(HashMap::new()),
@@ -333,6 +340,12 @@ impl Service {
             v.retain(|(id, _)| *id != conn_id);
             !v.is_empty()
         });
+    }
+
+    fn lock_queue_full(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(AccountId, ChannelId), (DeviceId, Instant)>> {
+        self.queue_full.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Key32, Session>> {
@@ -500,6 +513,9 @@ impl Service {
                 let removed = self
                     .db(move |st| st.ack(s.device_id, r.up_to_seq, &r.seqs))
                     .await?;
+                if removed > 0 {
+                    self.lock_queue_full().retain(|_, (d, _)| *d != s.device_id);
+                }
                 ok(v1::AckResponse { removed })
             }
             method::UPLOAD_KEY_PACKAGE => {
@@ -1028,7 +1044,29 @@ impl Service {
             now_ms: now_ms(),
             max_queue_depth: self.config.max_queue_depth,
         };
-        let out = self.db(move |st| st.enqueue(op)).await?;
+        // A sender just refused for a full queue is refused again without a transaction,
+        // until the retry time or until that queue's device acks.
+        let key = (s.account_id, channel_id);
+        let now = Instant::now();
+        if let Some((_, until)) = self.lock_queue_full().get(&key).filter(|(_, u)| *u > now) {
+            return Err(Fail {
+                status: Status::RateLimited,
+                message: "a recipient's queue is full".into(),
+                retry_after_ms: (until.duration_since(now).as_millis() as u64).max(1),
+            });
+        }
+        let store = self.store.clone();
+        let out = tokio::task::spawn_blocking(move || store.enqueue(op))
+            .await
+            .map_err(|_| Fail::new(Status::Internal, "storage task failed"))?;
+        let out = match out {
+            Err(StorageError::QueueFull { device, message }) => {
+                self.lock_queue_full()
+                    .insert(key, (device, now + QUEUE_FULL_RETRY));
+                return Err(StorageError::QueueFull { device, message }.into());
+            }
+            other => other?,
+        };
         if !out.duplicate {
             Metrics::inc(&self.metrics.enqueue_total);
             self.metrics

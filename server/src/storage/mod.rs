@@ -34,8 +34,13 @@ pub enum StorageError {
     #[error("{0}")]
     Limit(String),
     /// A recipient's queue is at its cap; retry after it drains.
-    #[error("{0}")]
-    QueueFull(String),
+    #[error("{message}")]
+    QueueFull {
+        /// The device whose queue is full.
+        device: DeviceId,
+        /// For the sender.
+        message: String,
+    },
     /// The request is inconsistent with stored state (wrong blob offset, ...).
     #[error("{0}")]
     Invalid(String),

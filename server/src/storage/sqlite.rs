@@ -435,9 +435,10 @@ fn fan_out(
     for &d in devices {
         let (seq, depth): (i64, i64) = next.query_row([d], |r| Ok((r.get(0)?, r.get(1)?)))?;
         if depth as u64 >= max_depth {
-            return Err(StorageError::QueueFull(format!(
-                "a recipient's queue is full ({max_depth} messages)"
-            )));
+            return Err(StorageError::QueueFull {
+                device: d,
+                message: format!("a recipient's queue is full ({max_depth} messages)"),
+            });
         }
         ins.execute(params![d, seq, &channel[..], payload_id])?;
         let mut m = template.clone();
