@@ -88,32 +88,12 @@ async fn d1_sigkill_under_load_loses_no_acknowledged_message() {
         server = ChildServer::spawn(dir.path(), &[]);
         let mut reader = server.connect().await;
         reader.token = b_token.clone();
-        loop {
-            let r: v1::FetchResponse = reader
-                .call(
-                    method::FETCH,
-                    &v1::FetchRequest {
-                        after_seq: last_seq,
-                        limit: 1000,
-                        channel_id: Bytes::new(),
-                    },
-                )
-                .await
-                .unwrap();
-            if r.messages.is_empty() {
-                break;
-            }
-            for m in &r.messages {
-                assert!(
-                    m.seq > last_seq,
-                    "cycle {cycle}: sequence numbers strictly increase across restarts"
-                );
-                last_seq = m.seq;
-                assert!(
-                    seen.insert(m.message_id.clone()),
-                    "cycle {cycle}: a message was stored twice"
-                );
-            }
+        for m in fetch_all_after(&reader, last_seq).await {
+            last_seq = m.seq;
+            assert!(
+                seen.insert(m.message_id.clone()),
+                "cycle {cycle}: a message was stored twice"
+            );
         }
         let _: v1::AckResponse = reader
             .call(

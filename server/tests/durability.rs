@@ -86,34 +86,11 @@ async fn acked_enqueues_survive_sigkill_exactly_once() {
 
     b = server.connect().await;
     b.token = b_token;
-    let mut seen: Vec<Bytes> = Vec::new();
-    let mut after = 0;
-    let mut last_seq = 0;
-    loop {
-        let r: v1::FetchResponse = b
-            .call(
-                method::FETCH,
-                &v1::FetchRequest {
-                    after_seq: after,
-                    limit: 1000,
-                    channel_id: Bytes::new(),
-                },
-            )
-            .await
-            .unwrap();
-        if r.messages.is_empty() {
-            break;
-        }
-        for m in &r.messages {
-            assert!(
-                m.seq > last_seq,
-                "sequence numbers strictly increase across restarts"
-            );
-            last_seq = m.seq;
-            seen.push(m.message_id.clone());
-        }
-        after = last_seq;
-    }
+    let seen: Vec<Bytes> = fetch_all_after(&b, 0)
+        .await
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
     let unique: HashSet<Bytes> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "no message is stored twice");
     let lost: Vec<_> = acked.difference(&unique).collect();

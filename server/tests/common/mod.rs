@@ -154,3 +154,35 @@ pub fn integrity_check(db: &Path) -> String {
     c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap()
 }
+
+/// Every message queued for `c`'s device after `after`, page by page, asserting that sequence
+/// numbers strictly increase (also across server restarts).
+pub async fn fetch_all_after(c: &Conn, after: u64) -> Vec<qpq_proto::v1::QueuedMessage> {
+    use qpq_proto::{method, v1};
+    let mut out = Vec::new();
+    let mut last = after;
+    loop {
+        let r: v1::FetchResponse = c
+            .call(
+                method::FETCH,
+                &v1::FetchRequest {
+                    after_seq: last,
+                    limit: 1000,
+                    channel_id: bytes::Bytes::new(),
+                },
+            )
+            .await
+            .unwrap();
+        if r.messages.is_empty() {
+            return out;
+        }
+        for m in r.messages {
+            assert!(
+                m.seq > last,
+                "sequence numbers strictly increase across restarts"
+            );
+            last = m.seq;
+            out.push(m);
+        }
+    }
+}
