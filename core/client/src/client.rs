@@ -504,6 +504,30 @@ impl Client {
         self.with_engine(move |e, _, _| Box::pin(async move { e.debug_process(&conv, &b) }))
     }
 
+    /// Test hook: delivers each `(conversation, MLS bytes)` through the receive path as if
+    /// the server had queued it again under a new sequence number (a redelivery or an
+    /// injection). Events are returned, not dispatched; proposals are not committed.
+    #[doc(hidden)]
+    pub fn debug_inject(
+        &self,
+        msgs: Vec<(ConversationId, Vec<u8>)>,
+    ) -> Result<Vec<crate::DebugInjected>, Error> {
+        self.with_engine(move |e, _, _| Box::pin(async move { e.debug_inject(&msgs) }))
+    }
+
+    /// Test hook: the MLS bytes of a self-update commit for `conv`, neither sent nor merged.
+    #[doc(hidden)]
+    pub fn debug_self_update(&self, conv: &ConversationId) -> Result<Vec<u8>, Error> {
+        let conv = *conv;
+        self.with_engine(move |e, _, _| Box::pin(async move { e.debug_self_update(&conv) }))
+    }
+
+    /// Test hook: SHA-256 over everything in the store (MLS state included).
+    #[doc(hidden)]
+    pub fn debug_state_hash(&self) -> Result<[u8; 32], Error> {
+        self.with_engine(move |e, _, _| Box::pin(async move { e.debug_state_hash() }))
+    }
+
     /// Test hook: makes the next commit stop at `at` as if the process died there. Drop the
     /// client afterwards and reopen it from its store to test recovery.
     #[doc(hidden)]

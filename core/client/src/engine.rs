@@ -1252,17 +1252,7 @@ impl Engine {
         if group.has_pending_proposals() {
             self.commit(net, conv, Change::Pending, events).await?;
         }
-        let id: MessageId = rand::random();
-        let sent_at = now_ms();
-        let app = v1::AppMessage {
-            id: Bytes::copy_from_slice(&id),
-            sent_at,
-            sender_device: Bytes::copy_from_slice(&self.my_device()),
-            kind: Some(v1::app_message::Kind::Text(v1::Text {
-                body: text.to_string(),
-            })),
-        };
-        let plaintext = app.encode_to_vec();
+        let (id, sent_at, plaintext) = self.text_plaintext(text);
         let me = self.my_username()?;
         self.store.begin()?;
         let r = (|| -> Result<(), Error> {
@@ -1302,6 +1292,21 @@ impl Engine {
             Err(e) if matches!(e.code(), ErrorCode::Network | ErrorCode::Timeout) => Ok(id),
             Err(e) => Err(e),
         }
+    }
+
+    /// A new text message: its id, send time and the AppMessage bytes MLS encrypts.
+    fn text_plaintext(&self, text: &str) -> (MessageId, u64, Vec<u8>) {
+        let id: MessageId = rand::random();
+        let sent_at = now_ms();
+        let app = v1::AppMessage {
+            id: Bytes::copy_from_slice(&id),
+            sent_at,
+            sender_device: Bytes::copy_from_slice(&self.my_device()),
+            kind: Some(v1::app_message::Kind::Text(v1::Text {
+                body: text.to_string(),
+            })),
+        };
+        (id, sent_at, app.encode_to_vec())
     }
 
     fn encrypt(&self, conv: &ConversationId, plaintext: &[u8]) -> Result<(Vec<u8>, u64), Error> {
@@ -1471,19 +1476,11 @@ impl Engine {
             if m.seq <= last {
                 continue;
             }
-            let mut local = Vec::new();
-            self.store.begin()?;
-            let r = self.process_one(&m, &mut local, proposals);
-            if let Err(e) = &r {
-                tracing::debug!("queued message {} not processed: {e}", m.seq);
-                self.store.rollback();
-                local.clear();
-                self.store.begin()?;
+            match self.apply_one(&m, true, proposals)? {
+                Ok(local) => events.extend(local),
+                Err(e) => tracing::debug!("queued message {} not processed: {e}", m.seq),
             }
-            self.store.set_u64(META_LAST_SEQ, m.seq)?;
-            self.store.commit()?;
             last = m.seq;
-            events.extend(local);
             // Durable now: the app may see it before the Ack (which only lets the server
             // forget it; a lost Ack means a redelivery that is skipped by sequence number).
             if let Some(sink) = &self.sink {
@@ -1502,6 +1499,31 @@ impl Engine {
             )
             .await?;
         Ok(())
+    }
+
+    /// Processes one queued message in its own transaction. A message that cannot be
+    /// processed leaves no trace (its changes are rolled back) and is reported in the inner
+    /// result; with `record_seq` its sequence number is stored either way, in the same
+    /// transaction, so it is never processed twice. The outer error is a storage failure.
+    fn apply_one(
+        &mut self,
+        m: &v1::QueuedMessage,
+        record_seq: bool,
+        proposals: &mut BTreeSet<ConversationId>,
+    ) -> Result<Result<Vec<Event>, Error>, Error> {
+        let mut local = Vec::new();
+        self.store.begin()?;
+        let r = self.process_one(m, &mut local, proposals);
+        if r.is_err() {
+            self.store.rollback();
+            local.clear();
+            self.store.begin()?;
+        }
+        if record_seq {
+            self.store.set_u64(META_LAST_SEQ, m.seq)?;
+        }
+        self.store.commit()?;
+        Ok(r.map(|()| local))
     }
 
     fn process_one(
@@ -1638,38 +1660,90 @@ impl Engine {
         Ok(())
     }
 
-    /// Test hook: encrypts `text` as an application message without sending it.
+    /// Test hook: encrypts `text` as a text message (exactly as [`Engine::send_text`] would)
+    /// without storing or sending it.
     pub(crate) fn debug_encrypt(
         &self,
         conv: &ConversationId,
         text: &str,
     ) -> Result<Vec<u8>, Error> {
+        let (_, _, plaintext) = self.text_plaintext(text);
         self.store.begin()?;
-        let r = self.encrypt(conv, text.as_bytes()).map(|(ct, _)| ct);
+        let r = self.encrypt(conv, &plaintext).map(|(ct, _)| ct);
         self.store.commit()?;
         r
     }
 
-    /// Test hook: tries to process raw MLS bytes against this device's group state; nothing
-    /// is kept.
-    pub(crate) fn debug_process(&self, conv: &ConversationId, bytes: &[u8]) -> Result<(), Error> {
+    /// Test hook: runs raw MLS bytes through the receive path ([`Engine::process_one`])
+    /// against this device's group state, then rolls everything back.
+    pub(crate) fn debug_process(
+        &mut self,
+        conv: &ConversationId,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
+        let m = debug_queued(conv, bytes);
         self.store.begin()?;
-        let r = (|| -> Result<(), Error> {
-            let provider = self.provider();
-            let mut group =
-                mls::load(&provider, conv)?.ok_or_else(|| Error::not_found("no group state"))?;
-            let msg = MlsMessageIn::tls_deserialize_exact(bytes)
-                .map_err(|e| MlsError::Decrypt(e.to_string()))?;
-            let pm = msg
-                .try_into_protocol_message()
-                .map_err(|e| MlsError::Decrypt(e.to_string()))?;
-            group
-                .process_message(&provider, pm)
-                .map_err(|e| MlsError::Decrypt(e.to_string()))?;
-            Ok(())
-        })();
+        let r = self.process_one(&m, &mut Vec::new(), &mut BTreeSet::new());
         self.store.rollback();
         r
+    }
+
+    /// Test hook: delivers each `(conversation, MLS bytes)` as if the server had queued it
+    /// under a new sequence number, through the same per-message transaction as a fetch
+    /// (without touching the stored sequence number, the network or proposals to commit).
+    /// Reports, per input, what processing gave and whether any stored state changed.
+    pub(crate) fn debug_inject(
+        &mut self,
+        msgs: &[(ConversationId, Vec<u8>)],
+    ) -> Result<Vec<DebugInjected>, Error> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for (conv, bytes) in msgs {
+            let before = self.store.state_hash()?;
+            let result = self.apply_one(&debug_queued(conv, bytes), false, &mut BTreeSet::new())?;
+            let state_changed = self.store.state_hash()? != before;
+            out.push(DebugInjected {
+                result,
+                state_changed,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Test hook: builds a self-update commit for `conv` and returns its MLS bytes without
+    /// sending or merging it (the group stays where it was).
+    pub(crate) fn debug_self_update(&mut self, conv: &ConversationId) -> Result<Vec<u8>, Error> {
+        self.store.begin()?;
+        let r = self.build_commit(conv, &Change::Update);
+        self.store.rollback();
+        Ok(r?
+            .ok_or_else(|| Error::internal("a self-update always makes a commit"))?
+            .payload
+            .to_vec())
+    }
+
+    /// Test hook: SHA-256 over the whole stored state (see [`Store::state_hash`]).
+    pub(crate) fn debug_state_hash(&self) -> Result<[u8; 32], Error> {
+        Ok(self.store.state_hash()?)
+    }
+}
+
+/// Outcome of one [`Engine::debug_inject`] input.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct DebugInjected {
+    /// The events processing produced, or why the input was rejected.
+    pub result: Result<Vec<Event>, Error>,
+    /// Whether the stored state (every table, MLS state included) differs afterwards.
+    pub state_changed: bool,
+}
+
+/// A queued message as the server would deliver MLS bytes for `conv`.
+fn debug_queued(conv: &ConversationId, bytes: &[u8]) -> v1::QueuedMessage {
+    v1::QueuedMessage {
+        channel_id: Bytes::copy_from_slice(conv),
+        payload: Bytes::copy_from_slice(bytes),
+        kind: v1::MessageKind::Application as i32,
+        ..Default::default()
     }
 }
 

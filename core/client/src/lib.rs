@@ -18,12 +18,14 @@ mod engine;
 mod error;
 mod mls;
 mod net;
+#[cfg(test)]
+mod passive_vectors;
 mod store;
 mod types;
 
 pub use client::Client;
 #[doc(hidden)]
-pub use engine::Failpoint;
+pub use engine::{DebugInjected, Failpoint};
 pub use error::{Error, ErrorCode};
 pub use types::{
     Account, ClientConfig, Conversation, ConversationId, ConversationKind, Event, EventListener,

@@ -22,6 +22,17 @@ pub(crate) const SUITES: [Ciphersuite; 2] = [CLASSIC, PQ];
 /// decrypt after it was merged.
 const MAX_PAST_EPOCHS: usize = 5;
 
+/// How far behind the newest message of a sender a message may arrive and still decrypt
+/// (openmls keeps the skipped keys). openmls's default is 5; a redelivered or reordered
+/// batch (RELIABILITY D-6: shuffled within windows of 10) needs more.
+const OUT_OF_ORDER_TOLERANCE: u32 = 32;
+/// How far ahead of the last seen message a sender may jump (openmls's default).
+const MAX_FORWARD_DISTANCE: u32 = 1000;
+
+fn sender_ratchet() -> SenderRatchetConfiguration {
+    SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, MAX_FORWARD_DISTANCE)
+}
+
 /// The openmls provider: RustCrypto for crypto and randomness, the encrypted store for state.
 pub(crate) struct Provider<'a> {
     crypto: &'a RustCrypto,
@@ -132,6 +143,7 @@ pub(crate) fn create_config(cs: Ciphersuite) -> MlsGroupCreateConfig {
         .use_ratchet_tree_extension(true)
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
         .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(sender_ratchet())
         .capabilities(capabilities())
         .build()
 }
@@ -142,6 +154,7 @@ pub(crate) fn join_config() -> MlsGroupJoinConfig {
         .use_ratchet_tree_extension(true)
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
         .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(sender_ratchet())
         .build()
 }
 

@@ -231,6 +231,53 @@ impl Store {
         }
     }
 
+    /// Test hook: SHA-256 over every row of every table (MLS state included), in a canonical
+    /// order. Equal hashes mean equal stored state; used to show rejected input changes nothing.
+    pub(crate) fn state_hash(&self) -> Result<[u8; 32], StoreError> {
+        use sha2::{Digest, Sha256};
+        let tables: Vec<String> = {
+            let mut st = self
+                .conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?;
+            let names = st.query_map([], |r| r.get::<_, String>(0))?;
+            names.collect::<Result<_, _>>()?
+        };
+        let mut h = Sha256::new();
+        for t in tables {
+            let mut st = self
+                .conn
+                .prepare(&format!("SELECT * FROM \"{}\"", t.replace('"', "\"\"")))?;
+            let cols = st.column_count();
+            let mut rows: Vec<Vec<u8>> = st
+                .query_map([], |r| {
+                    let mut row = Vec::new();
+                    for i in 0..cols {
+                        let v = r.get_ref(i)?;
+                        let (tag, bytes): (u8, Vec<u8>) = match v {
+                            rusqlite::types::ValueRef::Null => (0, Vec::new()),
+                            rusqlite::types::ValueRef::Integer(n) => (1, n.to_be_bytes().to_vec()),
+                            rusqlite::types::ValueRef::Real(x) => (2, x.to_be_bytes().to_vec()),
+                            rusqlite::types::ValueRef::Text(b) => (3, b.to_vec()),
+                            rusqlite::types::ValueRef::Blob(b) => (4, b.to_vec()),
+                        };
+                        row.push(tag);
+                        row.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+                        row.extend_from_slice(&bytes);
+                    }
+                    Ok(row)
+                })?
+                .collect::<Result<_, _>>()?;
+            rows.sort();
+            h.update((t.len() as u64).to_be_bytes());
+            h.update(t.as_bytes());
+            h.update((rows.len() as u64).to_be_bytes());
+            for r in rows {
+                h.update(&r);
+            }
+        }
+        Ok(h.finalize().into())
+    }
+
     // ---- meta ----
 
     pub(crate) fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

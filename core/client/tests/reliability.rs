@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use qpq_core::{Client, ClientConfig, ErrorCode, Failpoint, StoreKey, Trust};
+use qpq_core::{Client, ClientConfig, ErrorCode, Event, Failpoint, StoreKey, Trust};
 use sha2::Digest;
 
 fn long() -> bool {
@@ -409,4 +409,190 @@ fn l4_tampered_pages_are_detected_not_used() {
         detected > 0,
         "no tampering was detected at all ({unaffected} unaffected)"
     );
+}
+
+/// Delivers one input to `who` and returns its outcome.
+fn inject_one(who: &Client, conv: &[u8; 16], bytes: &[u8]) -> qpq_core::DebugInjected {
+    who.debug_inject(vec![(*conv, bytes.to_vec())])
+        .unwrap()
+        .pop()
+        .unwrap()
+}
+
+/// Asserts that `who` rejects the input with `Crypto` and stores nothing of it.
+fn assert_rejected(who: &Client, conv: &[u8; 16], bytes: &[u8], what: &str) {
+    let o = inject_one(who, conv, bytes);
+    match o.result {
+        Ok(ev) => panic!("{what}: accepted (events {ev:?})"),
+        Err(e) => assert_eq!(e.code(), ErrorCode::Crypto, "{what}: {e}"),
+    }
+    assert!(
+        !o.state_changed,
+        "{what}: rejected, but stored state changed"
+    );
+}
+
+/// F-7: handshake messages that must not move a group: commits from a non-member (fresh
+/// self-updates made from a removed member's pre-removal state), replays of a commit already
+/// merged, and a member's commit of another group delivered under this group: 100 %
+/// rejected with stored state byte-identical (hash over every table, MLS state included).
+/// Controls: the replayed commit was accepted the first time, the foreign commit is accepted
+/// in its own group, and afterwards the members still agree and read each other.
+/// 20 of each kind (100 with QPQ_LONG).
+#[test]
+fn f7_injected_replayed_and_foreign_commits_are_rejected() {
+    let s = TestServer::start();
+    let a = s.user("alice");
+    let b = s.user("bob");
+    let c = s.user("carol");
+    let dave_dir = tempfile::tempdir().unwrap();
+    let dave = s.open(dave_dir.path());
+    dave.register("dave", PW).unwrap();
+    let g = a.create_group("f7", true).unwrap();
+    a.invite(&g, &["bob", "carol", "dave"]).unwrap();
+    for u in [&b.client, &c.client, &dave] {
+        wait_joined(u, &g);
+    }
+    let h = a.create_group("f7 other", true).unwrap();
+    a.invite(&h, &["bob"]).unwrap();
+    wait_joined(&b, &h);
+    dave.close();
+    drop(dave);
+    let stale = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(dave_dir.path()).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), stale.path().join(f.file_name())).unwrap();
+    }
+    a.remove(&g, "dave").unwrap();
+    let epoch = a.conversation(&g).unwrap().epoch;
+    wait_epoch(&b, &g, epoch);
+    wait_epoch(&c, &g, epoch);
+    let rounds = if long() { 100 } else { 20 };
+
+    // Offline copy of dave as he was before removal: nothing listens on port 9.
+    let mut config = ClientConfig::new(
+        stale.path(),
+        StoreKey::Passphrase("store passphrase".into()),
+        "127.0.0.1:9",
+        Trust::PinnedCertDer(s.cert_der.clone()),
+    );
+    config.insecure_fast_kdf = true;
+    let former = Client::open(config).unwrap();
+    for i in 0..rounds {
+        let commit = former.debug_self_update(&g).unwrap();
+        assert_rejected(&b, &g, &commit, &format!("non-member commit {i}"));
+    }
+
+    let mut foreign = Vec::new();
+    for i in 0..rounds {
+        foreign = a.debug_self_update(&h).unwrap();
+        assert_rejected(&b, &g, &foreign, &format!("commit of another group {i}"));
+    }
+    let o = inject_one(&b, &h, &foreign);
+    assert!(
+        o.result.is_ok() && o.state_changed,
+        "control: the foreign commit is valid in its own group: {:?}",
+        o.result
+    );
+
+    let replayed = c.debug_self_update(&g).unwrap();
+    for who in [&a, &b] {
+        let o = inject_one(who, &g, &replayed);
+        assert!(o.result.is_ok(), "control: first delivery: {:?}", o.result);
+    }
+    let epoch = epoch + 1;
+    assert_eq!(a.conversation(&g).unwrap().epoch, epoch);
+    for i in 0..rounds {
+        for who in [&a, &b] {
+            assert_rejected(who, &g, &replayed, &format!("replayed commit {i}"));
+        }
+    }
+    assert_eq!(b.conversation(&g).unwrap().epoch, epoch);
+    // Still one group for alice and bob (carol never merged her own update, so she is the
+    // one left behind; the server never saw the injected commit).
+    let text = a.debug_encrypt(&g, "f7: still one group").unwrap();
+    let o = inject_one(&b, &g, &text);
+    let shown = o.result.unwrap();
+    assert!(
+        shown
+            .iter()
+            .any(|e| matches!(e, Event::Message(m) if m.text == "f7: still one group")),
+        "{shown:?}"
+    );
+}
+
+/// D-6: every message delivered 1–3 times and shuffled within windows of 10, under new
+/// sequence numbers (what a replaying or buggy server would do; the sequence-number check
+/// cannot catch it): each message is shown and stored exactly once, every extra copy is
+/// rejected (its key generation is used) with stored state unchanged, and the group works
+/// across epochs afterwards. 5 epochs × 40 messages (20 × 100 with QPQ_LONG).
+#[test]
+fn d6_duplicated_and_reordered_delivery_shows_each_message_once() {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    use std::collections::HashMap;
+
+    let s = TestServer::start();
+    let a = s.user("alice");
+    let b = s.user("bob");
+    let g = a.create_group("d6", true).unwrap();
+    a.invite(&g, &["bob"]).unwrap();
+    wait_joined(&b, &g);
+    let (epochs, per_epoch) = if long() { (20, 100) } else { (5, 40) };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let mut shown: HashMap<String, usize> = HashMap::new();
+    let (mut delivered, mut rejected) = (0usize, 0usize);
+    for e in 0..epochs {
+        let texts: Vec<String> = (0..per_epoch).map(|i| format!("d6 {e}.{i}")).collect();
+        let cts: Vec<Vec<u8>> = texts
+            .iter()
+            .map(|t| a.debug_encrypt(&g, t).unwrap())
+            .collect();
+        let mut order: Vec<usize> = (0..per_epoch)
+            .flat_map(|i| std::iter::repeat_n(i, rng.gen_range(1..=3)))
+            .collect();
+        for w in order.chunks_mut(10) {
+            w.shuffle(&mut rng);
+        }
+        delivered += order.len();
+        let out = b
+            .debug_inject(order.iter().map(|&i| (g, cts[i].clone())).collect())
+            .unwrap();
+        for (&i, o) in order.iter().zip(out) {
+            match o.result {
+                Ok(events) => {
+                    assert!(o.state_changed, "an accepted message is stored");
+                    for ev in events {
+                        if let Event::Message(m) = ev {
+                            assert_eq!(m.text, texts[i]);
+                            *shown.entry(m.text).or_default() += 1;
+                        }
+                    }
+                }
+                Err(err) => {
+                    assert_eq!(err.code(), ErrorCode::Crypto, "{err}");
+                    assert!(!o.state_changed, "a rejected copy changed stored state");
+                    rejected += 1;
+                }
+            }
+        }
+        a.rotate_keys(&g).unwrap();
+        wait_epoch(&b, &g, a.conversation(&g).unwrap().epoch);
+    }
+    let total = epochs * per_epoch;
+    assert_eq!(shown.len(), total, "every message shown");
+    assert!(shown.values().all(|&n| n == 1), "no message shown twice");
+    assert_eq!(rejected, delivered - total, "every extra copy rejected");
+    let stored = b.messages(&g, 100_000, None).unwrap();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for m in &stored {
+        *counts.entry(m.text.as_str()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), total);
+    assert!(counts.values().all(|&n| n == 1), "stored exactly once");
+    println!(
+        "D-6: {total} messages, {delivered} deliveries, {rejected} copies rejected, 0 shown twice"
+    );
+    assert_same_group(&a, &b, &g, "after redelivery");
+    assert_same_group(&b, &a, &g, "after redelivery, other way");
 }
