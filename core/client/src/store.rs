@@ -101,6 +101,22 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Argon2id for passphrase keys: RFC 9106's second recommended option (t = 3, p = 4,
+/// m = 64 MiB, 256-bit output; the salt is 128 bits). `fast` is the test-only cheap cost.
+fn kdf(fast: bool) -> Result<argon2::Argon2<'static>, StoreError> {
+    let params = if fast {
+        argon2::Params::new(256, 1, 1, Some(32))
+    } else {
+        argon2::Params::new(64 * 1024, 3, 4, Some(32))
+    }
+    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        params,
+    ))
+}
+
 fn derive_key(
     data_dir: &Path,
     key: &StoreKey,
@@ -126,14 +142,7 @@ fn derive_key(
             if salt.len() != 16 {
                 return Err(StoreError::Corrupt("the salt file is not 16 bytes".into()));
             }
-            let params = if fast {
-                argon2::Params::new(256, 1, 1, Some(32))
-            } else {
-                argon2::Params::new(64 * 1024, 3, 4, Some(32))
-            }
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let argon =
-                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let argon = kdf(fast)?;
             let mut out = Zeroizing::new([0u8; 32]);
             argon
                 .hash_password_into(p.as_bytes(), &salt, &mut out[..])
@@ -609,5 +618,32 @@ impl Store {
             out.push(r?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// L-3: the production store KDF is Argon2id v1.3 with at least RFC 9106's second
+    /// recommended option, and the salt file holds 128 random bits.
+    #[test]
+    fn l3_passphrase_kdf_parameters() {
+        let argon = kdf(false).expect("production parameters are valid");
+        let p = argon.params();
+        assert_eq!(
+            (p.m_cost(), p.t_cost(), p.p_cost(), p.output_len()),
+            (64 * 1024, 3, 4, Some(32))
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = StoreKey::Passphrase("l3".into());
+        let a = derive_key(dir.path(), &key, true, true).expect("derive");
+        let salt = std::fs::read(dir.path().join(SALT_FILE)).expect("salt file");
+        assert_eq!(salt.len(), 16);
+        let again = derive_key(dir.path(), &key, true, false).expect("derive again");
+        assert_eq!(*a, *again, "the salt is reused, so the key is stable");
+        let other = tempfile::tempdir().expect("temp dir");
+        let b = derive_key(other.path(), &key, true, true).expect("derive");
+        assert_ne!(*a, *b, "each store has its own salt");
     }
 }
