@@ -97,6 +97,14 @@ options! {
     max_queue_depth: u64 = "QPQ_MAX_QUEUE_DEPTH", 10_000;
     /// KeyPackages stored per device.
     max_key_packages: u64 = "QPQ_MAX_KEY_PACKAGES", 100;
+    /// KeyPackages one device may fetch of one other device in a burst (K-2: a token bucket
+    /// per (requester device, target device), like Signal's PRE_KEYS limit); past it
+    /// FetchKeyPackage answers RateLimited with retry_after_ms (0 = no limit). Every call
+    /// takes a token, also one that finds no KeyPackage.
+    key_package_fetch_burst: u32 = "QPQ_KEY_PACKAGE_FETCH_BURST", 6;
+    /// Milliseconds to refill one token of that bucket (default 10 minutes): an attacker
+    /// drains at most burst + elapsed / refill KeyPackages of one device per device it holds.
+    key_package_fetch_refill_ms: u64 = "QPQ_KEY_PACKAGE_FETCH_REFILL_MS", 10 * 60 * 1000;
     /// Devices per account.
     max_devices: usize = "QPQ_MAX_DEVICES", 5;
     /// Sustained requests per second per account.
@@ -163,6 +171,11 @@ impl Config {
         Duration::from_secs(self.login_failure_window_secs)
     }
 
+    /// The KeyPackage fetch bucket's refill rate, in tokens per second.
+    pub fn key_package_fetch_per_sec(&self) -> f64 {
+        1000.0 / self.key_package_fetch_refill_ms.max(1) as f64
+    }
+
     /// The registration window as a duration.
     pub fn registration_window(&self) -> Duration {
         Duration::from_secs(self.registration_window_secs)
@@ -207,5 +220,8 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.listen.port(), 5001);
         assert_eq!(c.db_path(), PathBuf::from("data/qpq.db"));
+        assert_eq!(c.key_package_fetch_burst, 6);
+        assert_eq!(c.key_package_fetch_refill_ms, 600_000);
+        assert_eq!(c.key_package_fetch_per_sec(), 1.0 / 600.0);
     }
 }

@@ -7,39 +7,85 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Buckets a [`RateLimiter`] keeps unless told otherwise ([`RateLimiter::bounded`]).
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
 /// Token buckets keyed by `K`: `burst` tokens, refilled at `per_sec`.
+///
+/// Memory is bounded: at most `max_keys` buckets. When a new key arrives at the cap, full
+/// buckets are forgotten first (a forgotten bucket comes back full, so that changes nothing);
+/// if that frees less than a tenth of the cap, the fullest tenth is forgotten, so a key that
+/// was drained (an attacker's) is the last to be forgotten and the sweep runs at most once per
+/// `max_keys / 10` new keys.
 pub struct RateLimiter<K> {
     per_sec: f64,
     burst: f64,
+    max_keys: usize,
     buckets: Mutex<HashMap<K, (f64, Instant)>>,
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
-    /// A limiter allowing `burst` at once and `per_sec` sustained.
+    /// A limiter allowing `burst` at once and `per_sec` sustained, over at most
+    /// [`DEFAULT_MAX_KEYS`] keys.
     pub fn new(per_sec: f64, burst: f64) -> Self {
+        Self::bounded(per_sec, burst, DEFAULT_MAX_KEYS)
+    }
+
+    /// [`RateLimiter::new`] keeping at most `max_keys` buckets (at least 10).
+    pub fn bounded(per_sec: f64, burst: f64, max_keys: usize) -> Self {
         RateLimiter {
             per_sec: per_sec.max(0.0),
             burst: burst.max(1.0),
+            max_keys: max_keys.max(10),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Buckets held right now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no bucket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (f64, Instant)>> {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tokens of a bucket at `now`.
+    fn level(&self, tokens: f64, at: Instant, now: Instant) -> f64 {
+        (tokens + now.saturating_duration_since(at).as_secs_f64() * self.per_sec).min(self.burst)
+    }
+
+    /// Frees room for new keys (see the type's doc).
+    fn sweep(&self, b: &mut HashMap<K, (f64, Instant)>, now: Instant) {
+        b.retain(|_, (tokens, at)| self.level(*tokens, *at, now) < self.burst);
+        let target = self.max_keys - self.max_keys / 10;
+        if b.len() <= target {
+            return;
+        }
+        let mut levels: Vec<f64> = b
+            .values()
+            .map(|(tokens, at)| self.level(*tokens, *at, now))
+            .collect();
+        let k = b.len() - target;
+        // The k-th fullest level: buckets at or above it go (ties may take a few more).
+        let (_, cut, _) = levels.select_nth_unstable_by(k - 1, |x, y| y.total_cmp(x));
+        let cut = *cut;
+        b.retain(|_, (tokens, at)| self.level(*tokens, *at, now) < cut);
+    }
+
     /// Takes one token at `now`; `Err(wait)` says how long until one is available.
     pub fn check_at(&self, key: &K, now: Instant) -> Result<(), Duration> {
-        let mut b = match self.buckets.lock() {
-            Ok(b) => b,
-            Err(p) => p.into_inner(),
-        };
-        if b.len() > 100_000 {
-            // Forget full buckets so the map stays bounded.
-            let (burst, rate) = (self.burst, self.per_sec);
-            b.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
-            });
+        let mut b = self.lock();
+        if b.len() >= self.max_keys && !b.contains_key(key) {
+            self.sweep(&mut b, now);
         }
         let (tokens, at) = b.entry(key.clone()).or_insert((self.burst, now));
-        let refill = now.saturating_duration_since(*at).as_secs_f64() * self.per_sec;
-        *tokens = (*tokens + refill).min(self.burst);
+        *tokens = self.level(*tokens, *at, now);
         *at = (*at).max(now);
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -200,6 +246,35 @@ mod tests {
         assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO);
         assert!(l.check_at(&2u8, t0).is_ok(), "other keys are independent");
         assert!(l.check_at(&1u8, t0 + Duration::from_millis(100)).is_ok());
+    }
+
+    #[test]
+    fn buckets_stay_bounded_and_drained_ones_are_forgotten_last() {
+        let l = RateLimiter::bounded(1.0 / 600.0, 6.0, 100);
+        let t0 = Instant::now();
+        // Key 0 is drained (an attacker's pair); keys 1.. each take one token.
+        for _ in 0..6 {
+            assert!(l.check_at(&0u32, t0).is_ok());
+        }
+        assert!(l.check_at(&0u32, t0).is_err());
+        for k in 1..10_000u32 {
+            let _ = l.check_at(&k, t0);
+            assert!(l.len() <= 100, "at most max_keys buckets");
+        }
+        assert!(
+            l.check_at(&0u32, t0).is_err(),
+            "the drained bucket survived every sweep"
+        );
+        // An hour later the old buckets are full again: the next sweep forgets them.
+        let later = t0 + Duration::from_secs(3600);
+        let mut k = 20_000u32;
+        while l.len() < 100 {
+            let _ = l.check_at(&k, later);
+            k += 1;
+        }
+        let fresh = (k - 20_000) as usize;
+        assert!(l.check_at(&k, later).is_ok());
+        assert!(l.len() <= fresh + 1, "every refilled bucket was forgotten");
     }
 
     #[test]

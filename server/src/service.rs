@@ -22,11 +22,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::Config;
+use crate::key_package::{self, KeyPackageError};
 use crate::limits::{FailureWindow, RateLimiter};
 use crate::metrics::Metrics;
 use crate::storage::{
-    AccountId, BlobChunk, ChannelId, ChannelKind, DeviceId, EnqueueOp, Key32, QueuedMessage,
-    Session, Storage, StorageError,
+    AccountId, BlobChunk, ChannelId, ChannelKind, DeviceId, EnqueueOp, Key32, NewKeyPackage,
+    QueuedMessage, Session, Storage, StorageError,
 };
 
 /// Payloads up to this size travel inside the push event; larger ones are fetched.
@@ -37,8 +38,9 @@ const FETCH_MAX: usize = 1000;
 const FETCH_MAX_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
 /// Largest DownloadBlob chunk.
 const BLOB_CHUNK_MAX: u64 = 1024 * 1024;
-/// Largest KeyPackage.
-const KEY_PACKAGE_MAX: usize = 1024 * 1024;
+/// (requester device, target device) pairs whose KeyPackage fetch bucket is remembered at
+/// most (about 16 MiB); see [`RateLimiter`] for what is forgotten first.
+const KEY_PACKAGE_FETCH_PAIRS_MAX: usize = 250_000;
 /// Largest channel metadata.
 const METADATA_MAX: usize = 64 * 1024;
 /// How long a LoginStart state waits for its LoginFinish.
@@ -164,6 +166,8 @@ pub struct Service {
     login_failures_account: FailureWindow<String>,
     login_failures_ip: FailureWindow<IpAddr>,
     registrations_ip: FailureWindow<IpAddr>,
+    /// K-2: FetchKeyPackage tokens per (requester device, target device key).
+    key_package_fetches: RateLimiter<(DeviceId, Key32)>,
     fetch_waits: AtomicUsize,
     started: Instant,
     draining: AtomicBool,
@@ -264,6 +268,11 @@ impl Service {
             registrations_ip: FailureWindow::new(
                 config.registrations_per_ip,
                 config.registration_window(),
+            ),
+            key_package_fetches: RateLimiter::bounded(
+                config.key_package_fetch_per_sec(),
+                f64::from(config.key_package_fetch_burst),
+                KEY_PACKAGE_FETCH_PAIRS_MAX,
             ),
             fetch_waits: AtomicUsize::new(0),
             store,
@@ -520,22 +529,12 @@ impl Service {
             }
             method::UPLOAD_KEY_PACKAGE => {
                 let r = v1::UploadKeyPackageRequest::decode(p)?;
-                for kp in &r.key_packages {
-                    if kp.is_empty() {
-                        return Err(Fail::bad("a KeyPackage is never empty"));
-                    }
-                    if kp.len() > KEY_PACKAGE_MAX {
-                        return Err(Fail::new(
-                            Status::PayloadTooLarge,
-                            "a KeyPackage is at most 1 MiB",
-                        ));
-                    }
-                }
                 let n = r.key_packages.len() as u64;
                 let cap = self.config.max_key_packages;
                 let suite = r.ciphersuite;
+                let packages = validate_key_packages(r, &s.device_key).await?;
                 let stored = self
-                    .db(move |st| st.add_key_packages(s.device_id, suite, r.key_packages, cap))
+                    .db(move |st| st.add_key_packages(s.device_id, suite, packages, cap))
                     .await?;
                 self.metrics
                     .key_package_upload_total
@@ -545,6 +544,13 @@ impl Service {
             method::FETCH_KEY_PACKAGE => {
                 let r = v1::FetchKeyPackageRequest::decode(p)?;
                 let dk = key32(&r.device_key, "device_key")?;
+                if self.config.key_package_fetch_burst > 0 {
+                    if let Err(wait) = self.key_package_fetches.check(&(s.device_id, dk)) {
+                        let mut f = self.rate_limited(wait);
+                        f.message = "too many KeyPackages fetched of that device; try later".into();
+                        return Err(f);
+                    }
+                }
                 let suite = r.ciphersuite;
                 let kp = self.db(move |st| st.pop_key_package(&dk, suite)).await?;
                 let kp = kp.ok_or_else(|| {
@@ -1264,6 +1270,44 @@ impl Service {
         }
         ok(v1::UploadBlobResponse { received, complete })
     }
+}
+
+/// K-3: parses and checks every KeyPackage of an upload (off the async threads: signature
+/// checks of 100 KeyPackages take milliseconds); one bad KeyPackage refuses the whole upload.
+async fn validate_key_packages(
+    r: v1::UploadKeyPackageRequest,
+    device_key: &Key32,
+) -> Result<Vec<NewKeyPackage>, Fail> {
+    if r.key_packages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dk = *device_key;
+    let checked = tokio::task::spawn_blocking(move || {
+        key_package::validate_upload(&r.key_packages, r.ciphersuite, &dk, SystemTime::now()).map(
+            |valid| {
+                r.key_packages
+                    .into_iter()
+                    .zip(valid)
+                    .map(|(data, v)| NewKeyPackage {
+                        data,
+                        init_key_hash: v.init_key_hash,
+                    })
+                    .collect()
+            },
+        )
+    })
+    .await
+    .map_err(|_| Fail::new(Status::Internal, "validation task failed"))?;
+    checked.map_err(|(i, e)| {
+        let status = match e {
+            KeyPackageError::TooLarge { .. } => Status::PayloadTooLarge,
+            _ => Status::BadRequest,
+        };
+        Fail::new(
+            status,
+            format!("KeyPackage {i} refused: {e}; nothing of the upload was stored"),
+        )
+    })
 }
 
 /// Counts a parked FetchWait for as long as it lives (also when the call is cancelled).

@@ -4,11 +4,22 @@
 //!
 //! What it will not do: reconnect, retry, or anything a real client needs. Applications use
 //! `qpq-core`; this exists so tests speak the wire protocol directly.
+//!
+//! It also builds real openmls KeyPackages ([`KeyPackageSpec`]), since the server validates
+//! every upload.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use openmls::prelude::tls_codec::Serialize as _;
+use openmls::prelude::{
+    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, Extension, ExtensionType,
+    Extensions, KeyPackage, Lifetime, SignatureScheme,
+};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
 
 use bytes::Bytes;
 use prost::Message;
@@ -259,6 +270,31 @@ impl Conn {
         Bytes::copy_from_slice(&self.device.public_key())
     }
 
+    /// `n` real KeyPackages of `suite` for this device, as `qpq-core` makes them.
+    pub fn key_packages(&self, suite: Ciphersuite, n: usize) -> Vec<Bytes> {
+        (0..n)
+            .map(|_| KeyPackageSpec::new(&self.device, suite).build())
+            .collect()
+    }
+
+    /// Uploads `n` fresh KeyPackages of `suite`; returns the count the server now stores.
+    pub async fn upload_key_packages(
+        &self,
+        suite: Ciphersuite,
+        n: usize,
+    ) -> Result<u64, CallError> {
+        let r: v1::UploadKeyPackageResponse = self
+            .call(
+                method::UPLOAD_KEY_PACKAGE,
+                &v1::UploadKeyPackageRequest {
+                    key_packages: self.key_packages(suite, n),
+                    ciphersuite: suite_id(suite),
+                },
+            )
+            .await?;
+        Ok(r.stored)
+    }
+
     /// Creates a group channel with the given members.
     pub async fn group(&self, members: &[&Conn]) -> Bytes {
         let r: v1::CreateChannelResponse = self
@@ -355,5 +391,90 @@ pub fn status_of<T>(r: Result<T, CallError>) -> Status {
     match r {
         Ok(_) => Status::Ok,
         Err(e) => e.status,
+    }
+}
+
+/// The classic ciphersuite of `qpq-core` (0x0001).
+pub const CLASSIC: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// The post-quantum (X-Wing) ciphersuite of `qpq-core` (0x004f).
+pub const PQ: Ciphersuite = Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519;
+
+/// A ciphersuite as the wire's `ciphersuite` field carries it.
+pub fn suite_id(suite: Ciphersuite) -> u32 {
+    u32::from(u16::from(suite))
+}
+
+/// What a test KeyPackage claims. [`KeyPackageSpec::new`] gives one that the server accepts
+/// from `device` (the shape `qpq-core` uploads); change fields to build the ones it must not.
+pub struct KeyPackageSpec<'a> {
+    /// The KeyPackage's ciphersuite.
+    pub suite: Ciphersuite,
+    /// The Ed25519 key that signs (the leaf's and the KeyPackage's signature).
+    pub signer: &'a IdentityKey,
+    /// The leaf's signature key (normally the signer's public key).
+    pub signature_key: [u8; 32],
+    /// The BasicCredential identity (normally the device's public key).
+    pub identity: [u8; 32],
+    /// Lifetime; openmls' default (now − 1 h to now + 12 weeks) when `None`.
+    pub lifetime: Option<Lifetime>,
+    /// Extra KeyPackage extensions (each also listed in the leaf's capabilities).
+    pub extensions: Vec<Extension>,
+}
+
+impl<'a> KeyPackageSpec<'a> {
+    /// A valid KeyPackage of `device` for `suite`.
+    pub fn new(device: &'a IdentityKey, suite: Ciphersuite) -> KeyPackageSpec<'a> {
+        KeyPackageSpec {
+            suite,
+            signer: device,
+            signature_key: device.public_key(),
+            identity: device.public_key(),
+            lifetime: None,
+            extensions: Vec::new(),
+        }
+    }
+
+    /// Builds and TLS-encodes the KeyPackage (private parts are dropped).
+    pub fn build(&self) -> Bytes {
+        let provider = OpenMlsRustCrypto::default();
+        let signer = SignatureKeyPair::from_raw(
+            SignatureScheme::ED25519,
+            self.signer.to_bytes().to_vec(),
+            self.signer.public_key().to_vec(),
+        );
+        let mut suites = vec![CLASSIC, PQ];
+        if !suites.contains(&self.suite) {
+            suites.push(self.suite);
+        }
+        let types: Vec<ExtensionType> =
+            self.extensions.iter().map(|e| e.extension_type()).collect();
+        let mut builder = KeyPackage::builder().leaf_node_capabilities(Capabilities::new(
+            None,
+            Some(&suites),
+            Some(&types),
+            None,
+            None,
+        ));
+        if let Some(l) = self.lifetime {
+            builder = builder.key_package_lifetime(l);
+        }
+        if !self.extensions.is_empty() {
+            builder = builder.key_package_extensions(
+                Extensions::from_vec(self.extensions.clone()).expect("testkit setup"),
+            );
+        }
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(self.identity.to_vec()).into(),
+            signature_key: self.signature_key.to_vec().into(),
+        };
+        let bundle = builder
+            .build(self.suite, &provider, &signer, credential)
+            .expect("testkit setup");
+        Bytes::from(
+            bundle
+                .key_package()
+                .tls_serialize_detached()
+                .expect("testkit setup"),
+        )
     }
 }

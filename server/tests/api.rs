@@ -612,27 +612,26 @@ async fn key_packages_are_single_use_and_hybrid_keys_validated() {
     let s = TestServer::start_with(|c| c.max_key_packages = 5).await;
     let a = s.user("alice").await;
     let b = s.user("bob").await;
-    let up = |kps: Vec<&'static [u8]>| v1::UploadKeyPackageRequest {
-        key_packages: kps.into_iter().map(Bytes::from_static).collect(),
-        ciphersuite: 1,
+    let up = |kps: Vec<Bytes>| v1::UploadKeyPackageRequest {
+        key_packages: kps,
+        ciphersuite: suite_id(CLASSIC),
     };
     // Another suite is counted and handed out separately.
+    let pq_kp = a.key_packages(PQ, 1);
     let pq: v1::UploadKeyPackageResponse = a
         .call(
             method::UPLOAD_KEY_PACKAGE,
             &v1::UploadKeyPackageRequest {
-                key_packages: vec![Bytes::from_static(b"pq1")],
-                ciphersuite: 0x4d,
+                key_packages: pq_kp.clone(),
+                ciphersuite: suite_id(PQ),
             },
         )
         .await
         .unwrap();
     assert_eq!(pq.stored, 1);
+    let classic = a.key_packages(CLASSIC, 3);
     let r: v1::UploadKeyPackageResponse = a
-        .call(
-            method::UPLOAD_KEY_PACKAGE,
-            &up(vec![b"kp1", b"kp2", b"kp3"]),
-        )
+        .call(method::UPLOAD_KEY_PACKAGE, &up(classic.clone()))
         .await
         .unwrap();
     assert_eq!(r.stored, 3);
@@ -643,8 +642,11 @@ async fn key_packages_are_single_use_and_hybrid_keys_validated() {
     assert_eq!(count.stored, 3, "an empty upload reports the count");
     assert_eq!(
         status_of(
-            a.call::<_, v1::UploadKeyPackageResponse>(method::UPLOAD_KEY_PACKAGE, &up(vec![b""]))
-                .await
+            a.call::<_, v1::UploadKeyPackageResponse>(
+                method::UPLOAD_KEY_PACKAGE,
+                &up(vec![Bytes::new()])
+            )
+            .await
         ),
         Status::BadRequest
     );
@@ -652,7 +654,7 @@ async fn key_packages_are_single_use_and_hybrid_keys_validated() {
         status_of(
             a.call::<_, v1::UploadKeyPackageResponse>(
                 method::UPLOAD_KEY_PACKAGE,
-                &up(vec![b"a", b"b", b"c"])
+                &up(a.key_packages(CLASSIC, 3))
             )
             .await
         ),
@@ -682,14 +684,9 @@ async fn key_packages_are_single_use_and_hybrid_keys_validated() {
         got.push(r.key_package);
     }
     got.sort();
-    assert_eq!(
-        got,
-        [
-            Bytes::from_static(b"kp1"),
-            Bytes::from_static(b"kp2"),
-            Bytes::from_static(b"kp3")
-        ]
-    );
+    let mut want = classic;
+    want.sort();
+    assert_eq!(got, want);
     assert_eq!(
         status_of(
             b.call::<_, v1::FetchKeyPackageResponse>(method::FETCH_KEY_PACKAGE, &fetch)
@@ -702,12 +699,12 @@ async fn key_packages_are_single_use_and_hybrid_keys_validated() {
             method::FETCH_KEY_PACKAGE,
             &v1::FetchKeyPackageRequest {
                 device_key: a.device_key(),
-                ciphersuite: 0x4d,
+                ciphersuite: suite_id(PQ),
             },
         )
         .await
         .unwrap();
-    assert_eq!(&pq.key_package[..], b"pq1");
+    assert_eq!(pq.key_package, pq_kp[0]);
     assert_eq!(
         status_of(
             b.call::<_, v1::FetchKeyPackageResponse>(
@@ -1047,8 +1044,8 @@ async fn delete_account_purges_everything_and_kills_tokens() {
         .call(
             method::UPLOAD_KEY_PACKAGE,
             &v1::UploadKeyPackageRequest {
-                key_packages: vec![Bytes::from_static(b"kp")],
-                ciphersuite: 0,
+                key_packages: a.key_packages(CLASSIC, 1),
+                ciphersuite: suite_id(CLASSIC),
             },
         )
         .await
@@ -1082,7 +1079,7 @@ async fn delete_account_purges_everything_and_kills_tokens() {
                 method::FETCH_KEY_PACKAGE,
                 &v1::FetchKeyPackageRequest {
                     device_key: a.device_key(),
-                    ciphersuite: 0
+                    ciphersuite: suite_id(CLASSIC)
                 }
             )
             .await

@@ -225,10 +225,9 @@ async fn fetch_kp(c: &Conn, device: &Bytes, suite: u32) -> Result<Bytes, CallErr
     .map(|r| r.key_package)
 }
 
-fn kps(tag: u8, n: usize) -> Vec<Bytes> {
-    (0..n)
-        .map(|i| Bytes::from(format!("kp-{tag}-{i:04}-{}", "x".repeat(200))))
-        .collect()
+/// `n` real classic-suite KeyPackages of `c`'s device.
+fn kps(c: &Conn, n: usize) -> Vec<Bytes> {
+    c.key_packages(CLASSIC, n)
 }
 
 /// Waits (polling a gauge, 1 ms steps) until `cond` holds; panics after `limit`.
@@ -428,7 +427,7 @@ async fn a4_unauthenticated_calls_are_refused_and_change_nothing() {
     for i in 0..5 {
         a.send(&ch, i, b"hello").await.unwrap();
     }
-    upload_kps(&b, 1, kps(1, 10)).await.unwrap();
+    upload_kps(&b, 1, kps(&b, 10)).await.unwrap();
     let mut gone = s.user("carol").await;
     let dead_token = gone.token.clone().unwrap();
     let _: v1::LogoutResponse = gone
@@ -987,16 +986,18 @@ async fn a9_registrations_are_limited_per_ip() {
 /// K-1: single use under concurrency. The target uploads 100 KeyPackages; 50 concurrent clients
 /// (50 connections over 10 accounts) fetch 20 times each (1,000 fetches): exactly 100 distinct
 /// KeyPackages handed out, 0 duplicates, the other 900 NotFound, directory count 0 after.
+/// (The K-2 per-pair fetch limit is off here: 10 fetching devices would get only 60.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k1_key_packages_are_single_use_under_concurrency() {
     let s = TestServer::start_with(|c| {
+        c.key_package_fetch_burst = 0;
         c.max_connections_per_ip = 100;
         c.auth_rate_per_sec = 1e9;
         c.auth_rate_burst = 1e9;
     })
     .await;
     let target = s.user("target").await;
-    let uploaded = kps(7, 100);
+    let uploaded = kps(&target, 100);
     assert_eq!(upload_kps(&target, 1, uploaded.clone()).await.unwrap(), 100);
     let accounts = users(&s, "fetcher", 10).await;
     let dk = target.device_key();
@@ -1047,29 +1048,361 @@ async fn k4_key_packages_are_capped_per_device() {
     assert_eq!(s.service.config().max_key_packages, 100);
     let a = s.user("alice").await;
     let b = s.user("bob").await;
-    assert_eq!(upload_kps(&a, 1, kps(1, 60)).await.unwrap(), 60);
-    let e = upload_kps(&a, 1, kps(2, 41)).await.unwrap_err();
+    assert_eq!(upload_kps(&a, 1, kps(&a, 60)).await.unwrap(), 60);
+    let e = upload_kps(&a, 1, kps(&a, 41)).await.unwrap_err();
     assert_eq!(
         e.status,
         Status::Forbidden,
         "a batch crossing the cap is refused whole"
     );
-    assert_eq!(upload_kps(&a, 1, kps(3, 40)).await.unwrap(), 100);
-    let e = upload_kps(&a, 1, kps(4, 1)).await.unwrap_err();
+    assert_eq!(upload_kps(&a, 1, kps(&a, 40)).await.unwrap(), 100);
+    let e = upload_kps(&a, 1, kps(&a, 1)).await.unwrap_err();
     assert_eq!(e.status, Status::Forbidden);
     let kp_rows = "SELECT count(*) FROM key_packages";
     assert_eq!(count(&s.db_path(), kp_rows), 100);
     assert_eq!(
-        upload_kps(&a, 0x4F, kps(5, 100)).await.unwrap(),
+        upload_kps(&a, 0x4F, a.key_packages(PQ, 100)).await.unwrap(),
         100,
         "per suite"
     );
     assert_eq!(count(&s.db_path(), kp_rows), 200);
     fetch_kp(&b, &a.device_key(), 1).await.unwrap();
-    assert_eq!(upload_kps(&a, 1, kps(6, 1)).await.unwrap(), 100);
+    assert_eq!(upload_kps(&a, 1, kps(&a, 1)).await.unwrap(), 100);
     assert_eq!(
-        upload_kps(&a, 1, kps(7, 1)).await.unwrap_err().status,
+        upload_kps(&a, 1, kps(&a, 1)).await.unwrap_err().status,
         Status::Forbidden
+    );
+}
+
+/// Fetches `target`'s KeyPackages as `c` until `stop`: (KeyPackages got, RateLimited answers,
+/// largest retry_after_ms seen). Any other answer fails the test.
+async fn drain_kps(
+    c: &Conn,
+    target: &Bytes,
+    mut stop: impl FnMut(usize) -> bool,
+) -> (Vec<Bytes>, usize, u64) {
+    let (mut got, mut limited, mut retry) = (Vec::new(), 0, 0);
+    let mut calls = 0;
+    while !stop(calls) {
+        calls += 1;
+        match fetch_kp(c, target, 1).await {
+            Ok(kp) => got.push(kp),
+            Err(e) => {
+                assert_eq!(e.status, Status::RateLimited, "{}", e.message);
+                assert!(e.retry_after_ms > 0, "RateLimited carries retry_after_ms");
+                limited += 1;
+                retry = retry.max(e.retry_after_ms);
+            }
+        }
+    }
+    (got, limited, retry)
+}
+
+/// K-2: KeyPackage exhaustion by an authenticated attacker. The victim stores 100 KeyPackages.
+/// With the defaults (bucket 6 per (requester device → target device), refill 1 per 10 min)
+/// the attacker's device fetches 100 times: it gets 6 of 100, the other 94 answer RateLimited
+/// with retry_after ≤ 10 min; the victim's contact (another device) still gets its KeyPackage
+/// at once, and 93 stay stored. The bucket is per requester *device*: a second device of the
+/// attacker's account has its own 6. With the refill shortened to 250 ms (the
+/// `key_package_fetch_refill_ms` knob) the attacker hammering for t ≈ 2 s gets more than 6
+/// and at most 6 + t / 250 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k2_an_attacker_drains_at_most_the_bucket_of_key_packages() {
+    let s = TestServer::start().await;
+    assert_eq!(s.service.config().key_package_fetch_burst, 6);
+    assert_eq!(s.service.config().key_package_fetch_refill_ms, 600_000);
+    let victim = s.user("victim").await;
+    let attacker = s.user("attacker").await;
+    let contact = s.user("contact").await;
+    assert_eq!(
+        upload_kps(&victim, 1, kps(&victim, 100)).await.unwrap(),
+        100
+    );
+    let vk = victim.device_key();
+    let (got, limited, retry) = drain_kps(&attacker, &vk, |n| n == 100).await;
+    assert_eq!((got.len(), limited), (6, 94), "attacker got 6 of 100");
+    assert!(
+        retry > 9 * 60 * 1000 && retry <= 10 * 60 * 1000,
+        "retry after the refill: {retry} ms"
+    );
+    let legit = fetch_kp(&contact, &vk, 1)
+        .await
+        .expect("the contact still gets one");
+    assert!(!got.contains(&legit));
+    assert_eq!(count(&s.db_path(), "SELECT count(*) FROM key_packages"), 93);
+    let mut second = s.connect().await;
+    second.login("attacker", PW).await.unwrap();
+    let (got2, _, _) = drain_kps(&second, &vk, |n| n == 20).await;
+    assert_eq!(
+        got2.len(),
+        6,
+        "a second device of the attacker has its own bucket"
+    );
+    eprintln!(
+        "K-2: attacker got {} of 100 in 100 calls (94 RateLimited, retry {retry} ms); contact got 1",
+        got.len()
+    );
+    s.stop().await;
+
+    let refill = 250u64;
+    let s = TestServer::start_with(|c| {
+        c.key_package_fetch_refill_ms = refill;
+        c.rate_limit_per_sec = 1e6;
+        c.rate_limit_burst = 1e6;
+    })
+    .await;
+    let victim = s.user("victim").await;
+    let attacker = s.user("attacker").await;
+    upload_kps(&victim, 1, kps(&victim, 100)).await.unwrap();
+    let t0 = Instant::now();
+    let (got, limited, _) = drain_kps(&attacker, &victim.device_key(), |_| {
+        t0.elapsed() >= Duration::from_secs(2)
+    })
+    .await;
+    let t = t0.elapsed();
+    let bound = 6 + (t.as_millis() as u64 / refill) as usize;
+    assert!(
+        got.len() > 6 && got.len() <= bound,
+        "attacker got {} in {t:?}; bound 6 + t/{refill} ms = {bound}",
+        got.len()
+    );
+    eprintln!(
+        "K-2 (refill {refill} ms): attacker got {} in {:.2} s over {} calls (bound {bound})",
+        got.len(),
+        t.as_secs_f64(),
+        got.len() + limited
+    );
+}
+
+/// `kp` (classic suite, signed by `signer`) with its init key replaced by the one of `from`,
+/// re-signed: a KeyPackage valid in every way but sharing `from`'s init key. KeyPackageTBS is
+/// version (2) | suite (2) | init_key (0x20 + 32) | ...; the signature (0x4040 + 64) ends it
+/// (MLS variable-length vectors: 1-byte length below 64, 2 bytes with prefix 01 below 2^14).
+fn with_init_key_of(kp: &[u8], from: &[u8], signer: &qpq_crypto::identity::IdentityKey) -> Bytes {
+    assert_eq!((kp[4], from[4]), (0x20, 0x20), "an X25519 init key");
+    let split = kp.len() - 66;
+    assert_eq!(
+        kp[split..split + 2],
+        [0x40, 0x40],
+        "an Ed25519 signature ends the KeyPackage"
+    );
+    let mut tbs = kp[..split].to_vec();
+    tbs[5..37].copy_from_slice(&from[5..37]);
+    // SignWithLabel: SignContent { opaque label<V> = "MLS 1.0 KeyPackageTBS"; opaque content<V> }.
+    let label = b"MLS 1.0 KeyPackageTBS";
+    let mut content = vec![label.len() as u8];
+    content.extend_from_slice(label);
+    assert!(tbs.len() < 1 << 14);
+    content.extend_from_slice(&(0x4000u16 | tbs.len() as u16).to_be_bytes());
+    content.extend_from_slice(&tbs);
+    tbs.extend_from_slice(&[0x40, 0x40]);
+    tbs.extend_from_slice(&signer.sign(&content));
+    Bytes::from(tbs)
+}
+
+/// Whether openmls alone accepts `kp` (signatures, lifetime, extensions).
+fn openmls_accepts(kp: &[u8]) -> bool {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    openmls::prelude::KeyPackageIn::tls_deserialize_exact(kp)
+        .ok()
+        .and_then(|k| {
+            k.validate(
+                &openmls_rust_crypto::RustCrypto::default(),
+                openmls::prelude::ProtocolVersion::Mls10,
+            )
+            .ok()
+        })
+        .is_some()
+}
+
+/// K-3: upload validation. Each kind of bad KeyPackage is uploaded alone and hidden at a
+/// random place among 9 valid ones, 5 rounds with fresh KeyPackages (`QPQ_LONG=1`: 50):
+/// foreign ciphersuite (0x0003, declared as itself and as 0x0001), a classic KeyPackage
+/// declared as X-Wing, a flipped signature byte, a flipped init-key byte, someone else's
+/// credential (validly signed by them), our credential with their signature key, our
+/// credential and key but their signature, lifetime expired / not yet valid / longer than
+/// openmls' maximum, 8 KiB + 1 byte (a large extension), a repeated init key within the upload
+/// (the same KeyPackage twice, and a re-signed one sharing an init key), an init key already
+/// stored for the device, garbage, truncated, trailing bytes: 100 % refused (BadRequest;
+/// PayloadTooLarge for the size) and the row count of every table unchanged. Controls: the
+/// same 9 valid ones, a KeyPackage with a 6 KiB extension, and both suites are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k3_invalid_key_package_uploads_are_refused_whole() {
+    use openmls::prelude::{Ciphersuite, Extension, Lifetime, UnknownExtension};
+    let s = TestServer::start_with(|c| {
+        c.rate_limit_per_sec = 1e6;
+        c.rate_limit_burst = 1e6;
+        c.max_key_packages = 10_000;
+    })
+    .await;
+    let a = s.user("alice").await;
+    let mallory = s.user("mallory").await;
+    let m = &mallory.device;
+    let other_suite = Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519;
+    let now = unix_now() as u64;
+    let mut rng = StdRng::seed_from_u64(0x0B03);
+    let rounds = if long() { 50 } else { 5 };
+    let extension = |n: usize| Extension::Unknown(0xff01, UnknownExtension(vec![7; n]));
+
+    // Stored KeyPackages the duplicates collide with.
+    let stored = kps(&a, 5);
+    assert_eq!(upload_kps(&a, 1, stored.clone()).await.unwrap(), 5);
+    // Controls: what the bad ones differ from is accepted.
+    let mut big_ok = KeyPackageSpec::new(&a.device, CLASSIC);
+    big_ok.extensions = vec![extension(6 * 1024)];
+    let big_ok = big_ok.build();
+    assert!(big_ok.len() > 6 * 1024 && big_ok.len() <= 8 * 1024);
+    assert_eq!(upload_kps(&a, 1, vec![big_ok]).await.unwrap(), 6);
+    assert_eq!(
+        upload_kps(&a, 0x4F, a.key_packages(PQ, 1)).await.unwrap(),
+        1
+    );
+
+    let mut refused = 0;
+    let mut uploads = 0;
+    let mut kinds = BTreeMap::<&str, usize>::new();
+    for round in 0..rounds {
+        let spec = || KeyPackageSpec::new(&a.device, CLASSIC);
+        let valid = kps(&a, 1).remove(0);
+        let mut cases: Vec<(&str, u32, Vec<Bytes>, Status)> = Vec::new();
+        let bad =
+            |what: &'static str, suite: u32, kp: Bytes| (what, suite, vec![kp], Status::BadRequest);
+        let foreign = KeyPackageSpec {
+            suite: other_suite,
+            ..spec()
+        }
+        .build();
+        cases.push(bad("foreign suite", suite_id(other_suite), foreign.clone()));
+        cases.push(bad("foreign suite declared 0x0001", 1, foreign));
+        cases.push(bad("classic declared X-Wing", 0x4F, valid.clone()));
+        let mut sig = valid.to_vec();
+        *sig.last_mut().unwrap() ^= 1;
+        cases.push(bad("flipped signature byte", 1, Bytes::from(sig)));
+        let mut body = kps(&a, 1).remove(0).to_vec();
+        body[20] ^= 0x80;
+        cases.push(bad("flipped init key byte", 1, Bytes::from(body)));
+        cases.push(bad(
+            "someone else's credential",
+            1,
+            KeyPackageSpec::new(m, CLASSIC).build(),
+        ));
+        cases.push(bad(
+            "their signature key",
+            1,
+            KeyPackageSpec {
+                signer: m,
+                signature_key: m.public_key(),
+                ..spec()
+            }
+            .build(),
+        ));
+        cases.push(bad(
+            "signed by someone else",
+            1,
+            KeyPackageSpec {
+                signer: m,
+                ..spec()
+            }
+            .build(),
+        ));
+        for (what, lifetime) in [
+            ("expired", Lifetime::init(now - 7200, now - 3600)),
+            ("not yet valid", Lifetime::init(now + 3600, now + 7200)),
+            (
+                "lifetime too long",
+                Lifetime::init(now - 60, now + 365 * 86400),
+            ),
+        ] {
+            cases.push(bad(
+                what,
+                1,
+                KeyPackageSpec {
+                    lifetime: Some(lifetime),
+                    ..spec()
+                }
+                .build(),
+            ));
+        }
+        let big = KeyPackageSpec {
+            extensions: vec![extension(8 * 1024)],
+            ..spec()
+        }
+        .build();
+        assert!(big.len() > 8 * 1024 && openmls_accepts(&big));
+        cases.push(("8 KiB + extension", 1, vec![big], Status::PayloadTooLarge));
+        let twin = kps(&a, 1).remove(0);
+        cases.push((
+            "same KeyPackage twice",
+            1,
+            vec![twin.clone(), twin],
+            Status::BadRequest,
+        ));
+        let first = kps(&a, 1).remove(0);
+        let shared = with_init_key_of(&kps(&a, 1)[0], &first, &a.device);
+        assert!(openmls_accepts(&shared) && shared != first);
+        cases.push((
+            "shared init key in upload",
+            1,
+            vec![first, shared],
+            Status::BadRequest,
+        ));
+        let again = with_init_key_of(&kps(&a, 1)[0], &stored[round % 5], &a.device);
+        assert!(openmls_accepts(&again));
+        cases.push(bad("init key already stored", 1, again));
+        let garbage: Vec<u8> = (0..300).map(|_| rng.gen()).collect();
+        let mut garbage = garbage;
+        garbage[..4].copy_from_slice(&[0, 1, 0, 1]);
+        cases.push(bad("garbage", 1, Bytes::from(garbage)));
+        cases.push(bad("truncated", 1, valid.slice(..valid.len() - 10)));
+        let mut trailing = valid.to_vec();
+        trailing.extend_from_slice(&[0; 4]);
+        cases.push(bad("trailing bytes", 1, Bytes::from(trailing)));
+
+        let fillers = kps(&a, 9);
+        for (what, suite, bad_kps, status) in cases {
+            let mut mixed = fillers.clone();
+            let at = rng.gen_range(0..=mixed.len());
+            mixed.splice(at..at, bad_kps.iter().cloned());
+            for upload in [bad_kps, mixed] {
+                let before = row_counts(&s.db_path());
+                let e = upload_kps(&a, suite, upload)
+                    .await
+                    .expect_err(&format!("{what} accepted"));
+                assert_eq!(e.status, status, "{what}: {}", e.message);
+                let reason = match what {
+                    "foreign suite" => "is not accepted",
+                    "foreign suite declared 0x0001" | "classic declared X-Wing" => {
+                        "differs from the upload's"
+                    }
+                    "flipped signature byte"
+                    | "flipped init key byte"
+                    | "signed by someone else" => "signature does not verify",
+                    "someone else's credential" => "credential does not name the uploading device",
+                    "their signature key" => "signature key is not the uploading device's",
+                    "expired" => "in the past",
+                    "not yet valid" => "in the future",
+                    "lifetime too long" => "maximum lifetime range",
+                    "8 KiB + extension" => "at most 8192 bytes",
+                    "same KeyPackage twice" | "shared init key in upload" => "share an init_key",
+                    "init key already stored" => "already stored for this device",
+                    _ => "not an MLS KeyPackage",
+                };
+                assert!(e.message.contains(reason), "{what}: {}", e.message);
+                assert!(e.message.contains("refused"), "{what}: {}", e.message);
+                assert_eq!(row_counts(&s.db_path()), before, "{what} added rows");
+                uploads += 1;
+                refused += 1;
+                *kinds.entry(what).or_default() += 1;
+            }
+        }
+        // The fillers alone were fine, and are stored now.
+        let n = upload_kps(&a, 1, fillers).await.unwrap();
+        assert_eq!(n, 6 + 9 * (round as u64 + 1));
+    }
+    assert_eq!(refused, uploads);
+    eprintln!(
+        "K-3: {refused} of {uploads} bad uploads refused ({} kinds x {rounds} rounds x alone/mixed), 0 rows added",
+        kinds.len()
     );
 }
 
@@ -1077,13 +1410,14 @@ async fn k4_key_packages_are_capped_per_device() {
 /// KeyPackages at once: 0 of 100 fetches served after each, 0 rows left for the device.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k7_revocation_and_deletion_remove_key_packages() {
-    let s = TestServer::start().await;
+    // The K-2 per-pair fetch limit is off: the fetcher's 100 tries must reach storage.
+    let s = TestServer::start_with(|c| c.key_package_fetch_burst = 0).await;
     let fetcher = s.user("fetcher").await;
     let alice = s.user("alice").await;
     let mut second = s.connect().await;
     second.login("alice", PW).await.unwrap();
-    upload_kps(&second, 1, kps(1, 100)).await.unwrap();
-    upload_kps(&alice, 1, kps(2, 100)).await.unwrap();
+    upload_kps(&second, 1, kps(&second, 100)).await.unwrap();
+    upload_kps(&alice, 1, kps(&alice, 100)).await.unwrap();
     assert_eq!(
         count(&s.db_path(), "SELECT count(*) FROM key_packages"),
         200

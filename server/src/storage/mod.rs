@@ -214,6 +214,15 @@ pub struct EnqueueOutcome {
     pub deliveries: Vec<Delivery>,
 }
 
+/// A validated KeyPackage to store.
+#[derive(Debug, Clone)]
+pub struct NewKeyPackage {
+    /// The TLS-encoded KeyPackage, as uploaded.
+    pub data: Bytes,
+    /// SHA-256 of its HPKE init key (unique per device).
+    pub init_key_hash: Key32,
+}
+
 /// One uploaded blob chunk.
 #[derive(Debug, Clone)]
 pub struct BlobChunk {
@@ -283,13 +292,14 @@ pub trait Storage: Send + Sync + 'static {
     /// Deletes a session.
     fn delete_session(&self, token_hash: &Key32) -> StorageResult<()>;
 
-    /// Stores KeyPackages of one ciphersuite for a device; returns that suite's count after.
-    /// Limit over `cap` per suite.
+    /// Stores KeyPackages of one ciphersuite for a device, all or none; returns that suite's
+    /// count after. Limit over `cap` per suite; Invalid when an `init_key_hash` is already
+    /// stored for the device.
     fn add_key_packages(
         &self,
         device: DeviceId,
         suite: u32,
-        packages: Vec<Bytes>,
+        packages: Vec<NewKeyPackage>,
         cap: u64,
     ) -> StorageResult<u64>;
     /// Pops the oldest KeyPackage of a device for a ciphersuite, atomically.

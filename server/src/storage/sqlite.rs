@@ -104,6 +104,12 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY(channel_id, sha256, offset),
         FOREIGN KEY(channel_id, sha256) REFERENCES blobs(channel_id, sha256) ON DELETE CASCADE) WITHOUT ROWID;
     ",
+    // v2 (K-3): SHA-256 of each KeyPackage's init key, unique per device. KeyPackages stored
+    // by v1 keep NULL (NULLs never collide in a UNIQUE index) and stay fetchable.
+    "
+    ALTER TABLE key_packages ADD COLUMN init_key_hash BLOB;
+    CREATE UNIQUE INDEX key_packages_init_key ON key_packages(device_id, init_key_hash);
+    ",
 ];
 
 /// Schema version this build writes.
@@ -878,7 +884,7 @@ impl Storage for SqliteStorage {
         &self,
         device: DeviceId,
         suite: u32,
-        packages: Vec<Bytes>,
+        packages: Vec<NewKeyPackage>,
         cap: u64,
     ) -> StorageResult<u64> {
         self.write(move |c| {
@@ -892,11 +898,20 @@ impl Storage for SqliteStorage {
                     "at most {cap} KeyPackages are stored per device"
                 )));
             }
-            let mut ins = c.prepare_cached(
-                "INSERT INTO key_packages(device_id, suite, data) VALUES (?1, ?2, ?3)",
+            let mut seen = c.prepare_cached(
+                "SELECT 1 FROM key_packages WHERE device_id = ?1 AND init_key_hash = ?2",
             )?;
-            for p in &packages {
-                ins.execute(params![device, suite, &p[..]])?;
+            let mut ins = c.prepare_cached(
+                "INSERT INTO key_packages(device_id, suite, data, init_key_hash) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (i, p) in packages.iter().enumerate() {
+                if seen.exists(params![device, &p.init_key_hash[..]])? {
+                    // The job's savepoint rolls back the ones inserted before it.
+                    return Err(StorageError::Invalid(format!(
+                        "KeyPackage {i} refused: its init_key is already stored for this device; nothing of the upload was stored"
+                    )));
+                }
+                ins.execute(params![device, suite, &p.data[..], &p.init_key_hash[..]])?;
             }
             Ok(n as u64 + packages.len() as u64)
         })
@@ -1295,5 +1310,67 @@ impl Storage for SqliteStorage {
             }
             Ok((out, total))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A populated v1 database (before init-key hashes) migrates to the current schema: its
+    /// KeyPackage is still handed out, and new uploads get the per-device init-key check.
+    #[test]
+    fn v1_database_with_key_packages_migrates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("qpq.db");
+        {
+            let c = Connection::open(&path).expect("open v1");
+            c.execute_batch(MIGRATIONS[0]).expect("v1 schema");
+            c.execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO accounts(id, username, identity_key, opaque_record, created_at)
+                     VALUES (1, 'old', x'01', x'', 0);
+                 INSERT INTO devices(id, account_id, device_key, created_at)
+                     VALUES (1, 1, zeroblob(32), 0);
+                 INSERT INTO key_packages(device_id, suite, data) VALUES (1, 1, x'6f6c64');",
+            )
+            .expect("v1 rows");
+        }
+        let st = SqliteStorage::open(&path).expect("migrates");
+        let v: i64 = st
+            .read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .expect("version");
+        assert_eq!(v as usize, SCHEMA_VERSION);
+        let kp = |data: &'static [u8], h: u8| NewKeyPackage {
+            data: Bytes::from_static(data),
+            init_key_hash: [h; 32],
+        };
+        assert_eq!(
+            st.add_key_packages(1, 1, vec![kp(b"a", 1), kp(b"b", 2)], 100)
+                .expect("new ones"),
+            3
+        );
+        let again = st.add_key_packages(1, 1, vec![kp(b"c", 3), kp(b"d", 2)], 100);
+        assert!(matches!(again, Err(StorageError::Invalid(_))), "{again:?}");
+        let dk = [0u8; 32];
+        assert_eq!(
+            st.pop_key_package(&dk, 1).expect("pop"),
+            Some(b"old".to_vec()),
+            "the v1 KeyPackage is still served, oldest first"
+        );
+        assert_eq!(
+            st.pop_key_package(&dk, 1).expect("pop"),
+            Some(b"a".to_vec())
+        );
+        assert_eq!(
+            st.pop_key_package(&dk, 1).expect("pop"),
+            Some(b"b".to_vec())
+        );
+        assert_eq!(
+            st.pop_key_package(&dk, 1).expect("pop"),
+            None,
+            "nothing of the refused upload was stored"
+        );
+        st.close();
     }
 }
