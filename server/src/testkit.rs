@@ -6,7 +6,8 @@
 //! `qpq-core`; this exists so tests speak the wire protocol directly.
 //!
 //! It also builds real openmls KeyPackages ([`KeyPackageSpec`]), since the server validates
-//! every upload.
+//! every upload, and can record a transcript of every frame a connection sends and receives
+//! ([`Conn::record`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -64,6 +65,17 @@ pub struct Conn {
     pub expires_at: u64,
     /// Push frames received on unidirectional streams.
     pub pushes: Arc<Mutex<mpsc::Receiver<Push>>>,
+    /// Every frame sent and received, in wire encoding, once [`Conn::record`] was called.
+    transcript: Transcript,
+}
+
+/// Frames of a connection as they crossed the wire (inside QUIC/TLS), when recording.
+type Transcript = Arc<std::sync::Mutex<Option<Vec<u8>>>>;
+
+fn append(t: &Transcript, bytes: &[u8]) {
+    if let Some(v) = t.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        v.extend_from_slice(bytes);
+    }
 }
 
 /// A quinn client config trusting exactly `cert_der`, TLS 1.3, ALPN qpq.
@@ -114,9 +126,14 @@ impl Conn {
             .map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::channel(1024);
         let c2 = conn.clone();
+        let transcript = Transcript::default();
+        let t2 = transcript.clone();
         tokio::spawn(async move {
             while let Ok(mut s) = c2.accept_uni().await {
                 if let Ok(p) = read_push(&mut s, MAX_PAYLOAD, Duration::from_secs(5)).await {
+                    if let Ok(bytes) = p.encode() {
+                        append(&t2, &bytes);
+                    }
                     if tx.send(p).await.is_err() {
                         break;
                     }
@@ -133,17 +150,40 @@ impl Conn {
             username: String::new(),
             expires_at: 0,
             pushes: Arc::new(Mutex::new(rx)),
+            transcript,
         })
+    }
+
+    /// Starts recording every request frame sent and every response and push frame received,
+    /// byte for byte as on the wire inside QUIC (the plaintext the server sees).
+    pub fn record(&self) {
+        let mut t = self.transcript.lock().unwrap_or_else(|p| p.into_inner());
+        t.get_or_insert_with(Vec::new);
+    }
+
+    /// The recorded frames so far, concatenated (empty when not recording).
+    pub fn transcript(&self) -> Vec<u8> {
+        self.transcript
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
     }
 
     /// Sends raw bytes on a fresh stream and reads the response. Panics on transport errors.
     pub async fn raw_bytes(&self, bytes: &[u8]) -> Response {
         let (mut send, mut recv) = self.conn.open_bi().await.expect("testkit setup");
+        append(&self.transcript, bytes);
         send.write_all(bytes).await.expect("testkit setup");
         send.finish().expect("testkit setup");
-        read_response(&mut recv, MAX_PAYLOAD, Duration::from_secs(30))
+        let resp = read_response(&mut recv, MAX_PAYLOAD, Duration::from_secs(30))
             .await
-            .expect("testkit setup")
+            .expect("testkit setup");
+        append(
+            &self.transcript,
+            &resp.encode().expect("a received response re-encodes"),
+        );
+        resp
     }
 
     /// Sends one request frame and reads its response. Panics on transport errors.

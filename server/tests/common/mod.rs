@@ -94,6 +94,19 @@ impl ChildServer {
     /// Starts the binary on `data` (loopback, ephemeral port) with extra flags; returns once
     /// it logged that it listens.
     pub fn spawn(data: &Path, extra: &[&str]) -> ChildServer {
+        Self::spawn_logged(data, extra, "warn,qpq_server=info", None)
+    }
+
+    /// [`ChildServer::spawn`] with a log filter, also copying every log line (JSON, from the
+    /// first) to `log` when given.
+    pub fn spawn_logged(
+        data: &Path,
+        extra: &[&str],
+        log_level: &str,
+        log: Option<&Path>,
+    ) -> ChildServer {
+        use std::io::Write;
+        let mut copy = log.map(|p| std::fs::File::create(p).unwrap());
         let mut child = Command::new(env!("CARGO_BIN_EXE_qpq-server"))
             .args([
                 "--listen",
@@ -101,7 +114,7 @@ impl ChildServer {
                 "--log-format",
                 "json",
                 "--log-level",
-                "warn,qpq_server=info",
+                log_level,
                 "--data-dir",
             ])
             .arg(data)
@@ -117,6 +130,9 @@ impl ChildServer {
                 .next()
                 .expect("server exited before listening")
                 .unwrap();
+            if let Some(f) = copy.as_mut() {
+                writeln!(f, "{line}").unwrap();
+            }
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
@@ -125,7 +141,13 @@ impl ChildServer {
             }
         };
         // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Some(f) = copy.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
         let cert = std::fs::read(data.join("server-cert.der")).unwrap();
         ChildServer { child, addr, cert }
     }
