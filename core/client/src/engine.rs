@@ -1543,7 +1543,11 @@ impl Engine {
             );
         };
         if !group.is_active() {
-            return Ok(());
+            // Removed: nothing of this group is processed any more (the caller skips it).
+            return Err(MlsError::Decrypt(
+                "message for a group this device was removed from".into(),
+            )
+            .into());
         }
         let msg = MlsMessageIn::tls_deserialize_exact(&m.payload[..])
             .map_err(|e| MlsError::Decrypt(e.to_string()))?;

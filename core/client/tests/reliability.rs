@@ -1,7 +1,7 @@
 //! Client-side promises of RELIABILITY.md: group semantics (F-2, F-5, F-6, replay and foreign
 //! input as in D-6/F-7) and the local store (L-1, L-2, L-4). Each test's doc comment starts
 //! with its plan id and the figure it checks. `QPQ_LONG=1` runs the plan's full figures.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod common;
 
