@@ -72,6 +72,8 @@ pub fn run_all(smoke: bool) -> Result<Results, String> {
     client_engine(&plan, &mut r)?;
     println!("idle connections (M1)…");
     idle_connections(&plan, &mut r)?;
+    println!("store unlock (L-3)…");
+    store_unlock(&plan, &mut r)?;
     r.skipped.push((
         "B1".into(),
         "the Python, Go and Kotlin SDKs have not landed yet; the row appears as each does".into(),
@@ -727,6 +729,52 @@ fn envelope(p: &Plan, r: &mut Results) -> Result<(), String> {
         &bo,
         1.25,
         "baseline: the sum of its parts (ML-KEM-768 decaps, X25519, HKDF, 2× ChaCha20-Poly1305)",
+    ));
+    Ok(())
+}
+
+/// L-3: what unlocking an existing store costs with a passphrase (Argon2id t=3, p=4,
+/// 64 MiB, the production parameters) and, beside it, with a raw key (no KDF). Offline:
+/// nothing listens on port 9 and neither store is logged in.
+fn store_unlock(p: &Plan, r: &mut Results) -> Result<(), String> {
+    let n = if p.smoke { 1 } else { 7 };
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = |name: &str, key: StoreKey| {
+        ClientConfig::new(
+            dir.path().join(name),
+            key,
+            "127.0.0.1:9",
+            Trust::PinnedCertDer(Vec::new()),
+        )
+    };
+    let passphrase = || StoreKey::Passphrase("correct horse battery staple".into());
+    let raw = StoreKey::Raw([7; 32]);
+    // Create both stores first, so every timed open reads an existing file.
+    drop(Client::open(config("pass", passphrase())).map_err(|e| e.to_string())?);
+    drop(Client::open(config("raw", raw.clone())).map_err(|e| e.to_string())?);
+    let (mut with_kdf, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t = Instant::now();
+        let c = Client::open(config("pass", passphrase())).map_err(|e| e.to_string())?;
+        with_kdf.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(c);
+        let t = Instant::now();
+        let c = Client::open(config("raw", raw.clone())).map_err(|e| e.to_string())?;
+        without.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(c);
+    }
+    for v in [&mut with_kdf, &mut without] {
+        v.sort_by(f64::total_cmp);
+    }
+    r.extra.push((
+        "L-3 store unlock with a passphrase (Argon2id t=3, p=4, 64 MiB), median".into(),
+        with_kdf[n / 2],
+        "ms".into(),
+    ));
+    r.extra.push((
+        "L-3 store unlock with a raw key (no KDF), median".into(),
+        without[n / 2],
+        "ms".into(),
     ));
     Ok(())
 }
