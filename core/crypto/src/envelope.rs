@@ -606,6 +606,7 @@ mod tests {
     /// 2,000 envelopes here; `QPQ_LONG=1` seals the plan's 1,000,000 (run it with
     /// `--release`). Every tenth envelope has two recipients.
     #[test]
+    #[allow(clippy::print_stdout)]
     fn c5_no_key_nonce_pair_repeats() {
         let n: usize = if std::env::var_os("QPQ_LONG").is_some() {
             1_000_000
