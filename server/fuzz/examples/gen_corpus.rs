@@ -33,6 +33,13 @@ fn main() {
         .to_bytes();
     let reg = ClientRegistration::<OpaqueSuite>::start(&mut rng, b"pw").expect("reg");
     let ke1 = ClientLogin::<OpaqueSuite>::start(&mut rng, b"pw").expect("ke1");
+    // A real KeyPackage (the server parses every upload), of a fixed key: the fuzzed account's
+    // device key is random, so it is refused as someone else's, after the full parse.
+    let key_package = qpq_server::testkit::KeyPackageSpec::new(
+        &qpq_crypto::identity::IdentityKey::from_bytes(&[0x11; 32]),
+        qpq_server::testkit::CLASSIC,
+    )
+    .build();
 
     let authed: Vec<(&str, u16, Vec<u8>)> = vec![
         (
@@ -96,7 +103,7 @@ fn main() {
             "upload-key-package",
             method::UPLOAD_KEY_PACKAGE,
             v1::UploadKeyPackageRequest {
-                key_packages: vec![b(100, 6)],
+                key_packages: vec![key_package.clone()],
                 ciphersuite: 1,
             }
             .encode_to_vec(),
