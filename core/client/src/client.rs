@@ -472,13 +472,23 @@ impl Client {
     }
 
     /// Stops background receive and closes the connection; later calls fail with `Closed`.
+    /// When it returns (called outside an async runtime) the background task is gone, so
+    /// dropping the `Client` then closes the store file at once (unless a call made on another
+    /// thread is still running): the files may be copied, moved or deleted after the drop.
     pub fn close(&self) {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        if let Ok(mut t) = self.task.lock() {
-            if let Some(t) = t.take() {
-                t.abort();
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = task {
+            t.abort();
+            // Wait until the aborted task has dropped what it holds (its `Arc<Inner>`, hence
+            // the engine and the store). Not possible from inside a runtime: there the store
+            // closes a moment later, when the runtime drops the task.
+            if tokio::runtime::Handle::try_current().is_err() {
+                if let Ok(rt) = runtime() {
+                    let _ = rt.block_on(t);
+                }
             }
         }
         self.inner.net.shutdown();

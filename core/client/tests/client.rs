@@ -355,3 +355,29 @@ fn listener_may_call_back_into_the_client() {
     assert!(history >= 1);
     b.set_listener(None);
 }
+
+/// After `close()` and the drop, the store file is closed at once (SQLite removes the WAL
+/// when its last connection closes), so an app may copy, move or delete the files, and the
+/// store reopens with everything in it. Repeated, because the background task used to hold
+/// the store for a moment after the drop.
+#[test]
+fn close_and_drop_release_the_store_at_once() {
+    let s = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("qpq-client.db-wal");
+    let mut c = s.open(dir.path());
+    c.register("alice", PW).unwrap();
+    let g = c.create_group("kept", false).unwrap();
+    for i in 0..10 {
+        assert!(wal.exists(), "round {i}: the open store has a WAL");
+        c.close();
+        drop(c);
+        assert!(!wal.exists(), "round {i}: the store is still open after close + drop");
+        let moved = tempfile::tempdir().unwrap();
+        let moved_db = moved.path().join("qpq-client.db");
+        std::fs::rename(dir.path().join("qpq-client.db"), &moved_db).unwrap();
+        std::fs::rename(moved_db, dir.path().join("qpq-client.db")).unwrap();
+        c = s.open(dir.path());
+        assert_eq!(c.conversation(&g).unwrap().name, "kept");
+    }
+}

@@ -165,26 +165,15 @@ fn f6_removed_member_decrypts_nothing_later() {
     let control = a.debug_encrypt(&g, "control").unwrap();
     carol.close();
     drop(carol);
-    let stale = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(carol_dir.path()).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), stale.path().join(f.file_name())).unwrap();
-    }
+    let stale = copy_store(carol_dir.path());
     a.remove(&g, "carol").unwrap();
     a.rotate_keys(&g).unwrap();
     let n = 1000;
     let ciphertexts: Vec<_> = (0..n)
         .map(|i| a.debug_encrypt(&g, &format!("secret {i}")).unwrap())
         .collect();
-    // Offline: nothing listens on port 9, so the copy cannot learn anything new.
-    let mut config = ClientConfig::new(
-        stale.path(),
-        StoreKey::Passphrase("store passphrase".into()),
-        "127.0.0.1:9",
-        Trust::PinnedCertDer(s.cert_der.clone()),
-    );
-    config.insecure_fast_kdf = true;
-    let offline = Client::open(config).unwrap();
+    // Offline, so the copy cannot learn anything new.
+    let offline = s.open_offline(stale.path());
     offline.debug_process(&g, &control).unwrap();
     let decrypted = ciphertexts
         .iter()
@@ -458,26 +447,15 @@ fn f7_injected_replayed_and_foreign_commits_are_rejected() {
     wait_joined(&b, &h);
     dave.close();
     drop(dave);
-    let stale = tempfile::tempdir().unwrap();
-    for f in std::fs::read_dir(dave_dir.path()).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), stale.path().join(f.file_name())).unwrap();
-    }
+    let stale = copy_store(dave_dir.path());
     a.remove(&g, "dave").unwrap();
     let epoch = a.conversation(&g).unwrap().epoch;
     wait_epoch(&b, &g, epoch);
     wait_epoch(&c, &g, epoch);
     let rounds = if long() { 100 } else { 20 };
 
-    // Offline copy of dave as he was before removal: nothing listens on port 9.
-    let mut config = ClientConfig::new(
-        stale.path(),
-        StoreKey::Passphrase("store passphrase".into()),
-        "127.0.0.1:9",
-        Trust::PinnedCertDer(s.cert_der.clone()),
-    );
-    config.insecure_fast_kdf = true;
-    let former = Client::open(config).unwrap();
+    // Dave as he was before removal, offline.
+    let former = s.open_offline(stale.path());
     for i in 0..rounds {
         let commit = former.debug_self_update(&g).unwrap();
         assert_rejected(&b, &g, &commit, &format!("non-member commit {i}"));

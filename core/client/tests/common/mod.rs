@@ -64,6 +64,15 @@ impl TestServer {
         Client::open(self.config(data_dir)).unwrap()
     }
 
+    /// A client over `data_dir` that cannot reach any server (nothing listens on port 9), so
+    /// its background receiver learns and writes nothing: for tests on a copied store.
+    pub fn open_offline(&self, data_dir: &Path) -> Client {
+        let mut config = self.config(data_dir);
+        config.server_addr = "127.0.0.1:9".into();
+        config.request_timeout = Duration::from_millis(200);
+        Client::open(config).unwrap()
+    }
+
     /// A fresh client with a registered, logged-in account.
     pub fn user(&self, name: &str) -> User {
         let dir = tempfile::tempdir().unwrap();
@@ -158,4 +167,15 @@ pub fn texts(c: &Client, conv: &[u8; 16]) -> Vec<String> {
         .into_iter()
         .map(|m| m.text)
         .collect()
+}
+
+/// Copies every file of a (closed) client's data dir into a new temp dir: a snapshot of that
+/// device's state to open later with [`TestServer::open_offline`].
+pub fn copy_store(data_dir: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(data_dir).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+    }
+    copy
 }
