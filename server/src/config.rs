@@ -100,11 +100,12 @@ options! {
     /// KeyPackages one device may fetch of one other device in a burst (K-2: a token bucket
     /// per (requester device, target device), like Signal's PRE_KEYS limit); past it
     /// FetchKeyPackage answers RateLimited with retry_after_ms (0 = no limit). Every call
-    /// takes a token, also one that finds no KeyPackage.
-    key_package_fetch_burst: u32 = "QPQ_KEY_PACKAGE_FETCH_BURST", 6;
-    /// Milliseconds to refill one token of that bucket (default 10 minutes): an attacker
+    /// takes a token, also one that finds no KeyPackage. 20, not Signal's 6: every MLS group
+    /// add consumes a KeyPackage (ADR 0008).
+    key_package_fetch_burst: u32 = "QPQ_KEY_PACKAGE_FETCH_BURST", 20;
+    /// Milliseconds to refill one token of that bucket (default 1 minute): an attacker
     /// drains at most burst + elapsed / refill KeyPackages of one device per device it holds.
-    key_package_fetch_refill_ms: u64 = "QPQ_KEY_PACKAGE_FETCH_REFILL_MS", 10 * 60 * 1000;
+    key_package_fetch_refill_ms: u64 = "QPQ_KEY_PACKAGE_FETCH_REFILL_MS", 60 * 1000;
     /// Devices per account.
     max_devices: usize = "QPQ_MAX_DEVICES", 5;
     /// Sustained requests per second per account.
@@ -220,8 +221,8 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.listen.port(), 5001);
         assert_eq!(c.db_path(), PathBuf::from("data/qpq.db"));
-        assert_eq!(c.key_package_fetch_burst, 6);
-        assert_eq!(c.key_package_fetch_refill_ms, 600_000);
-        assert_eq!(c.key_package_fetch_per_sec(), 1.0 / 600.0);
+        assert_eq!(c.key_package_fetch_burst, 20);
+        assert_eq!(c.key_package_fetch_refill_ms, 60_000);
+        assert_eq!(c.key_package_fetch_per_sec(), 1.0 / 60.0);
     }
 }

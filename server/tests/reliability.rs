@@ -1302,18 +1302,22 @@ async fn drain_kps(
 }
 
 /// K-2: KeyPackage exhaustion by an authenticated attacker. The victim stores 100 KeyPackages.
-/// With the defaults (bucket 6 per (requester device → target device), refill 1 per 10 min)
-/// the attacker's device fetches 100 times: it gets 6 of 100, the other 94 answer RateLimited
-/// with retry_after ≤ 10 min; the victim's contact (another device) still gets its KeyPackage
-/// at once, and 93 stay stored. The bucket is per requester *device*: a second device of the
-/// attacker's account has its own 6. With the refill shortened to 250 ms (the
-/// `key_package_fetch_refill_ms` knob) the attacker hammering for t ≈ 2 s gets more than 6
-/// and at most 6 + t / 250 ms.
+/// With the defaults (a bucket of `burst` = 20 per (requester device → target device), refill
+/// 1 per minute) the attacker's device fetches 100 times: it gets `burst` of 100, the rest
+/// answer RateLimited with retry_after ≤ one refill; the victim's contact (another device)
+/// still gets its KeyPackage at once. The bucket is per requester *device*: a second device
+/// of the attacker's account has its own. With the refill shortened to 250 ms (the
+/// `key_package_fetch_refill_ms` knob) the attacker hammering for t ≈ 2 s gets more than
+/// `burst` and at most `burst` + t / 250 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k2_an_attacker_drains_at_most_the_bucket_of_key_packages() {
     let s = TestServer::start().await;
-    assert_eq!(s.service.config().key_package_fetch_burst, 6);
-    assert_eq!(s.service.config().key_package_fetch_refill_ms, 600_000);
+    let burst = s.service.config().key_package_fetch_burst as usize;
+    let refill_ms = s.service.config().key_package_fetch_refill_ms;
+    assert!(
+        burst > 0 && burst < 50,
+        "the test needs a limited bucket below 50"
+    );
     let victim = s.user("victim").await;
     let attacker = s.user("attacker").await;
     let contact = s.user("contact").await;
@@ -1323,26 +1327,33 @@ async fn k2_an_attacker_drains_at_most_the_bucket_of_key_packages() {
     );
     let vk = victim.device_key();
     let (got, limited, retry) = drain_kps(&attacker, &vk, |n| n == 100).await;
-    assert_eq!((got.len(), limited), (6, 94), "attacker got 6 of 100");
+    assert_eq!(
+        (got.len(), limited),
+        (burst, 100 - burst),
+        "attacker got {burst} of 100"
+    );
     assert!(
-        retry > 9 * 60 * 1000 && retry <= 10 * 60 * 1000,
+        retry > refill_ms * 9 / 10 && retry <= refill_ms,
         "retry after the refill: {retry} ms"
     );
     let legit = fetch_kp(&contact, &vk, 1)
         .await
         .expect("the contact still gets one");
     assert!(!got.contains(&legit));
-    assert_eq!(count(&s.db_path(), "SELECT count(*) FROM key_packages"), 93);
+    assert_eq!(
+        count(&s.db_path(), "SELECT count(*) FROM key_packages"),
+        (100 - burst - 1) as i64
+    );
     let mut second = s.connect().await;
     second.login("attacker", PW).await.unwrap();
-    let (got2, _, _) = drain_kps(&second, &vk, |n| n == 20).await;
+    let (got2, _, _) = drain_kps(&second, &vk, |n| n == burst + 5).await;
     assert_eq!(
         got2.len(),
-        6,
+        burst,
         "a second device of the attacker has its own bucket"
     );
     eprintln!(
-        "K-2: attacker got {} of 100 in 100 calls (94 RateLimited, retry {retry} ms); contact got 1",
+        "K-2: attacker got {} of 100 in 100 calls ({limited} RateLimited, retry {retry} ms); contact got 1",
         got.len()
     );
     s.stop().await;
@@ -1363,10 +1374,10 @@ async fn k2_an_attacker_drains_at_most_the_bucket_of_key_packages() {
     })
     .await;
     let t = t0.elapsed();
-    let bound = 6 + (t.as_millis() as u64 / refill) as usize;
+    let bound = burst + (t.as_millis() as u64 / refill) as usize;
     assert!(
-        got.len() > 6 && got.len() <= bound,
-        "attacker got {} in {t:?}; bound 6 + t/{refill} ms = {bound}",
+        got.len() > burst && got.len() <= bound,
+        "attacker got {} in {t:?}; bound {burst} + t/{refill} ms = {bound}",
         got.len()
     );
     eprintln!(
