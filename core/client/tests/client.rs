@@ -372,7 +372,10 @@ fn close_and_drop_release_the_store_at_once() {
         assert!(wal.exists(), "round {i}: the open store has a WAL");
         c.close();
         drop(c);
-        assert!(!wal.exists(), "round {i}: the store is still open after close + drop");
+        assert!(
+            !wal.exists(),
+            "round {i}: the store is still open after close + drop"
+        );
         let moved = tempfile::tempdir().unwrap();
         let moved_db = moved.path().join("qpq-client.db");
         std::fs::rename(dir.path().join("qpq-client.db"), &moved_db).unwrap();
@@ -380,4 +383,22 @@ fn close_and_drop_release_the_store_at_once() {
         c = s.open(dir.path());
         assert_eq!(c.conversation(&g).unwrap().name, "kept");
     }
+}
+
+/// The server's KeyPackage fetch limit (K-2, per requester device → target device) leaves
+/// ordinary use alone: one user creating 12 groups with the same friend in a row, then a DM,
+/// succeeds every time (each add consumes one of the friend's KeyPackages).
+#[test]
+fn many_groups_with_the_same_friend_are_not_rate_limited() {
+    let s = TestServer::start();
+    let a = s.user("alice");
+    let b = s.user("bob");
+    for i in 0..12 {
+        let g = a.create_group(&format!("group {i}"), i % 2 == 0).unwrap();
+        a.invite(&g, &["bob"])
+            .unwrap_or_else(|e| panic!("group {i}: {e}"));
+        wait_joined(&b, &g);
+    }
+    let dm = a.create_dm("bob").unwrap();
+    wait_joined(&b, &dm);
 }
