@@ -24,7 +24,7 @@ use rand::rngs::OsRng;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::error::{AuthError, Error, ErrorCode, MlsError};
+use crate::error::{AuthError, Error, ErrorCode, MlsError, StoreError};
 use crate::mls::{self, Provider};
 use crate::net::Net;
 use crate::store::{ConversationRow, OutboxRow, Store};
@@ -1504,7 +1504,9 @@ impl Engine {
     /// Processes one queued message in its own transaction. A message that cannot be
     /// processed leaves no trace (its changes are rolled back) and is reported in the inner
     /// result; with `record_seq` its sequence number is stored either way, in the same
-    /// transaction, so it is never processed twice. The outer error is a storage failure.
+    /// transaction, so it is never processed twice. The outer error is a storage failure
+    /// (e.g. a full disk at commit); then nothing of the message is kept and no transaction
+    /// stays open, so the next sync retries it.
     fn apply_one(
         &mut self,
         m: &v1::QueuedMessage,
@@ -1517,12 +1519,20 @@ impl Engine {
         if r.is_err() {
             self.store.rollback();
             local.clear();
-            self.store.begin()?;
         }
-        if record_seq {
-            self.store.set_u64(META_LAST_SEQ, m.seq)?;
+        let finish = || -> Result<(), StoreError> {
+            if r.is_err() {
+                self.store.begin()?;
+            }
+            if record_seq {
+                self.store.set_u64(META_LAST_SEQ, m.seq)?;
+            }
+            self.store.commit()
+        };
+        if let Err(e) = finish() {
+            self.store.rollback();
+            return Err(e.into());
         }
-        self.store.commit()?;
         Ok(r.map(|()| local))
     }
 
