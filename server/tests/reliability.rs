@@ -178,29 +178,6 @@ async fn ack_all(c: &Conn) -> u64 {
     }
 }
 
-async fn fetch_all(c: &Conn) -> Vec<v1::QueuedMessage> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let r: v1::FetchResponse = c
-            .call(
-                method::FETCH,
-                &v1::FetchRequest {
-                    after_seq: after,
-                    limit: 1000,
-                    channel_id: Bytes::new(),
-                },
-            )
-            .await
-            .unwrap();
-        let Some(last) = r.messages.last() else {
-            return out;
-        };
-        after = last.seq;
-        out.extend(r.messages);
-    }
-}
-
 async fn upload_kps(c: &Conn, suite: u32, kps: Vec<Bytes>) -> Result<u64, CallError> {
     c.call::<_, v1::UploadKeyPackageResponse>(
         method::UPLOAD_KEY_PACKAGE,
@@ -1779,7 +1756,7 @@ async fn d3_scenario(a: &Conn, b: &Conn, ch: &Bytes, free: impl FnOnce()) {
         acked.len(),
         t0.elapsed()
     );
-    let got = fetch_all(b).await;
+    let got = fetch_all_after(b, 0).await;
     let ids: Vec<Bytes> = got.iter().map(|m| m.message_id.clone()).collect();
     let unique: HashSet<&Bytes> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "no duplicates");
@@ -1856,7 +1833,7 @@ async fn d3_disk_full_via_max_db_pages() {
     assert!(recovered < Duration::from_secs(5), "{recovered:?}");
     let mut b = s.connect().await;
     b.token = tb;
-    let got = fetch_all(&b).await;
+    let got = fetch_all_after(&b, 0).await;
     let unique: HashSet<Bytes> = got.iter().map(|m| m.message_id.clone()).collect();
     assert_eq!(unique.len(), got.len());
     assert!(
@@ -1913,7 +1890,7 @@ async fn d4_enqueue_is_idempotent_across_timeouts_and_restarts() {
     let token = b.token.clone();
     b = server.connect().await;
     b.token = token;
-    let got = fetch_all(&b).await;
+    let got = fetch_all_after(&b, 0).await;
     assert_eq!(got.len(), 1, "the recipient sees one copy");
     assert_eq!(got[0].message_id, req.message_id);
     server.sigkill();
