@@ -2462,6 +2462,7 @@ fn t3_queue_order_ignores_wall_clock_steps() {
             remove_members: vec![],
             welcome: Bytes::new(),
             welcome_devices: vec![],
+            promote_members: vec![],
             now_ms,
             max_queue_depth: 10_000,
         })

@@ -616,6 +616,7 @@ fn invite_storage(p: &Plan, r: &mut Results) -> Result<(), String> {
         remove_members: vec![],
         welcome: Bytes::from(sealed.clone()),
         welcome_devices: vec![],
+        promote_members: vec![],
         now_ms: 0,
         max_queue_depth: u64::MAX / 2,
     };
