@@ -15,6 +15,7 @@
 
 mod client;
 mod error;
+mod lease;
 mod mls;
 mod net;
 #[cfg(test)]

@@ -59,6 +59,10 @@ pub struct ClientConfig {
     pub trust: Trust,
     /// Deadline of each request (default 15 s).
     pub request_timeout: Duration,
+    /// How long [`crate::Client::open`] waits for a store another process (or `Client`) holds:
+    /// zero (the default) fails with `Busy` at once. One process at a time opens a store
+    /// (ADR 0021).
+    pub lock_timeout: Duration,
     /// Test-only: a cheap Argon2id cost for passphrase keys. Never set it in production.
     #[doc(hidden)]
     pub insecure_fast_kdf: bool,
@@ -79,6 +83,7 @@ impl ClientConfig {
             server_name: "localhost".into(),
             trust,
             request_timeout: Duration::from_secs(15),
+            lock_timeout: Duration::ZERO,
             insecure_fast_kdf: false,
         }
     }
