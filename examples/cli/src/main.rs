@@ -24,6 +24,7 @@ macro_rules! outln {
     };
 }
 
+mod daemon;
 mod demo;
 mod repl;
 mod scripted;
@@ -41,7 +42,10 @@ use clap::{Parser, Subcommand};
     about = "quicproquo: end-to-end encrypted group messaging over QUIC with MLS",
     after_help = "Exit status: 0 success, 2 usage error, otherwise 10 + the error code: 11 Network, \
 12 Unauthorized, 13 NotFound, 14 Conflict, 15 InvalidInput, 16 Crypto, 17 Storage, 18 RateLimited, \
-19 Timeout, 20 Closed, 21 Internal (see README.md)."
+19 Timeout, 20 Closed, 21 Internal (see README.md).",
+    // A command forwarded to the process holding the store appends the connection options it
+    // resolved (daemon.rs); the last occurrence wins.
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -80,10 +84,11 @@ fn main() -> ExitCode {
         Command::Repl(args) => repl::run(args),
         Command::Register(a) => scripted::register(a),
         Command::Login(a) => scripted::login(a),
-        Command::Send(a) => scripted::send(a),
+        // While `repl` or `recv --follow` holds the store, these run in that process.
+        Command::Send(a) => daemon::forward(a.connect()).unwrap_or_else(|| scripted::send(a)),
         Command::Recv(a) => scripted::recv(a),
-        Command::History(a) => scripted::history(a),
-        Command::Groups(a) => scripted::groups(a),
+        Command::History(a) => daemon::forward(a.connect()).unwrap_or_else(|| scripted::history(a)),
+        Command::Groups(a) => daemon::forward(a.connect()).unwrap_or_else(|| scripted::groups(a)),
         Command::Ping(a) => scripted::ping(a),
     }
 }

@@ -292,6 +292,17 @@ pub fn run(args: ConnectArgs) -> ExitCode {
             println!("{line}");
         }
     }
+    // Hold the store and serve `qpq send`, `groups` and `history` of other processes.
+    let _served = match crate::daemon::serve(client.clone(), &args, &password) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!(
+                "warning: other qpq commands cannot reach this store: {}",
+                e.message
+            );
+            None
+        }
+    };
     drop(password);
     println!("type /help for commands");
     // Only commands are kept, so no message text reaches the disk; a history file written by

@@ -17,6 +17,7 @@ use clap::Args;
 use qpq_core::{Client, ConversationId, ErrorCode, Event, Message};
 use serde_json::json;
 
+use crate::daemon::{self, Held};
 use crate::session::{
     clock, display_name, exit_code, find_conversation, CliError, ConnectArgs, ServerArgs,
 };
@@ -29,6 +30,13 @@ pub struct CommonArgs {
     /// Print JSON, one object per line.
     #[arg(long)]
     json: bool,
+}
+
+impl CommonArgs {
+    /// The connection options.
+    pub fn connect(&self) -> &ConnectArgs {
+        &self.connect
+    }
 }
 
 /// Who a message goes to, or whose history to read: exactly one way of naming it, so a
@@ -44,6 +52,20 @@ pub struct Target {
     /// or more), its group name, or `@user`. Refused when it matches more than one.
     #[arg(long)]
     conversation: Option<String>,
+}
+
+impl SendArgs {
+    /// The connection options.
+    pub fn connect(&self) -> &ConnectArgs {
+        &self.common.connect
+    }
+}
+
+impl HistoryArgs {
+    /// The connection options.
+    pub fn connect(&self) -> &ConnectArgs {
+        &self.common.connect
+    }
 }
 
 /// `qpq send`.
@@ -104,12 +126,13 @@ fn finish(json: bool, r: Result<(), CliError>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
+            daemon::failed(u8::try_from(10 + f.code.as_u32()).unwrap_or(1));
             if json {
                 // Best effort: the reader may be gone.
                 let _ = emit(
                     &json!({"ok": false, "code": f.code.name(), "message": f.message}).to_string(),
                 );
-            } else {
+            } else if !daemon::captured("err", &format!("error: {}", f.message)) {
                 eprintln!("error: {}", f.message);
             }
             exit_code(f.code)
@@ -122,6 +145,9 @@ struct Gone;
 
 /// Writes one line and flushes it, so that the line is out before anything counts as done.
 fn emit(line: &str) -> Result<(), Gone> {
+    if daemon::captured("out", line) {
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")
         .and_then(|_| out.flush())
@@ -135,14 +161,18 @@ pub fn say(line: &str) {
     }
 }
 
-/// Opens the store; logs in when no session is stored (or it expired).
-fn session(c: &CommonArgs) -> Result<(Client, String), CliError> {
+/// Opens the store; logs in when no session is stored (or it expired). In a command forwarded
+/// to the process holding the store ([`daemon`]), that process's client.
+fn session(c: &CommonArgs) -> Result<(Held, String), CliError> {
+    if let Some((client, password)) = daemon::shared_client() {
+        return Ok((Held::Shared(client), password));
+    }
     let password = c.connect.password(false)?;
     let client = c.connect.open(&password)?;
     if client.account().is_none() {
         client.login(&c.connect.username, &password)?;
     }
-    Ok((client, password))
+    Ok((Held::Own(client), password))
 }
 
 /// Runs `op`, logging in again once if the stored session was refused.
@@ -420,6 +450,7 @@ pub fn recv(a: RecvArgs) -> ExitCode {
     let c = &a.common;
     let r = (|| {
         let (client, pw) = session(c)?;
+        let client = client.into_arc();
         let mut cursor = Cursor::load(c.connect.data_dir());
         // `sync` returns what it processed now; background receive may have queued events
         // too. Messages are read back from the store after the cursor instead, so none is
@@ -439,6 +470,8 @@ pub fn recv(a: RecvArgs) -> ExitCode {
             return Ok(());
         }
         if a.follow {
+            // Hold the store and serve `send`, `groups` and `history` of other processes.
+            let _served = daemon::serve(client.clone(), &c.connect, &pw)?;
             let mut last = Instant::now();
             loop {
                 if let Some(e) = client.next_event(Duration::from_millis(250))? {

@@ -110,6 +110,10 @@ pub struct ConnectArgs {
     /// server's QPQ_DATA_DIR is deliberately not read here.
     #[arg(long, env = "QPQ_CLIENT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// How long to wait for a store another qpq process holds and does not serve, in ms
+    /// (one process at a time opens a store; ADR 0021).
+    #[arg(long, env = "QPQ_LOCK_WAIT_MS", default_value_t = 10_000)]
+    pub lock_wait_ms: u64,
 }
 
 impl ConnectArgs {
@@ -168,6 +172,7 @@ impl ConnectArgs {
             self.net.trust()?,
         );
         config.server_name = self.net.server_name.clone();
+        config.lock_timeout = std::time::Duration::from_millis(self.lock_wait_ms);
         Ok(Client::open(config)?)
     }
 }
