@@ -46,7 +46,7 @@ fn register_login_logout_and_wrong_password() {
     let sn = alice.safety_number("alice").unwrap();
     assert_eq!(sn.len(), 71);
 
-    alice.close();
+    alice.shutdown();
     assert_eq!(alice.ping().unwrap_err().code(), ErrorCode::Closed);
 }
 
@@ -246,15 +246,16 @@ fn restart_and_offline_delivery() {
     wait_text(&b, "before restart");
     drop(b);
 
-    // Sent while bob is offline.
+    // Sent while bob is offline (`sync` sends alice's outbox now: `send` only queues).
     a.send_text(&g, "while offline").unwrap();
+    a.sync().unwrap();
     let b = s.open(bdir.path());
     assert_eq!(b.account().unwrap().username, "bob");
     let ev = b.sync().unwrap();
     let got: Vec<_> = ev
         .iter()
         .filter_map(|e| match e {
-            Event::Message(m) => Some(m.text.clone()),
+            Event::Message(m) => m.text().map(str::to_string),
             _ => None,
         })
         .collect();
@@ -284,7 +285,7 @@ fn store_is_encrypted_and_wrong_key_fails_cleanly() {
         dir: bdir,
     } = b;
     let dir = bdir.path().to_path_buf();
-    bc.close();
+    bc.shutdown();
     drop(bc);
     let db = dir.join("qpq-client.db");
     let mut raw = std::fs::read(&db).unwrap();
@@ -370,7 +371,7 @@ fn close_and_drop_release_the_store_at_once() {
     let g = c.create_group("kept", false).unwrap();
     for i in 0..10 {
         assert!(wal.exists(), "round {i}: the open store has a WAL");
-        c.close();
+        c.shutdown();
         drop(c);
         assert!(
             !wal.exists(),

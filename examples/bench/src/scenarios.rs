@@ -845,7 +845,7 @@ fn client_engine(p: &Plan, r: &mut Results) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             wait(
                 &clients[1],
-                |e| matches!(e, Event::Message(m) if m.text == text),
+                |e| matches!(e, Event::Message(m) if m.text() == Some(text.as_str())),
             )?;
             let took = t.elapsed();
             let t = Instant::now();
@@ -928,7 +928,7 @@ fn client_engine(p: &Plan, r: &mut Results) -> Result<(), String> {
     let last = format!("message {:05} with some ordinary chat text", n - 1);
     wait(
         &clients[1],
-        |e| matches!(e, Event::Message(m) if m.text == last),
+        |e| matches!(e, Event::Message(m) if m.text() == Some(last.as_str())),
     )?;
     let size: u64 = std::fs::read_dir(dir.path().join("u1"))
         .map_err(|e| e.to_string())?
@@ -940,7 +940,7 @@ fn client_engine(p: &Plan, r: &mut Results) -> Result<(), String> {
         "B".into(),
     ));
     for c in &clients {
-        c.close();
+        c.shutdown();
     }
     Ok(())
 }

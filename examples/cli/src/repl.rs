@@ -9,7 +9,7 @@ use qpq_core::{Client, ConversationId, Event, EventListener};
 use rustyline::error::ReadlineError;
 use rustyline::ExternalPrinter;
 
-use crate::session::{display_name, find_conversation, register_or_login, ConnectArgs};
+use crate::session::{body_text, display_name, find_conversation, register_or_login, ConnectArgs};
 
 const HELP: &str = "\
 commands:
@@ -54,15 +54,17 @@ struct Printer {
 impl Printer {
     fn run(mut self, events: std::sync::mpsc::Receiver<Event>) {
         for event in events {
-            let line = self.format(event);
+            let Some(line) = self.format(event) else {
+                continue;
+            };
             if self.out.print(line.clone()).is_err() {
                 eprintln!("{line}");
             }
         }
     }
 
-    fn format(&self, event: Event) -> String {
-        match event {
+    fn format(&self, event: Event) -> Option<String> {
+        Some(match event {
             Event::Message(m) => {
                 let here = self
                     .active
@@ -76,9 +78,9 @@ impl Printer {
                     .map(|c| display_name(&self.client, &c))
                     .unwrap_or_default();
                 if here {
-                    format!("{}: {}", m.sender, m.text)
+                    format!("{}: {}", m.sender, body_text(&m))
                 } else {
-                    format!("[{name}] {}: {}", m.sender, m.text)
+                    format!("[{name}] {}: {}", m.sender, body_text(&m))
                 }
             }
             Event::ConversationJoined(c) => {
@@ -125,7 +127,10 @@ impl Printer {
                 "* connection lost, reconnecting…"
             }
             .to_string(),
-        }
+            // Delivered as usual: nothing to show.
+            Event::MessageSent { .. } => return None,
+            Event::MessageFailed { message, .. } => format!("* a message was not sent: {message}"),
+        })
     }
 }
 
@@ -212,7 +217,7 @@ pub fn run(args: ConnectArgs) -> ExitCode {
         let _ = rl.save_history(h);
     }
     client.set_listener(None);
-    client.close();
+    client.shutdown();
     ExitCode::SUCCESS
 }
 
@@ -360,7 +365,11 @@ fn command(client: &Client, active: &Active, line: &str) -> Result<Flow, String>
             };
             let (id, _) = need_active(active)?;
             for m in client.messages(&id, n, None).map_err(e)? {
-                println!("{}: {}", if m.outgoing { "you" } else { &m.sender }, m.text);
+                println!(
+                    "{}: {}",
+                    if m.outgoing { "you" } else { &m.sender },
+                    body_text(&m)
+                );
             }
         }
         "/rotate-keys" => {

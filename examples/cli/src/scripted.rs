@@ -8,7 +8,7 @@ use clap::Args;
 use qpq_core::{Client, ErrorCode, Event, Message};
 use serde_json::json;
 
-use crate::session::{display_name, find_conversation, ConnectArgs};
+use crate::session::{body_text, display_name, find_conversation, ConnectArgs};
 
 /// Options of every scripted subcommand.
 #[derive(Args, Clone)]
@@ -161,6 +161,9 @@ pub fn send(a: SendArgs) -> ExitCode {
             })?,
         };
         let id = with_login(c, &client, &pw, |cl| cl.send_text(&conv, &a.msg))?;
+        // `send` only stores and queues; this sends the outbox now, before the process exits
+        // (a network failure leaves it queued for the next run).
+        let _ = with_login(c, &client, &pw, |cl| cl.sync().map(|_| ()));
         if c.json {
             println!(
                 "{}",
@@ -178,14 +181,14 @@ fn print_message(json: bool, client: &Client, m: &Message) {
     if json {
         println!(
             "{}",
-            json!({"conversation": hex::encode(m.conversation), "id": hex::encode(m.id), "sender": m.sender, "text": m.text, "sent_at_ms": m.sent_at_ms})
+            json!({"conversation": hex::encode(m.conversation), "id": hex::encode(m.id), "sender": m.sender, "text": m.text(), "sent_at_ms": m.sent_at_ms})
         );
     } else {
         let name = client
             .conversation(&m.conversation)
             .map(|c| display_name(client, &c))
             .unwrap_or_default();
-        println!("[{name}] {}: {}", m.sender, m.text);
+        println!("[{name}] {}: {}", m.sender, body_text(m));
     }
 }
 

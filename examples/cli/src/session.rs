@@ -4,9 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use qpq_core::{
-    Client, ClientConfig, ConversationId, ConversationKind, Error, ErrorCode, StoreKey, Trust,
-};
+use qpq_core::{Client, ClientConfig, ConversationId, Error, ErrorCode, StoreKey, Trust};
 
 /// Where the server is, how to trust it, and who we are.
 #[derive(Args, Clone)]
@@ -87,50 +85,38 @@ impl ConnectArgs {
     }
 }
 
-/// Registers on first use, logs in otherwise.
+/// Registers on first use, logs in otherwise ([`Client::register_or_login`]).
 pub fn register_or_login(client: &Client, username: &str, password: &str) -> Result<bool, Error> {
-    match client.register(username, password) {
-        Ok(_) => Ok(true),
-        Err(e) if e.code() == ErrorCode::Conflict => {
-            client.login(username, password).map(|_| false)
-        }
-        Err(e) => Err(e),
-    }
+    client
+        .register_or_login(username, password)
+        .map(|(_, created)| created)
 }
 
-/// A conversation's display name: the group name, or the other members of a DM.
+/// A conversation's display name ([`Client::display_name`]).
 pub fn display_name(client: &Client, c: &qpq_core::Conversation) -> String {
-    if c.kind == ConversationKind::Dm || c.name.is_empty() {
-        let me = client.account().map(|a| a.username).unwrap_or_default();
-        let others: Vec<_> = c.members.iter().filter(|m| **m != me).cloned().collect();
-        if !others.is_empty() {
-            return format!("@{}", others.join(","));
-        }
-    }
-    c.name.clone()
+    client.display_name(c)
 }
 
-/// Finds a conversation by name, `@user` (DM), index in `conversations()`, or id (hex prefix).
+/// Finds a conversation by name, `@user` (DM), index in `conversations()`, or id (hex prefix)
+/// ([`Client::find_conversation`]).
 pub fn find_conversation(client: &Client, what: &str) -> Result<ConversationId, String> {
-    let convs = client.conversations().map_err(|e| e.to_string())?;
-    if let Ok(i) = what.parse::<usize>() {
-        if let Some(c) = convs.get(i.wrapping_sub(1)) {
-            return Ok(c.id);
+    match client.find_conversation(what) {
+        Ok(c) => Ok(c.id),
+        Err(e) if e.code() == ErrorCode::NotFound => {
+            Err(format!("no conversation matches {what:?} (see /list)"))
         }
+        Err(e) => Err(e.message().to_string()),
     }
-    let lower = what.to_ascii_lowercase();
-    let matches: Vec<_> = convs
-        .iter()
-        .filter(|c| {
-            let name = display_name(client, c);
-            name == what || name == format!("@{lower}") || hex::encode(c.id).starts_with(&lower)
-        })
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok(one.id),
-        [] => Err(format!("no conversation matches {what:?} (see /list)")),
-        _ => Err(format!(
-            "{what:?} matches several conversations; use its number or id"
-        )),
+}
+
+/// A message body as one line of text: the text, or a short description of other kinds.
+pub fn body_text(m: &qpq_core::Message) -> String {
+    match &m.body {
+        qpq_core::Body::Text(t) => t.clone(),
+        qpq_core::Body::App {
+            content_type,
+            bytes,
+        } => format!("[{content_type}, {} bytes]", bytes.len()),
+        other => format!("[{other:?}]"),
     }
 }
