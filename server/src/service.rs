@@ -140,6 +140,8 @@ struct PendingLogin {
     account: Option<AccountId>,
     username: String,
     created: Instant,
+    /// Where the LoginStart came from: an attempt never finished counts as a failure of it.
+    ip: IpAddr,
 }
 
 /// The server's request handler and shared state.
@@ -203,21 +205,10 @@ fn keys32(v: &[Bytes], what: &str) -> Result<Vec<Key32>, Fail> {
     v.iter().map(|b| key32(b, what)).collect()
 }
 
-/// Normalises and checks a username: 1 to 32 of `a-z 0-9 _ . -`, case-insensitive.
-pub fn normalize_username(u: &str) -> Result<String, Fail> {
-    let u = u.trim().to_ascii_lowercase();
-    if u.is_empty() || u.len() > 32 {
-        return Err(Fail::bad("username must be 1 to 32 characters"));
-    }
-    if !u
-        .bytes()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(&c))
-    {
-        return Err(Fail::bad(
-            "username may contain only a-z, 0-9, '_', '.' and '-'",
-        ));
-    }
-    Ok(u)
+/// Normalises and checks a username by the one rule client and server share
+/// ([`qpq_proto::username`]: 1 to 32 of `a-z 0-9 _ . -`, case-insensitive).
+fn normalize_username(u: &str) -> Result<String, Fail> {
+    qpq_proto::username::normalize(u).map_err(|e| Fail::bad(e.to_string()))
 }
 
 fn token_hash(token: &[u8]) -> Key32 {
@@ -855,6 +846,8 @@ impl Service {
 
     fn login_failed(&self, ip: IpAddr, username: Option<String>) -> Fail {
         Metrics::inc(&self.metrics.auth_login_failure_total);
+        // At the default level: an operator watching the log sees guessing as it happens.
+        tracing::warn!(%ip, username = username.as_deref().unwrap_or("?"), "login failed");
         self.login_failures_ip.record(ip);
         if let Some(u) = username {
             self.login_failures_account.record(u);
@@ -936,7 +929,17 @@ impl Service {
         OsRng.fill_bytes(&mut login_id);
         {
             let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+            // A client whose password is wrong fails OPAQUE locally and may never send
+            // LoginFinish: an attempt that expires unfinished counts as a failed login.
+            let expired: Vec<(IpAddr, String)> = logins
+                .values()
+                .filter(|l| l.created.elapsed() >= LOGIN_TTL)
+                .map(|l| (l.ip, l.username.clone()))
+                .collect();
             logins.retain(|_, l| l.created.elapsed() < LOGIN_TTL);
+            for (ip, username) in expired {
+                let _ = self.login_failed(ip, Some(username));
+            }
             if logins.len() >= LOGINS_MAX {
                 return Err(Fail {
                     status: Status::RateLimited,
@@ -951,6 +954,7 @@ impl Service {
                     account: account_id,
                     username,
                     created: Instant::now(),
+                    ip,
                 },
             );
         }
@@ -1027,7 +1031,10 @@ impl Service {
             ));
         }
         if !is_commit
-            && (!r.add_members.is_empty() || !r.remove_members.is_empty() || !r.welcome.is_empty())
+            && (!r.add_members.is_empty()
+                || !r.remove_members.is_empty()
+                || !r.promote_members.is_empty()
+                || !r.welcome.is_empty())
         {
             return Err(Fail::bad(
                 "membership changes and Welcomes travel only with commits",
@@ -1047,6 +1054,7 @@ impl Service {
             remove_members: keys32(&r.remove_members, "remove_members entry")?,
             welcome: r.welcome,
             welcome_devices: keys32(&r.welcome_devices, "welcome_devices entry")?,
+            promote_members: keys32(&r.promote_members, "promote_members entry")?,
             now_ms: now_ms(),
             max_queue_depth: self.config.max_queue_depth,
         };

@@ -489,9 +489,10 @@ impl Client {
         conv.display_name(&me)
     }
 
-    /// Finds a conversation by display name (`"friends"`, `"@bob"`), by its position in
-    /// [`Client::conversations`] (1-based) or by its id in hex (a unique prefix is enough).
-    /// `NotFound` when nothing matches, `InvalidInput` when several do.
+    /// Finds a conversation by its position in [`Client::conversations`] (`"#2"` or `"2"`,
+    /// 1-based), its id in hex (a prefix of at least 4 digits), its display name
+    /// (`"friends"`), or `"@bob"`/`"bob"` for a DM. `NotFound` when nothing matches,
+    /// `InvalidInput` naming the candidates when several do (never a guess).
     pub fn find_conversation(&self, what: &str) -> Result<Conversation, Error> {
         let me = self.account().map(|a| a.username).unwrap_or_default();
         let convs = self.conversations()?;

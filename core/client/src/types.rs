@@ -328,32 +328,41 @@ impl Conversation {
     }
 }
 
-/// Finds a conversation by display name, `@user`, 1-based position or hex id prefix.
+/// Finds a conversation by its number in the list (`#2` or `2`, 1-based), its id (a hex
+/// prefix of at least 4 digits), its display name, or `@user` / `user` for a DM. A text that
+/// matches more than one conversation, in any of these ways, is refused naming the
+/// candidates: a message never goes to a guess.
 pub(crate) fn find_conversation(
     convs: Vec<Conversation>,
     me: &str,
     what: &str,
 ) -> Result<Conversation, crate::Error> {
-    if let Ok(i) = what.parse::<usize>() {
-        if let Some(c) = convs.get(i.wrapping_sub(1)) {
-            return Ok(c.clone());
+    let lower = what.to_ascii_lowercase();
+    let number = what.trim_start_matches('#').parse::<usize>().ok();
+    let is_hex = what.len() >= 4 && what.chars().all(|c| c.is_ascii_hexdigit());
+    let mut matches: Vec<(Conversation, String)> = Vec::new();
+    for (i, c) in convs.into_iter().enumerate() {
+        let name = c.display_name(me);
+        let hit = number == Some(i + 1)
+            || (is_hex && to_hex(&c.id).starts_with(&lower))
+            || name == what
+            || name == format!("@{}", what.trim_start_matches('@'));
+        if hit {
+            matches.push((c, name));
         }
     }
-    let lower = what.to_ascii_lowercase();
-    let mut matches: Vec<Conversation> = convs
-        .into_iter()
-        .filter(|c| {
-            let name = c.display_name(me);
-            name == what || name == format!("@{lower}") || to_hex(&c.id).starts_with(&lower)
-        })
-        .collect();
     match matches.len() {
-        1 => Ok(matches.remove(0)),
+        1 => Ok(matches.remove(0).0),
         0 => Err(crate::Error::not_found(format!(
-            "no conversation matches {what:?}"
+            "no conversation matches {what:?} (see the list of conversations)"
         ))),
-        _ => Err(crate::Error::invalid(format!(
-            "{what:?} matches several conversations; use its number or id"
+        n => Err(crate::Error::invalid(format!(
+            "{what:?} matches {n} conversations ({}); use its id",
+            matches
+                .iter()
+                .map(|(c, name)| format!("{name} = {}", to_hex(&c.id)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -466,7 +475,8 @@ mod tests {
         let find = |w: &str| find_conversation(all.clone(), "alice", w).map(|c| c.id[0]);
         assert_eq!(find("friends").unwrap(), 0xab);
         assert_eq!(find("@bob").unwrap(), 0xcd);
-        assert_eq!(find("BOB").unwrap(), 0xcd, "a DM by its peer's name");
+        assert_eq!(find("bob").unwrap(), 0xcd, "a DM by its peer's name");
+        assert_eq!(find("#1").unwrap(), 0xab);
         assert_eq!(find("2").unwrap(), 0xcd);
         assert_eq!(find("abab").unwrap(), 0xab);
         assert_eq!(
