@@ -1,6 +1,10 @@
 //! The blocking [`Client`] facade: owns the runtime handle, the background receive task and
 //! the event delivery (queue, numbered log, subscriptions). Only this module touches the
 //! runtime.
+//!
+//! Longer than the ~700-line guide on purpose: it is the whole public `Client` surface that
+//! bindings copy, and most of its lines are the doc comments of that contract; the logic is
+//! in `session`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;

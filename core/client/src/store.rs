@@ -4,6 +4,10 @@
 //! `StorageProvider`, in the same database and the same transactions), conversations,
 //! messages, the outbox and the highest processed queue sequence number. A wrong key or a
 //! corrupt file gives a clear error and the file is never modified or deleted.
+//!
+//! Longer than the ~700-line guide on purpose: it is the one module that touches rusqlite
+//! (DESIGN §1), so opening, keys, migrations, transactions and each table's queries stay
+//! together; splitting it would spread SQL over several files.
 
 use std::path::{Path, PathBuf};
 

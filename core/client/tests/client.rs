@@ -71,9 +71,14 @@ fn three_members_remove_rotate_leave() {
         b.send_text(&g, &format!("b{i}")).unwrap();
     }
     c.send_text(&g, "c0").unwrap();
-    wait_text(&c, "b4");
-    wait_text(&a, "c0");
-    wait_text(&b, "c0");
+    // `send` only queues, so there is no order between senders: wait until each has all 11.
+    for u in [&a, &b, &c] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while texts(u, &g).len() < 11 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", texts(u, &g));
+            let _ = u.next_event(Duration::from_millis(100));
+        }
+    }
     for (who, u) in [("alice", &a), ("bob", &b), ("carol", &c)] {
         let t = texts(u, &g);
         assert_eq!(t.len(), 11, "{who}: {t:?}");
