@@ -2037,6 +2037,9 @@ async fn d7_fetch_wait_wakes_fast_and_times_out_on_time() {
 async fn d8_flooded_victim_keeps_fetching() {
     let s = TestServer::start_with(|c| {
         c.max_queue_depth = 1000;
+        // One sender may fill the whole queue here (per-sender shares are item 20 of issue
+        // 17, tested in security_flood.rs).
+        c.max_queue_share_percent = 100;
         // No account rate limit: the flood meets only the queue cap (the harder case).
         c.rate_limit_per_sec = 1e9;
         c.rate_limit_burst = 1e9;
@@ -2441,6 +2444,9 @@ fn t3_queue_order_ignores_wall_clock_steps() {
             welcome_devices: vec![],
             now_ms,
             max_queue_depth: 10_000,
+            max_queue_bytes: u64::MAX / 2,
+            max_share_depth: u64::MAX / 2,
+            max_share_bytes: u64::MAX / 2,
         })
         .unwrap();
     }
