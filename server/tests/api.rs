@@ -546,6 +546,7 @@ async fn channel_membership_methods() {
         ),
         Status::Forbidden
     );
+    // RemoveMember removes only the caller (issue 17 item 14); one who left is no member.
     assert_eq!(
         status_of(
             a.call::<_, v1::RemoveMemberResponse>(
@@ -557,7 +558,20 @@ async fn channel_membership_methods() {
             )
             .await
         ),
-        Status::NotFound
+        Status::Forbidden
+    );
+    assert_eq!(
+        status_of(
+            b.call::<_, v1::RemoveMemberResponse>(
+                method::REMOVE_MEMBER,
+                &v1::RemoveMemberRequest {
+                    channel_id: ch.clone(),
+                    member: b.identity_key()
+                }
+            )
+            .await
+        ),
+        Status::Forbidden
     );
     assert_eq!(
         status_of(

@@ -1331,10 +1331,10 @@ async fn k2_an_attacker_drains_at_most_the_bucket_of_key_packages() {
     let mut second = s.connect().await;
     second.login("attacker", PW).await.unwrap();
     let (got2, _, _) = drain_kps(&second, &vk, |n| n == burst + 5).await;
-    assert_eq!(
-        got2.len(),
-        burst,
-        "a second device of the attacker has its own bucket"
+    assert!(
+        got2.len() <= 1,
+        "a second device of the attacker shares the account's bucket (issue 17 item 13): {}",
+        got2.len()
     );
     eprintln!(
         "K-2: attacker got {} of 100 in 100 calls ({limited} RateLimited, retry {retry} ms); contact got 1",
@@ -2069,6 +2069,7 @@ async fn d8_flooded_victim_keeps_fetching() {
         let mut tasks = Vec::new();
         for k in 0..8 {
             let (a, ch, stop) = (attackers[k % 2].clone(), ch.clone(), stop.clone());
+            let vk = victim.device_key();
             tasks.push(tokio::spawn(async move {
                 let (mut limited, mut other) = (0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
@@ -2077,6 +2078,9 @@ async fn d8_flooded_victim_keeps_fetching() {
                             assert!(e.retry_after_ms > 0);
                             limited += 1;
                         }
+                        // Since issue 17 item 20 a message still reaches the group's other
+                        // members; the full victim is skipped and named.
+                        Ok(r) if r.undelivered == vec![vk.clone()] => limited += 1,
                         _ => other += 1,
                     }
                     // The attacker ignores retry_after_ms; it is only paced (see above).
@@ -2094,7 +2098,8 @@ async fn d8_flooded_victim_keeps_fetching() {
             other += o;
         }
         eprintln!("D-8 round {round}: fetch p99 baseline {baseline:?}, under flood {under_flood:?}; {limited} enqueues RateLimited, {other} otherwise");
-        assert_eq!(other, 0, "every flood enqueue is refused");
+        assert_eq!(other, 0, "every flood enqueue is refused for the victim");
+        assert_eq!(peek(&victim).await.unwrap().count, 1000);
         assert!(limited > 100, "the flood was real ({limited})");
         ratios.push(under_flood.as_secs_f64() / baseline.as_secs_f64());
         if under_flood < baseline * 2 {

@@ -393,8 +393,9 @@ async fn s24_unread_responses_buffer_at_most_1_mib_and_expire_at_the_write_deadl
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let dropped = svc.metrics.write_deadline_total.load(Ordering::Relaxed);
-    eprintln!("S-24: 48 unread Fetches of ~900 KiB on 3 connections: peak buffered {peak} B (cap 3 x 1 MiB), {dropped} dropped at the 2 s write deadline; honest health calls served within 1 s: {honest_ok}");
-    assert!(peak <= 3 * MIB, "peak {peak}");
+    eprintln!("S-24: 48 unread Fetches of ~900 KiB on 3 connections: peak buffered {peak} B (cap 3 x 1 MiB, plus the honest client's), {dropped} dropped at the 2 s write deadline; honest health calls served within 1 s: {honest_ok}");
+    // The gauge is server-wide: the honest client's small responses count in it too.
+    assert!(peak <= 3 * MIB + 16 * 1024, "peak {peak}");
     assert!(peak > 0);
     assert!(dropped >= 3, "{dropped}");
     assert!(honest_ok > 0);
