@@ -258,7 +258,7 @@ async fn s21_bytes_are_capped_per_device_per_account_and_globally() {
         }
     }
     eprintln!("S-21b: one account wrote {written} B against a budget of 8 MiB");
-    assert!(written <= 8 * MIB && written >= 7 * MIB);
+    assert!((7 * MIB..=8 * MIB).contains(&written));
     // Another account is not affected.
     b.send(&ch, 1, &big).await.unwrap();
     s.stop().await;
