@@ -12,6 +12,7 @@ use qpq_crypto::opaque_ke::{
 };
 use qpq_proto::{method, v1, Status};
 use rand::rngs::OsRng;
+use sha2::Digest as _;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -63,15 +64,26 @@ impl Session {
             )
             .map_err(|e| AuthError::Protocol(e.to_string()))?;
         let identity = identity_from_export_key(&fin.export_key);
+        let upload = fin.message.serialize().to_vec();
+        // Proof of possession of both keys (issue 17 item 12), bound to this registration.
+        let proof = qpq_proto::key_proof::register(
+            username,
+            &Sha256::digest(&upload),
+            &identity.public_key(),
+            &device,
+        );
+        let device_signature = self.engine()?.keys.device.sign(&proof);
         let _: v1::OpaqueRegisterFinishResponse = self
             .net
             .call(
                 method::OPAQUE_REGISTER_FINISH,
                 &v1::OpaqueRegisterFinishRequest {
                     username: username.into(),
-                    registration_upload: Bytes::from(fin.message.serialize().to_vec()),
+                    registration_upload: Bytes::from(upload),
                     identity_key: Bytes::copy_from_slice(&identity.public_key()),
                     device_key: Bytes::copy_from_slice(&device),
+                    identity_signature: Bytes::copy_from_slice(&identity.sign(&proof)),
+                    device_signature: Bytes::copy_from_slice(&device_signature),
                 },
                 None,
                 Duration::ZERO,
@@ -131,6 +143,8 @@ impl Session {
                 ));
             }
         }
+        let proof = qpq_proto::key_proof::login_device(&r.login_id, &device);
+        let device_signature = self.engine()?.keys.device.sign(&proof);
         let resp: v1::OpaqueLoginFinishResponse = self
             .net
             .call(
@@ -139,6 +153,7 @@ impl Session {
                     login_id: r.login_id,
                     ke3: Bytes::from(fin.message.serialize().to_vec()),
                     device_key: Bytes::copy_from_slice(&device),
+                    device_signature: Bytes::copy_from_slice(&device_signature),
                 },
                 None,
                 Duration::ZERO,
