@@ -17,6 +17,7 @@ use tokio::runtime::Runtime;
 
 use crate::body::Body;
 use crate::error::{Error, ErrorCode};
+use crate::lease::Lease;
 use crate::net::Net;
 use crate::session::{Engine, Session};
 use crate::store::Store;
@@ -69,6 +70,8 @@ struct Inner {
     closed: AtomicBool,
     wake: tokio::sync::Notify,
     connected: AtomicBool,
+    /// The store's lease (ADR 0021): held from `open` until `close` or drop.
+    lease: Mutex<Option<Lease>>,
 }
 
 impl Inner {
@@ -257,9 +260,13 @@ const _: () = {
 impl Client {
     /// Opens or creates the encrypted store in `config.data_dir` and starts background
     /// receive (which stays idle until logged in). Does not need the network. A wrong key
-    /// fails with `Storage` and leaves the file untouched.
+    /// fails with `Storage` and leaves the file untouched. Takes the store's lease first: while
+    /// another process (or `Client`) has the store open, fails with `Busy` at once or after
+    /// waiting `config.lock_timeout` (ADR 0021).
     pub fn open(config: ClientConfig) -> Result<Client, Error> {
         let rt = runtime()?;
+        // Before the store is read: another holder means Busy (or waiting for it).
+        let lease = Lease::acquire(&config.data_dir, config.lock_timeout)?;
         let store = Store::open(
             &config.data_dir,
             &config.store_key,
@@ -283,6 +290,7 @@ impl Client {
             closed: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             connected: AtomicBool::new(false),
+            lease: Mutex::new(Some(lease)),
         });
         let task = rt.spawn(inner.clone().receive_loop());
         Ok(Client {
@@ -668,9 +676,10 @@ impl Client {
     }
 
     /// Stops background receive and closes the connection; later calls fail with `Closed`
-    /// and blocked waits return `Closed`. When it returns (called outside an async runtime)
-    /// the background task is gone, so dropping the `Client` then closes the store file at
-    /// once (unless a call made on another thread is still running): the files may be
+    /// and blocked waits return `Closed`. It also gives up the store's lease, so another
+    /// process may open the store (ADR 0021). When it returns (called outside an async
+    /// runtime) the background task is gone, so dropping the `Client` then closes the store
+    /// file at once (unless a call made on another thread is still running): the files may be
     /// copied, moved or deleted after the drop. Dropping the client shuts it down too.
     /// Bindings expose it as their language's close idiom (ADR 0011).
     pub fn shutdown(&self) {
@@ -697,6 +706,24 @@ impl Client {
         }
         if let Ok(mut st) = self.inner.events.lock() {
             st.subscribers.clear();
+        }
+        // Release the lease once no call is inside the engine (later calls fail: closed).
+        let release = || {
+            if let Ok(mut l) = self.inner.lease.lock() {
+                l.take();
+            }
+        };
+        match runtime() {
+            Ok(rt) if tokio::runtime::Handle::try_current().is_err() => {
+                rt.block_on(async {
+                    // No group operation is between its round trips, and no call holds the
+                    // engine, when the lease goes.
+                    let _ops = self.inner.session.ops().await;
+                    let _engine = self.inner.session.engine();
+                    release();
+                });
+            }
+            _ => release(),
         }
     }
 

@@ -16,6 +16,7 @@
 mod body;
 mod client;
 mod error;
+mod lease;
 mod mls;
 mod net;
 #[cfg(test)]

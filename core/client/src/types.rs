@@ -62,6 +62,10 @@ pub struct ClientConfig {
     pub trust: Trust,
     /// Deadline of each request (default 15 s).
     pub request_timeout: Duration,
+    /// How long [`crate::Client::open`] waits for a store another process (or `Client`) holds:
+    /// zero (the default) fails with `Busy` at once. One process at a time opens a store
+    /// (ADR 0021).
+    pub lock_timeout: Duration,
     /// Test-only: a cheap Argon2id cost for passphrase keys. Never set it in production.
     #[doc(hidden)]
     pub insecure_fast_kdf: bool,
@@ -82,6 +86,7 @@ impl ClientConfig {
             server_name: "localhost".into(),
             trust,
             request_timeout: Duration::from_secs(15),
+            lock_timeout: Duration::ZERO,
             insecure_fast_kdf: false,
         }
     }
@@ -102,6 +107,7 @@ impl ClientConfig {
             server_name: "localhost".into(),
             trust: Trust::SystemRoots,
             request_timeout: Duration::from_secs(15),
+            lock_timeout: Duration::ZERO,
             fingerprint_error: None,
         }
     }
@@ -117,6 +123,7 @@ pub struct ClientConfigBuilder {
     server_name: String,
     trust: Trust,
     request_timeout: Duration,
+    lock_timeout: Duration,
     fingerprint_error: Option<String>,
 }
 
@@ -178,6 +185,13 @@ impl ClientConfigBuilder {
         self
     }
 
+    /// How long `Client::open` waits for a store another process holds before answering
+    /// `Busy` (default 0: at once). See ADR 0021.
+    pub fn lock_timeout_ms(mut self, ms: u64) -> Self {
+        self.lock_timeout = Duration::from_millis(ms);
+        self
+    }
+
     /// The config; `InvalidInput` when no store key was given or a value is malformed.
     pub fn build(self) -> Result<ClientConfig, crate::Error> {
         if let Some(e) = self.fingerprint_error {
@@ -199,6 +213,7 @@ impl ClientConfigBuilder {
             server_name: self.server_name,
             trust: self.trust,
             request_timeout: self.request_timeout,
+            lock_timeout: self.lock_timeout,
             insecure_fast_kdf: false,
         })
     }
