@@ -191,7 +191,10 @@ impl Server {
         let purge_task = {
             let svc = self.service.clone();
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(service::PURGE_INTERVAL);
+                let mut every = tokio::time::interval_at(
+                    tokio::time::Instant::now() + service::PURGE_INTERVAL,
+                    service::PURGE_INTERVAL,
+                );
                 loop {
                     every.tick().await;
                     let now = std::time::SystemTime::now()

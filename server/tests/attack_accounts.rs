@@ -324,6 +324,7 @@ async fn item3_logout_ends_pushes_and_waits_of_the_session() {
     other.device = IdentityKey::from_bytes(&alice.device.to_bytes());
     other.identity = IdentityKey::from_bytes(&alice.identity.to_bytes());
     other.login("alice", PW).await.unwrap();
+    peek(&other).await.unwrap();
     let parked_before = s.service.fetch_waits_parked();
     let waiting = {
         let w = waiter.clone();
@@ -368,6 +369,7 @@ async fn item4_every_login_start_counts_until_a_login_succeeds() {
     let s = TestServer::start_with(|c| {
         c.auth_rate_per_sec = 1e9;
         c.auth_rate_burst = 1e9;
+        c.pending_logins_per_ip = 1000;
     })
     .await;
     let mut alice = s.user("alice").await;
