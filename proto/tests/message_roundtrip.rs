@@ -71,6 +71,7 @@ fn enqueue() -> impl Strategy<Value = v1::EnqueueRequest> {
                 add_members,
                 remove_members,
                 welcome,
+                promote_members: welcome_devices.clone(),
                 welcome_devices,
             },
         )

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 
 macro_rules! options {
@@ -49,6 +49,12 @@ macro_rules! options {
         }
 
         impl Config {
+            /// Each setting's name and its built-in default, as `--help` shows it.
+            pub fn defaults() -> Vec<(&'static str, String)> {
+                let d = Config::default();
+                vec![ $( (stringify!($name), ShowDefault::show(&d.$name)), )* ]
+            }
+
             /// Applies the set fields of `o` over the defaults.
             pub fn from_options(o: Options) -> Config {
                 let d = Config::default();
@@ -67,7 +73,7 @@ options! {
     tls_cert: PathBuf = "QPQ_TLS_CERT", PathBuf::new();
     /// TLS private key (PEM or DER), with --tls-cert.
     tls_key: PathBuf = "QPQ_TLS_KEY", PathBuf::new();
-    /// Log format: text or json.
+    /// Log format: text or json (anything else is refused).
     log_format: String = "QPQ_LOG_FORMAT", "text".into();
     /// Log filter (tracing env-filter syntax).
     log_level: String = "QPQ_LOG", "info".into();
@@ -178,7 +184,8 @@ options! {
 impl Config {
     /// Reads flags and environment, then the TOML file, then defaults.
     pub fn load() -> Result<Config, String> {
-        let cli = Options::parse();
+        let cli = Options::from_arg_matches(&Options::command_with_defaults().get_matches())
+            .map_err(|e| e.to_string())?;
         let file = match &cli.config {
             Some(p) => Some(read_file(p)?),
             None if Path::new("qpq-server.toml").exists() => {
@@ -186,10 +193,22 @@ impl Config {
             }
             None => None,
         };
-        Ok(Config::from_options(match file {
+        let config = Config::from_options(match file {
             Some(f) => cli.or(f),
             None => cli,
-        }))
+        });
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what a setting's type cannot: `log_format` is `text` or `json`.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.log_format.as_str() {
+            "text" | "json" => Ok(()),
+            other => Err(format!(
+                "--log-format (QPQ_LOG_FORMAT) must be text or json, not {other:?}"
+            )),
+        }
     }
 
     /// A configuration for tests and embedding: loopback, ephemeral port, the given data dir.
@@ -238,6 +257,61 @@ impl Config {
     }
 }
 
+impl Options {
+    /// The flag parser with each setting's built-in default appended to its help text. The
+    /// defaults are not clap defaults: an unset flag must stay unset so the file and the
+    /// environment can fill it.
+    pub fn command_with_defaults() -> clap::Command {
+        let mut cmd = Options::command();
+        for (name, value) in Config::defaults() {
+            cmd = cmd.mut_arg(name, |a| {
+                let tail = format!(" [default: {value}]");
+                let help = a.get_help().map(|h| format!("{h}{tail}"));
+                let long = a.get_long_help().map(|h| format!("{h}{tail}"));
+                let a = match help {
+                    Some(h) => a.help(h),
+                    None => a,
+                };
+                match long {
+                    Some(h) => a.long_help(h),
+                    None => a,
+                }
+            });
+        }
+        cmd
+    }
+}
+
+/// How a default reads in `--help`.
+trait ShowDefault {
+    fn show(&self) -> String;
+}
+
+impl ShowDefault for String {
+    fn show(&self) -> String {
+        if self.is_empty() {
+            "unset".into()
+        } else {
+            self.clone()
+        }
+    }
+}
+
+impl ShowDefault for PathBuf {
+    fn show(&self) -> String {
+        if self.as_os_str().is_empty() {
+            "unset".into()
+        } else {
+            self.display().to_string()
+        }
+    }
+}
+
+macro_rules! show_display {
+    ($($t:ty),*) => { $( impl ShowDefault for $t { fn show(&self) -> String { self.to_string() } } )* };
+}
+show_display!(SocketAddr, u64, u32, usize, f64, bool);
+
 fn read_file(p: &Path) -> Result<Options, String> {
     let text =
         std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
@@ -259,6 +333,20 @@ mod tests {
         assert_eq!(c.max_devices, 4);
         assert_eq!(c.max_blob_bytes, 50 * 1024 * 1024);
         assert!(toml::from_str::<Options>("no_such_option = 1").is_err());
+    }
+
+    #[test]
+    fn help_shows_defaults_and_log_format_is_checked() {
+        let help = Options::command_with_defaults()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("[default: 0.0.0.0:5001]"), "{help}");
+        assert!(help.contains("[default: data]"), "{help}");
+        assert!(help.contains("[default: 30000]"), "{help}");
+        let mut c = Config::default();
+        assert!(c.validate().is_ok());
+        c.log_format = "yaml".into();
+        assert!(c.validate().expect_err("yaml is refused").contains("yaml"));
     }
 
     #[test]

@@ -6,8 +6,11 @@ use qpq_server::Server;
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: log files and pipes get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if config.log_format == "json" {
         builder.json().init();
@@ -37,8 +40,18 @@ async fn main() -> std::process::ExitCode {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    // The default listens on every interface; the line says so, so an operator who wanted
+    // loopback only sees it at once.
+    let interfaces = match server.local_addr() {
+        Ok(a) if a.ip().is_unspecified() => {
+            "all interfaces (set --listen 127.0.0.1:PORT for local only)"
+        }
+        Ok(a) if a.ip().is_loopback() => "loopback only",
+        _ => "one interface",
+    };
     tracing::info!(
         listen = %addr,
+        interfaces,
         data_dir = %config.data_dir.display(),
         cert_sha256 = %server.fingerprint(),
         metrics = ?server.metrics_addr(),

@@ -252,21 +252,10 @@ fn keys32(v: &[Bytes], what: &str) -> Result<Vec<Key32>, Fail> {
     v.iter().map(|b| key32(b, what)).collect()
 }
 
-/// Normalises and checks a username: 1 to 32 of `a-z 0-9 _ . -`, case-insensitive.
-pub fn normalize_username(u: &str) -> Result<String, Fail> {
-    let u = u.trim().to_ascii_lowercase();
-    if u.is_empty() || u.len() > 32 {
-        return Err(Fail::bad("username must be 1 to 32 characters"));
-    }
-    if !u
-        .bytes()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(&c))
-    {
-        return Err(Fail::bad(
-            "username may contain only a-z, 0-9, '_', '.' and '-'",
-        ));
-    }
-    Ok(u)
+/// Normalises and checks a username by the one rule client and server share
+/// ([`qpq_proto::username`]: 1 to 32 of `a-z 0-9 _ . -`, case-insensitive).
+fn normalize_username(u: &str) -> Result<String, Fail> {
+    qpq_proto::username::normalize(u).map_err(|e| Fail::bad(e.to_string()))
 }
 
 fn token_hash(token: &[u8]) -> Key32 {
@@ -1111,8 +1100,10 @@ impl Service {
         }
     }
 
-    fn login_failed(&self) -> Fail {
+    fn login_failed(&self, ip: IpAddr, username: &str) -> Fail {
         Metrics::inc(&self.metrics.auth_login_failure_total);
+        // At the default level: an operator watching the log sees guessing as it happens.
+        tracing::warn!(%ip, username, "login failed");
         Fail::new(Status::Unauthorized, "login failed")
     }
 
@@ -1158,8 +1149,10 @@ impl Service {
                 self.give_back_attempt(p.ip, &p.username, p.exempt);
                 Ok(())
             }
-            _ => {
-                let _ = self.login_failed();
+            other => {
+                if let Some(p) = other {
+                    let _ = self.login_failed(p.ip, &p.username);
+                }
                 Err(Fail::new(Status::Forbidden, "re-authentication failed"))
             }
         }
@@ -1308,11 +1301,11 @@ impl Service {
         let Some(pending) = self.finish_pending(&id, &r.ke3) else {
             // An unknown or expired login id: counts against the address.
             let _ = self.login_failures_ip.try_record(ip);
-            return Err(self.login_failed());
+            return Err(self.login_failed(ip, "?"));
         };
         let Some(account) = pending.account else {
             // The attempt stays counted (LoginStart recorded it).
-            return Err(self.login_failed());
+            return Err(self.login_failed(pending.ip, &pending.username));
         };
         self.check_key_proof(
             &dk,
@@ -1369,7 +1362,10 @@ impl Service {
             ));
         }
         if !is_commit
-            && (!r.add_members.is_empty() || !r.remove_members.is_empty() || !r.welcome.is_empty())
+            && (!r.add_members.is_empty()
+                || !r.remove_members.is_empty()
+                || !r.promote_members.is_empty()
+                || !r.welcome.is_empty())
         {
             return Err(Fail::bad(
                 "membership changes and Welcomes travel only with commits",
@@ -1389,6 +1385,7 @@ impl Service {
             remove_members: keys32(&r.remove_members, "remove_members entry")?,
             welcome: r.welcome,
             welcome_devices: keys32(&r.welcome_devices, "welcome_devices entry")?,
+            promote_members: keys32(&r.promote_members, "promote_members entry")?,
             now_ms: now_ms(),
             max_queue_depth: self.config.max_queue_depth,
         };

@@ -1318,3 +1318,52 @@ async fn a_full_recipient_queue_answers_rate_limited_and_recovers_after_ack() {
         .unwrap();
     a.send(&ch, 10, b"x").await.unwrap();
 }
+
+/// Issue 10 item 8, the server's half: the creator is the first admin; only an admin's
+/// commit may remove another current member or promote; anyone may remove themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admins_remove_others_or_promote() {
+    let s = TestServer::start().await;
+    let a = s.user("alice").await;
+    let b = s.user("bob").await;
+    let c = s.user("carol").await;
+    let d = s.user("dave").await;
+    let ch = a.group(&[&b, &c, &d]).await;
+    let commit = |id: u8, epoch: u64| v1::EnqueueRequest {
+        kind: v1::MessageKind::Commit as i32,
+        commit_epoch: Some(epoch),
+        ..app_message(&ch, id, b"commit")
+    };
+    let refused = |r: Result<v1::EnqueueResponse, _>| {
+        let e: qpq_server::testkit::CallError = r.unwrap_err();
+        assert_eq!(e.status, Status::Forbidden, "{}", e.message);
+        e.message
+    };
+    // bob is no admin: he removes neither carol nor the creator, and promotes nobody.
+    let mut rm = commit(1, 0);
+    rm.remove_members = vec![c.identity_key()];
+    let m = refused(b.call(method::ENQUEUE, &rm).await);
+    assert!(m.contains("admin"), "{m}");
+    let mut rm = commit(2, 0);
+    rm.remove_members = vec![a.identity_key()];
+    refused(b.call(method::ENQUEUE, &rm).await);
+    let mut promote = commit(3, 0);
+    promote.promote_members = vec![b.identity_key()];
+    refused(b.call(method::ENQUEUE, &promote).await);
+    // Nothing of the refused commits happened: the epoch is still 0.
+    // Anyone may remove themselves.
+    let mut leave = commit(4, 0);
+    leave.remove_members = vec![d.identity_key()];
+    let r: v1::EnqueueResponse = d.call(method::ENQUEUE, &leave).await.unwrap();
+    assert_eq!(r.epoch, 1);
+    // The admin promotes bob, who may then remove carol.
+    let mut promote = commit(5, 1);
+    promote.promote_members = vec![b.identity_key()];
+    let r: v1::EnqueueResponse = a.call(method::ENQUEUE, &promote).await.unwrap();
+    assert_eq!(r.epoch, 2);
+    let mut rm = commit(6, 2);
+    rm.remove_members = vec![c.identity_key()];
+    let r: v1::EnqueueResponse = b.call(method::ENQUEUE, &rm).await.unwrap();
+    assert_eq!(r.epoch, 3);
+    assert_eq!(status_of(c.send(&ch, 7, b"x").await), Status::Forbidden);
+}

@@ -123,9 +123,9 @@ fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, NetError> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_uni_streams(64u32.into());
     t.max_concurrent_bidi_streams(16u32.into());
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(
-        Duration::from_secs(30)
+        IDLE_TIMEOUT
             .try_into()
             .map_err(|_| NetError::Tls("idle timeout".into()))?,
     ));
@@ -134,6 +134,15 @@ fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, NetError> {
 }
 
 /// The connection to one server.
+/// A PING every second keeps the path warm and lets a silent server be noticed (ADR 0030).
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// A connection that hears nothing (not even an ACK of a keep-alive) for this long is dead:
+/// three missed keep-alives and then some. The client's value wins over the server's 30 s
+/// (QUIC uses the smaller of the two).
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Longest wait for a new connection's handshake: a dead or wrong address fails this fast.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+
 pub(crate) struct Net {
     endpoint: quinn::Endpoint,
     server_addr: String,
@@ -195,10 +204,16 @@ impl Net {
             .endpoint
             .connect_with(cfg, addr, &self.server_name)
             .map_err(|e| NetError::Connect(e.to_string()))?;
-        let conn = tokio::time::timeout(self.timeout, connecting)
+        let conn = tokio::time::timeout(self.timeout.min(CONNECT_TIMEOUT), connecting)
             .await
-            .map_err(|_| NetError::Timeout)?
-            .map_err(|e| NetError::Connect(e.to_string()))?;
+            .map_err(|_| {
+                NetError::Connect(format!(
+                    "no answer from {} ({addr}) within {} s",
+                    self.server_addr,
+                    self.timeout.min(CONNECT_TIMEOUT).as_secs()
+                ))
+            })?
+            .map_err(|e| NetError::Connect(format!("{} ({addr}): {e}", self.server_addr)))?;
         // Push frames: each wakes the receive loop, which fetches in order.
         let c2 = conn.clone();
         let push = self.push.clone();
@@ -250,9 +265,9 @@ impl Net {
         loop {
             attempt += 1;
             match self.call_once(method, payload.clone(), extra).await {
-                Err(NetError::Transport(e)) | Err(NetError::Connect(e))
-                    if idempotent && attempt < 2 =>
-                {
+                // Only a connection that died under the call is worth one retry; a fresh
+                // connection that just failed would fail again, twice as slowly.
+                Err(NetError::Transport(e)) if idempotent && attempt < 2 => {
                     tracing::debug!("call {method} failed ({e}); retrying on a new connection");
                     self.disconnect().await;
                     continue;
@@ -322,6 +337,7 @@ fn decode<Resp: prost::Message + Default>(
         Err(NetError::Status {
             status: resp.status,
             message: e.message,
+            retry_after_ms: e.retry_after_ms,
         })
     }
 }

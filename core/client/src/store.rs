@@ -18,6 +18,22 @@ use crate::types::{ConversationId, ConversationKind, Message, MessageId, StoreKe
 pub(crate) const DB_FILE: &str = "qpq-client.db";
 /// File name of the plaintext salt sidecar (passphrase keys only).
 pub(crate) const SALT_FILE: &str = "qpq-client.salt";
+/// File name of the key-check sidecar: 16 bytes derived one-way from the store key, so a
+/// store that does not open can be told "wrong key" from "damaged file".
+pub(crate) const KEYCHECK_FILE: &str = "qpq-client.keycheck";
+
+/// The key-check value of a raw store key (domain-separated SHA-256, first 16 bytes). It
+/// reveals no more than the encrypted database's own page MACs already do.
+fn key_check(raw: &[u8; 32]) -> [u8; 16] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"qpq store key check v1");
+    h.update(raw);
+    let d = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}
 
 /// Serde codec for openmls's storage (JSON).
 #[derive(Default)]
@@ -69,6 +85,8 @@ pub(crate) struct OutboxRow {
 pub(crate) struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Set while a new store lives only in memory.
+    pending: Option<Pending>,
 }
 
 // SAFETY: `rusqlite::Connection` is `Send` but not `Sync` (interior `RefCell`s). The only
@@ -152,41 +170,191 @@ fn derive_key(
     }
 }
 
+/// What a store kept in memory needs to be written out.
+struct Pending {
+    dir: PathBuf,
+    raw: Zeroizing<[u8; 32]>,
+    /// The passphrase's salt (none for a raw key).
+    salt: Option<[u8; 16]>,
+}
+
+/// Opens an existing encrypted database file with `raw`. A wrong key is told apart from a
+/// damaged file by the key-check sidecar (written here when missing).
+fn open_file(data_dir: &Path, path: &Path, raw: &[u8; 32]) -> Result<Connection, StoreError> {
+    let check_path = data_dir.join(KEYCHECK_FILE);
+    let stored_check = std::fs::read(&check_path).ok();
+    if let Some(c) = &stored_check {
+        if c.as_slice() != key_check(raw).as_slice() {
+            return Err(StoreError::WrongKey);
+        }
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // SQLCipher logs to stderr by default; its failures reach the caller as errors.
+    let _ = conn.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()));
+    let key_sql = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex(&raw[..])));
+    conn.execute_batch(&key_sql)?;
+    // The first read fails when the key is wrong or the file is not a database.
+    let check: Result<i64, _> =
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
+    if check.is_err() {
+        return Err(match stored_check {
+            // The key is the one the store was made with: the file itself is damaged.
+            Some(_) => StoreError::Corrupt(format!(
+                "{} is damaged (the key is right but the file does not read)",
+                path.display()
+            )),
+            None => StoreError::WrongKey,
+        });
+    }
+    if stored_check.is_none() {
+        std::fs::write(&check_path, key_check(raw)).map_err(|e| StoreError::Io(e.to_string()))?;
+    }
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
 impl Store {
-    /// Opens (or creates) `data_dir/qpq-client.db`. Never modifies an existing file that the
-    /// key does not open.
+    /// Opens or creates `data_dir/qpq-client.db` (on disk at once). Never modifies an
+    /// existing file that the key does not open.
+    #[allow(dead_code)]
     pub(crate) fn open(
         data_dir: &Path,
         key: &StoreKey,
         fast_kdf: bool,
     ) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io(e.to_string()))?;
+        let mut s = Store::open_deferred(data_dir, key, fast_kdf)?;
+        s.persist()?;
+        Ok(s)
+    }
+
+    /// Opens `data_dir/qpq-client.db`. Never modifies an existing file that the key does not
+    /// open. When there is no store yet, the new one lives in memory and nothing is written
+    /// to disk (not even `data_dir`) until [`Store::persist`]: the engine calls it once the
+    /// server accepted a registration or login, so a failed first attempt leaves nothing.
+    pub(crate) fn open_deferred(
+        data_dir: &Path,
+        key: &StoreKey,
+        fast_kdf: bool,
+    ) -> Result<Store, StoreError> {
         let path = data_dir.join(DB_FILE);
-        let creating = !path.exists();
-        let raw = derive_key(data_dir, key, fast_kdf, creating)?;
-        let flags = if creating {
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        } else {
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        };
-        let conn = Connection::open_with_flags(&path, flags)?;
-        let key_sql = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex(&raw[..])));
-        conn.execute_batch(&key_sql)?;
-        // The first read fails when the key is wrong or the file is not a database.
-        let check: Result<i64, _> =
-            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
-        if check.is_err() {
-            return Err(StoreError::WrongKey);
+        if !path.exists() {
+            return Store::pending(data_dir, key, fast_kdf);
         }
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
-        )?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        let mut store = Store { conn, path };
+        let len = std::fs::metadata(&path)
+            .map_err(|e| StoreError::Io(e.to_string()))?
+            .len();
+        // SQLite would take an empty file for a new database: a truncated store would
+        // silently become a new device.
+        if len == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "{} is empty (0 bytes): the store was truncated; restore it, or move it \
+                 away to start this device afresh",
+                path.display()
+            )));
+        }
+        let raw = derive_key(data_dir, key, fast_kdf, false)?;
+        let mut store = Store {
+            conn: open_file(data_dir, &path, &raw)?,
+            path,
+            pending: None,
+        };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// A new store in memory (plain SQLite: it never touches the disk) with the key it will
+    /// be written out with.
+    fn pending(data_dir: &Path, key: &StoreKey, fast_kdf: bool) -> Result<Store, StoreError> {
+        let (raw, salt) = match key {
+            StoreKey::Raw(k) => (Zeroizing::new(*k), None),
+            StoreKey::Passphrase(p) => {
+                let salt: [u8; 16] = rand::random();
+                let mut out = Zeroizing::new([0u8; 32]);
+                kdf(fast_kdf)?
+                    .hash_password_into(p.as_bytes(), &salt, &mut out[..])
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                (out, Some(salt))
+            }
+        };
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+        let mut store = Store {
+            conn,
+            path: data_dir.join(DB_FILE),
+            pending: Some(Pending {
+                dir: data_dir.to_path_buf(),
+                raw,
+                salt,
+            }),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// True while the store exists only in memory (no accepted login yet).
+    #[allow(dead_code)]
+    pub(crate) fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Writes a new store out to `data_dir` (directory, salt, key check, encrypted database)
+    /// and continues on the file. Nothing to do for a store that is already on disk. On
+    /// failure the files it made are removed and the store stays in memory.
+    pub(crate) fn persist(&mut self) -> Result<(), StoreError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        match self.write_out(&p) {
+            Ok(conn) => {
+                self.conn = conn;
+                Ok(())
+            }
+            Err(e) => {
+                for f in [DB_FILE, SALT_FILE, KEYCHECK_FILE] {
+                    let _ = std::fs::remove_file(p.dir.join(f));
+                }
+                let _ = std::fs::remove_dir(&p.dir);
+                self.pending = Some(p);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_out(&self, p: &Pending) -> Result<Connection, StoreError> {
+        std::fs::create_dir_all(&p.dir).map_err(|e| StoreError::Io(e.to_string()))?;
+        if self.path.exists() {
+            return Err(StoreError::Io(format!(
+                "{} appeared meanwhile (another client?)",
+                self.path.display()
+            )));
+        }
+        if let Some(salt) = &p.salt {
+            std::fs::write(p.dir.join(SALT_FILE), salt)
+                .map_err(|e| StoreError::Io(e.to_string()))?;
+        }
+        let file = self.path.to_string_lossy().replace('\'', "''");
+        let attach = Zeroizing::new(format!(
+            "ATTACH DATABASE '{file}' AS enc KEY \"x'{}'\";",
+            hex(&p.raw[..])
+        ));
+        self.conn.execute_batch(&attach)?;
+        let exported = self
+            .conn
+            .query_row("SELECT sqlcipher_export('enc')", [], |_| Ok(()));
+        let _ = self.conn.execute_batch("DETACH DATABASE enc;");
+        exported?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let conn = open_file(&p.dir, &self.path, &p.raw)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {version};"))?;
+        Ok(conn)
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -645,5 +813,52 @@ mod tests {
         let other = tempfile::tempdir().expect("temp dir");
         let b = derive_key(other.path(), &key, true, true).expect("derive");
         assert_ne!(*a, *b, "each store has its own salt");
+    }
+
+    /// Issue 10 item 5 and the "smaller" list: a new store is written only by `persist`;
+    /// afterwards a wrong passphrase, a damaged file and an empty file are three different
+    /// errors, and none of them changes the files.
+    #[test]
+    fn new_store_waits_for_persist_and_failures_are_told_apart() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("alice");
+        let key = StoreKey::Passphrase("right".into());
+        let mut s = Store::open_deferred(&dir, &key, true).expect("open");
+        assert!(s.is_pending());
+        s.set_meta("k", b"v").expect("write in memory");
+        assert!(!dir.exists(), "nothing on disk before persist");
+        s.persist().expect("persist");
+        assert!(!s.is_pending());
+        s.set_meta("k2", b"v2").expect("write on disk");
+        drop(s);
+        let s = Store::open(&dir, &key, true).expect("reopen");
+        assert_eq!(s.get_meta("k").expect("read").as_deref(), Some(&b"v"[..]));
+        assert_eq!(s.get_meta("k2").expect("read").as_deref(), Some(&b"v2"[..]));
+        drop(s);
+
+        let wrong = Store::open(&dir, &StoreKey::Passphrase("wrong".into()), true);
+        assert!(matches!(wrong, Err(StoreError::WrongKey)));
+
+        let db = dir.join(DB_FILE);
+        let mut bytes = std::fs::read(&db).expect("read db");
+        for b in bytes.iter_mut().take(4096).skip(100) {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&db, &bytes).expect("damage");
+        let damaged = Store::open(&dir, &key, true);
+        assert!(
+            matches!(&damaged, Err(StoreError::Corrupt(m)) if m.contains("damaged")),
+            "{:?}",
+            damaged.err()
+        );
+
+        std::fs::write(&db, b"").expect("truncate");
+        let empty = Store::open(&dir, &key, true);
+        assert!(
+            matches!(&empty, Err(StoreError::Corrupt(m)) if m.contains("empty")),
+            "{:?}",
+            empty.err()
+        );
+        assert_eq!(std::fs::metadata(&db).expect("still there").len(), 0);
     }
 }

@@ -16,7 +16,7 @@ struct Transcript {
 
 impl Transcript {
     fn line(&self, took: Duration, who: &str, what: impl AsRef<str>) {
-        println!(
+        outln!(
             "[{:>7.1} ms] {who:<6} {}",
             took.as_secs_f64() * 1000.0,
             what.as_ref()
@@ -26,9 +26,9 @@ impl Transcript {
     fn expect(&mut self, ok: bool, what: impl Into<String>) {
         let what = what.into();
         if ok {
-            println!("             ✓ {what}");
+            outln!("             ✓ {what}");
         } else {
-            println!("             ✗ {what}");
+            outln!("             ✗ {what}");
             self.failures.push(what);
         }
     }
@@ -76,13 +76,13 @@ fn received(
 pub fn run() -> ExitCode {
     match run_inner() {
         Ok(failures) if failures.is_empty() => {
-            println!("\nall expectations held: end-to-end encrypted, post-quantum, removed members locked out.");
+            outln!("\nall expectations held: end-to-end encrypted, post-quantum, removed members locked out.");
             ExitCode::SUCCESS
         }
         Ok(failures) => {
-            println!("\n{} expectation(s) failed:", failures.len());
+            outln!("\n{} expectation(s) failed:", failures.len());
             for f in failures {
-                println!("  - {f}");
+                outln!("  - {f}");
             }
             ExitCode::FAILURE
         }
@@ -98,7 +98,7 @@ fn run_inner() -> Result<Vec<String>, String> {
         failures: Vec::new(),
     };
     let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
-    println!("qpq demo: an embedded qpq-server and three users in a post-quantum MLS group\n");
+    outln!("qpq demo: an embedded qpq-server and three users in a post-quantum MLS group\n");
 
     // The server, in-process on a free loopback port.
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;

@@ -2,12 +2,27 @@
 //!
 //! - `qpq demo`: an embedded server and three users in a post-quantum group, with a transcript.
 //! - `qpq repl`: an interactive chat client (registers on first use, logs in otherwise).
-//! - `qpq register|login|send|recv|groups|ping`: scriptable subcommands (`--json`).
+//! - `qpq register|login|send|recv|history|groups|ping`: scriptable subcommands (`--json`).
+//!
+//! Exit status: 0 success, 2 usage error, 10 + the qpq-core error code for every other failure
+//! (11 Network, 12 Unauthorized, 13 NotFound, 14 Conflict, 15 InvalidInput, 16 Crypto,
+//! 17 Storage, 18 RateLimited, 19 Timeout, 20 Closed, 21 Internal, …).
 //!
 //! It holds no messaging logic: everything goes through `qpq_core::Client`.
 
 // A terminal program: printing to stdout is its purpose.
 #![allow(clippy::print_stdout)]
+
+/// `println!` that ends the program with success once stdout is closed (`qpq demo | head`),
+/// instead of panicking on the broken pipe.
+macro_rules! outln {
+    () => {
+        $crate::scripted::say("")
+    };
+    ($($t:tt)*) => {
+        $crate::scripted::say(&format!($($t)*))
+    };
+}
 
 mod demo;
 mod repl;
@@ -23,7 +38,10 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "qpq",
     version,
-    about = "quicproquo: end-to-end encrypted group messaging over QUIC with MLS"
+    about = "quicproquo: end-to-end encrypted group messaging over QUIC with MLS",
+    after_help = "Exit status: 0 success, 2 usage error, otherwise 10 + the error code: 11 Network, \
+12 Unauthorized, 13 NotFound, 14 Conflict, 15 InvalidInput, 16 Crypto, 17 Storage, 18 RateLimited, \
+19 Timeout, 20 Closed, 21 Internal (see README.md)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,18 +58,23 @@ enum Command {
     Register(scripted::CommonArgs),
     /// Log in and keep the session in the local store.
     Login(scripted::CommonArgs),
-    /// Send a text message to a user (DM) or a conversation (name or id).
+    /// Send a text message to a user (--to, a DM) or a conversation (--conversation).
     Send(scripted::SendArgs),
-    /// Receive pending messages (and keep receiving with --follow).
+    /// Print messages not printed before (and keep receiving with --follow).
     Recv(scripted::RecvArgs),
+    /// Print stored messages again, from the local store (no network needed).
+    History(scripted::HistoryArgs),
     /// List conversations.
     Groups(scripted::CommonArgs),
-    /// Measure the round trip to the server.
-    Ping(scripted::CommonArgs),
+    /// Measure the round trip to the server (needs no account).
+    Ping(scripted::PingArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     match cli.command {
         Command::Demo => demo::run(),
         Command::Repl(args) => repl::run(args),
@@ -59,7 +82,39 @@ fn main() -> ExitCode {
         Command::Login(a) => scripted::login(a),
         Command::Send(a) => scripted::send(a),
         Command::Recv(a) => scripted::recv(a),
+        Command::History(a) => scripted::history(a),
         Command::Groups(a) => scripted::groups(a),
         Command::Ping(a) => scripted::ping(a),
     }
+}
+
+/// A command-line usage error: clap's text, or with `--json` anywhere on the line one JSON
+/// object (`code` InvalidInput); exit status 2 either way. `--help`/`--version` print as usual.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    if std::env::args().any(|a| a == "--json") {
+        let message = e.kind().as_str().map(str::to_string).unwrap_or_default();
+        let detail = e.to_string();
+        let first = detail
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_string();
+        println!(
+            "{}",
+            serde_json::json!({"ok": false, "code": "InvalidInput", "message": if first.is_empty() { message } else { first }})
+        );
+        return ExitCode::from(session::EXIT_USAGE);
+    }
+    let _ = e.print();
+    ExitCode::from(session::EXIT_USAGE)
 }

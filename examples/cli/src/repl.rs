@@ -1,15 +1,23 @@
 //! `qpq repl`: interactive chat with line editing and history. Messages from others are printed
-//! above the prompt while you type. Every error is one line; the REPL never exits on a bad
-//! command.
+//! above the prompt while you type, one line each, with the time. Every error is one line; the
+//! REPL never exits on a bad command.
+//!
+//! The line history on disk (`repl-history` in the store directory, with or without
+//! `--data-dir`) keeps only commands, never message text: the messages themselves are in the
+//! encrypted store. With a store from an earlier session the REPL starts without the server
+//! (history readable, sends queued) and connects in the background.
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use qpq_core::{Client, ConversationId, Event, EventListener};
+use qpq_core::{Client, ConversationId, ConversationKind, ErrorCode, Event, EventListener};
 use rustyline::error::ReadlineError;
+use rustyline::history::History as _;
 use rustyline::ExternalPrinter;
 
-use crate::session::{display_name, find_conversation, register_or_login, ConnectArgs};
+use crate::session::{
+    clock, display_name, exit_code, find_conversation, register_or_login, CliError, ConnectArgs,
+};
 
 const HELP: &str = "\
 commands:
@@ -22,26 +30,45 @@ commands:
   /list                          list conversations
   /members                       members of the active conversation
   /history [n]                   last n messages (default 20)
+  //text                         send a line that starts with a slash (it sends /text)
   /rotate-keys                   update your keys in the active group
   /verify <user>                 show the safety number with a user
   /whoami                        your account and device
   /help                          this text
   /quit                          exit
-anything else is sent to the active conversation";
+anything else is sent to the active conversation; times are UTC";
 
 type Active = Arc<Mutex<Option<(ConversationId, String)>>>;
+
+/// What the printing thread prints: an event, or a line of the REPL's own.
+enum Out {
+    Event(Event),
+    Line(String),
+}
 
 /// The listener: hands each event to the printing thread and returns at once. It runs on the
 /// engine's own thread, where calling back into the client or waiting on the terminal would
 /// stall message processing.
-struct Forward(Mutex<std::sync::mpsc::Sender<Event>>);
+struct Forward(Mutex<std::sync::mpsc::Sender<Out>>);
 
 impl EventListener for Forward {
     fn on_event(&self, event: Event) {
         if let Ok(tx) = self.0.lock() {
-            let _ = tx.send(event);
+            let _ = tx.send(Out::Event(event));
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Whether a typed line is a command (kept in the line history) rather than message text.
+fn is_command(line: &str) -> bool {
+    line.starts_with('/') && !line.starts_with("//")
 }
 
 /// Formats events (looking names up in the client) and prints them above the prompt.
@@ -52,12 +79,29 @@ struct Printer {
 }
 
 impl Printer {
-    fn run(mut self, events: std::sync::mpsc::Receiver<Event>) {
-        for event in events {
-            let line = self.format(event);
+    fn run(mut self, events: std::sync::mpsc::Receiver<Out>) {
+        for out in events {
+            let body = match out {
+                Out::Event(e) => self.format(e),
+                Out::Line(l) => l,
+            };
+            // One line per print, newline included: between two prompts the printer writes
+            // straight to the terminal, and two lines without it would run together.
+            let line = format!("[{}] {body}\n", clock(now_ms()));
             if self.out.print(line.clone()).is_err() {
-                eprintln!("{line}");
+                eprint!("{line}");
             }
+        }
+    }
+
+    /// Makes `id` the active conversation when none is, so the first reply goes somewhere.
+    fn adopt(&self, id: ConversationId, name: &str) -> bool {
+        match self.active.lock() {
+            Ok(mut a) if a.is_none() => {
+                *a = Some((id, name.to_string()));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -70,23 +114,33 @@ impl Printer {
                     .ok()
                     .and_then(|a| a.as_ref().map(|(id, _)| *id))
                     == Some(m.conversation);
-                let name = self
-                    .client
-                    .conversation(&m.conversation)
-                    .map(|c| display_name(&self.client, &c))
+                let conv = self.client.conversation(&m.conversation).ok();
+                let name = conv
+                    .as_ref()
+                    .map(|c| display_name(&self.client, c))
                     .unwrap_or_default();
+                let sent = clock(m.sent_at_ms);
                 if here {
-                    format!("{}: {}", m.sender, m.text)
+                    format!("{}: {} (sent {sent})", m.sender, m.text)
+                } else if !m.outgoing
+                    && conv.is_some_and(|c| c.kind == ConversationKind::Dm)
+                    && self.adopt(m.conversation, &name)
+                {
+                    format!(
+                        "[{name}] {}: {} (sent {sent}) · now talking in {name}",
+                        m.sender, m.text
+                    )
                 } else {
-                    format!("[{name}] {}: {}", m.sender, m.text)
+                    format!("[{name}] {}: {} (sent {sent})", m.sender, m.text)
                 }
             }
             Event::ConversationJoined(c) => {
-                format!(
-                    "* you were added to {} (/switch {})",
-                    display_name(&self.client, &c),
-                    display_name(&self.client, &c)
-                )
+                let name = display_name(&self.client, &c);
+                if c.kind == ConversationKind::Dm && self.adopt(c.id, &name) {
+                    format!("* you were added to {name} · now talking in {name}")
+                } else {
+                    format!("* you were added to {name} (/switch {name})")
+                }
             }
             Event::MembersChanged {
                 conversation,
@@ -129,31 +183,36 @@ impl Printer {
     }
 }
 
+/// Prints `e` and returns the exit status of its code family.
+fn fail(e: &CliError) -> ExitCode {
+    eprintln!("error: {}", e.message);
+    exit_code(e.code)
+}
+
+/// One line per conversation with unread messages, from the local store.
+fn unread_summary(client: &Client) -> Vec<String> {
+    let convs = client.conversations().unwrap_or_default();
+    convs
+        .iter()
+        .filter(|c| c.unread > 0)
+        .map(|c| {
+            let name = display_name(client, c);
+            format!("* {} unread in {name} (/switch {name})", c.unread)
+        })
+        .collect()
+}
+
 /// Runs the REPL.
 pub fn run(args: ConnectArgs) -> ExitCode {
-    let password = match args.password() {
+    let password = match args.password(args.is_new()) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(&e),
     };
     let client = match args.open(&password) {
         Ok(c) => Arc::new(c),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(&e),
     };
-    match register_or_login(&client, &args.username, &password) {
-        Ok(true) => println!("registered and logged in as {}", args.username),
-        Ok(false) => println!("logged in as {}", args.username),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    println!("type /help for commands");
+    let active: Active = Arc::new(Mutex::new(None));
     let mut rl = match rustyline::DefaultEditor::new() {
         Ok(r) => r,
         Err(e) => {
@@ -161,7 +220,9 @@ pub fn run(args: ConnectArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let active: Active = Arc::new(Mutex::new(None));
+    // The listener goes in before anything touches the network, so nothing that arrives
+    // while the REPL starts is left unseen in the event queue.
+    let (tx, rx) = std::sync::mpsc::channel::<Out>();
     match rl.create_external_printer() {
         Ok(p) => {
             let printer = Printer {
@@ -169,18 +230,86 @@ pub fn run(args: ConnectArgs) -> ExitCode {
                 client: client.clone(),
                 active: active.clone(),
             };
-            let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || printer.run(rx));
-            client.set_listener(Some(Arc::new(Forward(Mutex::new(tx)))));
+            client.set_listener(Some(Arc::new(Forward(Mutex::new(tx.clone())))));
+            while let Ok(Some(e)) = client.next_event(std::time::Duration::ZERO) {
+                let _ = tx.send(Out::Event(e));
+            }
         }
         Err(e) => eprintln!("warning: messages will show only after each command ({e})"),
     }
-    if let Err(e) = client.sync() {
-        eprintln!("error: {e}");
+    let stored = client
+        .account()
+        .is_some_and(|a| a.username == args.username);
+    if stored {
+        // A store from an earlier session: start at once, offline if need be; catch up (and
+        // log in again if the stored session expired) in the background.
+        println!("opened the store of {} · connecting…", args.username);
+        let (c, user, pw, tx) = (
+            client.clone(),
+            args.username.clone(),
+            zeroize::Zeroizing::new(password.clone()),
+            tx.clone(),
+        );
+        std::thread::spawn(move || {
+            let r = match c.sync() {
+                Err(e) if e.code() == ErrorCode::Unauthorized => {
+                    c.login(&user, &pw).and_then(|_| c.sync())
+                }
+                r => r,
+            };
+            let line = match r {
+                Ok(events) => {
+                    for e in events {
+                        let _ = tx.send(Out::Event(e));
+                    }
+                    format!("* logged in as {user}")
+                }
+                Err(e) => {
+                    format!("* offline ({e}); history is readable and messages you send are queued")
+                }
+            };
+            let _ = tx.send(Out::Line(line));
+            for line in unread_summary(&c) {
+                let _ = tx.send(Out::Line(line));
+            }
+        });
+    } else {
+        match register_or_login(&client, &args.username, &password) {
+            Ok(true) => println!("registered and logged in as {}", args.username),
+            Ok(false) => println!("logged in as {}", args.username),
+            Err(e) => return fail(&CliError::from(e)),
+        }
+        match client.sync() {
+            Ok(events) => {
+                for e in events {
+                    let _ = tx.send(Out::Event(e));
+                }
+            }
+            Err(e) => eprintln!("error: {e}"),
+        }
+        for line in unread_summary(&client) {
+            println!("{line}");
+        }
     }
-    let history = args.data_dir.clone().map(|d| d.join("repl-history"));
-    if let Some(h) = &history {
-        let _ = rl.load_history(h);
+    drop(password);
+    println!("type /help for commands");
+    // Only commands are kept, so no message text reaches the disk; a history file written by
+    // an older version is cleaned of anything else.
+    let history = args.data_dir().join("repl-history");
+    let _ = rl.load_history(&history);
+    let kept: Vec<String> = rl
+        .history()
+        .iter()
+        .filter(|l| is_command(l))
+        .cloned()
+        .collect();
+    if kept.len() != rl.history().len() {
+        let _ = rl.clear_history();
+        for l in &kept {
+            let _ = rl.add_history_entry(l.as_str());
+        }
+        let _ = rl.save_history(&history);
     }
     loop {
         let prompt = match active.lock().ok().and_then(|a| a.clone()) {
@@ -193,7 +322,9 @@ pub fn run(args: ConnectArgs) -> ExitCode {
                 if line.is_empty() {
                     continue;
                 }
-                let _ = rl.add_history_entry(line);
+                if is_command(line) {
+                    let _ = rl.add_history_entry(line);
+                }
                 match command(&client, &active, line) {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Quit) => break,
@@ -208,9 +339,7 @@ pub fn run(args: ConnectArgs) -> ExitCode {
             }
         }
     }
-    if let Some(h) = &history {
-        let _ = rl.save_history(h);
-    }
+    let _ = rl.save_history(&history);
     client.set_listener(None);
     client.close();
     ExitCode::SUCCESS
@@ -238,9 +367,11 @@ fn set_active(client: &Client, active: &Active, id: ConversationId) -> Result<St
 
 fn command(client: &Client, active: &Active, line: &str) -> Result<Flow, String> {
     let e = |e: qpq_core::Error| e.to_string();
-    if !line.starts_with('/') {
+    if !is_command(line) {
+        // `//text` sends `/text`.
+        let text = line.strip_prefix('/').unwrap_or(line);
         let (id, _) = need_active(active)?;
-        client.send_text(&id, line).map_err(e)?;
+        client.send_text(&id, text).map_err(e)?;
         return Ok(Flow::Continue);
     }
     let mut words = line.split_whitespace();
@@ -316,9 +447,16 @@ fn command(client: &Client, active: &Active, line: &str) -> Result<Flow, String>
             if target.is_empty() {
                 return Err("usage: /switch <name|@user|number>".into());
             }
-            let id = find_conversation(client, &target)?;
+            let id = find_conversation(client, &target).map_err(|e| e.message)?;
+            let unread = client.conversation(&id).map_err(e)?.unread;
             let name = set_active(client, active, id)?;
             println!("* now talking in {name}");
+            if unread > 0 {
+                let n = usize::try_from(unread).unwrap_or(usize::MAX);
+                for m in client.messages(&id, n, None).map_err(e)? {
+                    print_history_line(&m);
+                }
+            }
         }
         "/list" => {
             let convs = client.conversations().map_err(e)?;
@@ -331,12 +469,17 @@ fn command(client: &Client, active: &Active, line: &str) -> Result<Flow, String>
                 .and_then(|a| a.as_ref().map(|(id, _)| *id));
             for (i, c) in convs.iter().enumerate() {
                 println!(
-                    "{}{:>2}. {} · {} members · epoch {}{}{}",
+                    "{}{:>2}. {} · {} members · epoch {}{}{}{}",
                     if Some(c.id) == current { "*" } else { " " },
                     i + 1,
                     display_name(client, c),
                     c.members.len(),
                     c.epoch,
+                    if c.unread > 0 {
+                        format!(" · {} unread", c.unread)
+                    } else {
+                        String::new()
+                    },
                     if c.post_quantum { " · PQ" } else { "" },
                     if c.active { "" } else { " · (left)" }
                 );
@@ -360,7 +503,7 @@ fn command(client: &Client, active: &Active, line: &str) -> Result<Flow, String>
             };
             let (id, _) = need_active(active)?;
             for m in client.messages(&id, n, None).map_err(e)? {
-                println!("{}: {}", if m.outgoing { "you" } else { &m.sender }, m.text);
+                print_history_line(&m);
             }
         }
         "/rotate-keys" => {
@@ -377,4 +520,14 @@ fn command(client: &Client, active: &Active, line: &str) -> Result<Flow, String>
         other => return Err(format!("unknown command {other}; /help lists them")),
     }
     Ok(Flow::Continue)
+}
+
+/// A stored message as `/history` shows it: sent time, sender ("you" for this account), text.
+fn print_history_line(m: &qpq_core::Message) {
+    println!(
+        "[{}] {}: {}",
+        clock(m.sent_at_ms),
+        if m.outgoing { "you" } else { &m.sender },
+        m.text
+    );
 }

@@ -23,7 +23,7 @@ fn qpq(s: &common::Server, data: &std::path::Path) -> Command {
         .env("QPQ_CA_CERT", &s.cert)
         .env("QPQ_USERNAME", "bob")
         .env("QPQ_PASSWORD", "bob-password")
-        .env("QPQ_DATA_DIR", data);
+        .env("QPQ_CLIENT_DATA_DIR", data);
     c
 }
 

@@ -39,6 +39,7 @@ pub fn messages() -> Vec<(&'static str, Vec<u8>)> {
         remove_members: vec![b(32, 6)],
         welcome: b(64, 7),
         welcome_devices: vec![b(32, 8)],
+        promote_members: vec![],
     };
     vec![
         ("EnqueueRequest", enqueue.encode_to_vec()),

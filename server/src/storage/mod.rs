@@ -186,6 +186,8 @@ pub struct EnqueueOp {
     pub welcome: Bytes,
     /// Devices that get the Welcome; empty means every device of `add_members`.
     pub welcome_devices: Vec<Key32>,
+    /// Identity keys made admins with this commit (the sender must be an admin).
+    pub promote_members: Vec<Key32>,
     /// Acceptance time, Unix milliseconds.
     pub now_ms: u64,
     /// Per-device queue cap.

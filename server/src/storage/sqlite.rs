@@ -110,7 +110,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE key_packages ADD COLUMN init_key_hash BLOB;
     CREATE UNIQUE INDEX key_packages_init_key ON key_packages(device_id, init_key_hash);
     ",
-    // v3 (issue 17 items 1, 9, 28): account and device ids are never reused. `id_high` holds
+    // v3 (issue 10 item 8): group roles. A channel's creator is its first admin; admins
+    // promote. Members of channels made before roles existed are all admins, so those groups
+    // keep working as they did (anyone could remove anyone).
+    "
+    ALTER TABLE channel_members ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+    UPDATE channel_members SET admin = 1;
+    ",
+    // v4 (issue 17 items 1, 9, 28): account and device ids are never reused. `id_high` holds
     // the highest id ever handed out per table (what AUTOINCREMENT keeps in sqlite_sequence,
     // without rebuilding the tables); every insert takes the next one. A DM whose key names
     // an account that no longer exists loses its key, so nobody can re-join it. Deleted
@@ -545,6 +552,17 @@ fn member_devices(
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+/// Whether `account` is an admin of `channel`.
+fn is_admin(conn: &Connection, channel: &ChannelId, account: AccountId) -> StorageResult<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT admin FROM channel_members WHERE channel_id = ?1 AND account_id = ?2",
+        )?
+        .query_row(params![&channel[..], account], |r| r.get::<_, i64>(0))
+        .optional()?
+        .is_some_and(|a| a != 0))
+}
+
 fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome> {
     let channel = channel_row(conn, &op.channel_id)?.ok_or(StorageError::NotFound("channel"))?;
     if !member_check(conn, &op.channel_id, op.sender_account)? {
@@ -580,6 +598,23 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     // Recipients of the message: every device of the members before this change (so removed
     // members learn of their removal), except the sender and the Welcome's recipients.
     let before = member_devices(conn, &op.channel_id)?;
+    // Roles: removing another account that is still a member, or promoting, needs an admin
+    // sender. (A member that left is already out of the channel: committing its own Remove
+    // proposals needs no role.)
+    let sender_admin = is_admin(conn, &op.channel_id, op.sender_account)?;
+    if !op.promote_members.is_empty() && !sender_admin {
+        return Err(StorageError::Forbidden(
+            "only an admin makes other members admins".into(),
+        ));
+    }
+    for key in &op.remove_members {
+        let id = account_id_by_identity(conn, key)?;
+        if id != op.sender_account && member_check(conn, &op.channel_id, id)? && !sender_admin {
+            return Err(StorageError::Forbidden(
+                "only an admin removes other members".into(),
+            ));
+        }
+    }
     for key in &op.remove_members {
         let id = account_id_by_identity(conn, key)?;
         conn.prepare_cached(
@@ -595,6 +630,19 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
         )?
         .execute(params![&op.channel_id[..], id])?;
         added.push(id);
+    }
+    for key in &op.promote_members {
+        let id = account_id_by_identity(conn, key)?;
+        let n = conn
+            .prepare_cached(
+                "UPDATE channel_members SET admin = 1 WHERE channel_id = ?1 AND account_id = ?2",
+            )?
+            .execute(params![&op.channel_id[..], id])?;
+        if n == 0 {
+            return Err(StorageError::Invalid(
+                "a promoted account is not a member of the channel".into(),
+            ));
+        }
     }
     let mut welcome_to: Vec<DeviceId> = Vec::new();
     if !op.welcome.is_empty() {
@@ -1128,14 +1176,18 @@ impl Storage for SqliteStorage {
                     if let Some(eid) = existing {
                         let eid = id16(eid)?;
                         let ch = channel_row(c, &eid)?.ok_or(StorageError::NotFound("channel"))?;
-                        // Re-join a DM one side had left.
+                        let mut both = true;
                         for a in &ids {
-                            c.execute(
-                                "INSERT OR IGNORE INTO channel_members(channel_id, account_id) VALUES (?1, ?2)",
-                                params![&eid[..], a],
-                            )?;
+                            both &= member_check(c, &eid, *a)?;
                         }
-                        return Ok((ch, false));
+                        if both {
+                            return Ok((ch, false));
+                        }
+                        // One side left: its MLS group is gone, and the other side's group
+                        // moved on without it. The pair gets a new DM channel (and a new
+                        // group); the old one keeps its history and stops being the pair's.
+                        c.prepare_cached("UPDATE channels SET dm_key = NULL WHERE id = ?1")?
+                            .execute([&eid[..]])?;
                     }
                     Some(key)
                 }
@@ -1144,8 +1196,8 @@ impl Storage for SqliteStorage {
             c.prepare_cached("INSERT INTO channels(id, kind, dm_key, metadata, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
                 .execute(params![&id[..], kind as i64, dm_key, metadata, now as i64])?;
             for a in &ids {
-                c.prepare_cached("INSERT INTO channel_members(channel_id, account_id) VALUES (?1, ?2)")?
-                    .execute(params![&id[..], a])?;
+                c.prepare_cached("INSERT INTO channel_members(channel_id, account_id, admin) VALUES (?1, ?2, ?3)")?
+                    .execute(params![&id[..], a, i64::from(*a == creator)])?;
             }
             Ok((
                 Channel {
