@@ -55,20 +55,38 @@ impl Engine {
             )
             .map_err(|e| AuthError::Protocol(e.to_string()))?;
         let identity = identity_from_export_key(&fin.export_key);
+        let upload = fin.message.serialize().to_vec();
+        // Proofs that this client holds both keys it registers (server ADR 0041).
+        let proof = qpq_proto::key_proof::register(
+            username,
+            &<sha2::Sha256 as sha2::Digest>::digest(&upload),
+            &identity.public_key(),
+            &self.my_device(),
+        );
         let _: v1::OpaqueRegisterFinishResponse = net
             .call(
                 method::OPAQUE_REGISTER_FINISH,
                 &v1::OpaqueRegisterFinishRequest {
                     username: username.into(),
-                    registration_upload: Bytes::from(fin.message.serialize().to_vec()),
+                    registration_upload: Bytes::from(upload),
                     identity_key: Bytes::copy_from_slice(&identity.public_key()),
                     device_key: Bytes::copy_from_slice(&self.my_device()),
+                    identity_signature: Bytes::copy_from_slice(&identity.sign(&proof)),
+                    device_signature: Bytes::copy_from_slice(&self.keys.device.sign(&proof)),
                 },
                 None,
                 Duration::ZERO,
                 false,
             )
-            .await?;
+            .await
+            .map_err(|e| match e.status() {
+                // RegisterStart answers the same for taken names; the name fails here.
+                Some(Status::Conflict) => Error::new(
+                    ErrorCode::Conflict,
+                    format!("the username {username} is taken"),
+                ),
+                _ => e.into(),
+            })?;
         self.login(net, username, password).await
     }
 
@@ -128,6 +146,9 @@ impl Engine {
             .call(
                 method::OPAQUE_LOGIN_FINISH,
                 &v1::OpaqueLoginFinishRequest {
+                    device_signature: Bytes::copy_from_slice(&self.keys.device.sign(
+                        &qpq_proto::key_proof::login_device(&r.login_id, &self.my_device()),
+                    )),
                     login_id: r.login_id,
                     ke3: Bytes::from(fin.message.serialize().to_vec()),
                     device_key: Bytes::copy_from_slice(&self.my_device()),
