@@ -221,7 +221,9 @@ impl Server {
             let svc = self.service.clone();
             let every = Duration::from_secs(self.config.purge_interval_secs.max(1));
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
+                // The first run comes one interval after start.
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tick.tick().await;
                     let now = std::time::SystemTime::now()

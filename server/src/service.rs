@@ -622,7 +622,9 @@ impl Service {
         let n = tokio::task::spawn_blocking(move || store.purge_expired_sessions(now))
             .await
             .map_err(|_| StorageError::Backend("purge task failed".into()))??;
-        self.sessions_changed(|_, s| s.expires_at <= now);
+        // Expired entries are refused by their expiry already; dropping them from the cache
+        // is only housekeeping (no generation bump: nothing live changed).
+        self.lock_sessions().live.retain(|_, s| s.expires_at > now);
         Ok(n)
     }
 

@@ -89,7 +89,15 @@ impl Session {
                 Duration::ZERO,
                 false,
             )
-            .await?;
+            .await
+            .map_err(|e| match e.status() {
+                // RegisterStart answers the same for taken names; the name fails here.
+                Some(Status::Conflict) => Error::new(
+                    ErrorCode::Conflict,
+                    format!("the username {username} is taken"),
+                ),
+                _ => e.into(),
+            })?;
         self.login_locked(username, password).await
     }
 
