@@ -72,7 +72,8 @@ fn repl_cmd(server: &str, cert: &Path, user: &str, data: Option<&Path>) -> Comma
 
 fn spawn(cmd: Command) -> Session {
     let mut p = Session::spawn(cmd).unwrap();
-    p.set_expect_timeout(Some(Duration::from_secs(30)));
+    // Generous: a REPL start derives two Argon2id keys, on a machine shared by parallel builds.
+    p.set_expect_timeout(Some(Duration::from_secs(120)));
     p
 }
 
@@ -90,6 +91,8 @@ fn recv_follow_into_head_loses_nothing_and_history_rereads() {
     ok(qpq(&s, "alice", w.path()).args(["register", "--json"]));
     ok(qpq(&s, "bob", w.path()).args(["register", "--json"]));
     ok(qpq(&s, "alice", w.path()).args(["send", "--to", "bob", "--msg", "one", "--json"]));
+    let first = ok(qpq(&s, "bob", w.path()).args(["recv", "--json"]));
+    assert_eq!(texts(&first), ["one"], "{first}");
 
     let mut follow = Command::new("bash");
     follow
@@ -104,12 +107,13 @@ fn recv_follow_into_head_loses_nothing_and_history_rereads() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = follow.spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
-    assert_eq!(texts(&first), ["one"], "{first}");
-    // head has exited; qpq still follows. The next message finds the pipe closed.
     ok(qpq(&s, "alice", w.path()).args(["send", "--to", "bob", "--msg", "two", "--json"]));
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(texts(&line), ["two"], "{line}");
+    // head has exited; qpq still follows. The next message finds the pipe closed.
+    ok(qpq(&s, "alice", w.path()).args(["send", "--to", "bob", "--msg", "three", "--json"]));
     let status = child.wait().unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
@@ -117,15 +121,11 @@ fn recv_follow_into_head_loses_nothing_and_history_rereads() {
     assert!(!err.contains("panicked"), "{err}");
 
     let again = ok(qpq(&s, "bob", w.path()).args(["recv", "--json"]));
-    assert_eq!(
-        texts(&again),
-        ["two"],
-        "the unwritten message comes next: {again}"
-    );
+    assert_eq!(texts(&again), ["three"], "the unwritten message comes next: {again}");
     let none = ok(qpq(&s, "bob", w.path()).args(["recv", "--json"]));
     assert!(texts(&none).is_empty(), "{none}");
     let hist = ok(qpq(&s, "bob", w.path()).args(["history", "--to", "alice", "--json"]));
-    assert_eq!(texts(&hist), ["one", "two"], "{hist}");
+    assert_eq!(texts(&hist), ["one", "two", "three"], "{hist}");
 
     // The demo into a closed pipe: a clean exit too.
     let demo = Command::new("bash")
