@@ -4,7 +4,8 @@
 //! from `qpq/v1/*.proto` without a system `protoc`), the frame codec for request, response and
 //! push frames ([`frame`]), the method and push-event ids ([`method`], [`event`]), the
 //! [`Status`] codes, and one async reader that takes a frame off a stream with a size limit and
-//! a deadline ([`frame::read_request`] and friends).
+//! a deadline ([`frame::read_request`] and friends). It is also the one place for the rules
+//! both ends must agree on: the [`username`] rule and the MLS ciphersuites ([`suite`]).
 //!
 //! What it will not do: open connections, authenticate, encrypt, or decide anything about
 //! delivery. Those live in `qpq-server` and `qpq-core`.
@@ -20,6 +21,8 @@
 pub mod frame;
 pub mod method;
 mod status;
+pub mod suite;
+pub mod username;
 
 pub use status::Status;
 

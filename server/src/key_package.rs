@@ -14,9 +14,7 @@
 use std::time::SystemTime;
 
 use openmls::prelude::tls_codec::Deserialize as _;
-use openmls::prelude::{
-    BasicCredential, Ciphersuite, KeyPackageIn, KeyPackageVerifyError, ProtocolVersion,
-};
+use openmls::prelude::{BasicCredential, KeyPackageIn, KeyPackageVerifyError, ProtocolVersion};
 use openmls_rust_crypto::RustCrypto;
 use sha2::{Digest, Sha256};
 
@@ -25,12 +23,6 @@ use crate::storage::Key32;
 /// Largest KeyPackage accepted, in bytes. Ours are about 0.3 KiB (classic) and 2.7 KiB
 /// (X-Wing); 8 KiB leaves room for extensions without letting the directory store bulk data.
 pub const MAX_KEY_PACKAGE_BYTES: usize = 8 * 1024;
-
-/// The ciphersuites the server accepts KeyPackages for: the ones `qpq-core` uses.
-pub const ACCEPTED_SUITES: [Ciphersuite; 2] = [
-    Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519,
-    Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519,
-];
 
 /// Why an uploaded KeyPackage was refused. Every variant answers `BadRequest`; the message
 /// names the rule (never key material).
@@ -106,10 +98,7 @@ pub fn validate(
             max: MAX_KEY_PACKAGE_BYTES,
         });
     }
-    if !ACCEPTED_SUITES
-        .iter()
-        .any(|s| u32::from(u16::from(*s)) == declared_suite)
-    {
+    if qpq_proto::suite::by_id(declared_suite).is_none() {
         return Err(KeyPackageError::UnsupportedSuite(declared_suite));
     }
     // KeyPackageTBS starts with version (u16) then cipher_suite (u16): refuse a foreign suite

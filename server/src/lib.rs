@@ -19,6 +19,9 @@ pub mod listener;
 pub mod metrics;
 pub mod service;
 pub mod storage;
+/// Only with the `testkit` feature: the protocol test client of the integration tests,
+/// benchmarks and fuzz targets. A release server is built without it.
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;
 

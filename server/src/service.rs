@@ -205,21 +205,10 @@ fn keys32(v: &[Bytes], what: &str) -> Result<Vec<Key32>, Fail> {
     v.iter().map(|b| key32(b, what)).collect()
 }
 
-/// Normalises and checks a username: 1 to 32 of `a-z 0-9 _ . -`, case-insensitive.
-pub fn normalize_username(u: &str) -> Result<String, Fail> {
-    let u = u.trim().to_ascii_lowercase();
-    if u.is_empty() || u.len() > 32 {
-        return Err(Fail::bad("username must be 1 to 32 characters"));
-    }
-    if !u
-        .bytes()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(&c))
-    {
-        return Err(Fail::bad(
-            "username may contain only a-z, 0-9, '_', '.' and '-'",
-        ));
-    }
-    Ok(u)
+/// Normalises and checks a username by the one rule client and server share
+/// ([`qpq_proto::username`]: 1 to 32 of `a-z 0-9 _ . -`, case-insensitive).
+fn normalize_username(u: &str) -> Result<String, Fail> {
+    qpq_proto::username::normalize(u).map_err(|e| Fail::bad(e.to_string()))
 }
 
 fn token_hash(token: &[u8]) -> Key32 {

@@ -25,11 +25,7 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 use bytes::Bytes;
 use prost::Message;
 use qpq_crypto::identity::IdentityKey;
-use qpq_crypto::opaque::OpaqueSuite;
-use qpq_crypto::opaque_ke::{
-    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
-    ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
-};
+use qpq_crypto::opaque;
 use qpq_proto::frame::{read_push, read_response, Push, Request, Response};
 use qpq_proto::{method, v1, Status, MAX_PAYLOAD};
 use rand::rngs::OsRng;
@@ -222,34 +218,26 @@ impl Conn {
 
     /// OPAQUE registration with this connection's identity and device keys.
     pub async fn register(&mut self, username: &str, password: &str) -> Result<(), CallError> {
-        let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, password.as_bytes())
+        let (state, request) = opaque::client::Registration::start(&mut OsRng, password.as_bytes())
             .expect("testkit setup");
         let r: v1::OpaqueRegisterStartResponse = self
             .call(
                 method::OPAQUE_REGISTER_START,
                 &v1::OpaqueRegisterStartRequest {
                     username: username.into(),
-                    registration_request: Bytes::from(start.message.serialize().to_vec()),
+                    registration_request: Bytes::from(request),
                 },
             )
             .await?;
-        let resp = RegistrationResponse::<OpaqueSuite>::deserialize(&r.registration_response)
-            .expect("testkit setup");
-        let fin = start
-            .state
-            .finish(
-                &mut OsRng,
-                password.as_bytes(),
-                resp,
-                ClientRegistrationFinishParameters::default(),
-            )
+        let fin = state
+            .finish(&mut OsRng, password.as_bytes(), &r.registration_response)
             .expect("testkit setup");
         let _: v1::OpaqueRegisterFinishResponse = self
             .call(
                 method::OPAQUE_REGISTER_FINISH,
                 &v1::OpaqueRegisterFinishRequest {
                     username: username.into(),
-                    registration_upload: Bytes::from(fin.message.serialize().to_vec()),
+                    registration_upload: Bytes::from(fin.message),
                     identity_key: Bytes::copy_from_slice(&self.identity.public_key()),
                     device_key: Bytes::copy_from_slice(&self.device.public_key()),
                 },
@@ -262,25 +250,19 @@ impl Conn {
     /// OPAQUE login; keeps the session token. A wrong password gives `Unauthorized` (the
     /// client-side finish fails, so a garbage KE3 is sent to make the server answer).
     pub async fn login(&mut self, username: &str, password: &str) -> Result<(), CallError> {
-        let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, password.as_bytes())
-            .expect("testkit setup");
+        let (state, ke1) =
+            opaque::client::Login::start(&mut OsRng, password.as_bytes()).expect("testkit setup");
         let r: v1::OpaqueLoginStartResponse = self
             .call(
                 method::OPAQUE_LOGIN_START,
                 &v1::OpaqueLoginStartRequest {
                     username: username.into(),
-                    ke1: Bytes::from(start.message.serialize().to_vec()),
+                    ke1: Bytes::from(ke1),
                 },
             )
             .await?;
-        let ke2 = CredentialResponse::<OpaqueSuite>::deserialize(&r.ke2).expect("testkit setup");
-        let ke3 = match start.state.finish(
-            &mut OsRng,
-            password.as_bytes(),
-            ke2,
-            ClientLoginFinishParameters::default(),
-        ) {
-            Ok(f) => f.message.serialize().to_vec(),
+        let ke3 = match state.finish(&mut OsRng, password.as_bytes(), &r.ke2) {
+            Ok(f) => f.message,
             Err(_) => vec![0u8; 64],
         };
         let fin: v1::OpaqueLoginFinishResponse = self
@@ -434,10 +416,15 @@ pub fn status_of<T>(r: Result<T, CallError>) -> Status {
     }
 }
 
-/// The classic ciphersuite of `qpq-core` (0x0001).
+/// The classic ciphersuite of `qpq-core` ([`qpq_proto::suite::CLASSIC`], 0x0001) as openmls's
+/// type.
 pub const CLASSIC: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-/// The post-quantum (X-Wing) ciphersuite of `qpq-core` (0x004f).
+/// The post-quantum (X-Wing) ciphersuite of `qpq-core` ([`qpq_proto::suite::XWING`], 0x004f)
+/// as openmls's type.
 pub const PQ: Ciphersuite = Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519;
+// The list lives in qpq-proto; these only name openmls's variants for it.
+const _: () = assert!(CLASSIC as u16 == qpq_proto::suite::CLASSIC.id);
+const _: () = assert!(PQ as u16 == qpq_proto::suite::XWING.id);
 
 /// A ciphersuite as the wire's `ciphersuite` field carries it.
 pub fn suite_id(suite: Ciphersuite) -> u32 {

@@ -40,4 +40,11 @@ pub enum CryptoError {
     /// contains the same key twice.
     #[error("invalid recipient list")]
     InvalidRecipients,
+    /// An OPAQUE message is malformed, or a registration step failed.
+    #[error("opaque protocol error")]
+    Opaque,
+    /// An OPAQUE login did not finish: a wrong password, an unknown username or a malformed
+    /// or tampered server message (deliberately indistinguishable).
+    #[error("opaque login failed")]
+    OpaqueLogin,
 }

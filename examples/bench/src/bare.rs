@@ -63,15 +63,36 @@ pub fn qpq_config(dir: &Path) -> qpq_server::config::Config {
     c
 }
 
-/// `serve-qpq DIR`: the real server, pinned to CPU 1.
-pub fn serve_qpq(dir: &str) -> ExitCode {
+/// The configuration of the isolation scenarios (D-8, R-3, A-6; `serve-qpq-limits`): the
+/// reliability tests' settings: a queue cap of 1,000, a 1.5 s read deadline, no account or
+/// authentication rate limit (the flood meets only the queue cap), 200 connections per IP.
+pub fn qpq_limits_config(dir: &Path) -> qpq_server::config::Config {
+    let mut c = qpq_server::config::Config::ephemeral(dir);
+    c.rate_limit_per_sec = 1e12;
+    c.rate_limit_burst = 1e12;
+    c.auth_rate_per_sec = 1e12;
+    c.auth_rate_burst = 1e12;
+    c.max_queue_depth = 1000;
+    c.read_deadline_ms = 1500;
+    c.max_connections_per_ip = 200;
+    c.log_level = "warn".into();
+    c
+}
+
+/// `serve-qpq DIR` (or `serve-qpq-limits DIR` with `limits`): the real server, pinned to CPU 1.
+pub fn serve_qpq(dir: &str, limits: bool) -> ExitCode {
     pin_to_cpu(1);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(_) => return ExitCode::FAILURE,
     };
     rt.block_on(async {
-        let Ok(server) = qpq_server::Server::bind(qpq_config(Path::new(dir))).await else {
+        let config = if limits {
+            qpq_limits_config(Path::new(dir))
+        } else {
+            qpq_config(Path::new(dir))
+        };
+        let Ok(server) = qpq_server::Server::bind(config).await else {
             return ExitCode::FAILURE;
         };
         let Ok(addr) = server.local_addr() else {
@@ -229,6 +250,11 @@ impl ChildServer {
             cert,
             _dir: dir,
         })
+    }
+
+    /// The real server with [`qpq_limits_config`].
+    pub fn start_limits() -> Result<ChildServer, String> {
+        ChildServer::start("serve-qpq-limits")
     }
 
     /// Resident set size of the child, in bytes.

@@ -11,6 +11,7 @@
 #![allow(clippy::print_stdout)]
 
 mod bare;
+mod isolation;
 mod report;
 mod scenarios;
 
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: qpq-bench run [--smoke] [--out DIR]   (DIR default: docs)\n       \
-         qpq-bench serve-qpq DATA_DIR | serve-bare DATA_DIR   (internal: child servers)"
+         qpq-bench serve-qpq DATA_DIR | serve-qpq-limits DATA_DIR | serve-bare DATA_DIR   (internal: child servers)"
     );
     ExitCode::from(2)
 }
@@ -27,7 +28,8 @@ fn usage() -> ExitCode {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("serve-qpq") if args.len() == 2 => bare::serve_qpq(&args[1]),
+        Some("serve-qpq") if args.len() == 2 => bare::serve_qpq(&args[1], false),
+        Some("serve-qpq-limits") if args.len() == 2 => bare::serve_qpq(&args[1], true),
         Some("serve-bare") if args.len() == 2 => bare::serve_bare(&args[1]),
         Some("run") => {
             let smoke = args.iter().any(|a| a == "--smoke");

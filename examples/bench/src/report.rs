@@ -97,6 +97,32 @@ impl Row {
         }
     }
 
+    /// A tail-latency row: the p99s are the figures (and the ratio), the medians go to the
+    /// note. For isolation scenarios, where the question is how much worse the slowest calls
+    /// get under attack.
+    pub fn tail(
+        id: &str,
+        scenario: &str,
+        qpq: &Samples,
+        base: &Samples,
+        limit: f64,
+        note: &str,
+    ) -> Row {
+        let mut row = Row::latency(id, scenario, qpq, base, limit, note);
+        row.qpq = qpq.p99();
+        row.baseline = base.p99();
+        row.qpq_p99 = Some(qpq.p99());
+        row.base_p99 = Some(base.p99());
+        row.goal = format!("p99 ≤ {limit}×");
+        row.note = format!(
+            "{}; p50 {:.0} µs vs {:.0} µs",
+            row.note,
+            qpq.p50(),
+            base.p50()
+        );
+        row
+    }
+
     /// qpq / baseline.
     pub fn ratio(&self) -> f64 {
         self.qpq / self.baseline
@@ -154,6 +180,7 @@ fn fmt(v: f64, unit: &str) -> String {
     match unit {
         "µs" => format!("{v:.0} µs"),
         "B" => format!("{v:.0} B"),
+        "p" => format!("{v:.3}"),
         _ => format!("{v:.0} {unit}"),
     }
 }

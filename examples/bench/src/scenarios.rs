@@ -19,10 +19,14 @@ use rand::RngCore;
 use crate::bare::{self, ChildServer, BARE_DURABLE, BARE_ECHO, BARE_PUSH, BARE_SUBSCRIBE};
 use crate::report::{Results, Row, Samples};
 
-struct Plan {
-    smoke: bool,
-    rounds: usize,
-    per_round: usize,
+/// How much to measure.
+pub struct Plan {
+    /// A few iterations only (the harness test).
+    pub smoke: bool,
+    /// Rounds; round 0 is a discarded warm-up.
+    pub rounds: usize,
+    /// Samples per round.
+    pub per_round: usize,
 }
 
 fn us(d: Duration) -> f64 {
@@ -74,6 +78,8 @@ pub fn run_all(smoke: bool) -> Result<Results, String> {
     idle_connections(&plan, &mut r)?;
     println!("store unlock (L-3)…");
     store_unlock(&plan, &mut r)?;
+    println!("isolation under attack and the LoginStart timing channel (D-8, R-3, A-6)…");
+    crate::isolation::run(&plan, &mut r)?;
     r.skipped.push((
         "B1".into(),
         "the Python, Go and Kotlin SDKs have not landed yet; the row appears as each does".into(),

@@ -9,8 +9,7 @@ use std::path::Path;
 use bytes::Bytes;
 use prost::Message;
 use qpq_crypto::envelope::HybridSecretKey;
-use qpq_crypto::opaque::OpaqueSuite;
-use qpq_crypto::opaque_ke::{ClientLogin, ClientRegistration};
+use qpq_crypto::opaque::client::{Login, Registration};
 use qpq_proto::{method, v1};
 use rand::SeedableRng;
 
@@ -31,8 +30,8 @@ fn main() {
     let hybrid = HybridSecretKey::from_seed(&[0x10; 64])
         .public_key()
         .to_bytes();
-    let reg = ClientRegistration::<OpaqueSuite>::start(&mut rng, b"pw").expect("reg");
-    let ke1 = ClientLogin::<OpaqueSuite>::start(&mut rng, b"pw").expect("ke1");
+    let (_, reg) = Registration::start(&mut rng, b"pw").expect("reg");
+    let (_, ke1) = Login::start(&mut rng, b"pw").expect("ke1");
     // A real KeyPackage (the server parses every upload), of a fixed key: the fuzzed account's
     // device key is random, so it is refused as someone else's, after the full parse.
     let key_package = qpq_server::testkit::KeyPackageSpec::new(
@@ -193,7 +192,7 @@ fn main() {
             method::OPAQUE_REGISTER_START,
             v1::OpaqueRegisterStartRequest {
                 username: "seed".into(),
-                registration_request: Bytes::from(reg.message.serialize().to_vec()),
+                registration_request: Bytes::from(reg.clone()),
             }
             .encode_to_vec(),
         ),
@@ -202,7 +201,7 @@ fn main() {
             method::OPAQUE_LOGIN_START,
             v1::OpaqueLoginStartRequest {
                 username: "fuzz0".into(),
-                ke1: Bytes::from(ke1.message.serialize().to_vec()),
+                ke1: Bytes::from(ke1.clone()),
             }
             .encode_to_vec(),
         ),

@@ -19,11 +19,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use qpq_crypto::identity::IdentityKey;
-use qpq_crypto::opaque::OpaqueSuite;
-use qpq_crypto::opaque_ke::{
-    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
-    ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
-};
+use qpq_crypto::opaque::client::{Login, Registration};
 use qpq_proto::frame::{Request, Response};
 use qpq_proto::{method, v1, Status};
 use qpq_server::config::Config;
@@ -71,28 +67,20 @@ fn ok<M: Message + Default>(r: Response) -> M {
 async fn account(service: &Service, ctx: &CallContext, username: &str) -> Vec<u8> {
     let identity = IdentityKey::generate(&mut OsRng);
     let device = IdentityKey::generate(&mut OsRng);
-    let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, PASSWORD).expect("start");
+    let (state, request) = Registration::start(&mut OsRng, PASSWORD).expect("start");
     let r: v1::OpaqueRegisterStartResponse = ok(call(
         service,
         ctx,
         method::OPAQUE_REGISTER_START,
         v1::OpaqueRegisterStartRequest {
             username: username.into(),
-            registration_request: Bytes::from(start.message.serialize().to_vec()),
+            registration_request: Bytes::from(request),
         }
         .encode_to_vec(),
     )
     .await);
-    let resp = RegistrationResponse::<OpaqueSuite>::deserialize(&r.registration_response)
-        .expect("registration response");
-    let fin = start
-        .state
-        .finish(
-            &mut OsRng,
-            PASSWORD,
-            resp,
-            ClientRegistrationFinishParameters::default(),
-        )
+    let fin = state
+        .finish(&mut OsRng, PASSWORD, &r.registration_response)
         .expect("finish");
     let _: v1::OpaqueRegisterFinishResponse = ok(call(
         service,
@@ -100,34 +88,27 @@ async fn account(service: &Service, ctx: &CallContext, username: &str) -> Vec<u8
         method::OPAQUE_REGISTER_FINISH,
         v1::OpaqueRegisterFinishRequest {
             username: username.into(),
-            registration_upload: Bytes::from(fin.message.serialize().to_vec()),
+            registration_upload: Bytes::from(fin.message),
             identity_key: Bytes::copy_from_slice(&identity.public_key()),
             device_key: Bytes::copy_from_slice(&device.public_key()),
         }
         .encode_to_vec(),
     )
     .await);
-    let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, PASSWORD).expect("login start");
+    let (state, ke1) = Login::start(&mut OsRng, PASSWORD).expect("login start");
     let r: v1::OpaqueLoginStartResponse = ok(call(
         service,
         ctx,
         method::OPAQUE_LOGIN_START,
         v1::OpaqueLoginStartRequest {
             username: username.into(),
-            ke1: Bytes::from(start.message.serialize().to_vec()),
+            ke1: Bytes::from(ke1),
         }
         .encode_to_vec(),
     )
     .await);
-    let ke2 = CredentialResponse::<OpaqueSuite>::deserialize(&r.ke2).expect("ke2");
-    let fin = start
-        .state
-        .finish(
-            &mut OsRng,
-            PASSWORD,
-            ke2,
-            ClientLoginFinishParameters::default(),
-        )
+    let fin = state
+        .finish(&mut OsRng, PASSWORD, &r.ke2)
         .expect("login finish");
     let done: v1::OpaqueLoginFinishResponse = ok(call(
         service,
@@ -135,7 +116,7 @@ async fn account(service: &Service, ctx: &CallContext, username: &str) -> Vec<u8
         method::OPAQUE_LOGIN_FINISH,
         v1::OpaqueLoginFinishRequest {
             login_id: r.login_id,
-            ke3: Bytes::from(fin.message.serialize().to_vec()),
+            ke3: Bytes::from(fin.message),
             device_key: Bytes::copy_from_slice(&device.public_key()),
         }
         .encode_to_vec(),
