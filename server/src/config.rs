@@ -124,12 +124,49 @@ options! {
     auth_rate_burst: f64 = "QPQ_AUTH_RATE_BURST", 200.0;
     /// Longest FetchWait, in milliseconds.
     max_fetch_wait_ms: u64 = "QPQ_MAX_FETCH_WAIT_MS", 60_000;
-    /// Failed logins per username within `login_failure_window_secs`; past it LoginStart for
-    /// that username answers RateLimited with retry_after_ms (0 = no limit). Counted for
-    /// unknown usernames too, so the limit reveals nothing about which names exist.
+    /// Login attempts per (username, IP address) within `login_failure_window_secs`; past it
+    /// LoginStart for that username from that address answers RateLimited with retry_after_ms
+    /// (0 = no limit). Every LoginStart counts until its LoginFinish succeeds (a guess checked
+    /// offline and never finished still counts). Counted for unknown usernames too, so the
+    /// limit reveals nothing about which names exist. Other addresses are not affected, so a
+    /// stranger cannot lock the owner out this way (ADR 0040).
     login_failures_per_account: u32 = "QPQ_LOGIN_FAILURES_PER_ACCOUNT", 5;
-    /// Failed logins per IP address within `login_failure_window_secs` (0 = no limit).
+    /// Login attempts per IP address within `login_failure_window_secs`, over all usernames,
+    /// counted like the per-(username, address) limit (0 = no limit).
     login_failures_per_ip: u32 = "QPQ_LOGIN_FAILURES_PER_IP", 100;
+    /// Login attempts per username from all addresses together, as a token bucket: this many
+    /// at once (0 = no limit). It bounds guessing from many addresses; a LoginStart carrying a
+    /// valid session token of the account (a device already logged in) is exempt (ADR 0040).
+    login_attempts_account_burst: u32 = "QPQ_LOGIN_ATTEMPTS_ACCOUNT_BURST", 30;
+    /// Seconds to refill one attempt of that per-username bucket (default 120: about 720
+    /// guesses a day from any number of addresses).
+    login_attempts_account_refill_secs: u64 = "QPQ_LOGIN_ATTEMPTS_ACCOUNT_REFILL_SECS", 120;
+    /// Logins started and not yet finished, kept at most (all addresses together).
+    max_pending_logins: usize = "QPQ_MAX_PENDING_LOGINS", 10_000;
+    /// Logins started and not yet finished one IP address may hold at once (its share of
+    /// `max_pending_logins`, so a few addresses cannot fill the table for everyone).
+    pending_logins_per_ip: usize = "QPQ_PENDING_LOGINS_PER_IP", 32;
+    /// Sustained requests per second per IP address, every method, checked before the
+    /// session lookup (0 = no limit).
+    ip_rate_per_sec: f64 = "QPQ_IP_RATE_PER_SEC", 2000.0;
+    /// Burst of requests per IP address (every method).
+    ip_rate_burst: f64 = "QPQ_IP_RATE_BURST", 4000.0;
+    /// Sustained Health requests per second per IP address (0 = no limit).
+    health_rate_per_sec: f64 = "QPQ_HEALTH_RATE_PER_SEC", 10.0;
+    /// Burst of Health requests per IP address.
+    health_rate_burst: f64 = "QPQ_HEALTH_RATE_BURST", 20.0;
+    /// Sessions kept per device: a login past it ends that device's oldest session.
+    max_sessions_per_device: usize = "QPQ_MAX_SESSIONS_PER_DEVICE", 10;
+    /// Seconds a deleted account's username stays reserved, so nobody else can take it and
+    /// pose as the deleted contact (0 = free at once).
+    username_tombstone_secs: u64 = "QPQ_USERNAME_TOMBSTONE_SECS", 30 * 24 * 3600;
+    /// File holding the OPAQUE server setup (its private key), apart from the database;
+    /// created 0600 when missing (and moved out of the database if it was there). Empty =
+    /// kept in the database.
+    opaque_setup_file: PathBuf = "QPQ_OPAQUE_SETUP_FILE", PathBuf::new();
+    /// Whether RegisterFinish, LoginFinish and RegisterDevice must carry a signature proving
+    /// the client holds the private key of each key it registers (ADR 0041).
+    require_key_proof: bool = "QPQ_REQUIRE_KEY_PROOF", true;
     /// Sliding window of the failed-login limits, in seconds.
     login_failure_window_secs: u64 = "QPQ_LOGIN_FAILURE_WINDOW_SECS", 15 * 60;
     /// Accounts one IP address may register within `registration_window_secs`; excess
@@ -175,13 +212,16 @@ impl Config {
     }
 
     /// A configuration for tests and embedding: loopback, ephemeral port, the given data dir.
-    /// Every default applies except the per-IP registration limit, which is off: a loopback
-    /// server's clients all come from 127.0.0.1, and tests and demos register many accounts.
+    /// Every default applies except the per-IP registration and request limits, which are
+    /// off: a loopback server's clients all come from 127.0.0.1, and tests and demos register
+    /// many accounts and load the server from that one address.
     pub fn ephemeral(data_dir: &Path) -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.to_path_buf(),
             registrations_per_ip: 0,
+            ip_rate_per_sec: 0.0,
+            health_rate_per_sec: 0.0,
             ..Config::default()
         }
     }
@@ -194,6 +234,11 @@ impl Config {
     /// The KeyPackage fetch bucket's refill rate, in tokens per second.
     pub fn key_package_fetch_per_sec(&self) -> f64 {
         1000.0 / self.key_package_fetch_refill_ms.max(1) as f64
+    }
+
+    /// The per-username login bucket's refill rate, in attempts per second.
+    pub fn login_attempts_account_per_sec(&self) -> f64 {
+        1.0 / self.login_attempts_account_refill_secs.max(1) as f64
     }
 
     /// The registration window as a duration.
@@ -265,7 +310,7 @@ impl ShowDefault for PathBuf {
 macro_rules! show_display {
     ($($t:ty),*) => { $( impl ShowDefault for $t { fn show(&self) -> String { self.to_string() } } )* };
 }
-show_display!(SocketAddr, u64, u32, usize, f64);
+show_display!(SocketAddr, u64, u32, usize, f64, bool);
 
 fn read_file(p: &Path) -> Result<Options, String> {
     let text =

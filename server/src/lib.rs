@@ -190,6 +190,22 @@ impl Server {
             };
             tokio::spawn(metrics::serve(l, self.service.metrics.clone(), gauges))
         });
+        // Item 28 (sessions): expired sessions are deleted, not only refused.
+        let purge_task = {
+            let svc = self.service.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(service::PURGE_INTERVAL);
+                loop {
+                    every.tick().await;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    if let Err(e) = svc.purge_expired_sessions_at(now).await {
+                        tracing::warn!(error = %e, "session purge failed");
+                    }
+                }
+            })
+        };
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
@@ -206,6 +222,7 @@ impl Server {
                 _ = self.shutdown.notified() => break,
             }
         }
+        purge_task.abort();
         tracing::info!("draining");
         self.service.begin_drain();
         self.endpoint.set_server_config(None);

@@ -101,6 +101,19 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn check(&self, key: &K) -> Result<(), Duration> {
         self.check_at(key, Instant::now())
     }
+
+    /// Gives one token back to `key`'s bucket (never above the burst): an attempt that turned
+    /// out honest (a login that succeeded) stops counting.
+    pub fn refund(&self, key: &K) {
+        if let Some((tokens, _)) = self.lock().get_mut(key) {
+            *tokens = (*tokens + 1.0).min(self.burst);
+        }
+    }
+
+    /// Forgets every bucket whose key matches (its row is gone, so nothing may inherit it).
+    pub fn forget(&self, matches: impl Fn(&K) -> bool) {
+        self.lock().retain(|k, _| !matches(k));
+    }
 }
 
 /// Counts events (failed logins, registrations) per key in a sliding window: at most `max`
@@ -169,6 +182,61 @@ impl<K: Hash + Eq + Clone> FailureWindow<K> {
         while events.len() > self.max {
             events.pop_front();
         }
+    }
+
+    /// Checks and records in one step (under one lock): `Ok` means the event was recorded and
+    /// was within the limit; `Err(wait)` records nothing. Concurrent callers can never pass
+    /// together past the limit, which a separate check and record allow.
+    pub fn try_record_at(&self, key: K, now: Instant) -> Result<(), Duration> {
+        if self.max == 0 {
+            return Ok(());
+        }
+        let mut log = self.lock();
+        if log.len() > 100_000 {
+            let window = self.window;
+            log.retain(|_, e| {
+                e.back()
+                    .is_some_and(|t| now.saturating_duration_since(*t) < window)
+            });
+        }
+        let events = log.entry(key).or_default();
+        while events
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)
+        {
+            events.pop_front();
+        }
+        if events.len() >= self.max {
+            let oldest = *events.front().expect("len >= max >= 1");
+            return Err((oldest + self.window).saturating_duration_since(now));
+        }
+        events.push_back(now);
+        Ok(())
+    }
+
+    /// [`FailureWindow::try_record_at`] now.
+    pub fn try_record(&self, key: K) -> Result<(), Duration> {
+        self.try_record_at(key, Instant::now())
+    }
+
+    /// Removes the most recent event of `key` (the attempt it counted succeeded).
+    pub fn unrecord(&self, key: &K) {
+        let mut log = self.lock();
+        if let Some(events) = log.get_mut(key) {
+            events.pop_back();
+            if events.is_empty() {
+                log.remove(key);
+            }
+        }
+    }
+
+    /// Events of `key` recorded within the window at `now`.
+    pub fn count_at(&self, key: &K, now: Instant) -> usize {
+        self.lock().get(key).map_or(0, |e| {
+            e.iter()
+                .filter(|t| now.saturating_duration_since(**t) < self.window)
+                .count()
+        })
     }
 
     /// Forgets the events of `key` (a successful login clears its failures).
@@ -300,6 +368,26 @@ mod tests {
         let off = FailureWindow::new(0, Duration::from_secs(1));
         off.record_at("x", t0);
         assert!(off.check_at(&"x", t0).is_ok(), "0 means no limit");
+    }
+
+    #[test]
+    fn try_record_never_passes_the_limit_and_unrecord_gives_back() {
+        let w = FailureWindow::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let ok = (0..10).filter(|_| w.try_record_at(1u8, t0).is_ok()).count();
+        assert_eq!(ok, 3);
+        assert_eq!(w.count_at(&1u8, t0), 3);
+        w.unrecord(&1u8);
+        assert!(w.try_record_at(1u8, t0).is_ok());
+        assert!(w.try_record_at(1u8, t0).is_err());
+        assert!(w.try_record_at(1u8, t0 + Duration::from_secs(60)).is_ok());
+        let l = RateLimiter::new(0.0, 2.0);
+        assert!(l.check_at(&1u8, t0).is_ok() && l.check_at(&1u8, t0).is_ok());
+        assert!(l.check_at(&1u8, t0).is_err());
+        l.refund(&1u8);
+        assert!(l.check_at(&1u8, t0).is_ok());
+        l.forget(|k| *k == 1u8);
+        assert!(l.is_empty());
     }
 
     /// T-3 (unit level): limiters take [`Instant`], the monotonic clock; permits come only from

@@ -840,14 +840,9 @@ async fn users_and_devices() {
     assert_eq!(a.fetch().await.len(), 1);
     assert_eq!(a2.fetch().await.len(), 1);
 
-    let extra = Bytes::from_static(&[5; 32]);
+    let extra = qpq_crypto::identity::IdentityKey::generate(&mut rand::rngs::OsRng);
     let _: v1::RegisterDeviceResponse = a
-        .call(
-            method::REGISTER_DEVICE,
-            &v1::RegisterDeviceRequest {
-                device_key: extra.clone(),
-            },
-        )
+        .call(method::REGISTER_DEVICE, &a.register_device_request(&extra))
         .await
         .unwrap();
     let l: v1::ListDevicesResponse = a
@@ -859,9 +854,9 @@ async fn users_and_devices() {
         status_of(
             a.call::<_, v1::RegisterDeviceResponse>(
                 method::REGISTER_DEVICE,
-                &v1::RegisterDeviceRequest {
-                    device_key: Bytes::from_static(&[6; 32])
-                }
+                &a.register_device_request(&qpq_crypto::identity::IdentityKey::generate(
+                    &mut rand::rngs::OsRng
+                ))
             )
             .await
         ),
@@ -872,24 +867,14 @@ async fn users_and_devices() {
         status_of(
             a.call::<_, v1::RegisterDeviceResponse>(
                 method::REGISTER_DEVICE,
-                &v1::RegisterDeviceRequest {
-                    device_key: b.device_key()
-                }
+                &a.register_device_request(&b.device)
             )
             .await
         ),
         Status::Conflict
     );
     // Revoking a device kills its session at once.
-    let _: v1::RevokeDeviceResponse = a
-        .call(
-            method::REVOKE_DEVICE,
-            &v1::RevokeDeviceRequest {
-                device_key: a2.device_key(),
-            },
-        )
-        .await
-        .unwrap();
+    a.revoke_device(&a2.device_key(), PW).await.unwrap();
     assert_eq!(
         status_of(
             a2.call::<_, v1::ListDevicesResponse>(method::LIST_DEVICES, &v1::ListDevicesRequest {})
@@ -898,15 +883,7 @@ async fn users_and_devices() {
         Status::Unauthorized
     );
     assert_eq!(
-        status_of(
-            a.call::<_, v1::RevokeDeviceResponse>(
-                method::REVOKE_DEVICE,
-                &v1::RevokeDeviceRequest {
-                    device_key: a2.device_key()
-                }
-            )
-            .await
-        ),
+        status_of(a.revoke_device(&a2.device_key(), PW).await),
         Status::NotFound
     );
 }
@@ -1050,10 +1027,7 @@ async fn delete_account_purges_everything_and_kills_tokens() {
         )
         .await
         .unwrap();
-    let _: v1::DeleteAccountResponse = a
-        .call(method::DELETE_ACCOUNT, &v1::DeleteAccountRequest {})
-        .await
-        .unwrap();
+    a.delete_account(PW).await.unwrap();
     assert_eq!(
         status_of(
             a.call::<_, v1::ListDevicesResponse>(method::LIST_DEVICES, &v1::ListDevicesRequest {})
@@ -1106,9 +1080,12 @@ async fn delete_account_purges_everything_and_kills_tokens() {
         )
         .unwrap();
     assert_eq!(n, 0);
-    // The username is free again.
+    // The username stays reserved (issue 17 item 9: nobody may pose as the deleted contact).
     let mut again = s.connect().await;
-    again.register("alice", PW).await.unwrap();
+    assert_eq!(
+        status_of(again.register("alice", PW).await),
+        Status::Conflict
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

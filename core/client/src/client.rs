@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use qpq_proto::{method, v1};
 use tokio::runtime::Runtime;
 
-use crate::engine::Engine;
 use crate::error::{Error, ErrorCode};
 use crate::net::Net;
+use crate::session::Engine;
 use crate::store::Store;
 use crate::types::{
     Account, ClientConfig, Conversation, ConversationId, Event, EventListener, Member, Message,

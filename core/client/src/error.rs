@@ -1,10 +1,13 @@
 //! The public error type and the one place where every layer's internal error becomes it.
 
 use std::fmt;
+use std::time::Duration;
 
 use qpq_proto::Status;
 
-/// Stable numeric error codes shared by every language binding. Numbers never change.
+/// Stable numeric error codes shared by every language binding. Numbers never change; the
+/// pinned table is `core/client/errors.toml` (number, name, meaning), which every SDK tests
+/// itself against.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -30,11 +33,19 @@ pub enum ErrorCode {
     Closed = 10,
     /// A bug or an unexpected server answer.
     Internal = 11,
+    /// A wait was interrupted or cancelled (e.g. [`crate::Client::interrupt`]).
+    Cancelled = 12,
+    /// The store is held by another process.
+    Busy = 13,
+    /// Not allowed: not an admin, a DM cannot be widened, blocked, consent missing.
+    Forbidden = 14,
+    /// The invited user is already in the conversation.
+    AlreadyMember = 15,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::Network,
         ErrorCode::Unauthorized,
         ErrorCode::NotFound,
@@ -46,6 +57,10 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::Closed,
         ErrorCode::Internal,
+        ErrorCode::Cancelled,
+        ErrorCode::Busy,
+        ErrorCode::Forbidden,
+        ErrorCode::AlreadyMember,
     ];
 
     /// Stable name, identical in every SDK.
@@ -62,6 +77,10 @@ impl ErrorCode {
             ErrorCode::Timeout => "Timeout",
             ErrorCode::Closed => "Closed",
             ErrorCode::Internal => "Internal",
+            ErrorCode::Cancelled => "Cancelled",
+            ErrorCode::Busy => "Busy",
+            ErrorCode::Forbidden => "Forbidden",
+            ErrorCode::AlreadyMember => "AlreadyMember",
         }
     }
 
@@ -69,14 +88,20 @@ impl ErrorCode {
     pub fn as_u32(self) -> u32 {
         self as u32
     }
+
+    /// The code with this number; `None` for a number this version does not know.
+    pub fn from_u32(n: u32) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| c.as_u32() == n)
+    }
 }
 
-/// The error every public [`crate::Client`] method returns: a stable code and a human message
-/// that never contains secrets.
+/// The error every public [`crate::Client`] method returns: a stable code, a human message
+/// that never contains secrets, and when the server said so, how long to wait before retrying.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     code: ErrorCode,
     message: String,
+    retry_after: Option<Duration>,
 }
 
 impl Error {
@@ -85,7 +110,20 @@ impl Error {
         Error {
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error with a retry hint.
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Error {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// How long the server asked to wait before trying again (`RateLimited`, sometimes
+    /// `Network` for an unavailable server); `None` when it gave no hint.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// The stable code.
@@ -150,6 +188,8 @@ pub(crate) enum NetError {
         status: Status,
         /// Server message.
         message: String,
+        /// The server's retry hint (0 = none), milliseconds.
+        retry_after_ms: u64,
     },
     /// The answer did not decode.
     #[error("malformed server answer: {0}")]
@@ -216,7 +256,7 @@ impl From<NetError> for Error {
             NetError::Tls(_) => ErrorCode::InvalidInput,
             NetError::Status { status, .. } => match status {
                 Status::Unauthorized => ErrorCode::Unauthorized,
-                Status::Forbidden => ErrorCode::Unauthorized,
+                Status::Forbidden => ErrorCode::Forbidden,
                 Status::NotFound => ErrorCode::NotFound,
                 Status::Conflict => ErrorCode::Conflict,
                 Status::RateLimited => ErrorCode::RateLimited,
@@ -226,17 +266,26 @@ impl From<NetError> for Error {
                 _ => ErrorCode::Internal,
             },
         };
+        let retry_after = match &e {
+            NetError::Status { retry_after_ms, .. } if *retry_after_ms > 0 => {
+                Some(Duration::from_millis(*retry_after_ms))
+            }
+            _ => None,
+        };
         let message = match &e {
             NetError::Status {
                 status: Status::Unauthorized,
                 message,
+                ..
             } => format!("session expired or revoked, log in again ({message})"),
-            NetError::Status { status, message } => {
+            NetError::Status {
+                status, message, ..
+            } => {
                 format!("server: {} ({message})", status.name())
             }
             other => other.to_string(),
         };
-        Error::new(code, message)
+        Error::new(code, message).with_retry_after(retry_after)
     }
 }
 
@@ -275,7 +324,82 @@ mod tests {
     fn codes_are_stable() {
         for (i, c) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(c.as_u32() as usize, i + 1);
+            assert_eq!(ErrorCode::from_u32(c.as_u32()), Some(*c));
         }
+        assert_eq!(ErrorCode::from_u32(0), None);
         assert_eq!(ErrorCode::Internal.name(), "Internal");
+    }
+
+    /// The Rust enum is exactly the pinned table `core/client/errors.toml`: same numbers, same
+    /// names, every code documented, none missing on either side.
+    #[test]
+    fn codes_match_the_pinned_table() {
+        struct Row {
+            number: u32,
+            name: String,
+            meaning: String,
+        }
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/errors.toml"))
+            .expect("errors.toml is checked in next to Cargo.toml");
+        // A small reader for the table's fixed shape (`[[code]]` then `key = value` lines),
+        // so the check needs no TOML dependency.
+        let mut rows: Vec<Row> = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if line == "[[code]]" {
+                rows.push(Row {
+                    number: 0,
+                    name: String::new(),
+                    meaning: String::new(),
+                });
+                continue;
+            }
+            let Some((key, value)) = line.split_once(" = ") else {
+                continue;
+            };
+            let row = rows.last_mut().expect("a key before the first [[code]]");
+            let unquoted = value.trim_matches('"').to_string();
+            match key {
+                "number" => row.number = value.parse().expect("a number"),
+                "name" => row.name = unquoted,
+                "meaning" => row.meaning = unquoted,
+                other => panic!("unknown key {other} in errors.toml"),
+            }
+        }
+        struct Table {
+            code: Vec<Row>,
+        }
+        let table = Table { code: rows };
+        assert_eq!(table.code.len(), ErrorCode::ALL.len(), "one row per code");
+        for (row, code) in table.code.iter().zip(ErrorCode::ALL) {
+            assert_eq!(
+                (row.number, row.name.as_str()),
+                (code.as_u32(), code.name()),
+                "errors.toml row {} differs from ErrorCode",
+                row.number
+            );
+            assert!(
+                !row.meaning.trim().is_empty(),
+                "{} has no meaning",
+                row.name
+            );
+        }
+    }
+
+    #[test]
+    fn server_status_maps_to_codes_and_keeps_retry_after() {
+        let e = Error::from(NetError::Status {
+            status: Status::RateLimited,
+            message: "slow down".into(),
+            retry_after_ms: 1500,
+        });
+        assert_eq!(e.code(), ErrorCode::RateLimited);
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(1500)));
+        let e = Error::from(NetError::Status {
+            status: Status::Forbidden,
+            message: "not an admin".into(),
+            retry_after_ms: 0,
+        });
+        assert_eq!(e.code(), ErrorCode::Forbidden);
+        assert_eq!(e.retry_after(), None);
     }
 }

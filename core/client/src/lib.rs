@@ -10,11 +10,10 @@
 //! the blocking calls), talk to more than one server, or trust the server with any key.
 //!
 //! Layers (DESIGN.md §1): `net` (only it touches quinn), `store` (only it touches rusqlite),
-//! `mls` (openmls glue), `engine` (session: conversations, commits, outbox, processing) and
-//! the `client` facade (only it touches the runtime).
+//! `mls` (openmls glue), `session` (the engine: account, directory, groups, the commit
+//! protocol, outbox, receive) and the `client` facade (only it touches the runtime).
 
 mod client;
-mod engine;
 mod error;
 mod mls;
 mod net;
@@ -23,13 +22,14 @@ mod passive_vectors;
 // Wired into commit processing after the engine split (issue 10 item 8).
 #[allow(dead_code)]
 mod roles;
+mod session;
 mod store;
 mod types;
 
 pub use client::Client;
-#[doc(hidden)]
-pub use engine::{DebugInjected, Failpoint};
 pub use error::{Error, ErrorCode};
+#[doc(hidden)]
+pub use session::{DebugInjected, Failpoint};
 pub use types::{
     Account, ClientConfig, Conversation, ConversationId, ConversationKind, Event, EventListener,
     Member, Message, MessageId, StoreKey, Trust,

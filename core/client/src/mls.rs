@@ -1,5 +1,5 @@
 //! MLS glue: the openmls provider over the encrypted store, ciphersuites, credentials,
-//! KeyPackages and group configs. Decisions about when to commit live in [`crate::client`].
+//! KeyPackages and group configs. Decisions about when to commit live in `session::commit`.
 
 use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::*;

@@ -337,6 +337,7 @@ fn decode<Resp: prost::Message + Default>(
         Err(NetError::Status {
             status: resp.status,
             message: e.message,
+            retry_after_ms: e.retry_after_ms,
         })
     }
 }

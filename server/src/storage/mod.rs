@@ -249,10 +249,17 @@ pub struct BlobChunk {
 pub trait Storage: Send + Sync + 'static {
     /// Returns the named server secret, creating it with `init` if absent (atomically).
     fn server_secret(&self, name: &str, init: Vec<u8>) -> StorageResult<Vec<u8>>;
+    /// The named server secret if stored (never creates it).
+    fn server_secret_peek(&self, name: &str) -> StorageResult<Option<Vec<u8>>>;
+    /// Deletes the named server secret (it moved elsewhere, e.g. its own file).
+    fn delete_server_secret(&self, name: &str) -> StorageResult<()>;
 
     /// Whether the username is registered.
     fn username_taken(&self, username: &str) -> StorageResult<bool>;
-    /// Creates an account with its first device. Conflict when the username or a key is taken.
+    /// Creates an account with its first device. Conflict when the username is taken or
+    /// reserved after a deletion (until its tombstone expires at `now`), or when either key
+    /// is already registered as any account's identity key or any device key (one namespace:
+    /// the two keys may only equal each other). Account and device ids are never reused.
     fn create_account(
         &self,
         username: &str,
@@ -265,13 +272,16 @@ pub trait Storage: Send + Sync + 'static {
     fn account_by_username(&self, username: &str) -> StorageResult<Option<Account>>;
     /// Looks an account up by identity key.
     fn account_by_identity(&self, identity_key: &Key32) -> StorageResult<Option<Account>>;
-    /// Deletes the account and everything of it, in one transaction.
-    fn delete_account(&self, account: AccountId) -> StorageResult<()>;
+    /// Deletes the account and everything of it, in one transaction. Its username stays
+    /// reserved (a tombstone) until `username_reserved_until` (Unix seconds; 0 = not at all).
+    fn delete_account(&self, account: AccountId, username_reserved_until: u64)
+        -> StorageResult<()>;
 
     /// Devices of an account, oldest first.
     fn devices(&self, account: AccountId) -> StorageResult<Vec<Device>>;
     /// Adds a device (idempotent for a key the account already has). Limit when the account
-    /// has `max` devices; Conflict when another account uses the key.
+    /// has `max` devices; Conflict when another account uses the key, as a device key or as
+    /// its identity key. Device ids are never reused.
     fn add_device(
         &self,
         account: AccountId,
@@ -282,13 +292,17 @@ pub trait Storage: Send + Sync + 'static {
     /// Removes a device with its sessions, queue and KeyPackages.
     fn revoke_device(&self, account: AccountId, device_key: &Key32) -> StorageResult<()>;
 
-    /// Stores a session token hash.
+    /// Stores a session token hash. The device keeps at most `max_per_device` sessions: the
+    /// ones that expire first go, and their token hashes are returned (so caches drop them).
     fn create_session(
         &self,
         token_hash: &Key32,
         device: DeviceId,
         expires_at: u64,
-    ) -> StorageResult<()>;
+        max_per_device: usize,
+    ) -> StorageResult<Vec<Key32>>;
+    /// Deletes every session expired at `now`; returns how many.
+    fn purge_expired_sessions(&self, now: u64) -> StorageResult<u64>;
     /// Resolves a token hash to a live session (None when unknown or expired at `now`).
     fn session(&self, token_hash: &Key32, now: u64) -> StorageResult<Option<Session>>;
     /// Deletes a session.

@@ -117,7 +117,44 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE channel_members ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
     UPDATE channel_members SET admin = 1;
     ",
+    // v4 (issue 17 items 1, 9, 28): account and device ids are never reused. `id_high` holds
+    // the highest id ever handed out per table (what AUTOINCREMENT keeps in sqlite_sequence,
+    // without rebuilding the tables); every insert takes the next one. A DM whose key names
+    // an account that no longer exists loses its key, so nobody can re-join it. Deleted
+    // usernames are reserved for a while; expired sessions are purged by expiry.
+    "
+    CREATE TABLE id_high(name TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO id_high(name, last) VALUES
+        ('accounts', coalesce((SELECT max(id) FROM accounts), 0)),
+        ('devices', coalesce((SELECT max(id) FROM devices), 0));
+    UPDATE channels SET dm_key = NULL WHERE dm_key IS NOT NULL AND (
+        SELECT count(*) FROM accounts WHERE id IN (
+            CAST(substr(CAST(channels.dm_key AS TEXT), 1, instr(CAST(channels.dm_key AS TEXT), ':') - 1) AS INTEGER),
+            CAST(substr(CAST(channels.dm_key AS TEXT), instr(CAST(channels.dm_key AS TEXT), ':') + 1) AS INTEGER))
+        ) < 2;
+    CREATE TABLE username_tombstones(username TEXT PRIMARY KEY, until INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX sessions_expiry ON sessions(expires_at);
+    ",
 ];
+
+/// Takes the next never-used id of `table` (`accounts` or `devices`; see migration v4).
+fn next_id(c: &Connection, table: &str) -> StorageResult<i64> {
+    Ok(
+        c.prepare_cached("UPDATE id_high SET last = last + 1 WHERE name = ?1 RETURNING last")?
+            .query_row([table], |r| r.get(0))?,
+    )
+}
+
+/// Whether `key` is registered anywhere: as an identity key or as a device key (one
+/// namespace), other than by `except` (an account that may reuse its own keys).
+fn key_taken(c: &Connection, key: &Key32, except: Option<AccountId>) -> StorageResult<bool> {
+    let except = except.unwrap_or(-1);
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM accounts WHERE identity_key = ?1 AND id != ?2
+             UNION ALL SELECT 1 FROM devices WHERE device_key = ?1 AND account_id != ?2",
+    )?
+    .exists(params![&key[..], except])?)
+}
 
 /// Schema version this build writes.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -191,6 +228,42 @@ fn limit_pages(conn: &Connection, max_pages: u64) -> rusqlite::Result<()> {
             r.get(0)
         })?;
     }
+    Ok(())
+}
+
+/// Issue 17 item 10: the database holds every OPAQUE record (and, unless kept apart, the
+/// OPAQUE server key), so it and its WAL and SHM files are 0600 in a 0700 directory. SQLite
+/// creates the WAL and SHM with the database file's mode; existing files are tightened.
+fn restrict_permissions(path: &Path) -> StorageResult<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let fail = |p: &Path, e: std::io::Error| {
+            StorageError::Backend(format!("cannot restrict {}: {e}", p.display()))
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| fail(dir, e))?;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| fail(path, e))?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = PathBuf::from(p);
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| fail(&p, e))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
     Ok(())
 }
 
@@ -295,6 +368,7 @@ impl SqliteStorage {
                 StorageError::Backend(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
+        restrict_permissions(path)?;
         let mut conn = Connection::open(path)?;
         configure(&conn, max_pages)?;
         migrate(&mut conn)?;
@@ -733,6 +807,25 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn server_secret_peek(&self, name: &str) -> StorageResult<Option<Vec<u8>>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT value FROM server_state WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+
+    fn delete_server_secret(&self, name: &str) -> StorageResult<()> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            c.execute("DELETE FROM server_state WHERE name = ?1", [&name])?;
+            Ok(())
+        })
+    }
+
     fn username_taken(&self, username: &str) -> StorageResult<bool> {
         self.read(|c| {
             Ok(
@@ -758,21 +851,25 @@ impl Storage for SqliteStorage {
         );
         self.write(move |c| {
             let taken = c
-                .prepare_cached("SELECT 1 FROM accounts WHERE username = ?1 OR identity_key = ?2")?
-                .exists(params![username, &ik[..]])?;
+                .prepare_cached(
+                    "SELECT 1 FROM accounts WHERE username = ?1
+                     UNION ALL SELECT 1 FROM username_tombstones WHERE username = ?1 AND until > ?2",
+                )?
+                .exists(params![username, now as i64])?;
             if taken {
-                return Err(StorageError::Conflict("username or identity key already registered".into()));
+                return Err(StorageError::Conflict("username is taken".into()));
             }
-            if c.prepare_cached("SELECT 1 FROM devices WHERE device_key = ?1")?.exists([&dk[..]])? {
-                return Err(StorageError::Conflict("device key already registered".into()));
+            if key_taken(c, &ik, None)? || key_taken(c, &dk, None)? {
+                return Err(StorageError::Conflict("identity or device key already registered".into()));
             }
+            let id = next_id(c, "accounts")?;
             c.prepare_cached(
-                "INSERT INTO accounts(username, identity_key, opaque_record, created_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO accounts(id, username, identity_key, opaque_record, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![username, &ik[..], rec, now as i64])?;
-            let id = c.last_insert_rowid();
-            c.prepare_cached("INSERT INTO devices(account_id, device_key, created_at) VALUES (?1, ?2, ?3)")?
-                .execute(params![id, &dk[..], now as i64])?;
+            .execute(params![id, username, &ik[..], rec, now as i64])?;
+            let device = next_id(c, "devices")?;
+            c.prepare_cached("INSERT INTO devices(id, account_id, device_key, created_at) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![device, id, &dk[..], now as i64])?;
             Ok(id)
         })
     }
@@ -795,8 +892,19 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn delete_account(&self, account: AccountId) -> StorageResult<()> {
+    fn delete_account(
+        &self,
+        account: AccountId,
+        username_reserved_until: u64,
+    ) -> StorageResult<()> {
         self.write(move |c| {
+            if username_reserved_until > 0 {
+                c.execute(
+                    "INSERT OR REPLACE INTO username_tombstones(username, until)
+                     SELECT username, ?2 FROM accounts WHERE id = ?1",
+                    params![account, username_reserved_until as i64],
+                )?;
+            }
             let devices: Vec<DeviceId> = c
                 .prepare("SELECT id FROM devices WHERE account_id = ?1")?
                 .query_map([account], |r| r.get(0))?
@@ -853,6 +961,11 @@ impl Storage for SqliteStorage {
                 }
                 None => {}
             }
+            if key_taken(c, &dk, Some(account))? {
+                return Err(StorageError::Conflict(
+                    "device key belongs to another account".into(),
+                ));
+            }
             let n: i64 = c.query_row(
                 "SELECT count(*) FROM devices WHERE account_id = ?1",
                 [account],
@@ -863,11 +976,12 @@ impl Storage for SqliteStorage {
                     "an account has at most {max} devices"
                 )));
             }
+            let id = next_id(c, "devices")?;
             c.prepare_cached(
-                "INSERT INTO devices(account_id, device_key, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO devices(id, account_id, device_key, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![account, &dk[..], now as i64])?;
-            Ok(c.last_insert_rowid())
+            .execute(params![id, account, &dk[..], now as i64])?;
+            Ok(id)
         })
     }
 
@@ -888,14 +1002,38 @@ impl Storage for SqliteStorage {
         token_hash: &Key32,
         device: DeviceId,
         expires_at: u64,
-    ) -> StorageResult<()> {
+        max_per_device: usize,
+    ) -> StorageResult<Vec<Key32>> {
         let th = *token_hash;
         self.write(move |c| {
             c.prepare_cached(
                 "INSERT INTO sessions(token_hash, device_id, expires_at) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![&th[..], device, expires_at as i64])?;
-            Ok(())
+            let evicted = c
+                .prepare_cached(
+                    "DELETE FROM sessions WHERE device_id = ?1 AND token_hash NOT IN (
+                        SELECT token_hash FROM sessions WHERE device_id = ?1
+                        ORDER BY token_hash = ?3 DESC, expires_at DESC LIMIT ?2)
+                     RETURNING token_hash",
+                )?
+                .query_map(
+                    params![device, max_per_device.max(1) as i64, &th[..]],
+                    |r| key32(r.get(0)?),
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(evicted)
+        })
+    }
+
+    fn purge_expired_sessions(&self, now: u64) -> StorageResult<u64> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
+                .execute([now as i64])?;
+            c.prepare_cached("DELETE FROM username_tombstones WHERE until <= ?1")?
+                .execute([now as i64])?;
+            Ok(n as u64)
         })
     }
 

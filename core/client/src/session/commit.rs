@@ -1,0 +1,251 @@
+//! The pending-commit protocol: a commit is built and stored before it is sent, merged only
+//! after the server accepted it, resent after a crash or a lost connection, and rebuilt when
+//! another member won the epoch race.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use openmls::prelude::*;
+use prost::Message as _;
+use qpq_crypto::envelope::{self, HybridPublicKey};
+use qpq_proto::{method, v1};
+use rand::rngs::OsRng;
+
+use super::*;
+use crate::error::{Error, ErrorCode};
+use crate::mls;
+use crate::net::Net;
+use crate::types::{ConversationId, ConversationKind, Event};
+
+/// The change a commit makes.
+pub(super) enum Change {
+    /// Add these devices (KeyPackages and hybrid keys fetched), and these accounts on the server.
+    Add {
+        key_packages: Vec<([u8; 32], KeyPackage, HybridPublicKey)>,
+        add_members: Vec<[u8; 32]>,
+        kind: ConversationKind,
+        name: String,
+    },
+    /// Remove every leaf of these devices; the accounts leave the channel.
+    Remove {
+        devices: BTreeSet<[u8; 32]>,
+        remove_members: Vec<[u8; 32]>,
+    },
+    /// Fresh key material for our leaf.
+    Update,
+    /// Commit the proposals received (a member's leave).
+    Pending,
+}
+
+impl Engine {
+    /// Builds, sends and merges one commit; on a lost epoch race processes the winner and
+    /// retries. The group never forks: a commit is merged only after the server accepted it.
+    pub(super) async fn commit(
+        &mut self,
+        net: &Net,
+        conv: &ConversationId,
+        change: Change,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        for _attempt in 0..COMMIT_ATTEMPTS {
+            self.sync(net, events).await?;
+            let Some(req) = self.build_commit(conv, &change)? else {
+                return Ok(());
+            };
+            let key = format!("{META_PENDING_COMMIT}{}", hexs(conv));
+            self.store.set_meta(&key, &req.encode_to_vec())?;
+            if self.failpoint == Some(Failpoint::CommitBuilt) {
+                return Err(crashed(Failpoint::CommitBuilt));
+            }
+            match self.send_pending_commit(net, conv, &req, events).await? {
+                true => return Ok(()),
+                false => continue,
+            }
+        }
+        Err(Error::new(
+            ErrorCode::Conflict,
+            format!(
+                "gave up after {COMMIT_ATTEMPTS} attempts: other members kept committing first"
+            ),
+        ))
+    }
+
+    /// Sends a stored pending commit. Ok(true) = merged, Ok(false) = lost the race (cleared).
+    pub(super) async fn send_pending_commit(
+        &mut self,
+        net: &Net,
+        conv: &ConversationId,
+        req: &v1::EnqueueRequest,
+        events: &mut Vec<Event>,
+    ) -> Result<bool, Error> {
+        let key = format!("{META_PENDING_COMMIT}{}", hexs(conv));
+        let r: Result<v1::EnqueueResponse, Error> = self.call(net, method::ENQUEUE, req).await;
+        if r.is_ok() && self.failpoint == Some(Failpoint::CommitSent) {
+            return Err(crashed(Failpoint::CommitSent));
+        }
+        let provider = self.provider();
+        let mut group = mls::load(&provider, conv)?;
+        match r {
+            Ok(_) => {
+                if let Some(g) = group.as_mut() {
+                    let before = self.member_names(g)?;
+                    self.store.begin()?;
+                    let merged = g.merge_pending_commit(&provider).map_err(mls_err);
+                    if let Err(e) = merged {
+                        self.store.rollback();
+                        return Err(e);
+                    }
+                    self.store.delete_meta(&key)?;
+                    self.store.commit()?;
+                    let after = self.member_names(g)?;
+                    push_members_changed(events, conv, &before, &after, g.epoch().as_u64());
+                } else {
+                    self.store.delete_meta(&key)?;
+                }
+                Ok(true)
+            }
+            Err(e) if matches!(e.code(), ErrorCode::Network | ErrorCode::Timeout) => Err(e),
+            Err(e) => {
+                if let Some(g) = group.as_mut() {
+                    g.clear_pending_commit(provider.storage())
+                        .map_err(mls_err)?;
+                }
+                self.store.delete_meta(&key)?;
+                if e.code() == ErrorCode::Conflict {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Re-sends commits whose outcome is unknown (crash or network loss after building them).
+    pub(super) async fn resolve_pending_commits(
+        &mut self,
+        net: &Net,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        for (key, value) in self.store.meta_with_prefix(META_PENDING_COMMIT)? {
+            let req = v1::EnqueueRequest::decode(&value[..])
+                .map_err(|e| Error::new(ErrorCode::Storage, format!("pending commit: {e}")))?;
+            let conv = id16(&req.channel_id, "channel id")?;
+            let _ = key;
+            self.send_pending_commit(net, &conv, &req, events).await?;
+        }
+        Ok(())
+    }
+
+    /// Stages a commit in the group (pending) and returns the Enqueue that carries it, or
+    /// None when there is nothing to do any more.
+    pub(super) fn build_commit(
+        &self,
+        conv: &ConversationId,
+        change: &Change,
+    ) -> Result<Option<v1::EnqueueRequest>, Error> {
+        let provider = self.provider();
+        let mut group = mls::load(&provider, conv)?
+            .ok_or_else(|| Error::not_found("no such active conversation"))?;
+        if !group.is_active() {
+            return Err(Error::not_found("this account is no longer a member"));
+        }
+        if group.pending_commit().is_some() {
+            group
+                .clear_pending_commit(provider.storage())
+                .map_err(mls_err)?;
+        }
+        let signer = mls::signer(&self.keys.device);
+        let epoch = group.epoch().as_u64();
+        let mut req = v1::EnqueueRequest {
+            channel_id: Bytes::copy_from_slice(conv),
+            message_id: Bytes::copy_from_slice(&rand::random::<[u8; 16]>()),
+            kind: v1::MessageKind::Commit as i32,
+            commit_epoch: Some(epoch),
+            ..Default::default()
+        };
+        let present: BTreeSet<[u8; 32]> = mls::member_devices(&group)
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        match change {
+            Change::Add {
+                key_packages,
+                add_members,
+                kind,
+                name,
+            } => {
+                let todo: Vec<&([u8; 32], KeyPackage, HybridPublicKey)> = key_packages
+                    .iter()
+                    .filter(|(d, _, _)| !present.contains(d))
+                    .collect();
+                if todo.is_empty() {
+                    return Ok(None);
+                }
+                let kps: Vec<KeyPackage> = todo.iter().map(|(_, kp, _)| kp.clone()).collect();
+                let (commit, welcome, _) = group
+                    .add_members(&provider, &signer, &kps)
+                    .map_err(mls_err)?;
+                let wrapped = welcome::wrap(*kind, name, &mls::encode(&welcome)?);
+                let recipients: Vec<&HybridPublicKey> = todo.iter().map(|(_, _, h)| h).collect();
+                let sealed = envelope::seal(&mut OsRng, &recipients, conv, &wrapped)?;
+                req.payload = Bytes::from(mls::encode(&commit)?);
+                req.welcome = Bytes::from(sealed);
+                req.welcome_devices = todo
+                    .iter()
+                    .map(|(d, _, _)| Bytes::copy_from_slice(d))
+                    .collect();
+                req.add_members = add_members
+                    .iter()
+                    .map(|k| Bytes::copy_from_slice(k))
+                    .collect();
+            }
+            Change::Remove {
+                devices,
+                remove_members,
+            } => {
+                let leaves: Vec<LeafNodeIndex> = mls::member_devices(&group)
+                    .into_iter()
+                    .filter(|(_, d)| devices.contains(d))
+                    .map(|(l, _)| l)
+                    .collect();
+                if leaves.is_empty() {
+                    return Ok(None);
+                }
+                let (commit, _, _) = group
+                    .remove_members(&provider, &signer, &leaves)
+                    .map_err(mls_err)?;
+                req.payload = Bytes::from(mls::encode(&commit)?);
+                req.remove_members = remove_members
+                    .iter()
+                    .map(|k| Bytes::copy_from_slice(k))
+                    .collect();
+            }
+            Change::Update => {
+                let bundle = group
+                    .self_update(&provider, &signer, LeafNodeParameters::default())
+                    .map_err(mls_err)?;
+                req.payload = Bytes::from(mls::encode(bundle.commit())?);
+            }
+            Change::Pending => {
+                if !group.has_pending_proposals() {
+                    return Ok(None);
+                }
+                let own = group.own_leaf_index();
+                let removes_me = group.pending_proposals().any(|p| match p.proposal() {
+                    Proposal::Remove(r) => r.removed() == own,
+                    _ => false,
+                });
+                if removes_me {
+                    // We are being removed (our own account left from another device): let
+                    // another member commit it.
+                    return Ok(None);
+                }
+                let (commit, _, _) = group
+                    .commit_to_pending_proposals(&provider, &signer)
+                    .map_err(mls_err)?;
+                req.payload = Bytes::from(mls::encode(&commit)?);
+            }
+        }
+        Ok(Some(req))
+    }
+}

@@ -1,0 +1,104 @@
+//! Directory: usernames, identity and device keys of other users, safety numbers.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use openmls::prelude::*;
+use qpq_proto::{method, v1};
+
+use super::*;
+use crate::error::{Error, ErrorCode};
+use crate::mls;
+use crate::net::Net;
+use crate::types::{ConversationId, Member};
+
+impl Engine {
+    pub(crate) async fn resolve_user(
+        &mut self,
+        net: &Net,
+        username: &str,
+    ) -> Result<Member, Error> {
+        let r: v1::ResolveUserResponse = self
+            .call(
+                net,
+                method::RESOLVE_USER,
+                &v1::ResolveUserRequest {
+                    username: username.into(),
+                },
+            )
+            .await
+            .map_err(|e| {
+                if e.code() == ErrorCode::NotFound {
+                    Error::not_found(format!("no user named {username}"))
+                } else {
+                    e
+                }
+            })?;
+        let identity = key32(&r.identity_key, "identity key")?;
+        let mut devices = Vec::new();
+        for d in &r.device_keys {
+            let d = key32(d, "device key")?;
+            self.store.put_device(&d, &identity, username)?;
+            devices.push(d);
+        }
+        Ok(Member {
+            username: username.to_string(),
+            identity_key: identity,
+            devices,
+        })
+    }
+
+    /// Learns usernames of every device of a channel's members.
+    pub(super) async fn refresh_directory(
+        &mut self,
+        net: &Net,
+        conv: &ConversationId,
+    ) -> Result<(), Error> {
+        let r: v1::ListGroupMembersResponse = self
+            .call(
+                net,
+                method::LIST_GROUP_MEMBERS,
+                &v1::ListGroupMembersRequest {
+                    channel_id: Bytes::copy_from_slice(conv),
+                },
+            )
+            .await?;
+        for m in r.members {
+            let id = key32(&m.identity_key, "identity key")?;
+            for d in &m.device_keys {
+                self.store
+                    .put_device(&key32(d, "device key")?, &id, &m.username)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn username_of(&self, device: &[u8; 32]) -> Result<String, Error> {
+        Ok(match self.store.device(device)? {
+            Some((_, name)) => name,
+            None => format!("device-{}", hexs(&device[..4])),
+        })
+    }
+
+    pub(super) fn identity_of(&self, device: &[u8; 32]) -> Result<Option<[u8; 32]>, Error> {
+        Ok(self.store.device(device)?.map(|(id, _)| id))
+    }
+
+    /// Usernames of the members of a group (sorted, unique).
+    pub(super) fn member_names(&self, group: &MlsGroup) -> Result<Vec<String>, Error> {
+        let mut names = BTreeSet::new();
+        for (_, d) in mls::member_devices(group) {
+            names.insert(self.username_of(&d)?);
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    pub(crate) fn safety_number(&self, other: &Member) -> Result<String, Error> {
+        Ok(qpq_crypto::safety::safety_number(
+            &self.my_identity()?,
+            &self.my_username()?,
+            &other.identity_key,
+            &other.username,
+        ))
+    }
+}

@@ -1,0 +1,100 @@
+//! Test hooks (`Client::debug_*`): simulated crashes, encryption without sending, injection
+//! of raw MLS bytes, state hashes. Not part of the supported API.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use qpq_proto::v1;
+
+use super::commit::Change;
+use super::*;
+use crate::error::Error;
+use crate::types::{ConversationId, Event};
+
+impl Engine {
+    /// Test hook: encrypts `text` as a text message (exactly as [`Engine::send_text`] would)
+    /// without storing or sending it.
+    pub(crate) fn debug_encrypt(
+        &self,
+        conv: &ConversationId,
+        text: &str,
+    ) -> Result<Vec<u8>, Error> {
+        let (_, _, plaintext) = self.text_plaintext(text);
+        self.store.begin()?;
+        let r = self.encrypt(conv, &plaintext).map(|(ct, _)| ct);
+        self.store.commit()?;
+        r
+    }
+
+    /// Test hook: runs raw MLS bytes through the receive path ([`Engine::process_one`])
+    /// against this device's group state, then rolls everything back.
+    pub(crate) fn debug_process(
+        &mut self,
+        conv: &ConversationId,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
+        let m = debug_queued(conv, bytes);
+        self.store.begin()?;
+        let r = self.process_one(&m, &mut Vec::new(), &mut BTreeSet::new());
+        self.store.rollback();
+        r
+    }
+
+    /// Test hook: delivers each `(conversation, MLS bytes)` as if the server had queued it
+    /// under a new sequence number, through the same per-message transaction as a fetch
+    /// (without touching the stored sequence number, the network or proposals to commit).
+    /// Reports, per input, what processing gave and whether any stored state changed.
+    pub(crate) fn debug_inject(
+        &mut self,
+        msgs: &[(ConversationId, Vec<u8>)],
+    ) -> Result<Vec<DebugInjected>, Error> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for (conv, bytes) in msgs {
+            let before = self.store.state_hash()?;
+            let result = self.apply_one(&debug_queued(conv, bytes), false, &mut BTreeSet::new())?;
+            let state_changed = self.store.state_hash()? != before;
+            out.push(DebugInjected {
+                result,
+                state_changed,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Test hook: builds a self-update commit for `conv` and returns its MLS bytes without
+    /// sending or merging it (the group stays where it was).
+    pub(crate) fn debug_self_update(&mut self, conv: &ConversationId) -> Result<Vec<u8>, Error> {
+        self.store.begin()?;
+        let r = self.build_commit(conv, &Change::Update);
+        self.store.rollback();
+        Ok(r?
+            .ok_or_else(|| Error::internal("a self-update always makes a commit"))?
+            .payload
+            .to_vec())
+    }
+
+    /// Test hook: SHA-256 over the whole stored state (see [`Store::state_hash`]).
+    pub(crate) fn debug_state_hash(&self) -> Result<[u8; 32], Error> {
+        Ok(self.store.state_hash()?)
+    }
+}
+
+/// Outcome of one [`Engine::debug_inject`] input.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct DebugInjected {
+    /// The events processing produced, or why the input was rejected.
+    pub result: Result<Vec<Event>, Error>,
+    /// Whether the stored state (every table, MLS state included) differs afterwards.
+    pub state_changed: bool,
+}
+
+/// A queued message as the server would deliver MLS bytes for `conv`.
+pub(super) fn debug_queued(conv: &ConversationId, bytes: &[u8]) -> v1::QueuedMessage {
+    v1::QueuedMessage {
+        channel_id: Bytes::copy_from_slice(conv),
+        payload: Bytes::copy_from_slice(bytes),
+        kind: v1::MessageKind::Application as i32,
+        ..Default::default()
+    }
+}

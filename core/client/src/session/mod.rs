@@ -1,0 +1,273 @@
+//! The session engine: account keys, conversations, the MLS decisions (when to commit, how to
+//! retry after a lost race), processing of incoming queue messages, the outbox. Runs inside
+//! the runtime; the caller holds the engine lock for the whole of each operation, so group
+//! state changes one operation at a time.
+//!
+//! One [`Engine`] type, its methods split by concern (as openmls splits `MlsGroup`):
+//! - [`account`]: OPAQUE registration and login, the session token, KeyPackage top-up;
+//! - [`directory`]: usernames and keys of users and devices, safety numbers;
+//! - [`queries`]: read-only views (conversations, history, members);
+//! - [`groups`]: creating groups and DMs, invite, remove, leave, key rotation;
+//! - [`commit`]: the pending-commit protocol (stored before sending, merged after the Ok);
+//! - [`outbox`]: sending application messages, idempotently by message id;
+//! - [`receive`]: fetch, per-message transactions, Ack;
+//! - [`welcome`]: the pure byte format of our Welcome wrapper;
+//! - [`hooks`]: test hooks (crash points, injection, state hashes).
+
+mod account;
+mod commit;
+mod directory;
+mod groups;
+mod hooks;
+mod outbox;
+mod queries;
+mod receive;
+mod welcome;
+
+pub use hooks::DebugInjected;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hkdf::Hkdf;
+use openmls_rust_crypto::RustCrypto;
+use qpq_crypto::envelope::HybridSecretKey;
+use qpq_crypto::identity::IdentityKey;
+use qpq_crypto::opaque::OpaqueSuite;
+use qpq_crypto::opaque_ke::{
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
+};
+use rand::rngs::OsRng;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, ErrorCode, MlsError};
+use crate::mls::Provider;
+use crate::net::Net;
+use crate::store::Store;
+use crate::types::{Account, ConversationId, Event};
+
+/// KeyPackages kept on the server per suite.
+const KEY_PACKAGE_TARGET: u64 = 20;
+/// Replenish below this.
+const KEY_PACKAGE_LOW: u64 = 10;
+/// Attempts of a commit that keeps losing the epoch race.
+const COMMIT_ATTEMPTS: usize = 5;
+/// Label of the account identity derivation from the OPAQUE export key.
+const IDENTITY_LABEL: &[u8] = b"qpq account identity v1";
+
+const META_DEVICE: &str = "device_seed";
+const META_HYBRID: &str = "hybrid_sk";
+const META_USERNAME: &str = "username";
+const META_IDENTITY: &str = "identity_seed";
+const META_TOKEN: &str = "session_token";
+const META_LAST_SEQ: &str = "last_seq";
+const META_PENDING_COMMIT: &str = "pending_commit:";
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn hexs(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn id16(b: &[u8], what: &str) -> Result<[u8; 16], Error> {
+    b.try_into()
+        .map_err(|_| Error::internal(format!("server sent a {what} that is not 16 bytes")))
+}
+
+fn key32(b: &[u8], what: &str) -> Result<[u8; 32], Error> {
+    b.try_into()
+        .map_err(|_| Error::internal(format!("server sent a {what} that is not 32 bytes")))
+}
+
+fn mls_err(e: impl std::fmt::Display) -> Error {
+    MlsError::Openmls(e.to_string()).into()
+}
+
+/// Loaded account secrets.
+struct Keys {
+    device: IdentityKey,
+    hybrid: HybridSecretKey,
+    identity: Option<IdentityKey>,
+    username: Option<String>,
+    token: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// The engine: store, crypto provider and account keys.
+pub(crate) struct Engine {
+    store: Store,
+    crypto: RustCrypto,
+    keys: Keys,
+    /// Last time KeyPackages were counted.
+    kp_checked: Option<std::time::Instant>,
+    /// Test hook: where to simulate a crash (see [`Failpoint`]).
+    failpoint: Option<Failpoint>,
+    /// When set, received-message events go here as soon as each message is committed
+    /// locally (before the Ack round trip), instead of waiting for the end of the sync.
+    sink: Option<EventSink>,
+}
+
+/// Receives events as soon as they are durable.
+pub(crate) type EventSink = std::sync::Arc<dyn Fn(Vec<Event>) + Send + Sync>;
+
+/// Points where a test can make the engine stop as if the process died there: nothing after
+/// the point is done, in memory or on disk.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    /// The pending commit is stored, nothing was sent.
+    CommitBuilt,
+    /// The server accepted the commit; the group has not merged it.
+    CommitSent,
+}
+
+fn crashed(at: Failpoint) -> Error {
+    Error::internal(format!("failpoint {at:?}: simulated crash"))
+}
+
+impl Engine {
+    /// Sets where events go as soon as they are durable (the background loop's dispatcher).
+    pub(crate) fn set_sink(&mut self, sink: Option<EventSink>) {
+        self.sink = sink;
+    }
+
+    /// Test hook: arms (or disarms) a simulated crash point.
+    pub(crate) fn set_failpoint(&mut self, at: Option<Failpoint>) {
+        self.failpoint = at;
+    }
+
+    pub(crate) fn new(store: Store) -> Result<Engine, Error> {
+        let device = match store.get_meta(META_DEVICE)? {
+            Some(b) => IdentityKey::from_bytes(&Zeroizing::new(key32(&b, "device seed")?)),
+            None => {
+                let k = IdentityKey::generate(&mut OsRng);
+                store.set_meta(META_DEVICE, &k.to_bytes()[..])?;
+                k
+            }
+        };
+        let hybrid = match store.get_meta(META_HYBRID)? {
+            Some(b) => HybridSecretKey::from_bytes(&Zeroizing::new(b))?,
+            None => {
+                let k = HybridSecretKey::generate(&mut OsRng);
+                store.set_meta(META_HYBRID, &k.to_bytes())?;
+                k
+            }
+        };
+        let identity = match store.get_meta(META_IDENTITY)? {
+            Some(b) => Some(IdentityKey::from_bytes(&Zeroizing::new(key32(
+                &b,
+                "identity seed",
+            )?))),
+            None => None,
+        };
+        let username = match store.get_meta(META_USERNAME)? {
+            Some(b) => Some(
+                String::from_utf8(b)
+                    .map_err(|_| Error::new(ErrorCode::Storage, "stored username is not UTF-8"))?,
+            ),
+            None => None,
+        };
+        let token = store.get_meta(META_TOKEN)?.map(Zeroizing::new);
+        Ok(Engine {
+            store,
+            crypto: RustCrypto::default(),
+            keys: Keys {
+                device,
+                hybrid,
+                identity,
+                username,
+                token,
+            },
+            kp_checked: None,
+            failpoint: None,
+            sink: None,
+        })
+    }
+
+    fn provider(&self) -> Provider<'_> {
+        Provider::new(&self.crypto, &self.store)
+    }
+
+    pub(crate) fn account(&self) -> Option<Account> {
+        Some(Account {
+            username: self.keys.username.clone()?,
+            identity_key: self.keys.identity.as_ref()?.public_key(),
+            device_key: self.keys.device.public_key(),
+        })
+    }
+
+    /// Highest queue sequence number processed.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.store.get_u64(META_LAST_SEQ).unwrap_or(0)
+    }
+
+    /// A copy of the session token.
+    pub(crate) fn token(&self) -> Option<Zeroizing<Vec<u8>>> {
+        self.keys.token.clone()
+    }
+
+    pub(crate) fn logged_in(&self) -> bool {
+        self.keys.token.is_some()
+    }
+
+    fn my_identity(&self) -> Result<[u8; 32], Error> {
+        self.keys
+            .identity
+            .as_ref()
+            .map(|k| k.public_key())
+            .ok_or_else(Error::not_logged_in)
+    }
+
+    fn my_username(&self) -> Result<String, Error> {
+        self.keys.username.clone().ok_or_else(Error::not_logged_in)
+    }
+
+    fn my_device(&self) -> [u8; 32] {
+        self.keys.device.public_key()
+    }
+
+    /// An authenticated call.
+    async fn call<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        net: &Net,
+        m: u16,
+        req: &Req,
+    ) -> Result<Resp, Error> {
+        let token = self.keys.token.as_ref().ok_or_else(Error::not_logged_in)?;
+        Ok(net
+            .call(m, req, Some(&token[..]), Duration::ZERO, true)
+            .await?)
+    }
+}
+
+fn push_members_changed(
+    events: &mut Vec<Event>,
+    conv: &ConversationId,
+    before: &[String],
+    after: &[String],
+    epoch: u64,
+) {
+    let added: Vec<String> = after
+        .iter()
+        .filter(|a| !before.contains(a))
+        .cloned()
+        .collect();
+    let removed: Vec<String> = before
+        .iter()
+        .filter(|b| !after.contains(b))
+        .cloned()
+        .collect();
+    if !added.is_empty() || !removed.is_empty() {
+        events.push(Event::MembersChanged {
+            conversation: *conv,
+            added,
+            removed,
+            epoch,
+        });
+    }
+}

@@ -1,0 +1,116 @@
+//! Read-only views: conversations, history pages and members.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::error::Error;
+use crate::mls;
+use crate::net::Net;
+use crate::store::ConversationRow;
+use crate::types::{Conversation, ConversationId, ConversationKind, Member, Message};
+
+impl Engine {
+    pub(crate) fn conversation(&self, conv: &ConversationId) -> Result<Conversation, Error> {
+        let row = self
+            .store
+            .conversation(conv)?
+            .ok_or_else(|| Error::not_found("no such conversation"))?;
+        self.to_conversation(row)
+    }
+
+    pub(crate) fn conversations(&self) -> Result<Vec<Conversation>, Error> {
+        self.store
+            .conversations()?
+            .into_iter()
+            .map(|r| self.to_conversation(r))
+            .collect()
+    }
+
+    pub(super) fn to_conversation(&self, row: ConversationRow) -> Result<Conversation, Error> {
+        let group = if row.active {
+            mls::load(&self.provider(), &row.id)?
+        } else {
+            None
+        };
+        let (epoch, members, cs) = match &group {
+            Some(g) => (g.epoch().as_u64(), self.member_names(g)?, g.ciphersuite()),
+            None => (
+                0,
+                vec![],
+                if row.post_quantum {
+                    mls::PQ
+                } else {
+                    mls::CLASSIC
+                },
+            ),
+        };
+        let mut name = row.name.clone();
+        if row.kind == ConversationKind::Dm {
+            if let Ok(me) = self.my_username() {
+                if let Some(peer) = members.iter().find(|m| **m != me) {
+                    name = peer.clone();
+                }
+            }
+        }
+        Ok(Conversation {
+            id: row.id,
+            kind: row.kind,
+            name,
+            post_quantum: row.post_quantum,
+            ciphersuite: mls::suite_name(cs),
+            epoch,
+            members,
+            active: row.active && group.is_some(),
+            unread: row.unread,
+        })
+    }
+
+    pub(crate) fn messages(
+        &self,
+        conv: &ConversationId,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<Message>, Error> {
+        if self.store.conversation(conv)?.is_none() {
+            return Err(Error::not_found("no such conversation"));
+        }
+        let out = self.store.messages(conv, limit, before)?;
+        if before.is_none() {
+            self.store.clear_unread(conv)?;
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn members(
+        &mut self,
+        net: &Net,
+        conv: &ConversationId,
+    ) -> Result<Vec<Member>, Error> {
+        let group = mls::load(&self.provider(), conv)?
+            .ok_or_else(|| Error::not_found("no such active conversation"))?;
+        let devices = mls::member_devices(&group);
+        if devices
+            .iter()
+            .any(|(_, d)| matches!(self.store.device(d), Ok(None)))
+        {
+            let _ = self.refresh_directory(net, conv).await;
+        }
+        let mut by_id: BTreeMap<String, Member> = BTreeMap::new();
+        for (_, d) in devices {
+            let (identity, name) = match self.store.device(&d)? {
+                Some(x) => x,
+                None => ([0; 32], format!("device-{}", hexs(&d[..4]))),
+            };
+            by_id
+                .entry(name.clone())
+                .or_insert_with(|| Member {
+                    username: name,
+                    identity_key: identity,
+                    devices: vec![],
+                })
+                .devices
+                .push(d);
+        }
+        Ok(by_id.into_values().collect())
+    }
+}

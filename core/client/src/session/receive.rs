@@ -1,0 +1,302 @@
+//! Receiving: fetch the queue, process each message in its own transaction (exactly once,
+//! by sequence number), Ack only what is durable, commit received proposals.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::*;
+use prost::Message as _;
+use qpq_crypto::envelope;
+use qpq_proto::{method, v1};
+
+use super::commit::Change;
+use super::*;
+use crate::error::{Error, MlsError, StoreError};
+use crate::mls;
+use crate::net::Net;
+use crate::store::ConversationRow;
+use crate::types::{ConversationId, Event, Message};
+
+impl Engine {
+    /// Everything queued now: pending commits resolved, queue fetched and processed (acked
+    /// after each message is stored), outbox flushed, received proposals committed.
+    pub(crate) async fn sync(&mut self, net: &Net, events: &mut Vec<Event>) -> Result<(), Error> {
+        self.sync_from(net, events, Vec::new()).await
+    }
+
+    /// Like [`Engine::sync`], starting with messages a FetchWait already returned (saving the
+    /// Fetch that would return them again). Messages at or below the last processed sequence
+    /// number are skipped as always, so stale prefetched ones are harmless.
+    pub(crate) async fn sync_from(
+        &mut self,
+        net: &Net,
+        events: &mut Vec<Event>,
+        mut prefetched: Vec<v1::QueuedMessage>,
+    ) -> Result<(), Error> {
+        /// A page this full may have more behind it; a shorter one was the whole queue.
+        const PAGE: usize = 256;
+        const PAGE_BYTES: usize = 1024 * 1024;
+        self.resolve_pending_commits(net, events).await?;
+        let mut proposals = BTreeSet::new();
+        loop {
+            let messages = if prefetched.is_empty() {
+                let after = self.store.get_u64(META_LAST_SEQ)?;
+                let r: v1::FetchResponse = self
+                    .call(
+                        net,
+                        method::FETCH,
+                        &v1::FetchRequest {
+                            after_seq: after,
+                            limit: PAGE as u32,
+                            channel_id: Bytes::new(),
+                        },
+                    )
+                    .await?;
+                r.messages
+            } else {
+                std::mem::take(&mut prefetched)
+            };
+            if messages.is_empty() {
+                break;
+            }
+            let short = messages.len() < PAGE
+                && messages.iter().map(|m| m.payload.len()).sum::<usize>() < PAGE_BYTES;
+            self.process_batch(net, messages, events, &mut proposals)
+                .await?;
+            if short {
+                break;
+            }
+        }
+        if let Err(e) = self.flush_outbox(net).await {
+            tracing::debug!("outbox not flushed: {e}");
+        }
+        for conv in proposals {
+            let mut ev = Vec::new();
+            // Boxed: commit() calls sync() again.
+            let r = Box::pin(self.commit(net, &conv, Change::Pending, &mut ev)).await;
+            events.extend(ev);
+            if let Err(e) = r {
+                tracing::debug!("could not commit pending proposals: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn process_batch(
+        &mut self,
+        net: &Net,
+        mut msgs: Vec<v1::QueuedMessage>,
+        events: &mut Vec<Event>,
+        proposals: &mut BTreeSet<ConversationId>,
+    ) -> Result<(), Error> {
+        msgs.sort_by_key(|m| m.seq);
+        // Learn usernames first (outside any transaction).
+        let mut refresh = BTreeSet::new();
+        for m in &msgs {
+            let unknown = <[u8; 32]>::try_from(&m.sender_device[..])
+                .map(|d| matches!(self.store.device(&d), Ok(None)))
+                .unwrap_or(false);
+            if unknown
+                || m.kind == v1::MessageKind::Welcome as i32
+                || m.kind == v1::MessageKind::Commit as i32
+            {
+                if let Ok(c) = <[u8; 16]>::try_from(&m.channel_id[..]) {
+                    refresh.insert(c);
+                }
+            }
+        }
+        for c in refresh {
+            let _ = self.refresh_directory(net, &c).await;
+        }
+        let mut last = self.store.get_u64(META_LAST_SEQ)?;
+        for m in msgs {
+            if m.seq <= last {
+                continue;
+            }
+            match self.apply_one(&m, true, proposals)? {
+                Ok(local) => events.extend(local),
+                Err(e) => tracing::debug!("queued message {} not processed: {e}", m.seq),
+            }
+            last = m.seq;
+            // Durable now: the app may see it before the Ack (which only lets the server
+            // forget it; a lost Ack means a redelivery that is skipped by sequence number).
+            if let Some(sink) = &self.sink {
+                sink(std::mem::take(events));
+            }
+        }
+        // Ack only what is durably processed.
+        let _: v1::AckResponse = self
+            .call(
+                net,
+                method::ACK,
+                &v1::AckRequest {
+                    up_to_seq: last,
+                    seqs: vec![],
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Processes one queued message in its own transaction. A message that cannot be
+    /// processed leaves no trace (its changes are rolled back) and is reported in the inner
+    /// result; with `record_seq` its sequence number is stored either way, in the same
+    /// transaction, so it is never processed twice. The outer error is a storage failure
+    /// (e.g. a full disk at commit); then nothing of the message is kept and no transaction
+    /// stays open, so the next sync retries it.
+    pub(super) fn apply_one(
+        &mut self,
+        m: &v1::QueuedMessage,
+        record_seq: bool,
+        proposals: &mut BTreeSet<ConversationId>,
+    ) -> Result<Result<Vec<Event>, Error>, Error> {
+        let mut local = Vec::new();
+        self.store.begin()?;
+        let r = self.process_one(m, &mut local, proposals);
+        if r.is_err() {
+            self.store.rollback();
+            local.clear();
+        }
+        let finish = || -> Result<(), StoreError> {
+            if r.is_err() {
+                self.store.begin()?;
+            }
+            if record_seq {
+                self.store.set_u64(META_LAST_SEQ, m.seq)?;
+            }
+            self.store.commit()
+        };
+        if let Err(e) = finish() {
+            self.store.rollback();
+            return Err(e.into());
+        }
+        Ok(r.map(|()| local))
+    }
+
+    pub(super) fn process_one(
+        &mut self,
+        m: &v1::QueuedMessage,
+        events: &mut Vec<Event>,
+        proposals: &mut BTreeSet<ConversationId>,
+    ) -> Result<(), Error> {
+        let conv = id16(&m.channel_id, "channel id")?;
+        if m.kind == v1::MessageKind::Welcome as i32 {
+            return self.process_welcome(&conv, &m.payload, events);
+        }
+        let provider = self.provider();
+        let Some(mut group) = mls::load(&provider, &conv)? else {
+            return Err(
+                MlsError::Decrypt("message for a group this device is not in".into()).into(),
+            );
+        };
+        if !group.is_active() {
+            // Removed: nothing of this group is processed any more (the caller skips it).
+            return Err(MlsError::Decrypt(
+                "message for a group this device was removed from".into(),
+            )
+            .into());
+        }
+        let msg = MlsMessageIn::tls_deserialize_exact(&m.payload[..])
+            .map_err(|e| MlsError::Decrypt(e.to_string()))?;
+        let pm = msg
+            .try_into_protocol_message()
+            .map_err(|e| MlsError::Decrypt(e.to_string()))?;
+        let processed = group
+            .process_message(&provider, pm)
+            .map_err(|e| MlsError::Decrypt(e.to_string()))?;
+        let sender_device = mls::device_of(processed.credential());
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let app = v1::AppMessage::decode(&app.into_bytes()[..])
+                    .map_err(|e| MlsError::Decrypt(format!("app message: {e}")))?;
+                let Some(device) = sender_device else {
+                    return Err(
+                        MlsError::Decrypt("sender without a device credential".into()).into(),
+                    );
+                };
+                let text = match app.kind {
+                    Some(v1::app_message::Kind::Text(t)) => t.body,
+                    _ => return Ok(()),
+                };
+                let outgoing = self.identity_of(&device)?
+                    == self.keys.identity.as_ref().map(|k| k.public_key());
+                let msg = Message {
+                    id: id16(&app.id, "message id")
+                        .map_err(|_| Error::crypto("app message id is not 16 bytes"))?,
+                    conversation: conv,
+                    sender: self.username_of(&device)?,
+                    sender_device: device,
+                    text,
+                    sent_at_ms: app.sent_at,
+                    received_at_ms: 0,
+                    outgoing,
+                };
+                if let Some(stored) = self.store.insert_message(&msg, now_ms())? {
+                    events.push(Event::Message(stored));
+                }
+            }
+            ProcessedMessageContent::ProposalMessage(p) => {
+                group
+                    .store_pending_proposal(provider.storage(), *p)
+                    .map_err(mls_err)?;
+                proposals.insert(conv);
+            }
+            ProcessedMessageContent::StagedCommitMessage(sc) => {
+                let before = self.member_names(&group)?;
+                let removed = sc.self_removed();
+                group.merge_staged_commit(&provider, *sc).map_err(mls_err)?;
+                if removed {
+                    self.store.set_active(&conv, false)?;
+                    events.push(Event::Removed { conversation: conv });
+                } else {
+                    let after = self.member_names(&group)?;
+                    push_members_changed(events, &conv, &before, &after, group.epoch().as_u64());
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub(super) fn process_welcome(
+        &mut self,
+        conv: &ConversationId,
+        payload: &[u8],
+        events: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        let wrapped = envelope::open(&self.keys.hybrid, conv, payload)?;
+        let (kind, name, welcome_bytes) = welcome::unwrap(&wrapped)?;
+        let msg = MlsMessageIn::tls_deserialize_exact(welcome_bytes)
+            .map_err(|e| MlsError::Decrypt(e.to_string()))?;
+        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+            return Err(Error::crypto("the Welcome payload is not an MLS Welcome"));
+        };
+        let provider = self.provider();
+        if let Some(mut old) = mls::load(&provider, conv)? {
+            old.delete(provider.storage()).map_err(mls_err)?;
+        }
+        let staged = StagedWelcome::new_from_welcome(&provider, &mls::join_config(), welcome, None)
+            .map_err(|e| MlsError::Decrypt(format!("welcome: {e}")))?;
+        let group = staged
+            .into_group(&provider)
+            .map_err(|e| MlsError::Decrypt(format!("welcome: {e}")))?;
+        if group.group_id().as_slice() != conv {
+            return Err(Error::crypto("the Welcome is for another group"));
+        }
+        let pq = group.ciphersuite() == mls::PQ;
+        self.store.put_conversation(
+            &ConversationRow {
+                id: *conv,
+                kind,
+                name,
+                post_quantum: pq,
+                active: true,
+                unread: 0,
+            },
+            now_ms(),
+        )?;
+        events.push(Event::ConversationJoined(self.conversation(conv)?));
+        Ok(())
+    }
+}
