@@ -179,6 +179,57 @@ options! {
     /// cap fail as on a full disk (Enqueue answers Unavailable, nothing is acknowledged).
     /// 0 = no cap.
     max_db_pages: u64 = "QPQ_MAX_DB_PAGES", 0;
+    /// Payload bytes queued per device (messages referenced by its queue) before deliveries
+    /// to it are refused, like `max_queue_depth` (issue 17 item 21).
+    max_queue_bytes: u64 = "QPQ_MAX_QUEUE_BYTES", 128 * 1024 * 1024;
+    /// Share of one device's queue (entries and bytes, in percent of `max_queue_depth` and
+    /// `max_queue_bytes`) that one sending account may hold; past it that sender's messages
+    /// skip the device and are reported undelivered, while others still reach it (item 20).
+    max_queue_share_percent: u64 = "QPQ_MAX_QUEUE_SHARE_PERCENT", 25;
+    /// Queue entries (messages x recipient devices) one account may create per second,
+    /// sustained (item 19: a BatchEnqueue to a group costs what it fans out to).
+    fanout_per_sec: f64 = "QPQ_FANOUT_PER_SEC", 1000.0;
+    /// Burst of queue entries per account (a message to a group of 10,000 fits).
+    fanout_burst: f64 = "QPQ_FANOUT_BURST", 20_000.0;
+    /// Bytes one account may write (message payloads, Welcomes, blob chunks) per second,
+    /// sustained (item 21).
+    write_bytes_per_sec: f64 = "QPQ_WRITE_BYTES_PER_SEC", 1024.0 * 1024.0;
+    /// Burst of written bytes per account (at least one largest blob).
+    write_bytes_burst: f64 = "QPQ_WRITE_BYTES_BURST", 64.0 * 1024.0 * 1024.0;
+    /// Free bytes the data directory's file system must keep: below it, writes that store
+    /// new data (Enqueue, blobs, KeyPackages, registrations) answer Unavailable, while acks,
+    /// deletions and reads go on (item 21). 0 = off.
+    min_free_disk_bytes: u64 = "QPQ_MIN_FREE_DISK_BYTES", 256 * 1024 * 1024;
+    /// Largest size of the database (file plus WAL), in bytes: past it the same writes answer
+    /// Unavailable (a watermark below `max_db_pages`, which fails like a full disk). 0 = off.
+    max_store_bytes: u64 = "QPQ_MAX_STORE_BYTES", 0;
+    /// Bytes of blobs (complete or being uploaded, by declared size) one account may store
+    /// (item 27).
+    blob_quota_bytes: u64 = "QPQ_BLOB_QUOTA_BYTES", 1024 * 1024 * 1024;
+    /// Seconds after which an incomplete blob upload is deleted by the purge job.
+    blob_incomplete_ttl_secs: u64 = "QPQ_BLOB_INCOMPLETE_TTL_SECS", 24 * 3600;
+    /// Seconds an undelivered message stays queued before the purge job deletes it (D-10);
+    /// idempotency records (`enqueue_ids`) are kept as long.
+    message_ttl_secs: u64 = "QPQ_MESSAGE_TTL_SECS", 30 * 24 * 3600;
+    /// Seconds between purge runs.
+    purge_interval_secs: u64 = "QPQ_PURGE_INTERVAL_SECS", 600;
+    /// Time the server gives a client to take a response (and its acknowledgement), in
+    /// milliseconds; past it the stream is reset and its bytes dropped (item 24).
+    write_deadline_ms: u64 = "QPQ_WRITE_DEADLINE_MS", 10_000;
+    /// Response bytes buffered per connection (R-2: 1 MiB); a response waits for room, within
+    /// the write deadline (item 24). A single message larger than this still goes out alone.
+    max_buffered_bytes_per_connection: u32 = "QPQ_MAX_BUFFERED_BYTES_PER_CONNECTION", 1024 * 1024;
+    /// Request payload bytes being received per connection at once; a frame waits for room
+    /// within its read deadline (item 26). At least one largest frame (4 MiB).
+    max_request_bytes_per_connection: u32 = "QPQ_MAX_REQUEST_BYTES_PER_CONNECTION", 4 * 1024 * 1024 + 64 * 1024;
+    /// Push bytes queued per connection; pushes past it are dropped (the queue is the
+    /// truth, the client fetches), and a connection that takes no push stream within the
+    /// write deadline gets none (item 25).
+    max_push_bytes_per_connection: u32 = "QPQ_MAX_PUSH_BYTES_PER_CONNECTION", 256 * 1024;
+    /// When to answer a handshake from an unvalidated address with a QUIC Retry, so a
+    /// forged source address never takes a per-IP connection slot (item 29): "always",
+    /// "load" (when the address already holds a slot, or 64 handshakes are pending) or "never".
+    quic_retry: String = "QPQ_QUIC_RETRY", "load".into();
 }
 
 impl Config {
@@ -213,8 +264,9 @@ impl Config {
 
     /// A configuration for tests and embedding: loopback, ephemeral port, the given data dir.
     /// Every default applies except the per-IP registration and request limits, which are
-    /// off: a loopback server's clients all come from 127.0.0.1, and tests and demos register
-    /// many accounts and load the server from that one address.
+    /// off (a loopback server's clients all come from 127.0.0.1, and tests and demos register
+    /// many accounts and load the server from that one address), and the free-disk watermark,
+    /// which is off (a test machine's disk is shared and small; tests that need it set it).
     pub fn ephemeral(data_dir: &Path) -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -222,6 +274,7 @@ impl Config {
             registrations_per_ip: 0,
             ip_rate_per_sec: 0.0,
             health_rate_per_sec: 0.0,
+            min_free_disk_bytes: 0,
             ..Config::default()
         }
     }
@@ -254,6 +307,11 @@ impl Config {
     /// Read deadline as a duration.
     pub fn read_deadline(&self) -> Duration {
         Duration::from_millis(self.read_deadline_ms)
+    }
+
+    /// Write deadline as a duration.
+    pub fn write_deadline(&self) -> Duration {
+        Duration::from_millis(self.write_deadline_ms)
     }
 }
 

@@ -114,6 +114,51 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn forget(&self, matches: impl Fn(&K) -> bool) {
         self.lock().retain(|k, _| !matches(k));
     }
+
+    /// Takes `cost` tokens at `now` when the bucket holds at least `min(cost, burst)` (a cost
+    /// above the burst is allowed from a full bucket and leaves it in debt); `Err(wait)` says
+    /// how long until it would.
+    pub fn take_at(&self, key: &K, cost: f64, now: Instant) -> Result<(), Duration> {
+        let mut b = self.lock();
+        if b.len() >= self.max_keys && !b.contains_key(key) {
+            self.sweep(&mut b, now);
+        }
+        let (tokens, at) = b.entry(key.clone()).or_insert((self.burst, now));
+        *tokens = self.level(*tokens, *at, now);
+        *at = (*at).max(now);
+        let need = cost.max(0.0).min(self.burst);
+        if *tokens >= need {
+            *tokens -= cost.max(0.0);
+            Ok(())
+        } else if self.per_sec <= 0.0 {
+            Err(Duration::from_secs(3600))
+        } else {
+            Err(Duration::from_secs_f64((need - *tokens) / self.per_sec))
+        }
+    }
+
+    /// Takes `cost` tokens now (see [`RateLimiter::take_at`]).
+    pub fn take(&self, key: &K, cost: f64) -> Result<(), Duration> {
+        self.take_at(key, cost, Instant::now())
+    }
+
+    /// Takes `cost` tokens at `now` without checking: the bucket may go into debt, which
+    /// later calls pay back before they pass. For costs known only after the work is done
+    /// (the recipients an Enqueue fanned out to).
+    pub fn charge_at(&self, key: &K, cost: f64, now: Instant) {
+        let mut b = self.lock();
+        if b.len() >= self.max_keys && !b.contains_key(key) {
+            self.sweep(&mut b, now);
+        }
+        let (tokens, at) = b.entry(key.clone()).or_insert((self.burst, now));
+        *tokens = self.level(*tokens, *at, now) - cost.max(0.0);
+        *at = (*at).max(now);
+    }
+
+    /// [`RateLimiter::charge_at`] now.
+    pub fn charge(&self, key: &K, cost: f64) {
+        self.charge_at(key, cost, Instant::now())
+    }
 }
 
 /// Counts events (failed logins, registrations) per key in a sliding window: at most `max`
@@ -270,6 +315,15 @@ impl ConnectionCap {
         }
     }
 
+    /// Slots the address holds right now.
+    pub fn held(&self, ip: IpAddr) -> usize {
+        let m = match self.open.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.get(&ip).copied().unwrap_or(0)
+    }
+
     /// Reserves a slot; false when the address is at its cap.
     pub fn acquire(&self, ip: IpAddr) -> bool {
         let mut m = match self.open.lock() {
@@ -408,6 +462,24 @@ mod tests {
         let w = FailureWindow::new(1, Duration::from_secs(60));
         w.record_at(1u8, t0);
         assert!(w.check_at(&1u8, t0 - Duration::from_secs(3600)).is_err());
+    }
+
+    #[test]
+    fn take_and_charge_spend_many_tokens_and_debt_is_paid_back() {
+        let l = RateLimiter::new(10.0, 100.0);
+        let t0 = Instant::now();
+        assert!(l.take_at(&1u8, 60.0, t0).is_ok());
+        assert!(l.take_at(&1u8, 60.0, t0).is_err(), "40 left, 60 needed");
+        l.charge_at(&1u8, 100.0, t0);
+        // -60 now: a single token needs 6.1 s of refill.
+        let wait = l.take_at(&1u8, 1.0, t0).expect_err("in debt");
+        assert_eq!(wait, Duration::from_millis(6100));
+        assert!(l
+            .take_at(&1u8, 1.0, t0 + Duration::from_millis(6100))
+            .is_ok());
+        // A cost above the burst passes from a full bucket only.
+        assert!(l.take_at(&2u8, 500.0, t0).is_ok());
+        assert!(l.take_at(&2u8, 1.0, t0 + Duration::from_secs(10)).is_err());
     }
 
     #[test]

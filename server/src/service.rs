@@ -27,14 +27,17 @@ use crate::limits::{FailureWindow, RateLimiter};
 use crate::metrics::Metrics;
 use crate::storage::{
     AccountId, BlobChunk, ChannelId, ChannelKind, DeviceId, EnqueueOp, Key32, NewKeyPackage,
-    QueuedMessage, Session, Storage, StorageError,
+    PurgeReport, QueuedMessage, Session, Storage, StorageError,
 };
 
 /// Payloads up to this size travel inside the push event; larger ones are fetched.
 const PUSH_INLINE_MAX: usize = 64 * 1024;
 /// Most messages one Fetch returns.
 const FETCH_MAX: usize = 1000;
-/// Payload bytes one Fetch returns at most (below the 4 MiB frame limit).
+/// Payload bytes one Fetch returns at most (below the 4 MiB frame limit). Not lowered to
+/// the 1 MiB a connection may buffer: qpq-core takes a page under 1 MiB as the end of
+/// the queue. What a connection hands to QUIC is still at most 1 MiB (the listener's response
+/// budget); the rest of a larger page waits in the server, within the write deadline.
 const FETCH_MAX_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
 /// Largest DownloadBlob chunk.
 const BLOB_CHUNK_MAX: u64 = 1024 * 1024;
@@ -57,6 +60,13 @@ const UNKNOWN_TOKENS_MAX: usize = 100_000;
 const UNKNOWN_TOKEN_TTL: Duration = Duration::from_secs(60);
 /// How often expired sessions (and username tombstones) are purged.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+/// How long a storage-room check (free disk, store size) is reused.
+const ROOM_CHECK_EVERY: Duration = Duration::from_millis(200);
+/// Rows of each kind one purge transaction deletes at most.
+const PURGE_BATCH: usize = 5_000;
+/// KeyPackages all requesters together may take of one device in a burst before only its
+/// last-resort KeyPackage is served (refill: `key_package_fetch_refill_ms` per token).
+const KEY_PACKAGE_TARGET_BURST: f64 = 40.0;
 
 /// A failed request: the status and a message for the client (never a secret).
 #[derive(Debug)]
@@ -135,14 +145,31 @@ pub struct CallContext {
     pub conn_id: u64,
     /// Where push events for this connection go.
     pub push: mpsc::Sender<Push>,
+    /// Push payload bytes queued on `push` and not yet written (item 25: capped per
+    /// connection; pushes past the cap are dropped, the client fetches).
+    pub push_queued: Arc<AtomicUsize>,
+}
+
+impl CallContext {
+    /// A context for a connection from `peer` whose pushes go to `push`.
+    pub fn new(peer: SocketAddr, conn_id: u64, push: mpsc::Sender<Push>) -> CallContext {
+        CallContext {
+            peer,
+            conn_id,
+            push,
+            push_queued: Arc::new(AtomicUsize::new(0)),
+        }
+    }
 }
 
 /// A connection that made a call with a session token: pushes for the token's device go to
-/// it until the connection closes or that session ends.
+/// it until the connection closes or that session ends; `queued` counts the bytes waiting in
+/// its push queue (shared by every session of the connection).
 struct Pusher {
     conn_id: u64,
     token_hash: Key32,
     tx: mpsc::Sender<Push>,
+    queued: Arc<AtomicUsize>,
 }
 
 /// Push channels of each logged-in device, one per (connection, session).
@@ -213,8 +240,25 @@ pub struct Service {
     login_failures_ip: FailureWindow<IpAddr>,
     login_attempts_account: RateLimiter<String>,
     registrations_ip: FailureWindow<IpAddr>,
-    /// K-2: FetchKeyPackage tokens per (requester device, target device key).
-    key_package_fetches: RateLimiter<(DeviceId, Key32)>,
+    /// K-2: FetchKeyPackage tokens per (requester account, target device key): an account's
+    /// devices share one bucket, so device churn gains nothing (item 13).
+    key_package_fetches: RateLimiter<(AccountId, Key32)>,
+    /// Item 13: ordinary KeyPackages all requesters together take of one device; when spent,
+    /// only the last-resort KeyPackage is served, so the device stays invitable.
+    key_package_target: RateLimiter<Key32>,
+    /// Item 19: queue entries (messages x recipient devices) per sending account.
+    fanout: RateLimiter<AccountId>,
+    /// Item 21: bytes written (payloads, Welcomes, blob chunks) per account.
+    write_bytes: RateLimiter<AccountId>,
+    /// Item 21: the last storage-room check: (when, refusal message if no room).
+    room: Mutex<(Option<Instant>, Option<String>)>,
+    /// Item 24: response bytes handed to connections and not yet acknowledged, all
+    /// connections together (a gauge for metrics and tests).
+    pub response_bytes_buffered: AtomicUsize,
+    /// Item 26: request payload bytes being received, all connections together (a gauge).
+    pub request_bytes_in_flight: AtomicUsize,
+    /// Item 25: push payload bytes queued for connections, all together (a gauge).
+    pub push_bytes_queued: Arc<AtomicUsize>,
     fetch_waits: AtomicUsize,
     /// Session lookups that reached the database (item 22's cost measure).
     session_db_reads: AtomicU64,
@@ -318,6 +362,16 @@ impl Service {
                 f64::from(config.key_package_fetch_burst),
                 KEY_PACKAGE_FETCH_PAIRS_MAX,
             ),
+            key_package_target: RateLimiter::new(
+                config.key_package_fetch_per_sec(),
+                KEY_PACKAGE_TARGET_BURST.max(f64::from(config.key_package_fetch_burst)),
+            ),
+            fanout: RateLimiter::new(config.fanout_per_sec, config.fanout_burst),
+            write_bytes: RateLimiter::new(config.write_bytes_per_sec, config.write_bytes_burst),
+            room: Mutex::new((None, None)),
+            response_bytes_buffered: AtomicUsize::new(0),
+            request_bytes_in_flight: AtomicUsize::new(0),
+            push_bytes_queued: Arc::new(AtomicUsize::new(0)),
             fetch_waits: AtomicUsize::new(0),
             session_db_reads: AtomicU64::new(0),
             store,
@@ -400,6 +454,96 @@ impl Service {
             v.retain(|x| x.conn_id != conn_id);
             !v.is_empty()
         });
+    }
+
+    /// Deletes what expired at `now_ms` (an injected clock in tests; the purge task passes
+    /// the wall clock): undelivered messages older than `message_ttl_secs`, idempotency
+    /// records as old, incomplete blob uploads older than `blob_incomplete_ttl_secs`
+    /// (issue 17 items 27 and 28, D-10). Runs batches until nothing is left.
+    pub async fn purge_expired_at(&self, now_ms: u64) -> Result<PurgeReport, StorageError> {
+        let ttl = self.config.message_ttl_secs.saturating_mul(1000);
+        let blob_ttl = self.config.blob_incomplete_ttl_secs.saturating_mul(1000);
+        let mut total = PurgeReport::default();
+        loop {
+            let store = self.store.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                store.purge_expired(now_ms, ttl, blob_ttl, PURGE_BATCH)
+            })
+            .await
+            .map_err(|_| StorageError::Backend("purge task failed".into()))??;
+            total.queue_entries += r.queue_entries;
+            total.payloads += r.payloads;
+            total.enqueue_ids += r.enqueue_ids;
+            total.incomplete_blobs += r.incomplete_blobs;
+            if r.queue_entries > 0 {
+                // Queues shrank: senders refused for a full queue may retry at once.
+                self.lock_queue_full().clear();
+            }
+            let rows = r.queue_entries + r.payloads + r.enqueue_ids + r.incomplete_blobs;
+            self.metrics.purged_total.fetch_add(rows, Ordering::Relaxed);
+            if rows == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Answers Unavailable when storing more would cross the free-disk watermark or the
+    /// store-size cap (item 21): refused cleanly, before any transaction. Checked at most
+    /// every [`ROOM_CHECK_EVERY`].
+    fn check_room(&self) -> Result<(), Fail> {
+        let (min_free, max_store) = (self.config.min_free_disk_bytes, self.config.max_store_bytes);
+        if min_free == 0 && max_store == 0 {
+            return Ok(());
+        }
+        let mut room = self.room.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if room
+            .0
+            .is_none_or(|at| now.duration_since(at) >= ROOM_CHECK_EVERY)
+        {
+            let mut refusal = None;
+            if min_free > 0 {
+                if let Some(free) = free_disk_bytes(&self.config.data_dir) {
+                    if free < min_free {
+                        refusal = Some(format!(
+                            "the server's disk is nearly full ({free} bytes free, {min_free} kept); try later"
+                        ));
+                    }
+                }
+            }
+            if max_store > 0 {
+                let db = self.config.db_path();
+                let mut wal = db.clone().into_os_string();
+                wal.push("-wal");
+                let size = std::fs::metadata(&db).map_or(0, |m| m.len())
+                    + std::fs::metadata(&wal).map_or(0, |m| m.len());
+                if size >= max_store {
+                    refusal = Some(format!(
+                        "the server's store is full ({size} of {max_store} bytes); try later"
+                    ));
+                }
+            }
+            *room = (Some(now), refusal);
+        }
+        match &room.1 {
+            None => Ok(()),
+            Some(m) => Err(Fail {
+                status: Status::Unavailable,
+                message: m.clone(),
+                retry_after_ms: 60_000,
+            }),
+        }
+    }
+
+    /// Takes `bytes` from the account's write budget (item 21).
+    fn spend_write_bytes(&self, account: AccountId, bytes: usize) -> Result<(), Fail> {
+        self.write_bytes
+            .take(&account, bytes as f64)
+            .map_err(|wait| {
+                let mut f = self.rate_limited(wait);
+                f.message = "too many bytes written; try later".into();
+                f
+            })
     }
 
     fn lock_queue_full(
@@ -674,7 +818,26 @@ impl Service {
                 let n = r.key_packages.len() as u64;
                 let cap = self.config.max_key_packages;
                 let suite = r.ciphersuite;
-                let packages = validate_key_packages(r, &s.device_key).await?;
+                if !r.key_packages.is_empty() {
+                    self.check_room()?;
+                }
+                let mut packages = validate_key_packages(r, &s.device_key).await?;
+                // A KeyPackage with the last_resort extension replaces the device's
+                // last-resort KeyPackage instead of joining the stock (item 13).
+                let mut last: Vec<NewKeyPackage> = Vec::new();
+                packages.retain(|p| {
+                    if p.last_resort {
+                        last.push(p.clone());
+                    }
+                    !p.last_resort
+                });
+                if last.len() > 1 {
+                    return Err(Fail::bad("at most one last-resort KeyPackage per upload"));
+                }
+                if let Some(kp) = last.pop() {
+                    self.db(move |st| st.set_last_resort_key_package(s.device_id, suite, kp))
+                        .await?;
+                }
                 let stored = self
                     .db(move |st| st.add_key_packages(s.device_id, suite, packages, cap))
                     .await?;
@@ -686,20 +849,43 @@ impl Service {
             method::FETCH_KEY_PACKAGE => {
                 let r = v1::FetchKeyPackageRequest::decode(p)?;
                 let dk = key32(&r.device_key, "device_key")?;
-                if self.config.key_package_fetch_burst > 0 {
-                    if let Err(wait) = self.key_package_fetches.check(&(s.device_id, dk)) {
+                let limited = self.config.key_package_fetch_burst > 0;
+                if limited {
+                    if let Err(wait) = self.key_package_fetches.check(&(s.account_id, dk)) {
                         let mut f = self.rate_limited(wait);
                         f.message = "too many KeyPackages fetched of that device; try later".into();
                         return Err(f);
                     }
                 }
                 let suite = r.ciphersuite;
-                let kp = self.db(move |st| st.pop_key_package(&dk, suite)).await?;
-                let kp = kp.ok_or_else(|| {
-                    Fail::new(Status::NotFound, "no KeyPackage available for that device")
-                })?;
+                // Past the target's own budget only its last-resort KeyPackage is served, so
+                // many requesters together cannot empty its stock (item 13).
+                let stock_open = !limited || self.key_package_target.check(&dk).is_ok();
+                let kp = if stock_open {
+                    self.db(move |st| st.pop_key_package(&dk, suite)).await?
+                } else {
+                    None
+                };
+                let (kp, last_resort) = match kp {
+                    Some(kp) => (kp, false),
+                    None => {
+                        let lr = self
+                            .db(move |st| st.last_resort_key_package(&dk, suite))
+                            .await?;
+                        (
+                            lr.ok_or_else(|| {
+                                Fail::new(
+                                    Status::NotFound,
+                                    "no KeyPackage available for that device",
+                                )
+                            })?,
+                            true,
+                        )
+                    }
+                };
                 ok(v1::FetchKeyPackageResponse {
                     key_package: Bytes::from(kp),
+                    last_resort,
                 })
             }
             method::UPLOAD_HYBRID_KEY => {
@@ -749,6 +935,12 @@ impl Service {
                 let r = v1::RemoveMemberRequest::decode(p)?;
                 let ch = id16(&r.channel_id, "channel_id")?;
                 let m = key32(&r.member, "member")?;
+                if m != s.identity_key {
+                    return Err(Fail::new(
+                        Status::Forbidden,
+                        "RemoveMember removes only the caller; others are removed by a commit",
+                    ));
+                }
                 self.db(move |st| st.remove_member(&ch, s.account_id, &m))
                     .await?;
                 ok(v1::RemoveMemberResponse {})
@@ -1029,6 +1221,7 @@ impl Service {
                 conn_id: ctx.conn_id,
                 token_hash,
                 tx: ctx.push.clone(),
+                queued: ctx.push_queued.clone(),
             });
         }
     }
@@ -1384,7 +1577,20 @@ impl Service {
                 "membership changes and Welcomes travel only with commits",
             ));
         }
+        if is_commit {
+            check_commit_framing(&r.payload, &channel_id, r.commit_epoch.unwrap_or(0))?;
+        }
+        self.check_room()?;
+        // Item 19: a message fans out to many queues; it passes only while the sender's
+        // fan-out budget is not in debt, and pays for every queue entry it made.
+        if let Err(wait) = self.fanout.take(&s.account_id, 1.0) {
+            let mut f = self.rate_limited(wait);
+            f.message = "too many messages x recipients; try later".into();
+            return Err(f);
+        }
+        self.spend_write_bytes(s.account_id, r.payload.len() + r.welcome.len())?;
         let bytes = r.payload.len() as u64;
+        let share = self.config.max_queue_share_percent.clamp(1, 100);
         let op = EnqueueOp {
             sender_account: s.account_id,
             sender_device: s.device_id,
@@ -1401,6 +1607,9 @@ impl Service {
             promote_members: keys32(&r.promote_members, "promote_members entry")?,
             now_ms: now_ms(),
             max_queue_depth: self.config.max_queue_depth,
+            max_queue_bytes: self.config.max_queue_bytes,
+            max_share_depth: (self.config.max_queue_depth.saturating_mul(share) / 100).max(1),
+            max_share_bytes: self.config.max_queue_bytes.saturating_mul(share) / 100,
         };
         // A sender just refused for a full queue is refused again without a transaction,
         // until the retry time or until that queue's device acks.
@@ -1430,12 +1639,23 @@ impl Service {
             self.metrics
                 .enqueue_bytes_total
                 .fetch_add(bytes, Ordering::Relaxed);
+            self.metrics
+                .undelivered_total
+                .fetch_add(out.undelivered.len() as u64, Ordering::Relaxed);
+            // The first entry was paid for up front.
+            self.fanout
+                .charge(&s.account_id, out.deliveries.len().saturating_sub(1) as f64);
         }
         self.deliver(&out.deliveries);
         Ok(v1::EnqueueResponse {
             server_id: out.server_id,
             duplicate: out.duplicate,
             epoch: out.epoch,
+            undelivered: out
+                .undelivered
+                .iter()
+                .map(|k| Bytes::copy_from_slice(k))
+                .collect(),
         })
     }
 
@@ -1453,6 +1673,7 @@ impl Service {
             }
         }
         let p = self.lock_pushers();
+        let cap = self.config.max_push_bytes_per_connection as usize;
         for d in deliveries {
             let Some(conns) = p.get(&d.device_id) else {
                 continue;
@@ -1462,26 +1683,41 @@ impl Service {
             if omitted {
                 m.payload = Bytes::new();
             }
-            let payload = v1::NewMessage {
-                message: Some(m),
-                payload_omitted: omitted,
-            }
-            .encode_to_vec();
+            // Encoded once and shared by every connection of the device (item 25).
+            let payload = Bytes::from(
+                v1::NewMessage {
+                    message: Some(m),
+                    payload_omitted: omitted,
+                }
+                .encode_to_vec(),
+            );
+            let len = payload.len();
             let mut seen = Vec::with_capacity(conns.len());
-            for x in conns {
+            for t in conns {
                 // One push per connection, however many of the device's sessions it used.
-                if seen.contains(&x.conn_id) {
+                if seen.contains(&t.conn_id) {
                     continue;
                 }
-                seen.push(x.conn_id);
-                let tx = &x.tx;
+                seen.push(t.conn_id);
+                // Past the connection's push bytes, or a full or closed push queue (a slow
+                // client, or one that takes no push stream): dropped; the queue is the
+                // truth and the client fetches.
+                if t.queued.load(Ordering::Relaxed) + len > cap {
+                    Metrics::inc(&self.metrics.push_dropped_total);
+                    continue;
+                }
+                t.queued.fetch_add(len, Ordering::Relaxed);
+                self.push_bytes_queued.fetch_add(len, Ordering::Relaxed);
                 let push = Push {
                     event: qpq_proto::event::NEW_MESSAGE,
-                    payload: Bytes::from(payload.clone()),
+                    payload: payload.clone(),
                 };
-                // A full push queue means a slow client: it will Fetch instead.
-                if tx.try_send(push).is_ok() {
+                if t.tx.try_send(push).is_ok() {
                     Metrics::inc(&self.metrics.push_total);
+                } else {
+                    t.queued.fetch_sub(len, Ordering::Relaxed);
+                    self.push_bytes_queued.fetch_sub(len, Ordering::Relaxed);
+                    Metrics::inc(&self.metrics.push_dropped_total);
                 }
             }
         }
@@ -1495,8 +1731,17 @@ impl Service {
             ));
         }
         let mut results = Vec::with_capacity(r.messages.len());
-        for m in r.messages {
-            results.push(match self.enqueue(s, m).await {
+        for (i, m) in r.messages.into_iter().enumerate() {
+            // Item 19: every message of a batch is a request against the account's rate
+            // (the call itself paid for the first).
+            let outcome = match i {
+                0 => self.enqueue(s, m).await,
+                _ => match self.account_limiter.check(&s.account_id) {
+                    Ok(()) => self.enqueue(s, m).await,
+                    Err(wait) => Err(self.rate_limited(wait)),
+                },
+            };
+            results.push(match outcome {
                 Ok(resp) => v1::BatchEnqueueResult {
                     status: 0,
                     response: Some(resp),
@@ -1588,6 +1833,7 @@ impl Service {
                 "metadata is at most 64 KiB",
             ));
         }
+        self.check_room()?;
         let account = s.account_id;
         let (ch, created) = self
             .db(move |st| st.create_channel(kind, account, &members, &r.metadata, now_secs()))
@@ -1612,6 +1858,8 @@ impl Service {
                 format!("blobs are limited to {max} bytes"),
             ));
         }
+        self.check_room()?;
+        self.spend_write_bytes(s.account_id, r.chunk.len())?;
         let chunk = BlobChunk {
             account_id: s.account_id,
             channel_id: ch,
@@ -1620,6 +1868,7 @@ impl Service {
             offset: r.offset,
             data: r.chunk,
             now_ms: now_ms(),
+            quota: self.config.blob_quota_bytes,
         };
         let total = r.total_size;
         let received = self.db(move |st| st.put_blob_chunk(chunk, max)).await?;
@@ -1709,6 +1958,7 @@ async fn validate_key_packages(
                     .map(|(data, v)| NewKeyPackage {
                         data,
                         init_key_hash: v.init_key_hash,
+                        last_resort: v.last_resort,
                     })
                     .collect()
             },
@@ -1740,6 +1990,49 @@ impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         self.service.release_waiter(self.device, &self.notify);
     }
+}
+
+/// Item 17: what the server can check of a commit without keys. It must be one MLS
+/// PrivateMessage (qpq groups take only encrypted handshakes) of this channel's group, from
+/// the epoch the Enqueue names, with content type commit. Anything else would be accepted as
+/// the epoch's commit and then dropped by every member, wedging the group.
+fn check_commit_framing(payload: &[u8], channel: &ChannelId, epoch: u64) -> Result<(), Fail> {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn};
+    let msg = MlsMessageIn::tls_deserialize_exact(payload)
+        .map_err(|_| Fail::bad("a commit must be one MLS message"))?;
+    let MlsMessageBodyIn::PrivateMessage(pm) = msg.extract() else {
+        return Err(Fail::bad(
+            "a commit must be an MLS PrivateMessage (this server's groups encrypt handshakes)",
+        ));
+    };
+    if pm.group_id().as_slice() != channel.as_slice() {
+        return Err(Fail::bad("the commit belongs to another MLS group"));
+    }
+    if pm.epoch().as_u64() != epoch {
+        return Err(Fail::bad(format!(
+            "the commit is framed for epoch {}, not the commit_epoch {epoch}",
+            pm.epoch().as_u64()
+        )));
+    }
+    if pm.content_type() != ContentType::Commit {
+        return Err(Fail::bad("the message's content type is not commit"));
+    }
+    Ok(())
+}
+
+/// Free bytes for unprivileged users on the file system holding `dir` (None when unknown).
+#[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    if rc != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Counts a parked FetchWait for as long as it lives (also when the call is cancelled).

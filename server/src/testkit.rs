@@ -114,8 +114,18 @@ impl Conn {
         addr: SocketAddr,
         cert_der: &[u8],
     ) -> Result<Conn, String> {
+        Conn::connect_with(local, addr, client_config(cert_der)).await
+    }
+
+    /// [`Conn::connect_from`] with a given client configuration (e.g. one that grants the
+    /// server no push streams).
+    pub async fn connect_with(
+        local: SocketAddr,
+        addr: SocketAddr,
+        config: quinn::ClientConfig,
+    ) -> Result<Conn, String> {
         let mut endpoint = quinn::Endpoint::client(local).map_err(|e| e.to_string())?;
-        endpoint.set_default_client_config(client_config(cert_der));
+        endpoint.set_default_client_config(config);
         let conn = endpoint
             .connect(addr, "localhost")
             .map_err(|e| e.to_string())?
@@ -454,6 +464,46 @@ pub fn message_id(n: u8) -> Bytes {
     id[0] = n;
     id[1..9].copy_from_slice(&rand::random::<[u8; 8]>());
     Bytes::copy_from_slice(&id)
+}
+
+/// The bytes of an MLS PrivateMessage as the server sees them (RFC 9420 §6.3): version
+/// mls10, wire format private_message, `group_id`, `epoch`, content type (3 = commit), empty
+/// authenticated data, then opaque sender data and ciphertext (`body`). The server checks
+/// this framing of every commit; it cannot decrypt the rest.
+pub fn private_message(group_id: &[u8], epoch: u64, content_type: u8, body: &[u8]) -> Bytes {
+    fn vec(out: &mut Vec<u8>, b: &[u8]) {
+        // MLS variable-length integer prefix (RFC 9000 style, 1/2/4 bytes).
+        let n = b.len();
+        if n < 64 {
+            out.push(n as u8);
+        } else if n < 16384 {
+            out.extend_from_slice(&((n as u16) | 0x4000).to_be_bytes());
+        } else {
+            out.extend_from_slice(&((n as u32) | 0x8000_0000).to_be_bytes());
+        }
+        out.extend_from_slice(b);
+    }
+    let mut out = vec![0, 1, 0, 2];
+    vec(&mut out, group_id);
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.push(content_type);
+    vec(&mut out, b"");
+    vec(&mut out, &[0x5a; 32]);
+    vec(&mut out, body);
+    Bytes::from(out)
+}
+
+/// A commit Enqueue request from `epoch` whose payload is framed as a commit of `channel`
+/// ([`private_message`]); membership fields empty.
+pub fn commit_message(channel: &Bytes, id: u8, epoch: u64, body: &[u8]) -> v1::EnqueueRequest {
+    v1::EnqueueRequest {
+        channel_id: channel.clone(),
+        message_id: message_id(id),
+        payload: private_message(channel, epoch, 3, body),
+        kind: v1::MessageKind::Commit as i32,
+        commit_epoch: Some(epoch),
+        ..Default::default()
+    }
 }
 
 /// An application-message Enqueue request.

@@ -391,11 +391,7 @@ async fn commits_are_ordered_per_epoch_and_carry_membership_and_welcome() {
     let c = s.user("carol").await;
     let ch = a.group(&[&b]).await;
 
-    let commit = |id: u8, epoch: u64| v1::EnqueueRequest {
-        kind: v1::MessageKind::Commit as i32,
-        commit_epoch: Some(epoch),
-        ..app_message(&ch, id, b"commit")
-    };
+    let commit = |id: u8, epoch: u64| commit_message(&ch, id, epoch, b"commit");
     // Add carol with a Welcome to her device.
     let mut add = commit(1, 0);
     add.add_members = vec![c.identity_key()];
@@ -550,6 +546,7 @@ async fn channel_membership_methods() {
         ),
         Status::Forbidden
     );
+    // RemoveMember removes only the caller (issue 17 item 14); one who left is no member.
     assert_eq!(
         status_of(
             a.call::<_, v1::RemoveMemberResponse>(
@@ -561,7 +558,20 @@ async fn channel_membership_methods() {
             )
             .await
         ),
-        Status::NotFound
+        Status::Forbidden
+    );
+    assert_eq!(
+        status_of(
+            b.call::<_, v1::RemoveMemberResponse>(
+                method::REMOVE_MEMBER,
+                &v1::RemoveMemberRequest {
+                    channel_id: ch.clone(),
+                    member: b.identity_key()
+                }
+            )
+            .await
+        ),
+        Status::Forbidden
     );
     assert_eq!(
         status_of(
@@ -1293,7 +1303,12 @@ async fn graceful_shutdown_answers_in_flight_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_recipient_queue_answers_rate_limited_and_recovers_after_ack() {
-    let s = TestServer::start_with(|c| c.max_queue_depth = 3).await;
+    let s = TestServer::start_with(|c| {
+        c.max_queue_depth = 3;
+        // One sender may fill the whole queue here (shares: security_flood.rs).
+        c.max_queue_share_percent = 100;
+    })
+    .await;
     let a = s.user("alice").await;
     let b = s.user("bob").await;
     let ch = a.group(&[&b]).await;

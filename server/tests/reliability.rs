@@ -1353,10 +1353,10 @@ async fn k2_an_attacker_drains_at_most_the_bucket_of_key_packages() {
     let mut second = s.connect().await;
     second.login("attacker", PW).await.unwrap();
     let (got2, _, _) = drain_kps(&second, &vk, |n| n == burst + 5).await;
-    assert_eq!(
-        got2.len(),
-        burst,
-        "a second device of the attacker has its own bucket"
+    assert!(
+        got2.len() <= 1,
+        "a second device of the attacker shares the account's bucket (issue 17 item 13): {}",
+        got2.len()
     );
     eprintln!(
         "K-2: attacker got {} of 100 in 100 calls ({limited} RateLimited, retry {retry} ms); contact got 1",
@@ -2053,6 +2053,9 @@ async fn d7_fetch_wait_wakes_fast_and_times_out_on_time() {
 async fn d8_flooded_victim_keeps_fetching() {
     let s = TestServer::start_with(|c| {
         c.max_queue_depth = 1000;
+        // One sender may fill the whole queue here (per-sender shares are item 20 of issue
+        // 17, tested in security_flood.rs).
+        c.max_queue_share_percent = 100;
         // No account rate limit: the flood meets only the queue cap (the harder case).
         c.rate_limit_per_sec = 1e9;
         c.rate_limit_burst = 1e9;
@@ -2084,6 +2087,7 @@ async fn d8_flooded_victim_keeps_fetching() {
         let mut tasks = Vec::new();
         for k in 0..8 {
             let (a, ch, stop) = (attackers[k % 2].clone(), ch.clone(), stop.clone());
+            let vk = victim.device_key();
             tasks.push(tokio::spawn(async move {
                 let (mut limited, mut other) = (0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
@@ -2092,6 +2096,9 @@ async fn d8_flooded_victim_keeps_fetching() {
                             assert!(e.retry_after_ms > 0);
                             limited += 1;
                         }
+                        // Since issue 17 item 20 a message still reaches the group's other
+                        // members; the full victim is skipped and named.
+                        Ok(r) if r.undelivered == vec![vk.clone()] => limited += 1,
                         _ => other += 1,
                     }
                     // The attacker ignores retry_after_ms; it is only paced (see above).
@@ -2112,7 +2119,8 @@ async fn d8_flooded_victim_keeps_fetching() {
             "D-8 round {round}: fetch p99 baseline {baseline:?}, under flood {:?} (not asserted); {limited} enqueues RateLimited, {other} otherwise",
             quantile(&under_flood, 0.99)
         );
-        assert_eq!(other, 0, "every flood enqueue is refused");
+        assert_eq!(other, 0, "every flood enqueue is refused for the victim");
+        assert_eq!(peek(&victim).await.unwrap().count, 1000);
         assert!(limited > 100, "the flood was real ({limited})");
         served_within_deadline("victim under flood", &under_flood);
     }
@@ -2462,6 +2470,9 @@ fn t3_queue_order_ignores_wall_clock_steps() {
             promote_members: vec![],
             now_ms,
             max_queue_depth: 10_000,
+            max_queue_bytes: u64::MAX / 2,
+            max_share_depth: u64::MAX / 2,
+            max_share_bytes: u64::MAX / 2,
         })
         .unwrap();
     }

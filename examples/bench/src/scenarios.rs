@@ -619,6 +619,9 @@ fn invite_storage(p: &Plan, r: &mut Results) -> Result<(), String> {
         promote_members: vec![],
         now_ms: 0,
         max_queue_depth: u64::MAX / 2,
+        max_queue_bytes: u64::MAX / 2,
+        max_share_depth: u64::MAX / 2,
+        max_share_bytes: u64::MAX / 2,
     };
     store.enqueue(op).map_err(|e| e.to_string())?;
     let after = used(&path)?;

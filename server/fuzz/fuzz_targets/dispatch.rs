@@ -157,11 +157,11 @@ fn fixture() -> &'static Fixture {
             .build()
             .expect("runtime");
         let (tx, rx) = mpsc::channel(64);
-        let ctx = CallContext {
-            peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
-            conn_id: service.next_conn_id(),
-            push: tx,
-        };
+        let ctx = CallContext::new(
+            SocketAddr::from(([127, 0, 0, 1], 40000)),
+            service.next_conn_id(),
+            tx,
+        );
         let token = rt.block_on(account(&service, &ctx, "fuzz0"));
         Fixture {
             rt,

@@ -5,6 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use qpq_proto::{method, v1, Status};
 use rand::rngs::OsRng;
+use sha2::Digest as _;
 use zeroize::Zeroizing;
 
 use super::*;
@@ -55,14 +56,24 @@ impl Engine {
             )
             .map_err(|e| AuthError::Protocol(e.to_string()))?;
         let identity = identity_from_export_key(&fin.export_key);
+        let upload = fin.message.serialize().to_vec();
+        // Proof of possession of both keys (issue 17 item 12), bound to this registration.
+        let proof = qpq_proto::key_proof::register(
+            username,
+            &sha2::Sha256::digest(&upload),
+            &identity.public_key(),
+            &self.my_device(),
+        );
         let _: v1::OpaqueRegisterFinishResponse = net
             .call(
                 method::OPAQUE_REGISTER_FINISH,
                 &v1::OpaqueRegisterFinishRequest {
                     username: username.into(),
-                    registration_upload: Bytes::from(fin.message.serialize().to_vec()),
+                    registration_upload: Bytes::from(upload),
                     identity_key: Bytes::copy_from_slice(&identity.public_key()),
                     device_key: Bytes::copy_from_slice(&self.my_device()),
+                    identity_signature: Bytes::copy_from_slice(&identity.sign(&proof)),
+                    device_signature: Bytes::copy_from_slice(&self.keys.device.sign(&proof)),
                 },
                 None,
                 Duration::ZERO,
@@ -124,6 +135,7 @@ impl Engine {
                 ));
             }
         }
+        let proof = qpq_proto::key_proof::login_device(&r.login_id, &self.my_device());
         let resp: v1::OpaqueLoginFinishResponse = net
             .call(
                 method::OPAQUE_LOGIN_FINISH,
@@ -131,6 +143,7 @@ impl Engine {
                     login_id: r.login_id,
                     ke3: Bytes::from(fin.message.serialize().to_vec()),
                     device_key: Bytes::copy_from_slice(&self.my_device()),
+                    device_signature: Bytes::copy_from_slice(&self.keys.device.sign(&proof)),
                 },
                 None,
                 Duration::ZERO,
