@@ -349,7 +349,15 @@ pub fn run(args: ConnectArgs) -> ExitCode {
     }
     let _ = rl.save_history(&history);
     client.set_listener(None);
-    client.shutdown();
+    // shutdown() waits for background work (a KeyPackage top-up can take a while); /quit does
+    // not. Everything it could interrupt is transactional in the store, as after a crash.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let closing = client.clone();
+    std::thread::spawn(move || {
+        closing.shutdown();
+        let _ = done_tx.send(());
+    });
+    let _ = done_rx.recv_timeout(std::time::Duration::from_secs(3));
     ExitCode::SUCCESS
 }
 

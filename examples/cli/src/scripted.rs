@@ -442,6 +442,9 @@ pub fn recv(a: RecvArgs) -> ExitCode {
             events.push(e);
         }
         for e in &events {
+            if matches!(e, Event::ConnectionChanged { .. }) {
+                continue;
+            }
             if let Some(line) = event_line(c.json, &client, e) {
                 if emit(&line).is_err() {
                     return Ok(());
@@ -453,8 +456,16 @@ pub fn recv(a: RecvArgs) -> ExitCode {
         }
         if a.follow {
             let mut last = Instant::now();
+            // Connection changes are news only once the connection was lost.
+            let mut lost = false;
             loop {
                 if let Some(e) = client.next_event(Duration::from_millis(250))? {
+                    if let Event::ConnectionChanged { connected } = e {
+                        if connected && !lost {
+                            continue;
+                        }
+                        lost = !connected;
+                    }
                     if let Some(line) = event_line(c.json, &client, &e) {
                         if emit(&line).is_err() {
                             return Ok(());
