@@ -52,6 +52,48 @@ pub mod event {
     pub const MEMBERSHIP: u16 = 1003;
 }
 
+/// The messages a client signs to prove it holds the private key of a key it registers
+/// (issue 17 item 12): each starts with a distinct label, so a signature made for one purpose
+/// is never valid for another. What they will not do: sign; callers sign with Ed25519 and the
+/// server verifies.
+pub mod key_proof {
+    fn join(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = label.to_vec();
+        for p in parts {
+            // Length-prefixed, so no two different inputs give the same message.
+            out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    /// Signed by both keys of OpaqueRegisterFinish: the username as sent, the SHA-256 of the
+    /// registration upload, the identity key and the first device key.
+    pub fn register(
+        username: &str,
+        upload_sha256: &[u8],
+        identity_key: &[u8],
+        device_key: &[u8],
+    ) -> Vec<u8> {
+        join(
+            b"qpq-v1 key proof: register\0",
+            &[username.as_bytes(), upload_sha256, identity_key, device_key],
+        )
+    }
+
+    /// Signed by the device key of OpaqueLoginFinish: the server's login id (a fresh random
+    /// challenge) and the device key.
+    pub fn login_device(login_id: &[u8], device_key: &[u8]) -> Vec<u8> {
+        join(b"qpq-v1 key proof: login\0", &[login_id, device_key])
+    }
+
+    /// Signed by the device key of RegisterDevice: SHA-256 of the session token the call
+    /// carries (server-chosen randomness) and the device key.
+    pub fn register_device(token_sha256: &[u8], device_key: &[u8]) -> Vec<u8> {
+        join(b"qpq-v1 key proof: device\0", &[token_sha256, device_key])
+    }
+}
+
 /// Field number every authenticated request message reserves for the session token.
 pub const SESSION_TOKEN_FIELD: u32 = 2047;
 

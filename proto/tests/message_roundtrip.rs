@@ -101,6 +101,10 @@ fn app_message() -> impl Strategy<Value = v1::AppMessage> {
                 key
             }))
         ),
+        (".{0,20}", bytes(64))
+            .prop_map(|(content_type, data)| Some(Kind::App(v1::AppData { content_type, data }))),
+        (bytes(16), ".{0,40}")
+            .prop_map(|(target_id, body)| Some(Kind::Reply(v1::Reply { target_id, body }))),
     ];
     (bytes(20), any::<u64>(), bytes(40), kind).prop_map(|(id, sent_at, sender_device, kind)| {
         v1::AppMessage {

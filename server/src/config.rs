@@ -124,12 +124,49 @@ options! {
     auth_rate_burst: f64 = "QPQ_AUTH_RATE_BURST", 200.0;
     /// Longest FetchWait, in milliseconds.
     max_fetch_wait_ms: u64 = "QPQ_MAX_FETCH_WAIT_MS", 60_000;
-    /// Failed logins per username within `login_failure_window_secs`; past it LoginStart for
-    /// that username answers RateLimited with retry_after_ms (0 = no limit). Counted for
-    /// unknown usernames too, so the limit reveals nothing about which names exist.
+    /// Login attempts per (username, IP address) within `login_failure_window_secs`; past it
+    /// LoginStart for that username from that address answers RateLimited with retry_after_ms
+    /// (0 = no limit). Every LoginStart counts until its LoginFinish succeeds (a guess checked
+    /// offline and never finished still counts). Counted for unknown usernames too, so the
+    /// limit reveals nothing about which names exist. Other addresses are not affected, so a
+    /// stranger cannot lock the owner out this way (ADR 0040).
     login_failures_per_account: u32 = "QPQ_LOGIN_FAILURES_PER_ACCOUNT", 5;
-    /// Failed logins per IP address within `login_failure_window_secs` (0 = no limit).
+    /// Login attempts per IP address within `login_failure_window_secs`, over all usernames,
+    /// counted like the per-(username, address) limit (0 = no limit).
     login_failures_per_ip: u32 = "QPQ_LOGIN_FAILURES_PER_IP", 100;
+    /// Login attempts per username from all addresses together, as a token bucket: this many
+    /// at once (0 = no limit). It bounds guessing from many addresses; a LoginStart carrying a
+    /// valid session token of the account (a device already logged in) is exempt (ADR 0040).
+    login_attempts_account_burst: u32 = "QPQ_LOGIN_ATTEMPTS_ACCOUNT_BURST", 30;
+    /// Seconds to refill one attempt of that per-username bucket (default 120: about 720
+    /// guesses a day from any number of addresses).
+    login_attempts_account_refill_secs: u64 = "QPQ_LOGIN_ATTEMPTS_ACCOUNT_REFILL_SECS", 120;
+    /// Logins started and not yet finished, kept at most (all addresses together).
+    max_pending_logins: usize = "QPQ_MAX_PENDING_LOGINS", 10_000;
+    /// Logins started and not yet finished one IP address may hold at once (its share of
+    /// `max_pending_logins`, so a few addresses cannot fill the table for everyone).
+    pending_logins_per_ip: usize = "QPQ_PENDING_LOGINS_PER_IP", 32;
+    /// Sustained requests per second per IP address, every method, checked before the
+    /// session lookup (0 = no limit).
+    ip_rate_per_sec: f64 = "QPQ_IP_RATE_PER_SEC", 2000.0;
+    /// Burst of requests per IP address (every method).
+    ip_rate_burst: f64 = "QPQ_IP_RATE_BURST", 4000.0;
+    /// Sustained Health requests per second per IP address (0 = no limit).
+    health_rate_per_sec: f64 = "QPQ_HEALTH_RATE_PER_SEC", 10.0;
+    /// Burst of Health requests per IP address.
+    health_rate_burst: f64 = "QPQ_HEALTH_RATE_BURST", 20.0;
+    /// Sessions kept per device: a login past it ends that device's oldest session.
+    max_sessions_per_device: usize = "QPQ_MAX_SESSIONS_PER_DEVICE", 10;
+    /// Seconds a deleted account's username stays reserved, so nobody else can take it and
+    /// pose as the deleted contact (0 = free at once).
+    username_tombstone_secs: u64 = "QPQ_USERNAME_TOMBSTONE_SECS", 30 * 24 * 3600;
+    /// File holding the OPAQUE server setup (its private key), apart from the database;
+    /// created 0600 when missing (and moved out of the database if it was there). Empty =
+    /// kept in the database.
+    opaque_setup_file: PathBuf = "QPQ_OPAQUE_SETUP_FILE", PathBuf::new();
+    /// Whether RegisterFinish, LoginFinish and RegisterDevice must carry a signature proving
+    /// the client holds the private key of each key it registers (ADR 0041).
+    require_key_proof: bool = "QPQ_REQUIRE_KEY_PROOF", true;
     /// Sliding window of the failed-login limits, in seconds.
     login_failure_window_secs: u64 = "QPQ_LOGIN_FAILURE_WINDOW_SECS", 15 * 60;
     /// Accounts one IP address may register within `registration_window_secs`; excess
@@ -142,6 +179,57 @@ options! {
     /// cap fail as on a full disk (Enqueue answers Unavailable, nothing is acknowledged).
     /// 0 = no cap.
     max_db_pages: u64 = "QPQ_MAX_DB_PAGES", 0;
+    /// Payload bytes queued per device (messages referenced by its queue) before deliveries
+    /// to it are refused, like `max_queue_depth` (issue 17 item 21).
+    max_queue_bytes: u64 = "QPQ_MAX_QUEUE_BYTES", 128 * 1024 * 1024;
+    /// Share of one device's queue (entries and bytes, in percent of `max_queue_depth` and
+    /// `max_queue_bytes`) that one sending account may hold; past it that sender's messages
+    /// skip the device and are reported undelivered, while others still reach it (item 20).
+    max_queue_share_percent: u64 = "QPQ_MAX_QUEUE_SHARE_PERCENT", 25;
+    /// Queue entries (messages x recipient devices) one account may create per second,
+    /// sustained (item 19: a BatchEnqueue to a group costs what it fans out to).
+    fanout_per_sec: f64 = "QPQ_FANOUT_PER_SEC", 1000.0;
+    /// Burst of queue entries per account (a message to a group of 10,000 fits).
+    fanout_burst: f64 = "QPQ_FANOUT_BURST", 20_000.0;
+    /// Bytes one account may write (message payloads, Welcomes, blob chunks) per second,
+    /// sustained (item 21).
+    write_bytes_per_sec: f64 = "QPQ_WRITE_BYTES_PER_SEC", 1024.0 * 1024.0;
+    /// Burst of written bytes per account (at least one largest blob).
+    write_bytes_burst: f64 = "QPQ_WRITE_BYTES_BURST", 64.0 * 1024.0 * 1024.0;
+    /// Free bytes the data directory's file system must keep: below it, writes that store
+    /// new data (Enqueue, blobs, KeyPackages, registrations) answer Unavailable, while acks,
+    /// deletions and reads go on (item 21). 0 = off.
+    min_free_disk_bytes: u64 = "QPQ_MIN_FREE_DISK_BYTES", 256 * 1024 * 1024;
+    /// Largest size of the database (file plus WAL), in bytes: past it the same writes answer
+    /// Unavailable (a watermark below `max_db_pages`, which fails like a full disk). 0 = off.
+    max_store_bytes: u64 = "QPQ_MAX_STORE_BYTES", 0;
+    /// Bytes of blobs (complete or being uploaded, by declared size) one account may store
+    /// (item 27).
+    blob_quota_bytes: u64 = "QPQ_BLOB_QUOTA_BYTES", 1024 * 1024 * 1024;
+    /// Seconds after which an incomplete blob upload is deleted by the purge job.
+    blob_incomplete_ttl_secs: u64 = "QPQ_BLOB_INCOMPLETE_TTL_SECS", 24 * 3600;
+    /// Seconds an undelivered message stays queued before the purge job deletes it (D-10);
+    /// idempotency records (`enqueue_ids`) are kept as long.
+    message_ttl_secs: u64 = "QPQ_MESSAGE_TTL_SECS", 30 * 24 * 3600;
+    /// Seconds between purge runs.
+    purge_interval_secs: u64 = "QPQ_PURGE_INTERVAL_SECS", 600;
+    /// Time the server gives a client to take a response (and its acknowledgement), in
+    /// milliseconds; past it the stream is reset and its bytes dropped (item 24).
+    write_deadline_ms: u64 = "QPQ_WRITE_DEADLINE_MS", 10_000;
+    /// Response bytes buffered per connection (R-2: 1 MiB); a response waits for room, within
+    /// the write deadline (item 24). A single message larger than this still goes out alone.
+    max_buffered_bytes_per_connection: u32 = "QPQ_MAX_BUFFERED_BYTES_PER_CONNECTION", 1024 * 1024;
+    /// Request payload bytes being received per connection at once; a frame waits for room
+    /// within its read deadline (item 26). At least one largest frame (4 MiB).
+    max_request_bytes_per_connection: u32 = "QPQ_MAX_REQUEST_BYTES_PER_CONNECTION", 4 * 1024 * 1024 + 64 * 1024;
+    /// Push bytes queued per connection; pushes past it are dropped (the queue is the
+    /// truth, the client fetches), and a connection that takes no push stream within the
+    /// write deadline gets none (item 25).
+    max_push_bytes_per_connection: u32 = "QPQ_MAX_PUSH_BYTES_PER_CONNECTION", 256 * 1024;
+    /// When to answer a handshake from an unvalidated address with a QUIC Retry, so a
+    /// forged source address never takes a per-IP connection slot (item 29): "always",
+    /// "load" (when the address already holds a slot, or 64 handshakes are pending) or "never".
+    quic_retry: String = "QPQ_QUIC_RETRY", "load".into();
 }
 
 impl Config {
@@ -175,13 +263,18 @@ impl Config {
     }
 
     /// A configuration for tests and embedding: loopback, ephemeral port, the given data dir.
-    /// Every default applies except the per-IP registration limit, which is off: a loopback
-    /// server's clients all come from 127.0.0.1, and tests and demos register many accounts.
+    /// Every default applies except the per-IP registration and request limits, which are
+    /// off (a loopback server's clients all come from 127.0.0.1, and tests and demos register
+    /// many accounts and load the server from that one address), and the free-disk watermark,
+    /// which is off (a test machine's disk is shared and small; tests that need it set it).
     pub fn ephemeral(data_dir: &Path) -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.to_path_buf(),
             registrations_per_ip: 0,
+            ip_rate_per_sec: 0.0,
+            health_rate_per_sec: 0.0,
+            min_free_disk_bytes: 0,
             ..Config::default()
         }
     }
@@ -194,6 +287,11 @@ impl Config {
     /// The KeyPackage fetch bucket's refill rate, in tokens per second.
     pub fn key_package_fetch_per_sec(&self) -> f64 {
         1000.0 / self.key_package_fetch_refill_ms.max(1) as f64
+    }
+
+    /// The per-username login bucket's refill rate, in attempts per second.
+    pub fn login_attempts_account_per_sec(&self) -> f64 {
+        1.0 / self.login_attempts_account_refill_secs.max(1) as f64
     }
 
     /// The registration window as a duration.
@@ -209,6 +307,11 @@ impl Config {
     /// Read deadline as a duration.
     pub fn read_deadline(&self) -> Duration {
         Duration::from_millis(self.read_deadline_ms)
+    }
+
+    /// Write deadline as a duration.
+    pub fn write_deadline(&self) -> Duration {
+        Duration::from_millis(self.write_deadline_ms)
     }
 }
 
@@ -265,7 +368,7 @@ impl ShowDefault for PathBuf {
 macro_rules! show_display {
     ($($t:ty),*) => { $( impl ShowDefault for $t { fn show(&self) -> String { self.to_string() } } )* };
 }
-show_display!(SocketAddr, u64, u32, usize, f64);
+show_display!(SocketAddr, u64, u32, usize, f64, bool);
 
 fn read_file(p: &Path) -> Result<Options, String> {
     let text =

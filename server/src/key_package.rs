@@ -79,6 +79,9 @@ pub enum KeyPackageError {
 pub struct ValidKeyPackage {
     /// SHA-256 of the HPKE `init_key` (unique per device in storage).
     pub init_key_hash: Key32,
+    /// Carries the RFC 9420 `last_resort` extension: it becomes the device's last-resort
+    /// KeyPackage (issue 17 item 13), not part of the stock.
+    pub last_resort: bool,
 }
 
 /// Validates one uploaded KeyPackage of `device_key`, named as `declared_suite` by the upload,
@@ -149,6 +152,7 @@ pub fn validate(
     }
     Ok(ValidKeyPackage {
         init_key_hash: Sha256::digest(kp.hpke_init_key().as_slice()).into(),
+        last_resort: kp.last_resort(),
     })
 }
 

@@ -55,6 +55,31 @@ pub enum ServerError {
     Config(String),
 }
 
+/// Handshakes in progress from which every unvalidated address gets a Retry
+/// (`quic_retry = "load"`).
+const RETRY_HANDSHAKES: usize = 64;
+
+/// When handshakes from unvalidated addresses are answered with a QUIC Retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RetryPolicy {
+    Always,
+    Load,
+    Never,
+}
+
+impl RetryPolicy {
+    fn parse(s: &str) -> Result<RetryPolicy, String> {
+        match s {
+            "always" => Ok(RetryPolicy::Always),
+            "load" => Ok(RetryPolicy::Load),
+            "never" => Ok(RetryPolicy::Never),
+            other => Err(format!(
+                "quic_retry must be always, load or never, not {other:?}"
+            )),
+        }
+    }
+}
+
 /// Stops a running server (graceful drain) from anywhere.
 #[derive(Clone)]
 pub struct ShutdownHandle(Arc<Notify>);
@@ -190,22 +215,63 @@ impl Server {
             };
             tokio::spawn(metrics::serve(l, self.service.metrics.clone(), gauges))
         });
+        // Item 28: expired sessions, undelivered messages past retention, enqueue ids and
+        // abandoned blob uploads are deleted by one periodic job.
+        let purge_task = {
+            let svc = self.service.clone();
+            let every = Duration::from_secs(self.config.purge_interval_secs.max(1));
+            tokio::spawn(async move {
+                // The first run comes one interval after start.
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tick.tick().await;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    if let Err(e) = svc.purge_expired_sessions_at(now.as_secs()).await {
+                        tracing::warn!(error = %e, "session purge failed");
+                    }
+                    match svc.purge_expired_at(now.as_millis() as u64).await {
+                        Ok(r) => tracing::debug!(?r, "purge"),
+                        Err(e) => tracing::warn!(error = %e, "purge failed"),
+                    }
+                }
+            })
+        };
+        let retry = RetryPolicy::parse(&self.config.quic_retry).map_err(ServerError::Config)?;
+        let handshaking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         loop {
             tokio::select! {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let ip = incoming.remote_address().ip();
+                    // Item 29: an address not yet validated gets a QUIC Retry first (always,
+                    // or under load), so a forged source address never takes its slot.
+                    if !incoming.remote_address_validated() && incoming.may_retry() {
+                        let busy = cap.held(ip) > 0
+                            || handshaking.load(std::sync::atomic::Ordering::Relaxed) >= RETRY_HANDSHAKES;
+                        if retry == RetryPolicy::Always || (retry == RetryPolicy::Load && busy) {
+                            Metrics::inc(&self.service.metrics.quic_retry_total);
+                            let _ = incoming.retry();
+                            continue;
+                        }
+                    }
                     if self.service.is_draining() || !cap.acquire(ip) {
                         Metrics::inc(&self.service.metrics.connections_refused_total);
                         tracing::debug!(%ip, "connection refused");
                         incoming.refuse();
                         continue;
                     }
-                    tokio::spawn(listener::serve_connection(self.service.clone(), cap.clone(), incoming, ip));
+                    let svc = self.service.clone();
+                    let (cap, handshaking) = (cap.clone(), handshaking.clone());
+                    handshaking.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::spawn(listener::serve_connection(svc, cap, incoming, ip, handshaking));
                 }
                 _ = self.shutdown.notified() => break,
             }
         }
+        purge_task.abort();
         tracing::info!("draining");
         self.service.begin_drain();
         self.endpoint.set_server_config(None);
@@ -221,6 +287,7 @@ impl Server {
         if let Some(t) = metrics_task {
             t.abort();
         }
+        purge_task.abort();
         let sqlite = self.sqlite.clone();
         let _ = tokio::task::spawn_blocking(move || sqlite.close()).await;
         tracing::info!("stopped");

@@ -101,6 +101,64 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn check(&self, key: &K) -> Result<(), Duration> {
         self.check_at(key, Instant::now())
     }
+
+    /// Gives one token back to `key`'s bucket (never above the burst): an attempt that turned
+    /// out honest (a login that succeeded) stops counting.
+    pub fn refund(&self, key: &K) {
+        if let Some((tokens, _)) = self.lock().get_mut(key) {
+            *tokens = (*tokens + 1.0).min(self.burst);
+        }
+    }
+
+    /// Forgets every bucket whose key matches (its row is gone, so nothing may inherit it).
+    pub fn forget(&self, matches: impl Fn(&K) -> bool) {
+        self.lock().retain(|k, _| !matches(k));
+    }
+
+    /// Takes `cost` tokens at `now` when the bucket holds at least `min(cost, burst)` (a cost
+    /// above the burst is allowed from a full bucket and leaves it in debt); `Err(wait)` says
+    /// how long until it would.
+    pub fn take_at(&self, key: &K, cost: f64, now: Instant) -> Result<(), Duration> {
+        let mut b = self.lock();
+        if b.len() >= self.max_keys && !b.contains_key(key) {
+            self.sweep(&mut b, now);
+        }
+        let (tokens, at) = b.entry(key.clone()).or_insert((self.burst, now));
+        *tokens = self.level(*tokens, *at, now);
+        *at = (*at).max(now);
+        let need = cost.max(0.0).min(self.burst);
+        if *tokens >= need {
+            *tokens -= cost.max(0.0);
+            Ok(())
+        } else if self.per_sec <= 0.0 {
+            Err(Duration::from_secs(3600))
+        } else {
+            Err(Duration::from_secs_f64((need - *tokens) / self.per_sec))
+        }
+    }
+
+    /// Takes `cost` tokens now (see [`RateLimiter::take_at`]).
+    pub fn take(&self, key: &K, cost: f64) -> Result<(), Duration> {
+        self.take_at(key, cost, Instant::now())
+    }
+
+    /// Takes `cost` tokens at `now` without checking: the bucket may go into debt, which
+    /// later calls pay back before they pass. For costs known only after the work is done
+    /// (the recipients an Enqueue fanned out to).
+    pub fn charge_at(&self, key: &K, cost: f64, now: Instant) {
+        let mut b = self.lock();
+        if b.len() >= self.max_keys && !b.contains_key(key) {
+            self.sweep(&mut b, now);
+        }
+        let (tokens, at) = b.entry(key.clone()).or_insert((self.burst, now));
+        *tokens = self.level(*tokens, *at, now) - cost.max(0.0);
+        *at = (*at).max(now);
+    }
+
+    /// [`RateLimiter::charge_at`] now.
+    pub fn charge(&self, key: &K, cost: f64) {
+        self.charge_at(key, cost, Instant::now())
+    }
 }
 
 /// Counts events (failed logins, registrations) per key in a sliding window: at most `max`
@@ -171,6 +229,61 @@ impl<K: Hash + Eq + Clone> FailureWindow<K> {
         }
     }
 
+    /// Checks and records in one step (under one lock): `Ok` means the event was recorded and
+    /// was within the limit; `Err(wait)` records nothing. Concurrent callers can never pass
+    /// together past the limit, which a separate check and record allow.
+    pub fn try_record_at(&self, key: K, now: Instant) -> Result<(), Duration> {
+        if self.max == 0 {
+            return Ok(());
+        }
+        let mut log = self.lock();
+        if log.len() > 100_000 {
+            let window = self.window;
+            log.retain(|_, e| {
+                e.back()
+                    .is_some_and(|t| now.saturating_duration_since(*t) < window)
+            });
+        }
+        let events = log.entry(key).or_default();
+        while events
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)
+        {
+            events.pop_front();
+        }
+        if events.len() >= self.max {
+            let oldest = *events.front().expect("len >= max >= 1");
+            return Err((oldest + self.window).saturating_duration_since(now));
+        }
+        events.push_back(now);
+        Ok(())
+    }
+
+    /// [`FailureWindow::try_record_at`] now.
+    pub fn try_record(&self, key: K) -> Result<(), Duration> {
+        self.try_record_at(key, Instant::now())
+    }
+
+    /// Removes the most recent event of `key` (the attempt it counted succeeded).
+    pub fn unrecord(&self, key: &K) {
+        let mut log = self.lock();
+        if let Some(events) = log.get_mut(key) {
+            events.pop_back();
+            if events.is_empty() {
+                log.remove(key);
+            }
+        }
+    }
+
+    /// Events of `key` recorded within the window at `now`.
+    pub fn count_at(&self, key: &K, now: Instant) -> usize {
+        self.lock().get(key).map_or(0, |e| {
+            e.iter()
+                .filter(|t| now.saturating_duration_since(**t) < self.window)
+                .count()
+        })
+    }
+
     /// Forgets the events of `key` (a successful login clears its failures).
     pub fn clear(&self, key: &K) {
         self.lock().remove(key);
@@ -200,6 +313,15 @@ impl ConnectionCap {
             max,
             open: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Slots the address holds right now.
+    pub fn held(&self, ip: IpAddr) -> usize {
+        let m = match self.open.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.get(&ip).copied().unwrap_or(0)
     }
 
     /// Reserves a slot; false when the address is at its cap.
@@ -302,6 +424,26 @@ mod tests {
         assert!(off.check_at(&"x", t0).is_ok(), "0 means no limit");
     }
 
+    #[test]
+    fn try_record_never_passes_the_limit_and_unrecord_gives_back() {
+        let w = FailureWindow::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let ok = (0..10).filter(|_| w.try_record_at(1u8, t0).is_ok()).count();
+        assert_eq!(ok, 3);
+        assert_eq!(w.count_at(&1u8, t0), 3);
+        w.unrecord(&1u8);
+        assert!(w.try_record_at(1u8, t0).is_ok());
+        assert!(w.try_record_at(1u8, t0).is_err());
+        assert!(w.try_record_at(1u8, t0 + Duration::from_secs(60)).is_ok());
+        let l = RateLimiter::new(0.0, 2.0);
+        assert!(l.check_at(&1u8, t0).is_ok() && l.check_at(&1u8, t0).is_ok());
+        assert!(l.check_at(&1u8, t0).is_err());
+        l.refund(&1u8);
+        assert!(l.check_at(&1u8, t0).is_ok());
+        l.forget(|k| *k == 1u8);
+        assert!(l.is_empty());
+    }
+
     /// T-3 (unit level): limiters take [`Instant`], the monotonic clock; permits come only from
     /// monotonic elapsed time, so a wall-clock step (NTP) can neither add permits nor drain them.
     #[test]
@@ -320,6 +462,24 @@ mod tests {
         let w = FailureWindow::new(1, Duration::from_secs(60));
         w.record_at(1u8, t0);
         assert!(w.check_at(&1u8, t0 - Duration::from_secs(3600)).is_err());
+    }
+
+    #[test]
+    fn take_and_charge_spend_many_tokens_and_debt_is_paid_back() {
+        let l = RateLimiter::new(10.0, 100.0);
+        let t0 = Instant::now();
+        assert!(l.take_at(&1u8, 60.0, t0).is_ok());
+        assert!(l.take_at(&1u8, 60.0, t0).is_err(), "40 left, 60 needed");
+        l.charge_at(&1u8, 100.0, t0);
+        // -60 now: a single token needs 6.1 s of refill.
+        let wait = l.take_at(&1u8, 1.0, t0).expect_err("in debt");
+        assert_eq!(wait, Duration::from_millis(6100));
+        assert!(l
+            .take_at(&1u8, 1.0, t0 + Duration::from_millis(6100))
+            .is_ok());
+        // A cost above the burst passes from a full bucket only.
+        assert!(l.take_at(&2u8, 500.0, t0).is_ok());
+        assert!(l.take_at(&2u8, 1.0, t0 + Duration::from_secs(10)).is_err());
     }
 
     #[test]

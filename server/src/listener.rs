@@ -3,12 +3,15 @@
 //! on unidirectional streams.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use qpq_proto::frame::{read_request, Push, ReadError};
+use bytes::Bytes;
+use qpq_proto::frame::{Push, ReadError, Request, REQUEST_HEADER_LEN};
 use qpq_proto::{Status, MAX_PAYLOAD};
-use tokio::sync::mpsc;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::limits::ConnectionCap;
 use crate::metrics::Metrics;
@@ -18,8 +21,9 @@ use crate::service::{status_response, CallContext, Service};
 /// counting as in flight.
 const ACK_WAIT: Duration = Duration::from_secs(2);
 
-/// Push events buffered per connection before new ones are dropped (the client fetches).
-const PUSH_QUEUE: usize = 256;
+/// Push events buffered per connection before new ones are dropped (the client fetches);
+/// their bytes are capped too (`max_push_bytes_per_connection`).
+const PUSH_QUEUE: usize = 64;
 
 /// Transport limits set explicitly: quinn's defaults buffer far too much per connection.
 pub fn transport_config(c: &crate::config::Config) -> Result<quinn::TransportConfig, String> {
@@ -29,7 +33,10 @@ pub fn transport_config(c: &crate::config::Config) -> Result<quinn::TransportCon
     t.max_concurrent_uni_streams(0u32.into());
     t.stream_receive_window(c.stream_receive_window.into());
     t.receive_window(c.receive_window.into());
-    t.send_window(8 * 1024 * 1024);
+    // R-2 / item 24: what a connection buffers for sending is at most this.
+    t.send_window(u64::from(
+        c.max_buffered_bytes_per_connection.max(64 * 1024),
+    ));
     t.max_idle_timeout(Some(
         Duration::from_millis(c.idle_timeout_ms)
             .try_into()
@@ -38,14 +45,18 @@ pub fn transport_config(c: &crate::config::Config) -> Result<quinn::TransportCon
     Ok(t)
 }
 
-/// Serves one incoming connection until it closes.
+/// Serves one incoming connection until it closes; `handshaking` counts handshakes in
+/// progress (decremented when this one ends).
 pub async fn serve_connection(
     svc: Arc<Service>,
     cap: Arc<ConnectionCap>,
     incoming: quinn::Incoming,
     ip: IpAddr,
+    handshaking: Arc<AtomicUsize>,
 ) {
-    let conn = match incoming.await {
+    let conn = incoming.await;
+    handshaking.fetch_sub(1, Ordering::Relaxed);
+    let conn = match conn {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(%ip, error = %e, "handshake failed");
@@ -56,17 +67,32 @@ pub async fn serve_connection(
     Metrics::inc(&svc.metrics.connections_total);
     let conn_id = svc.next_conn_id();
     let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
-    let pusher = tokio::spawn(push_loop(conn.clone(), push_rx));
-    let ctx = Arc::new(CallContext {
-        peer: conn.remote_address(),
-        conn_id,
-        push: push_tx,
+    let ctx = Arc::new(CallContext::new(conn.remote_address(), conn_id, push_tx));
+    let pusher = tokio::spawn(push_loop(
+        svc.clone(),
+        conn.clone(),
+        push_rx,
+        ctx.push_queued.clone(),
+    ));
+    let budgets = Arc::new(Budgets {
+        requests: Arc::new(Semaphore::new(
+            svc.config().max_request_bytes_per_connection as usize,
+        )),
+        responses: Arc::new(Semaphore::new(
+            svc.config().max_buffered_bytes_per_connection as usize,
+        )),
     });
     tracing::debug!(conn_id, peer = %ctx.peer, "connection open");
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(serve_stream(svc.clone(), ctx.clone(), send, recv));
+                tokio::spawn(serve_stream(
+                    svc.clone(),
+                    ctx.clone(),
+                    budgets.clone(),
+                    send,
+                    recv,
+                ));
             }
             Err(e) => {
                 tracing::debug!(conn_id, reason = %e, "connection closed");
@@ -79,18 +105,122 @@ pub async fn serve_connection(
     cap.release(ip);
 }
 
+/// Per-connection byte budgets (items 24 and 26).
+struct Budgets {
+    /// Request payload bytes being received.
+    requests: Arc<Semaphore>,
+    /// Response bytes handed to QUIC and not yet acknowledged.
+    responses: Arc<Semaphore>,
+}
+
+/// Holds permits of a byte budget and counts them in a service-wide gauge.
+struct Held<'a> {
+    _permit: OwnedSemaphorePermit,
+    n: usize,
+    gauge: &'a AtomicUsize,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(self.n, Ordering::Relaxed);
+    }
+}
+
+/// Reads one request frame like [`qpq_proto::frame::read_request`], but the payload's bytes
+/// are first reserved from the connection's request budget (item 26): a client that opens
+/// many streams and sends most of a 4 MiB frame on each pins at most the budget.
+async fn read_request_within<'a>(
+    recv: &mut quinn::RecvStream,
+    budget: &Arc<Semaphore>,
+    cap: usize,
+    gauge: &'a AtomicUsize,
+) -> Result<(Request, Option<Held<'a>>), ReadError> {
+    let mut h = [0u8; REQUEST_HEADER_LEN];
+    let mut got = 0;
+    while got < REQUEST_HEADER_LEN {
+        match recv.read(&mut h[got..]).await {
+            Ok(Some(0)) => {}
+            Ok(Some(n)) => got += n,
+            Ok(None) if got == 0 => return Err(ReadError::Closed),
+            Ok(None) => return Err(ReadError::Truncated),
+            Err(e) => return Err(ReadError::Io(std::io::Error::other(e.to_string()))),
+        }
+    }
+    let method = u16::from_be_bytes([h[0], h[1]]);
+    let request_id = u32::from_be_bytes([h[2], h[3], h[4], h[5]]);
+    let len = u32::from_be_bytes([h[6], h[7], h[8], h[9]]);
+    if len as usize > MAX_PAYLOAD {
+        return Err(ReadError::TooLarge {
+            request_id,
+            len,
+            max: MAX_PAYLOAD,
+        });
+    }
+    let held = if len == 0 {
+        None
+    } else {
+        let n = (len as usize).min(cap).max(1);
+        let permit = budget
+            .clone()
+            .acquire_many_owned(u32::try_from(n).map_err(|_| ReadError::Deadline)?)
+            .await
+            .map_err(|_| ReadError::Closed)?;
+        gauge.fetch_add(n, Ordering::Relaxed);
+        Some(Held {
+            _permit: permit,
+            n,
+            gauge,
+        })
+    };
+    let mut payload = Vec::with_capacity((len as usize).min(64 * 1024));
+    let read = (&mut *recv)
+        .take(u64::from(len))
+        .read_to_end(&mut payload)
+        .await?;
+    if read != len as usize {
+        return Err(ReadError::Truncated);
+    }
+    Ok((
+        Request {
+            method,
+            request_id,
+            payload: Bytes::from(payload),
+        },
+        held,
+    ))
+}
+
 async fn serve_stream(
     svc: Arc<Service>,
     ctx: Arc<CallContext>,
+    budgets: Arc<Budgets>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let deadline = svc.config().read_deadline();
-    let request = read_request(&mut recv, MAX_PAYLOAD, deadline).await;
+    let request_cap = svc.config().max_request_bytes_per_connection as usize;
+    let request = match tokio::time::timeout(
+        deadline,
+        read_request_within(
+            &mut recv,
+            &budgets.requests,
+            request_cap,
+            &svc.request_bytes_in_flight,
+        ),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(ReadError::Deadline),
+    };
     // From here until the answer is acknowledged, the call counts as in flight for the drain.
     let _guard = svc.call_guard();
     let response = match request {
-        Ok(req) => svc.handle(&ctx, req).await,
+        Ok((req, held)) => {
+            let r = svc.handle(&ctx, req).await;
+            drop(held);
+            r
+        }
         Err(ReadError::Closed) => {
             let _ = send.finish();
             return;
@@ -123,34 +253,82 @@ async fn serve_stream(
             return;
         }
     };
-    match response.encode() {
-        Ok(bytes) => {
-            if send.write_all(&bytes).await.is_ok() && send.finish().is_ok() {
-                // Resolves once the peer acknowledged every byte (or stopped the stream);
-                // bounded, so a vanished client cannot hold a drain.
-                let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
-            }
-        }
+    let bytes = match response.encode() {
+        Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "response too large to encode");
             let r = status_response(response.request_id, Status::Internal, "response too large");
-            if let Ok(bytes) = r.encode() {
-                let _ = send.write_all(&bytes).await;
-                let _ = send.finish();
+            match r.encode() {
+                Ok(b) => b,
+                Err(_) => return,
             }
         }
+    };
+    drop(response);
+    // Item 24: the response waits for room in the connection's buffer and must be taken
+    // (and acknowledged) within the write deadline; otherwise the stream is reset and its
+    // bytes are dropped.
+    let response_cap = svc.config().max_buffered_bytes_per_connection as usize;
+    let write = async {
+        let n = bytes.len().min(response_cap).max(1);
+        let permit = budgets
+            .responses
+            .clone()
+            .acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX))
+            .await;
+        let Ok(permit) = permit else { return false };
+        svc.response_bytes_buffered.fetch_add(n, Ordering::Relaxed);
+        let _held = Held {
+            _permit: permit,
+            n,
+            gauge: &svc.response_bytes_buffered,
+        };
+        if send.write_all(&bytes).await.is_err() || send.finish().is_err() {
+            return true;
+        }
+        // Resolves once the peer acknowledged every byte (or stopped the stream).
+        let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
+        true
+    };
+    if tokio::time::timeout(svc.config().write_deadline(), write)
+        .await
+        .is_err()
+    {
+        Metrics::inc(&svc.metrics.write_deadline_total);
+        let _ = send.reset(0u32.into());
     }
 }
 
-async fn push_loop(conn: quinn::Connection, mut rx: mpsc::Receiver<Push>) {
+async fn push_loop(
+    svc: Arc<Service>,
+    conn: quinn::Connection,
+    mut rx: mpsc::Receiver<Push>,
+    queued: Arc<AtomicUsize>,
+) {
+    let deadline = svc.config().write_deadline();
+    let taken = |len: usize| {
+        queued.fetch_sub(len, Ordering::Relaxed);
+        svc.push_bytes_queued.fetch_sub(len, Ordering::Relaxed);
+    };
     while let Some(push) = rx.recv().await {
-        let Ok(bytes) = push.encode() else { continue };
-        let Ok(mut s) = conn.open_uni().await else {
-            break;
-        };
-        if s.write_all(&bytes).await.is_err() {
-            break;
+        let len = push.payload.len();
+        let sent = tokio::time::timeout(deadline, async {
+            let bytes = push.encode().ok()?;
+            let mut s = conn.open_uni().await.ok()?;
+            s.write_all(&bytes).await.ok()?;
+            s.finish().ok()
+        })
+        .await;
+        taken(len);
+        if !matches!(sent, Ok(Some(()))) {
+            // No push stream granted (or the write stalled) within the deadline: this
+            // connection gets no more pushes (item 25); what is queued is dropped.
+            rx.close();
+            while let Some(p) = rx.recv().await {
+                taken(p.payload.len());
+                Metrics::inc(&svc.metrics.push_dropped_total);
+            }
+            return;
         }
-        let _ = s.finish();
     }
 }

@@ -44,6 +44,11 @@ counters! {
     push_total: "Push events sent.",
     connections_total: "Connections accepted.",
     connections_refused_total: "Connections refused by the per-IP cap or while draining.",
+    push_dropped_total: "Push events dropped (connection's push bytes full, or it takes no push stream).",
+    undelivered_total: "Recipient devices an Enqueue skipped because their queue (or the sender's share) was full.",
+    quic_retry_total: "Handshakes answered with a QUIC Retry (address validation).",
+    write_deadline_total: "Responses dropped because the client did not take them within the write deadline.",
+    purged_total: "Rows deleted by the retention purge (queue entries, idempotency records, incomplete blobs).",
 }
 
 impl Metrics {

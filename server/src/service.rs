@@ -27,14 +27,17 @@ use crate::limits::{FailureWindow, RateLimiter};
 use crate::metrics::Metrics;
 use crate::storage::{
     AccountId, BlobChunk, ChannelId, ChannelKind, DeviceId, EnqueueOp, Key32, NewKeyPackage,
-    QueuedMessage, Session, Storage, StorageError,
+    PurgeReport, QueuedMessage, Session, Storage, StorageError,
 };
 
 /// Payloads up to this size travel inside the push event; larger ones are fetched.
 const PUSH_INLINE_MAX: usize = 64 * 1024;
 /// Most messages one Fetch returns.
 const FETCH_MAX: usize = 1000;
-/// Payload bytes one Fetch returns at most (below the 4 MiB frame limit).
+/// Payload bytes one Fetch returns at most (below the 4 MiB frame limit). Not lowered to
+/// the 1 MiB a connection may buffer: qpq-core takes a page under 1 MiB as the end of
+/// the queue. What a connection hands to QUIC is still at most 1 MiB (the listener's response
+/// budget); the rest of a larger page waits in the server, within the write deadline.
 const FETCH_MAX_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
 /// Largest DownloadBlob chunk.
 const BLOB_CHUNK_MAX: u64 = 1024 * 1024;
@@ -45,13 +48,25 @@ const KEY_PACKAGE_FETCH_PAIRS_MAX: usize = 250_000;
 const METADATA_MAX: usize = 64 * 1024;
 /// How long a LoginStart state waits for its LoginFinish.
 const LOGIN_TTL: Duration = Duration::from_secs(60);
-/// Pending logins kept at most.
-const LOGINS_MAX: usize = 10_000;
 /// How long a sender refused for a full queue is told to wait (and is refused in memory,
 /// without a storage transaction, unless the full device acks first).
 const QUEUE_FULL_RETRY: Duration = Duration::from_secs(1);
 /// Sessions cached at most (a shortcut, never the truth: a miss reads the database).
 const SESSION_CACHE_MAX: usize = 100_000;
+/// Token hashes the database did not know, remembered at most (item 22: a flood of random
+/// tokens costs one database read per token, not per request).
+const UNKNOWN_TOKENS_MAX: usize = 100_000;
+/// How long an unknown token hash is answered from memory.
+const UNKNOWN_TOKEN_TTL: Duration = Duration::from_secs(60);
+/// How often expired sessions (and username tombstones) are purged.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+/// How long a storage-room check (free disk, store size) is reused.
+const ROOM_CHECK_EVERY: Duration = Duration::from_millis(200);
+/// Rows of each kind one purge transaction deletes at most.
+const PURGE_BATCH: usize = 5_000;
+/// KeyPackages all requesters together may take of one device in a burst before only its
+/// last-resort KeyPackage is served (refill: `key_package_fetch_refill_ms` per token).
+const KEY_PACKAGE_TARGET_BURST: f64 = 40.0;
 
 /// A failed request: the status and a message for the client (never a secret).
 #[derive(Debug)]
@@ -130,18 +145,68 @@ pub struct CallContext {
     pub conn_id: u64,
     /// Where push events for this connection go.
     pub push: mpsc::Sender<Push>,
+    /// Push payload bytes queued on `push` and not yet written (item 25: capped per
+    /// connection; pushes past the cap are dropped, the client fetches).
+    pub push_queued: Arc<AtomicUsize>,
 }
 
-/// Push channels of the connections of each logged-in device: (connection id, sender).
-type PushRegistry = HashMap<DeviceId, Vec<(u64, mpsc::Sender<Push>)>>;
+impl CallContext {
+    /// A context for a connection from `peer` whose pushes go to `push`.
+    pub fn new(peer: SocketAddr, conn_id: u64, push: mpsc::Sender<Push>) -> CallContext {
+        CallContext {
+            peer,
+            conn_id,
+            push,
+            push_queued: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// A connection that made a call with a session token: pushes for the token's device go to
+/// it until the connection closes or that session ends; `queued` counts the bytes waiting in
+/// its push queue (shared by every session of the connection).
+struct Pusher {
+    conn_id: u64,
+    token_hash: Key32,
+    tx: mpsc::Sender<Push>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// Push channels of each logged-in device, one per (connection, session).
+type PushRegistry = HashMap<DeviceId, Vec<Pusher>>;
 
 struct PendingLogin {
     state: ServerLogin<OpaqueSuite>,
     account: Option<AccountId>,
     username: String,
-    created: Instant,
-    /// Where the LoginStart came from: an attempt never finished counts as a failure of it.
     ip: IpAddr,
+    /// Exempt from the per-username limits (started by a device holding a session).
+    exempt: bool,
+    created: Instant,
+}
+
+/// A pending login taken out of the table by its finish: `account` is set when the KE3
+/// verified (the password was right).
+struct FinishedLogin {
+    account: Option<AccountId>,
+    username: String,
+    ip: IpAddr,
+    exempt: bool,
+}
+
+/// Sessions resolved recently (a shortcut, never the truth), token hashes the database did
+/// not know, and a generation bumped by every change to the sessions table.
+///
+/// Item 2 (revocation race): a lookup that missed reads the database and may cache what it
+/// read only if the generation did not move meanwhile. Every path that ends sessions commits
+/// to the database first, then (under this lock) drops matching entries and bumps the
+/// generation. So an entry read before the commit is either dropped by that step or never
+/// inserted, and a call arriving after the answer reads the committed state.
+#[derive(Default)]
+struct SessionCache {
+    live: HashMap<Key32, Session>,
+    unknown: HashMap<Key32, Instant>,
+    generation: u64,
 }
 
 /// The server's request handler and shared state.
@@ -158,19 +223,45 @@ pub struct Service {
     queue_full: Mutex<HashMap<(AccountId, ChannelId), (DeviceId, Instant)>>,
     /// Sessions resolved recently, by token hash. This process is the only writer of the
     /// sessions table, and every path that ends a session also drops it here.
-    sessions: Mutex<HashMap<Key32, Session>>,
+    sessions: Mutex<SessionCache>,
     waiters: Mutex<HashMap<DeviceId, Arc<Notify>>>,
     pushers: Mutex<PushRegistry>,
     /// Counters for the metrics endpoint.
     pub metrics: Arc<Metrics>,
     account_limiter: RateLimiter<AccountId>,
     ip_limiter: RateLimiter<IpAddr>,
-    login_failures_account: FailureWindow<String>,
+    /// Item 22: every request per IP address, before the session lookup.
+    request_ip_limiter: RateLimiter<IpAddr>,
+    /// Item 23: Health per IP address.
+    health_ip_limiter: RateLimiter<IpAddr>,
+    /// Items 4-5: login attempts (LoginStarts not yet followed by a successful finish) per
+    /// (username, address), per address, and per username from everywhere (a token bucket).
+    login_attempts_pair: FailureWindow<(String, IpAddr)>,
     login_failures_ip: FailureWindow<IpAddr>,
+    login_attempts_account: RateLimiter<String>,
     registrations_ip: FailureWindow<IpAddr>,
-    /// K-2: FetchKeyPackage tokens per (requester device, target device key).
-    key_package_fetches: RateLimiter<(DeviceId, Key32)>,
+    /// K-2: FetchKeyPackage tokens per (requester account, target device key): an account's
+    /// devices share one bucket, so device churn gains nothing (item 13).
+    key_package_fetches: RateLimiter<(AccountId, Key32)>,
+    /// Item 13: ordinary KeyPackages all requesters together take of one device; when spent,
+    /// only the last-resort KeyPackage is served, so the device stays invitable.
+    key_package_target: RateLimiter<Key32>,
+    /// Item 19: queue entries (messages x recipient devices) per sending account.
+    fanout: RateLimiter<AccountId>,
+    /// Item 21: bytes written (payloads, Welcomes, blob chunks) per account.
+    write_bytes: RateLimiter<AccountId>,
+    /// Item 21: the last storage-room check: (when, refusal message if no room).
+    room: Mutex<(Option<Instant>, Option<String>)>,
+    /// Item 24: response bytes handed to connections and not yet acknowledged, all
+    /// connections together (a gauge for metrics and tests).
+    pub response_bytes_buffered: AtomicUsize,
+    /// Item 26: request payload bytes being received, all connections together (a gauge).
+    pub request_bytes_in_flight: AtomicUsize,
+    /// Item 25: push payload bytes queued for connections, all together (a gauge).
+    pub push_bytes_queued: Arc<AtomicUsize>,
     fetch_waits: AtomicUsize,
+    /// Session lookups that reached the database (item 22's cost measure).
+    session_db_reads: AtomicU64,
     started: Instant,
     draining: AtomicBool,
     shutdown: Notify,
@@ -230,10 +321,7 @@ fn to_wire(m: &QueuedMessage) -> v1::QueuedMessage {
 impl Service {
     /// Builds the service over a storage backend; loads or creates the OPAQUE server setup.
     pub fn new(store: Arc<dyn Storage>, config: Config) -> Result<Service, StorageError> {
-        let fresh = ServerSetup::<OpaqueSuite>::new(&mut OsRng)
-            .serialize()
-            .to_vec();
-        let stored = store.server_secret("opaque_server_setup", fresh)?;
+        let stored = load_opaque_setup(store.as_ref(), &config.opaque_setup_file)?;
         let opaque = ServerSetup::<OpaqueSuite>::deserialize(&stored)
             .map_err(|_| StorageError::Backend("stored OPAQUE server setup is invalid".into()))?;
         // client public key || masking key || envelope (nonce, MAC), as ServerRegistration
@@ -248,9 +336,18 @@ impl Service {
             decoy_record,
             account_limiter: RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst),
             ip_limiter: RateLimiter::new(config.auth_rate_per_sec, config.auth_rate_burst),
-            login_failures_account: FailureWindow::new(
+            request_ip_limiter: RateLimiter::new(config.ip_rate_per_sec, config.ip_rate_burst),
+            health_ip_limiter: RateLimiter::new(
+                config.health_rate_per_sec,
+                config.health_rate_burst,
+            ),
+            login_attempts_pair: FailureWindow::new(
                 config.login_failures_per_account,
                 config.login_failure_window(),
+            ),
+            login_attempts_account: RateLimiter::new(
+                config.login_attempts_account_per_sec(),
+                f64::from(config.login_attempts_account_burst),
             ),
             login_failures_ip: FailureWindow::new(
                 config.login_failures_per_ip,
@@ -265,13 +362,24 @@ impl Service {
                 f64::from(config.key_package_fetch_burst),
                 KEY_PACKAGE_FETCH_PAIRS_MAX,
             ),
+            key_package_target: RateLimiter::new(
+                config.key_package_fetch_per_sec(),
+                KEY_PACKAGE_TARGET_BURST.max(f64::from(config.key_package_fetch_burst)),
+            ),
+            fanout: RateLimiter::new(config.fanout_per_sec, config.fanout_burst),
+            write_bytes: RateLimiter::new(config.write_bytes_per_sec, config.write_bytes_burst),
+            room: Mutex::new((None, None)),
+            response_bytes_buffered: AtomicUsize::new(0),
+            request_bytes_in_flight: AtomicUsize::new(0),
+            push_bytes_queued: Arc::new(AtomicUsize::new(0)),
             fetch_waits: AtomicUsize::new(0),
+            session_db_reads: AtomicU64::new(0),
             store,
             config,
             opaque,
             logins: Mutex::new(HashMap::new()),
             queue_full: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(SessionCache::default()),
             waiters: Mutex::new(HashMap::new()),
             pushers: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::default()),
@@ -297,6 +405,12 @@ impl Service {
     /// FetchWait calls parked waiting for a message right now.
     pub fn fetch_waits_parked(&self) -> usize {
         self.fetch_waits.load(Ordering::SeqCst)
+    }
+
+    /// Session lookups that reached the database since start (a cache or negative-cache hit
+    /// does not count).
+    pub fn session_db_reads(&self) -> u64 {
+        self.session_db_reads.load(Ordering::Relaxed)
     }
 
     /// A fresh connection id.
@@ -337,9 +451,99 @@ impl Service {
     pub fn connection_closed(&self, conn_id: u64) {
         let mut p = self.lock_pushers();
         p.retain(|_, v| {
-            v.retain(|(id, _)| *id != conn_id);
+            v.retain(|x| x.conn_id != conn_id);
             !v.is_empty()
         });
+    }
+
+    /// Deletes what expired at `now_ms` (an injected clock in tests; the purge task passes
+    /// the wall clock): undelivered messages older than `message_ttl_secs`, idempotency
+    /// records as old, incomplete blob uploads older than `blob_incomplete_ttl_secs`
+    /// (issue 17 items 27 and 28, D-10). Runs batches until nothing is left.
+    pub async fn purge_expired_at(&self, now_ms: u64) -> Result<PurgeReport, StorageError> {
+        let ttl = self.config.message_ttl_secs.saturating_mul(1000);
+        let blob_ttl = self.config.blob_incomplete_ttl_secs.saturating_mul(1000);
+        let mut total = PurgeReport::default();
+        loop {
+            let store = self.store.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                store.purge_expired(now_ms, ttl, blob_ttl, PURGE_BATCH)
+            })
+            .await
+            .map_err(|_| StorageError::Backend("purge task failed".into()))??;
+            total.queue_entries += r.queue_entries;
+            total.payloads += r.payloads;
+            total.enqueue_ids += r.enqueue_ids;
+            total.incomplete_blobs += r.incomplete_blobs;
+            if r.queue_entries > 0 {
+                // Queues shrank: senders refused for a full queue may retry at once.
+                self.lock_queue_full().clear();
+            }
+            let rows = r.queue_entries + r.payloads + r.enqueue_ids + r.incomplete_blobs;
+            self.metrics.purged_total.fetch_add(rows, Ordering::Relaxed);
+            if rows == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Answers Unavailable when storing more would cross the free-disk watermark or the
+    /// store-size cap (item 21): refused cleanly, before any transaction. Checked at most
+    /// every [`ROOM_CHECK_EVERY`].
+    fn check_room(&self) -> Result<(), Fail> {
+        let (min_free, max_store) = (self.config.min_free_disk_bytes, self.config.max_store_bytes);
+        if min_free == 0 && max_store == 0 {
+            return Ok(());
+        }
+        let mut room = self.room.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if room
+            .0
+            .is_none_or(|at| now.duration_since(at) >= ROOM_CHECK_EVERY)
+        {
+            let mut refusal = None;
+            if min_free > 0 {
+                if let Some(free) = free_disk_bytes(&self.config.data_dir) {
+                    if free < min_free {
+                        refusal = Some(format!(
+                            "the server's disk is nearly full ({free} bytes free, {min_free} kept); try later"
+                        ));
+                    }
+                }
+            }
+            if max_store > 0 {
+                let db = self.config.db_path();
+                let mut wal = db.clone().into_os_string();
+                wal.push("-wal");
+                let size = std::fs::metadata(&db).map_or(0, |m| m.len())
+                    + std::fs::metadata(&wal).map_or(0, |m| m.len());
+                if size >= max_store {
+                    refusal = Some(format!(
+                        "the server's store is full ({size} of {max_store} bytes); try later"
+                    ));
+                }
+            }
+            *room = (Some(now), refusal);
+        }
+        match &room.1 {
+            None => Ok(()),
+            Some(m) => Err(Fail {
+                status: Status::Unavailable,
+                message: m.clone(),
+                retry_after_ms: 60_000,
+            }),
+        }
+    }
+
+    /// Takes `bytes` from the account's write budget (item 21).
+    fn spend_write_bytes(&self, account: AccountId, bytes: usize) -> Result<(), Fail> {
+        self.write_bytes
+            .take(&account, bytes as f64)
+            .map_err(|wait| {
+                let mut f = self.rate_limited(wait);
+                f.message = "too many bytes written; try later".into();
+                f
+            })
     }
 
     fn lock_queue_full(
@@ -348,13 +552,80 @@ impl Service {
         self.queue_full.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Key32, Session>> {
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, SessionCache> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drops cached sessions that match; every path that ends sessions calls it.
-    fn forget_sessions(&self, matches: impl Fn(&Key32, &Session) -> bool) {
-        self.lock_sessions().retain(|h, s| !matches(h, s));
+    /// Records that sessions changed in the database (already committed): drops cached
+    /// sessions that match and bumps the generation, in one step (see [`SessionCache`]).
+    /// Every path that ends (or creates) sessions calls it after its commit.
+    fn sessions_changed(&self, ended: impl Fn(&Key32, &Session) -> bool) {
+        let mut c = self.lock_sessions();
+        c.live.retain(|h, s| !ended(h, s));
+        c.generation = c.generation.wrapping_add(1);
+    }
+
+    /// Ends what sessions started besides themselves (item 3): their push registrations, and
+    /// parked FetchWaits of their devices are woken to notice the session is gone.
+    fn sessions_ended(&self, devices: &[DeviceId], ended: impl Fn(&Key32) -> bool) {
+        {
+            let mut p = self.lock_pushers();
+            for d in devices {
+                if let Some(v) = p.get_mut(d) {
+                    v.retain(|x| !ended(&x.token_hash));
+                    if v.is_empty() {
+                        p.remove(d);
+                    }
+                }
+            }
+        }
+        let w = self.lock_waiters();
+        for d in devices {
+            if let Some(n) = w.get(d) {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    /// Item 1: a device row is gone; nothing in memory keyed by its id may outlive it (ids
+    /// are never reused, and this keeps memory from holding dead devices' state).
+    fn device_gone(&self, device: DeviceId) {
+        self.sessions_changed(|_, s| s.device_id == device);
+        self.lock_pushers().remove(&device);
+        if let Some(n) = self.lock_waiters().remove(&device) {
+            n.notify_waiters();
+        }
+        self.key_package_fetches.forget(|(d, _)| *d == device);
+        self.lock_queue_full().retain(|_, (d, _)| *d != device);
+    }
+
+    /// Item 1: an account row is gone, with its devices.
+    fn account_gone(&self, account: AccountId, devices: &[DeviceId]) {
+        self.sessions_changed(|_, s| s.account_id == account);
+        for d in devices {
+            self.device_gone(*d);
+        }
+        self.account_limiter.forget(|a| *a == account);
+        self.lock_queue_full().retain(|(a, _), _| *a != account);
+        self.lock_logins().retain(|_, l| l.account != Some(account));
+    }
+
+    fn lock_logins(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], PendingLogin>> {
+        self.logins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Deletes expired sessions (and expired username tombstones) as of `now` (Unix seconds);
+    /// the server runs it every [`PURGE_INTERVAL`]. Tests pass a future `now` (an injected
+    /// clock). Returns how many sessions went.
+    pub async fn purge_expired_sessions_at(&self, now: u64) -> Result<u64, StorageError> {
+        let store = self.store.clone();
+        let n = tokio::task::spawn_blocking(move || store.purge_expired_sessions(now))
+            .await
+            .map_err(|_| StorageError::Backend("purge task failed".into()))??;
+        // Expired entries are refused by their expiry already; dropping them from the cache
+        // is only housekeeping (no generation bump: nothing live changed).
+        self.lock_sessions().live.retain(|_, s| s.expires_at > now);
+        Ok(n)
     }
 
     fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Arc<Notify>>> {
@@ -367,6 +638,14 @@ impl Service {
 
     fn waiter(&self, device: DeviceId) -> Arc<Notify> {
         self.lock_waiters().entry(device).or_default().clone()
+    }
+
+    /// Drops a device's waiter entry when `n` (the caller's) is the last user besides the map.
+    fn release_waiter(&self, device: DeviceId, n: &Arc<Notify>) {
+        let mut w = self.lock_waiters();
+        if w.get(&device).is_some_and(|m| Arc::ptr_eq(m, n)) && Arc::strong_count(n) <= 2 {
+            w.remove(&device);
+        }
     }
 
     async fn db<T: Send + 'static>(
@@ -410,6 +689,19 @@ impl Service {
 
     async fn dispatch(&self, ctx: &CallContext, req: Request) -> Reply {
         let p = &req.payload[..];
+        let ip = ctx.peer.ip();
+        // Items 22-23: per-address budgets before anything costs a lookup. Health has its own
+        // (small) one; every other method shares the address's request budget.
+        let (limiter, per_sec) = if req.method == method::HEALTH {
+            (&self.health_ip_limiter, self.config.health_rate_per_sec)
+        } else {
+            (&self.request_ip_limiter, self.config.ip_rate_per_sec)
+        };
+        if per_sec > 0.0 {
+            if let Err(wait) = limiter.check(&ip) {
+                return Err(self.rate_limited(wait));
+            }
+        }
         match req.method {
             method::HEALTH => {
                 v1::HealthRequest::decode(p)?;
@@ -423,7 +715,6 @@ impl Service {
             | method::OPAQUE_REGISTER_FINISH
             | method::OPAQUE_LOGIN_START
             | method::OPAQUE_LOGIN_FINISH => {
-                let ip = ctx.peer.ip();
                 if let Err(wait) = self.ip_limiter.check(&ip) {
                     return Err(self.rate_limited(wait));
                 }
@@ -437,7 +728,8 @@ impl Service {
                             .await
                     }
                     method::OPAQUE_LOGIN_START => {
-                        self.login_start(ip, v1::OpaqueLoginStartRequest::decode(p)?)
+                        let token = qpq_proto::session_token(p)?;
+                        self.login_start(ip, v1::OpaqueLoginStartRequest::decode(p)?, &token)
                             .await
                     }
                     _ => {
@@ -464,18 +756,22 @@ impl Service {
         match req.method {
             method::LOGOUT => {
                 self.db(move |st| st.delete_session(&hash)).await?;
-                self.forget_sessions(|h, _| *h == hash);
-                self.connection_closed(ctx.conn_id);
+                self.sessions_changed(|h, _| *h == hash);
+                self.sessions_ended(&[s.device_id], |h| *h == hash);
                 ok(v1::LogoutResponse {})
             }
             method::DELETE_ACCOUNT => {
+                let r = v1::DeleteAccountRequest::decode(p)?;
+                self.reauth(&s, r.reauth).await?;
                 let devices = self.db(move |st| st.devices(s.account_id)).await?;
-                self.db(move |st| st.delete_account(s.account_id)).await?;
-                self.forget_sessions(|_, x| x.account_id == s.account_id);
-                let mut p = self.lock_pushers();
-                for d in devices {
-                    p.remove(&d.id);
-                }
+                let until = match self.config.username_tombstone_secs {
+                    0 => 0,
+                    t => now_secs().saturating_add(t),
+                };
+                self.db(move |st| st.delete_account(s.account_id, until))
+                    .await?;
+                let ids: Vec<DeviceId> = devices.iter().map(|d| d.id).collect();
+                self.account_gone(s.account_id, &ids);
                 ok(v1::DeleteAccountResponse {})
             }
             method::ENQUEUE => ok(self.enqueue(&s, v1::EnqueueRequest::decode(p)?).await?),
@@ -491,7 +787,8 @@ impl Service {
             }
             method::FETCH_WAIT => {
                 Metrics::inc(&self.metrics.fetch_wait_total);
-                self.fetch_wait(&s, v1::FetchWaitRequest::decode(p)?).await
+                self.fetch_wait(&s, hash, v1::FetchWaitRequest::decode(p)?)
+                    .await
             }
             method::PEEK => {
                 let r = v1::PeekRequest::decode(p)?;
@@ -523,7 +820,26 @@ impl Service {
                 let n = r.key_packages.len() as u64;
                 let cap = self.config.max_key_packages;
                 let suite = r.ciphersuite;
-                let packages = validate_key_packages(r, &s.device_key).await?;
+                if !r.key_packages.is_empty() {
+                    self.check_room()?;
+                }
+                let mut packages = validate_key_packages(r, &s.device_key).await?;
+                // A KeyPackage with the last_resort extension replaces the device's
+                // last-resort KeyPackage instead of joining the stock (item 13).
+                let mut last: Vec<NewKeyPackage> = Vec::new();
+                packages.retain(|p| {
+                    if p.last_resort {
+                        last.push(p.clone());
+                    }
+                    !p.last_resort
+                });
+                if last.len() > 1 {
+                    return Err(Fail::bad("at most one last-resort KeyPackage per upload"));
+                }
+                if let Some(kp) = last.pop() {
+                    self.db(move |st| st.set_last_resort_key_package(s.device_id, suite, kp))
+                        .await?;
+                }
                 let stored = self
                     .db(move |st| st.add_key_packages(s.device_id, suite, packages, cap))
                     .await?;
@@ -535,20 +851,43 @@ impl Service {
             method::FETCH_KEY_PACKAGE => {
                 let r = v1::FetchKeyPackageRequest::decode(p)?;
                 let dk = key32(&r.device_key, "device_key")?;
-                if self.config.key_package_fetch_burst > 0 {
-                    if let Err(wait) = self.key_package_fetches.check(&(s.device_id, dk)) {
+                let limited = self.config.key_package_fetch_burst > 0;
+                if limited {
+                    if let Err(wait) = self.key_package_fetches.check(&(s.account_id, dk)) {
                         let mut f = self.rate_limited(wait);
                         f.message = "too many KeyPackages fetched of that device; try later".into();
                         return Err(f);
                     }
                 }
                 let suite = r.ciphersuite;
-                let kp = self.db(move |st| st.pop_key_package(&dk, suite)).await?;
-                let kp = kp.ok_or_else(|| {
-                    Fail::new(Status::NotFound, "no KeyPackage available for that device")
-                })?;
+                // Past the target's own budget only its last-resort KeyPackage is served, so
+                // many requesters together cannot empty its stock (item 13).
+                let stock_open = !limited || self.key_package_target.check(&dk).is_ok();
+                let kp = if stock_open {
+                    self.db(move |st| st.pop_key_package(&dk, suite)).await?
+                } else {
+                    None
+                };
+                let (kp, last_resort) = match kp {
+                    Some(kp) => (kp, false),
+                    None => {
+                        let lr = self
+                            .db(move |st| st.last_resort_key_package(&dk, suite))
+                            .await?;
+                        (
+                            lr.ok_or_else(|| {
+                                Fail::new(
+                                    Status::NotFound,
+                                    "no KeyPackage available for that device",
+                                )
+                            })?,
+                            true,
+                        )
+                    }
+                };
                 ok(v1::FetchKeyPackageResponse {
                     key_package: Bytes::from(kp),
+                    last_resort,
                 })
             }
             method::UPLOAD_HYBRID_KEY => {
@@ -598,6 +937,12 @@ impl Service {
                 let r = v1::RemoveMemberRequest::decode(p)?;
                 let ch = id16(&r.channel_id, "channel_id")?;
                 let m = key32(&r.member, "member")?;
+                if m != s.identity_key {
+                    return Err(Fail::new(
+                        Status::Forbidden,
+                        "RemoveMember removes only the caller; others are removed by a commit",
+                    ));
+                }
                 self.db(move |st| st.remove_member(&ch, s.account_id, &m))
                     .await?;
                 ok(v1::RemoveMemberResponse {})
@@ -717,6 +1062,11 @@ impl Service {
             method::REGISTER_DEVICE => {
                 let r = v1::RegisterDeviceRequest::decode(p)?;
                 let dk = key32(&r.device_key, "device_key")?;
+                self.check_key_proof(
+                    &dk,
+                    &qpq_proto::key_proof::register_device(&hash, &dk),
+                    &r.signature,
+                )?;
                 let max = self.config.max_devices;
                 self.db(move |st| st.add_device(s.account_id, &dk, max, now_secs()))
                     .await?;
@@ -738,12 +1088,16 @@ impl Service {
             method::REVOKE_DEVICE => {
                 let r = v1::RevokeDeviceRequest::decode(p)?;
                 let dk = key32(&r.device_key, "device_key")?;
+                if dk != s.device_key {
+                    // Item 11: cutting off another device needs the password, not a token.
+                    self.reauth(&s, r.reauth).await?;
+                }
                 let devices = self.db(move |st| st.devices(s.account_id)).await?;
                 self.db(move |st| st.revoke_device(s.account_id, &dk))
                     .await?;
-                self.forget_sessions(|_, x| x.device_key == dk);
+                self.sessions_changed(|_, x| x.device_key == dk);
                 if let Some(d) = devices.iter().find(|d| d.device_key == dk) {
-                    self.lock_pushers().remove(&d.id);
+                    self.device_gone(d.id);
                 }
                 ok(v1::RevokeDeviceResponse {})
             }
@@ -779,91 +1133,239 @@ impl Service {
             return Err(Fail::new(Status::Unauthorized, "invalid session token"));
         }
         let hash = token_hash(&token);
-        let now = now_secs();
-        let cached = self
-            .lock_sessions()
-            .get(&hash)
-            .filter(|s| s.expires_at > now)
-            .cloned();
-        let s = match cached {
-            Some(s) => s,
-            None => {
-                let s = self
-                    .db(move |st| st.session(&hash, now))
-                    .await?
-                    .ok_or_else(|| {
-                        Fail::new(
-                            Status::Unauthorized,
-                            "session expired or invalid; log in again",
-                        )
-                    })?;
-                let mut cache = self.lock_sessions();
-                if cache.len() >= SESSION_CACHE_MAX {
-                    cache.retain(|_, s| s.expires_at > now);
-                    if cache.len() >= SESSION_CACHE_MAX {
-                        cache.clear();
-                    }
+        let s = self.resolve_session(&hash).await?;
+        self.register_pusher(s.device_id, hash, ctx);
+        // Item 3: a registration made just after the session ended would outlive it. An
+        // ending drops the cache entry before it drops registrations, so while the entry is
+        // cached ours is covered; otherwise ask the database (after registering).
+        if !self.lock_sessions().live.contains_key(&hash) {
+            let now = now_secs();
+            self.session_db_reads.fetch_add(1, Ordering::Relaxed);
+            if self.db(move |st| st.session(&hash, now)).await?.is_none() {
+                if let Some(v) = self.lock_pushers().get_mut(&s.device_id) {
+                    v.retain(|x| !(x.conn_id == ctx.conn_id && x.token_hash == hash));
                 }
-                cache.insert(hash, s.clone());
-                s
+                return Err(Fail::new(
+                    Status::Unauthorized,
+                    "session expired or invalid; log in again",
+                ));
             }
-        };
-        self.register_pusher(s.device_id, ctx);
+        }
         Ok((s, hash))
     }
 
-    fn register_pusher(&self, device: DeviceId, ctx: &CallContext) {
-        let mut p = self.lock_pushers();
-        let v = p.entry(device).or_default();
-        if !v.iter().any(|(id, _)| *id == ctx.conn_id) {
-            v.push((ctx.conn_id, ctx.push.clone()));
+    /// The live session of a token hash, from the cache or the database (see
+    /// [`SessionCache`] for why a revoked token can never be cached back).
+    async fn resolve_session(&self, hash: &Key32) -> Result<Session, Fail> {
+        let refused = || {
+            Fail::new(
+                Status::Unauthorized,
+                "session expired or invalid; log in again",
+            )
+        };
+        let now = now_secs();
+        let generation = {
+            let c = self.lock_sessions();
+            if let Some(s) = c.live.get(hash).filter(|s| s.expires_at > now) {
+                return Ok(s.clone());
+            }
+            if c.unknown
+                .get(hash)
+                .is_some_and(|t| t.elapsed() < UNKNOWN_TOKEN_TTL)
+            {
+                return Err(refused());
+            }
+            c.generation
+        };
+        let h = *hash;
+        self.session_db_reads.fetch_add(1, Ordering::Relaxed);
+        let found = self.db(move |st| st.session(&h, now)).await?;
+        let mut c = self.lock_sessions();
+        // Sessions changed while we read: use what we read for this call (it was read after
+        // the call arrived), but do not cache it.
+        let cache = c.generation == generation;
+        match found {
+            Some(s) => {
+                if cache {
+                    if c.live.len() >= SESSION_CACHE_MAX {
+                        c.live.retain(|_, s| s.expires_at > now);
+                        if c.live.len() >= SESSION_CACHE_MAX {
+                            c.live.clear();
+                        }
+                    }
+                    c.live.insert(*hash, s.clone());
+                }
+                Ok(s)
+            }
+            None => {
+                if cache {
+                    if c.unknown.len() >= UNKNOWN_TOKENS_MAX {
+                        c.unknown.retain(|_, t| t.elapsed() < UNKNOWN_TOKEN_TTL);
+                        if c.unknown.len() >= UNKNOWN_TOKENS_MAX {
+                            c.unknown.clear();
+                        }
+                    }
+                    c.unknown.insert(*hash, Instant::now());
+                }
+                Err(refused())
+            }
         }
     }
 
-    /// Answers RateLimited when `ip` registered its quota of accounts within the window.
-    fn check_registrations(&self, ip: IpAddr) -> Result<(), Fail> {
-        self.registrations_ip.check(&ip).map_err(|wait| {
+    fn register_pusher(&self, device: DeviceId, token_hash: Key32, ctx: &CallContext) {
+        let mut p = self.lock_pushers();
+        let v = p.entry(device).or_default();
+        if !v
+            .iter()
+            .any(|x| x.conn_id == ctx.conn_id && x.token_hash == token_hash)
+        {
+            v.push(Pusher {
+                conn_id: ctx.conn_id,
+                token_hash,
+                tx: ctx.push.clone(),
+                queued: ctx.push_queued.clone(),
+            });
+        }
+    }
+
+    /// Item 12: verifies a proof of possession (an Ed25519 signature by `key` over `message`).
+    /// Without a signature it passes only when the server does not require proofs.
+    fn check_key_proof(&self, key: &Key32, message: &[u8], signature: &[u8]) -> Result<(), Fail> {
+        if signature.is_empty() && !self.config.require_key_proof {
+            return Ok(());
+        }
+        if signature.is_empty() {
+            return Err(Fail::bad(
+                "a signature proving possession of the key is required (update the client)",
+            ));
+        }
+        qpq_crypto::identity::verify(key, message, signature)
+            .map_err(|_| Fail::bad("the key's proof of possession does not verify"))
+    }
+
+    /// Answers RateLimited when `ip` registered its quota of accounts within the window;
+    /// otherwise counts this registration (check and record are one step: item 6).
+    fn take_registration(&self, ip: IpAddr) -> Result<(), Fail> {
+        self.registrations_ip.try_record(ip).map_err(|wait| {
             let mut f = self.rate_limited(wait);
             f.message = "too many registrations from this address; try later".into();
             f
         })
     }
 
-    /// Answers RateLimited when the username or the address is at its failed-login limit.
-    fn check_login_failures(&self, ip: IpAddr, username: &str) -> Result<(), Fail> {
-        let account = self.login_failures_account.check(&username.to_owned());
-        let addr = self.login_failures_ip.check(&ip);
-        match (account, addr) {
-            (Ok(()), Ok(())) => Ok(()),
-            (a, b) => {
-                let wait = a.err().unwrap_or_default().max(b.err().unwrap_or_default());
-                let mut f = self.rate_limited(wait);
-                f.message = "too many failed logins; try later".into();
-                Err(f)
+    /// Items 4-5: counts a login attempt against the address, the (username, address) pair
+    /// and the username's bucket (the last two unless `exempt`), all or none. It stays
+    /// counted until a LoginFinish succeeds ([`Service::give_back_attempt`]).
+    fn take_login_attempt(&self, ip: IpAddr, username: &str, exempt: bool) -> Result<(), Fail> {
+        let limited = |this: &Self, wait: Duration| {
+            let mut f = this.rate_limited(wait);
+            f.message = "too many login attempts; try later".into();
+            f
+        };
+        self.login_failures_ip
+            .try_record(ip)
+            .map_err(|w| limited(self, w))?;
+        if exempt {
+            return Ok(());
+        }
+        let pair = (username.to_owned(), ip);
+        if let Err(w) = self.login_attempts_pair.try_record(pair.clone()) {
+            self.login_failures_ip.unrecord(&ip);
+            return Err(limited(self, w));
+        }
+        if self.config.login_attempts_account_burst > 0 {
+            if let Err(w) = self.login_attempts_account.check(&pair.0) {
+                self.login_failures_ip.unrecord(&ip);
+                self.login_attempts_pair.unrecord(&pair);
+                return Err(limited(self, w));
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Service::take_login_attempt`]: the attempt was honest.
+    fn give_back_attempt(&self, ip: IpAddr, username: &str, exempt: bool) {
+        self.login_failures_ip.unrecord(&ip);
+        if !exempt {
+            let username = username.to_owned();
+            self.login_attempts_pair.unrecord(&(username.clone(), ip));
+            self.login_attempts_account.refund(&username);
+        }
+    }
+
+    /// Counts a failed (or abandoned) login in the metrics and logs it at the default level,
+    /// so an operator watching the log sees guessing as it happens. The rate-limit budgets are
+    /// charged elsewhere (at LoginStart).
+    fn login_failed(&self, ip: IpAddr, username: Option<&str>) -> Fail {
+        Metrics::inc(&self.metrics.auth_login_failure_total);
+        tracing::warn!(%ip, username = username.unwrap_or("?"), "login failed");
+        Fail::new(Status::Unauthorized, "login failed")
+    }
+
+    /// Takes a pending login (None when unknown or expired) and checks its KE3.
+    fn finish_pending(&self, id: &[u8; 16], ke3: &[u8]) -> Option<FinishedLogin> {
+        let pending = self.lock_logins().remove(id);
+        let PendingLogin {
+            state,
+            account,
+            username,
+            ip,
+            exempt,
+            created,
+        } = pending?;
+        if created.elapsed() >= LOGIN_TTL {
+            return None;
+        }
+        let verified = CredentialFinalization::<OpaqueSuite>::deserialize(ke3)
+            .ok()
+            .and_then(|ke3| state.finish(ke3, ServerLoginParameters::default()).ok())
+            .is_some();
+        Some(FinishedLogin {
+            account: account.filter(|_| verified),
+            username,
+            ip,
+            exempt,
+        })
+    }
+
+    /// Item 11: a destructive call proves the password again with a fresh OPAQUE login of the
+    /// session's account (LoginStart, then its login id and KE3 here). Answers Forbidden when
+    /// the proof is missing or fails; a failed proof counts as a failed login.
+    async fn reauth(&self, s: &Session, r: Option<v1::Reauth>) -> Result<(), Fail> {
+        let Some(r) = r else {
+            return Err(Fail::new(
+                Status::Forbidden,
+                "this call needs re-authentication (reauth: a fresh OPAQUE login proof)",
+            ));
+        };
+        let id = id16(&r.login_id, "reauth.login_id")?;
+        match self.finish_pending(&id, &r.ke3) {
+            Some(p) if p.account == Some(s.account_id) => {
+                self.give_back_attempt(p.ip, &p.username, p.exempt);
+                Ok(())
+            }
+            Some(p) => {
+                let _ = self.login_failed(p.ip, Some(&p.username));
+                Err(Fail::new(Status::Forbidden, "re-authentication failed"))
+            }
+            None => {
+                Metrics::inc(&self.metrics.auth_login_failure_total);
+                Err(Fail::new(Status::Forbidden, "re-authentication failed"))
             }
         }
     }
 
-    fn login_failed(&self, ip: IpAddr, username: Option<String>) -> Fail {
-        Metrics::inc(&self.metrics.auth_login_failure_total);
-        // At the default level: an operator watching the log sees guessing as it happens.
-        tracing::warn!(%ip, username = username.as_deref().unwrap_or("?"), "login failed");
-        self.login_failures_ip.record(ip);
-        if let Some(u) = username {
-            self.login_failures_account.record(u);
-        }
-        Fail::new(Status::Unauthorized, "login failed")
-    }
-
     async fn register_start(&self, ip: IpAddr, r: v1::OpaqueRegisterStartRequest) -> Reply {
         let username = normalize_username(&r.username)?;
-        self.check_registrations(ip)?;
+        self.registrations_ip.check(&ip).map_err(|wait| {
+            let mut f = self.rate_limited(wait);
+            f.message = "too many registrations from this address; try later".into();
+            f
+        })?;
         let request = RegistrationRequest::<OpaqueSuite>::deserialize(&r.registration_request)
             .map_err(|_| Fail::bad("invalid OPAQUE registration request"))?;
-        let u = username.clone();
-        if self.db(move |st| st.username_taken(&u)).await? {
-            return Err(Fail::new(Status::Conflict, "username is taken"));
-        }
+        // Item 8: the same answer whether or not the username is taken; a taken name fails
+        // at RegisterFinish, which counts against the address's registrations.
         let start = qpq_crypto::opaque_ke::ServerRegistration::<OpaqueSuite>::start(
             &self.opaque,
             request,
@@ -877,27 +1379,51 @@ impl Service {
 
     async fn register_finish(&self, ip: IpAddr, r: v1::OpaqueRegisterFinishRequest) -> Reply {
         let username = normalize_username(&r.username)?;
-        self.check_registrations(ip)?;
         let upload = RegistrationUpload::<OpaqueSuite>::deserialize(&r.registration_upload)
             .map_err(|_| Fail::bad("invalid OPAQUE registration upload"))?;
         let ik = key32(&r.identity_key, "identity_key")?;
         let dk = key32(&r.device_key, "device_key")?;
+        let proof = qpq_proto::key_proof::register(
+            &r.username,
+            &Sha256::digest(&r.registration_upload),
+            &ik,
+            &dk,
+        );
+        self.check_key_proof(&ik, &proof, &r.identity_signature)?;
+        self.check_key_proof(&dk, &proof, &r.device_signature)?;
+        self.take_registration(ip)?;
         let record = ServerRegistration::<OpaqueSuite>::finish(upload)
             .serialize()
             .to_vec();
-        self.db(move |st| st.create_account(&username, &ik, &dk, &record, now_secs()))
-            .await?;
-        self.registrations_ip.record(ip);
+        let created = self
+            .db(move |st| st.create_account(&username, &ik, &dk, &record, now_secs()))
+            .await;
+        if let Err(f) = created {
+            // A taken name or key keeps counting (it is what enumeration would cost); a
+            // failure of ours does not.
+            if f.status != Status::Conflict {
+                self.registrations_ip.unrecord(&ip);
+            }
+            return Err(f);
+        }
         ok(v1::OpaqueRegisterFinishResponse {})
     }
 
-    async fn login_start(&self, ip: IpAddr, r: v1::OpaqueLoginStartRequest) -> Reply {
+    async fn login_start(&self, ip: IpAddr, r: v1::OpaqueLoginStartRequest, token: &[u8]) -> Reply {
         let username = normalize_username(&r.username)?;
-        self.check_login_failures(ip, &username)?;
         let ke1 = CredentialRequest::<OpaqueSuite>::deserialize(&r.ke1)
             .map_err(|_| Fail::bad("invalid OPAQUE KE1"))?;
+        // A device already logged in to this account (a valid session token beside the
+        // request) is exempt from the per-username limits: strangers cannot lock it out.
+        let holder = if token.len() == 32 {
+            self.resolve_session(&token_hash(token)).await.ok()
+        } else {
+            None
+        };
         let u = username.clone();
         let account = self.db(move |st| st.account_by_username(&u)).await?;
+        let exempt = matches!((&holder, &account), (Some(s), Some(a)) if s.account_id == a.id);
+        self.take_login_attempt(ip, &username, exempt)?;
         let (password_file, account_id) = match account {
             Some(a) => (
                 Some(
@@ -916,31 +1442,43 @@ impl Service {
                 (None, None)
             }
         };
-        let start = ServerLogin::start(
+        let start = match ServerLogin::start(
             &mut OsRng,
             &self.opaque,
             password_file,
             ke1,
             username.as_bytes(),
             ServerLoginParameters::default(),
-        )
-        .map_err(|_| Fail::bad("invalid OPAQUE KE1"))?;
+        ) {
+            Ok(s) => s,
+            Err(_) => {
+                self.give_back_attempt(ip, &username, exempt);
+                return Err(Fail::bad("invalid OPAQUE KE1"));
+            }
+        };
         let mut login_id = [0u8; 16];
         OsRng.fill_bytes(&mut login_id);
         {
-            let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+            let mut logins = self.lock_logins();
             // A client whose password is wrong fails OPAQUE locally and may never send
-            // LoginFinish: an attempt that expires unfinished counts as a failed login.
+            // LoginFinish: an attempt that expires unfinished is reported as a failed login
+            // (its budget was already charged at LoginStart).
             let expired: Vec<(IpAddr, String)> = logins
                 .values()
                 .filter(|l| l.created.elapsed() >= LOGIN_TTL)
                 .map(|l| (l.ip, l.username.clone()))
                 .collect();
             logins.retain(|_, l| l.created.elapsed() < LOGIN_TTL);
-            for (ip, username) in expired {
-                let _ = self.login_failed(ip, Some(username));
+            for (ip, username) in &expired {
+                let _ = self.login_failed(*ip, Some(username));
             }
-            if logins.len() >= LOGINS_MAX {
+            // Item 7: each address holds at most its share of the table.
+            let mine = logins.values().filter(|l| l.ip == ip).count();
+            if logins.len() >= self.config.max_pending_logins
+                || mine >= self.config.pending_logins_per_ip
+            {
+                drop(logins);
+                self.give_back_attempt(ip, &username, exempt);
                 return Err(Fail {
                     status: Status::RateLimited,
                     message: "too many logins in progress".into(),
@@ -953,8 +1491,9 @@ impl Service {
                     state: start.state,
                     account: account_id,
                     username,
-                    created: Instant::now(),
                     ip,
+                    exempt,
+                    created: Instant::now(),
                 },
             );
         }
@@ -967,27 +1506,21 @@ impl Service {
     async fn login_finish(&self, ip: IpAddr, r: v1::OpaqueLoginFinishRequest) -> Reply {
         let id = id16(&r.login_id, "login_id")?;
         let dk = key32(&r.device_key, "device_key")?;
-        let pending = self
-            .logins
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        let Some(pending) = pending.filter(|p| p.created.elapsed() < LOGIN_TTL) else {
+        let Some(pending) = self.finish_pending(&id, &r.ke3) else {
+            // An unknown or expired login id: counts against the address.
+            let _ = self.login_failures_ip.try_record(ip);
             return Err(self.login_failed(ip, None));
         };
-        let username = pending.username;
-        let verified = CredentialFinalization::<OpaqueSuite>::deserialize(&r.ke3)
-            .ok()
-            .and_then(|ke3| {
-                pending
-                    .state
-                    .finish(ke3, ServerLoginParameters::default())
-                    .ok()
-            });
-        let (Some(_), Some(account)) = (verified, pending.account) else {
-            return Err(self.login_failed(ip, Some(username)));
+        let Some(account) = pending.account else {
+            // The attempt stays counted (LoginStart recorded it).
+            return Err(self.login_failed(ip, Some(&pending.username)));
         };
-        self.login_failures_account.clear(&username);
+        self.check_key_proof(
+            &dk,
+            &qpq_proto::key_proof::login_device(&id, &dk),
+            &r.device_signature,
+        )?;
+        self.give_back_attempt(pending.ip, &pending.username, pending.exempt);
         let max = self.config.max_devices;
         let device = self
             .db(move |st| st.add_device(account, &dk, max, now_secs()))
@@ -996,8 +1529,14 @@ impl Service {
         OsRng.fill_bytes(&mut token);
         let hash = token_hash(&token);
         let expires_at = now_secs() + self.config.session_ttl;
-        self.db(move |st| st.create_session(&hash, device, expires_at))
+        let per_device = self.config.max_sessions_per_device;
+        let evicted = self
+            .db(move |st| st.create_session(&hash, device, expires_at, per_device))
             .await?;
+        // Item 28: a device keeps at most max_sessions_per_device sessions.
+        self.sessions_changed(|h, _| evicted.contains(h));
+        self.lock_sessions().unknown.remove(&hash);
+        self.sessions_ended(&[device], |h| evicted.contains(h));
         Metrics::inc(&self.metrics.auth_login_success_total);
         ok(v1::OpaqueLoginFinishResponse {
             session_token: Bytes::copy_from_slice(&token),
@@ -1040,7 +1579,20 @@ impl Service {
                 "membership changes and Welcomes travel only with commits",
             ));
         }
+        if is_commit {
+            check_commit_framing(&r.payload, &channel_id, r.commit_epoch.unwrap_or(0))?;
+        }
+        self.check_room()?;
+        // Item 19: a message fans out to many queues; it passes only while the sender's
+        // fan-out budget is not in debt, and pays for every queue entry it made.
+        if let Err(wait) = self.fanout.take(&s.account_id, 1.0) {
+            let mut f = self.rate_limited(wait);
+            f.message = "too many messages x recipients; try later".into();
+            return Err(f);
+        }
+        self.spend_write_bytes(s.account_id, r.payload.len() + r.welcome.len())?;
         let bytes = r.payload.len() as u64;
+        let share = self.config.max_queue_share_percent.clamp(1, 100);
         let op = EnqueueOp {
             sender_account: s.account_id,
             sender_device: s.device_id,
@@ -1057,6 +1609,9 @@ impl Service {
             promote_members: keys32(&r.promote_members, "promote_members entry")?,
             now_ms: now_ms(),
             max_queue_depth: self.config.max_queue_depth,
+            max_queue_bytes: self.config.max_queue_bytes,
+            max_share_depth: (self.config.max_queue_depth.saturating_mul(share) / 100).max(1),
+            max_share_bytes: self.config.max_queue_bytes.saturating_mul(share) / 100,
         };
         // A sender just refused for a full queue is refused again without a transaction,
         // until the retry time or until that queue's device acks.
@@ -1086,12 +1641,23 @@ impl Service {
             self.metrics
                 .enqueue_bytes_total
                 .fetch_add(bytes, Ordering::Relaxed);
+            self.metrics
+                .undelivered_total
+                .fetch_add(out.undelivered.len() as u64, Ordering::Relaxed);
+            // The first entry was paid for up front.
+            self.fanout
+                .charge(&s.account_id, out.deliveries.len().saturating_sub(1) as f64);
         }
         self.deliver(&out.deliveries);
         Ok(v1::EnqueueResponse {
             server_id: out.server_id,
             duplicate: out.duplicate,
             epoch: out.epoch,
+            undelivered: out
+                .undelivered
+                .iter()
+                .map(|k| Bytes::copy_from_slice(k))
+                .collect(),
         })
     }
 
@@ -1109,6 +1675,7 @@ impl Service {
             }
         }
         let p = self.lock_pushers();
+        let cap = self.config.max_push_bytes_per_connection as usize;
         for d in deliveries {
             let Some(conns) = p.get(&d.device_id) else {
                 continue;
@@ -1118,19 +1685,41 @@ impl Service {
             if omitted {
                 m.payload = Bytes::new();
             }
-            let payload = v1::NewMessage {
-                message: Some(m),
-                payload_omitted: omitted,
-            }
-            .encode_to_vec();
-            for (_, tx) in conns {
+            // Encoded once and shared by every connection of the device (item 25).
+            let payload = Bytes::from(
+                v1::NewMessage {
+                    message: Some(m),
+                    payload_omitted: omitted,
+                }
+                .encode_to_vec(),
+            );
+            let len = payload.len();
+            let mut seen = Vec::with_capacity(conns.len());
+            for t in conns {
+                // One push per connection, however many of the device's sessions it used.
+                if seen.contains(&t.conn_id) {
+                    continue;
+                }
+                seen.push(t.conn_id);
+                // Past the connection's push bytes, or a full or closed push queue (a slow
+                // client, or one that takes no push stream): dropped; the queue is the
+                // truth and the client fetches.
+                if t.queued.load(Ordering::Relaxed) + len > cap {
+                    Metrics::inc(&self.metrics.push_dropped_total);
+                    continue;
+                }
+                t.queued.fetch_add(len, Ordering::Relaxed);
+                self.push_bytes_queued.fetch_add(len, Ordering::Relaxed);
                 let push = Push {
                     event: qpq_proto::event::NEW_MESSAGE,
-                    payload: Bytes::from(payload.clone()),
+                    payload: payload.clone(),
                 };
-                // A full push queue means a slow client: it will Fetch instead.
-                if tx.try_send(push).is_ok() {
+                if t.tx.try_send(push).is_ok() {
                     Metrics::inc(&self.metrics.push_total);
+                } else {
+                    t.queued.fetch_sub(len, Ordering::Relaxed);
+                    self.push_bytes_queued.fetch_sub(len, Ordering::Relaxed);
+                    Metrics::inc(&self.metrics.push_dropped_total);
                 }
             }
         }
@@ -1144,8 +1733,17 @@ impl Service {
             ));
         }
         let mut results = Vec::with_capacity(r.messages.len());
-        for m in r.messages {
-            results.push(match self.enqueue(s, m).await {
+        for (i, m) in r.messages.into_iter().enumerate() {
+            // Item 19: every message of a batch is a request against the account's rate
+            // (the call itself paid for the first).
+            let outcome = match i {
+                0 => self.enqueue(s, m).await,
+                _ => match self.account_limiter.check(&s.account_id) {
+                    Ok(()) => self.enqueue(s, m).await,
+                    Err(wait) => Err(self.rate_limited(wait)),
+                },
+            };
+            results.push(match outcome {
                 Ok(resp) => v1::BatchEnqueueResult {
                     status: 0,
                     response: Some(resp),
@@ -1185,15 +1783,23 @@ impl Service {
         Ok(msgs.iter().map(to_wire).collect())
     }
 
-    async fn fetch_wait(&self, s: &Session, r: v1::FetchWaitRequest) -> Reply {
+    async fn fetch_wait(&self, s: &Session, hash: Key32, r: v1::FetchWaitRequest) -> Reply {
         let timeout =
             Duration::from_millis(u64::from(r.timeout_ms).min(self.config.max_fetch_wait_ms));
         let deadline = tokio::time::Instant::now() + timeout;
-        let notify = self.waiter(s.device_id);
+        let waiter = WaiterGuard {
+            service: self,
+            device: s.device_id,
+            notify: self.waiter(s.device_id),
+        };
         loop {
-            let woken = notify.notified();
+            let woken = waiter.notify.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            // Item 3: a wait outlives its session by no more than a wake-up. Every path that
+            // ends sessions wakes the device's waiters after dropping them from the cache, so
+            // this check (after enabling the wake-up) sees the end or is woken by it.
+            self.resolve_session(&hash).await?;
             let msgs = self.fetch(s, r.after_seq, r.limit, &r.channel_id).await?;
             if !msgs.is_empty() || tokio::time::Instant::now() >= deadline || self.is_draining() {
                 return ok(v1::FetchResponse { messages: msgs });
@@ -1229,6 +1835,7 @@ impl Service {
                 "metadata is at most 64 KiB",
             ));
         }
+        self.check_room()?;
         let account = s.account_id;
         let (ch, created) = self
             .db(move |st| st.create_channel(kind, account, &members, &r.metadata, now_secs()))
@@ -1253,6 +1860,8 @@ impl Service {
                 format!("blobs are limited to {max} bytes"),
             ));
         }
+        self.check_room()?;
+        self.spend_write_bytes(s.account_id, r.chunk.len())?;
         let chunk = BlobChunk {
             account_id: s.account_id,
             channel_id: ch,
@@ -1261,6 +1870,7 @@ impl Service {
             offset: r.offset,
             data: r.chunk,
             now_ms: now_ms(),
+            quota: self.config.blob_quota_bytes,
         };
         let total = r.total_size;
         let received = self.db(move |st| st.put_blob_chunk(chunk, max)).await?;
@@ -1278,6 +1888,57 @@ impl Service {
         }
         ok(v1::UploadBlobResponse { received, complete })
     }
+}
+
+/// Name of the OPAQUE server setup in the database's `server_state`.
+const OPAQUE_SETUP: &str = "opaque_server_setup";
+
+/// Item 10: the OPAQUE server setup (its private key permits offline dictionary attacks on
+/// every stored record) lives in the database unless `file` is set. With a file: read it when
+/// it exists (tightened to 0600); otherwise move the database's copy there, or create one,
+/// written 0600 and synced before the database copy is deleted.
+fn load_opaque_setup(store: &dyn Storage, file: &std::path::Path) -> Result<Vec<u8>, StorageError> {
+    let fresh = || {
+        ServerSetup::<OpaqueSuite>::new(&mut OsRng)
+            .serialize()
+            .to_vec()
+    };
+    if file.as_os_str().is_empty() {
+        return store.server_secret(OPAQUE_SETUP, fresh());
+    }
+    let io = |e: std::io::Error| {
+        StorageError::Backend(format!("OPAQUE setup file {}: {e}", file.display()))
+    };
+    if file.exists() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+        let bytes = std::fs::read(file).map_err(io)?;
+        if store.server_secret_peek(OPAQUE_SETUP)?.is_some() {
+            store.delete_server_secret(OPAQUE_SETUP)?;
+        }
+        return Ok(bytes);
+    }
+    let bytes = store
+        .server_secret_peek(OPAQUE_SETUP)?
+        .unwrap_or_else(fresh);
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(file).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    store.delete_server_secret(OPAQUE_SETUP)?;
+    Ok(bytes)
 }
 
 /// K-3: parses and checks every KeyPackage of an upload (off the async threads: signature
@@ -1299,6 +1960,7 @@ async fn validate_key_packages(
                     .map(|(data, v)| NewKeyPackage {
                         data,
                         init_key_hash: v.init_key_hash,
+                        last_resort: v.last_resort,
                     })
                     .collect()
             },
@@ -1316,6 +1978,63 @@ async fn validate_key_packages(
             format!("KeyPackage {i} refused: {e}; nothing of the upload was stored"),
         )
     })
+}
+
+/// Holds a FetchWait's waiter; dropping it (also when the call is cancelled) removes the
+/// device's entry when no other wait uses it, so the map holds only devices being waited on.
+struct WaiterGuard<'a> {
+    service: &'a Service,
+    device: DeviceId,
+    notify: Arc<Notify>,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.service.release_waiter(self.device, &self.notify);
+    }
+}
+
+/// Item 17: what the server can check of a commit without keys. It must be one MLS
+/// PrivateMessage (qpq groups take only encrypted handshakes) of this channel's group, from
+/// the epoch the Enqueue names, with content type commit. Anything else would be accepted as
+/// the epoch's commit and then dropped by every member, wedging the group.
+fn check_commit_framing(payload: &[u8], channel: &ChannelId, epoch: u64) -> Result<(), Fail> {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn};
+    let msg = MlsMessageIn::tls_deserialize_exact(payload)
+        .map_err(|_| Fail::bad("a commit must be one MLS message"))?;
+    let MlsMessageBodyIn::PrivateMessage(pm) = msg.extract() else {
+        return Err(Fail::bad(
+            "a commit must be an MLS PrivateMessage (this server's groups encrypt handshakes)",
+        ));
+    };
+    if pm.group_id().as_slice() != channel.as_slice() {
+        return Err(Fail::bad("the commit belongs to another MLS group"));
+    }
+    if pm.epoch().as_u64() != epoch {
+        return Err(Fail::bad(format!(
+            "the commit is framed for epoch {}, not the commit_epoch {epoch}",
+            pm.epoch().as_u64()
+        )));
+    }
+    if pm.content_type() != ContentType::Commit {
+        return Err(Fail::bad("the message's content type is not commit"));
+    }
+    Ok(())
+}
+
+/// Free bytes for unprivileged users on the file system holding `dir` (None when unknown).
+#[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+fn free_disk_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    if rc != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Counts a parked FetchWait for as long as it lives (also when the call is cancelled).

@@ -29,6 +29,7 @@ use qpq_crypto::opaque;
 use qpq_proto::frame::{read_push, read_response, Push, Request, Response};
 use qpq_proto::{method, v1, Status, MAX_PAYLOAD};
 use rand::rngs::OsRng;
+use sha2::Digest as _;
 use tokio::sync::{mpsc, Mutex};
 
 /// A failed call: status and the server's error message.
@@ -113,8 +114,18 @@ impl Conn {
         addr: SocketAddr,
         cert_der: &[u8],
     ) -> Result<Conn, String> {
+        Conn::connect_with(local, addr, client_config(cert_der)).await
+    }
+
+    /// [`Conn::connect_from`] with a given client configuration (e.g. one that grants the
+    /// server no push streams).
+    pub async fn connect_with(
+        local: SocketAddr,
+        addr: SocketAddr,
+        config: quinn::ClientConfig,
+    ) -> Result<Conn, String> {
         let mut endpoint = quinn::Endpoint::client(local).map_err(|e| e.to_string())?;
-        endpoint.set_default_client_config(client_config(cert_der));
+        endpoint.set_default_client_config(config);
         let conn = endpoint
             .connect(addr, "localhost")
             .map_err(|e| e.to_string())?
@@ -232,14 +243,23 @@ impl Conn {
         let fin = state
             .finish(&mut OsRng, password.as_bytes(), &r.registration_response)
             .expect("testkit setup");
+        let upload = fin.message;
+        let proof = qpq_proto::key_proof::register(
+            username,
+            &sha2::Sha256::digest(&upload),
+            &self.identity.public_key(),
+            &self.device.public_key(),
+        );
         let _: v1::OpaqueRegisterFinishResponse = self
             .call(
                 method::OPAQUE_REGISTER_FINISH,
                 &v1::OpaqueRegisterFinishRequest {
                     username: username.into(),
-                    registration_upload: Bytes::from(fin.message),
+                    registration_upload: Bytes::from(upload),
                     identity_key: Bytes::copy_from_slice(&self.identity.public_key()),
                     device_key: Bytes::copy_from_slice(&self.device.public_key()),
+                    identity_signature: Bytes::copy_from_slice(&self.identity.sign(&proof)),
+                    device_signature: Bytes::copy_from_slice(&self.device.sign(&proof)),
                 },
             )
             .await?;
@@ -265,13 +285,16 @@ impl Conn {
             Ok(f) => f.message,
             Err(_) => vec![0u8; 64],
         };
+        let dk = self.device.public_key();
+        let proof = qpq_proto::key_proof::login_device(&r.login_id, &dk);
         let fin: v1::OpaqueLoginFinishResponse = self
             .call(
                 method::OPAQUE_LOGIN_FINISH,
                 &v1::OpaqueLoginFinishRequest {
                     login_id: r.login_id,
                     ke3: Bytes::from(ke3),
-                    device_key: Bytes::copy_from_slice(&self.device.public_key()),
+                    device_key: Bytes::copy_from_slice(&dk),
+                    device_signature: Bytes::copy_from_slice(&self.device.sign(&proof)),
                 },
             )
             .await?;
@@ -280,6 +303,72 @@ impl Conn {
         self.expires_at = fin.expires_at;
         self.username = username.into();
         Ok(())
+    }
+
+    /// A re-authentication proof (issue 17 item 11) for DeleteAccount or RevokeDevice: a
+    /// fresh OPAQUE LoginStart for this connection's username, finished into a KE3 that the
+    /// destructive call carries. A wrong password gives a garbage KE3 (the server refuses).
+    pub async fn reauth(&self, password: &str) -> Result<v1::Reauth, CallError> {
+        let (state, ke1) =
+            opaque::client::Login::start(&mut OsRng, password.as_bytes()).expect("testkit setup");
+        let r: v1::OpaqueLoginStartResponse = self
+            .call(
+                method::OPAQUE_LOGIN_START,
+                &v1::OpaqueLoginStartRequest {
+                    username: self.username.clone(),
+                    ke1: Bytes::from(ke1),
+                },
+            )
+            .await?;
+        let ke3 = match state.finish(&mut OsRng, password.as_bytes(), &r.ke2) {
+            Ok(f) => f.message,
+            Err(_) => vec![0u8; 64],
+        };
+        Ok(v1::Reauth {
+            login_id: r.login_id,
+            ke3: Bytes::from(ke3),
+        })
+    }
+
+    /// DeleteAccount with a re-authentication proof for `password`.
+    pub async fn delete_account(&self, password: &str) -> Result<(), CallError> {
+        let reauth = self.reauth(password).await?;
+        let _: v1::DeleteAccountResponse = self
+            .call(
+                method::DELETE_ACCOUNT,
+                &v1::DeleteAccountRequest {
+                    reauth: Some(reauth),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// RevokeDevice of `device_key`, with a re-authentication proof for `password`.
+    pub async fn revoke_device(&self, device_key: &[u8], password: &str) -> Result<(), CallError> {
+        let reauth = self.reauth(password).await?;
+        let _: v1::RevokeDeviceResponse = self
+            .call(
+                method::REVOKE_DEVICE,
+                &v1::RevokeDeviceRequest {
+                    device_key: Bytes::copy_from_slice(device_key),
+                    reauth: Some(reauth),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A RegisterDevice request for `device` with its proof of possession (bound to this
+    /// connection's session token).
+    pub fn register_device_request(&self, device: &IdentityKey) -> v1::RegisterDeviceRequest {
+        let token = self.token.clone().unwrap_or_default();
+        let dk = device.public_key();
+        let proof = qpq_proto::key_proof::register_device(&sha2::Sha256::digest(&token), &dk);
+        v1::RegisterDeviceRequest {
+            device_key: Bytes::copy_from_slice(&dk),
+            signature: Bytes::copy_from_slice(&device.sign(&proof)),
+        }
     }
 
     /// The account identity public key.
@@ -375,6 +464,46 @@ pub fn message_id(n: u8) -> Bytes {
     id[0] = n;
     id[1..9].copy_from_slice(&rand::random::<[u8; 8]>());
     Bytes::copy_from_slice(&id)
+}
+
+/// The bytes of an MLS PrivateMessage as the server sees them (RFC 9420 §6.3): version
+/// mls10, wire format private_message, `group_id`, `epoch`, content type (3 = commit), empty
+/// authenticated data, then opaque sender data and ciphertext (`body`). The server checks
+/// this framing of every commit; it cannot decrypt the rest.
+pub fn private_message(group_id: &[u8], epoch: u64, content_type: u8, body: &[u8]) -> Bytes {
+    fn vec(out: &mut Vec<u8>, b: &[u8]) {
+        // MLS variable-length integer prefix (RFC 9000 style, 1/2/4 bytes).
+        let n = b.len();
+        if n < 64 {
+            out.push(n as u8);
+        } else if n < 16384 {
+            out.extend_from_slice(&((n as u16) | 0x4000).to_be_bytes());
+        } else {
+            out.extend_from_slice(&((n as u32) | 0x8000_0000).to_be_bytes());
+        }
+        out.extend_from_slice(b);
+    }
+    let mut out = vec![0, 1, 0, 2];
+    vec(&mut out, group_id);
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.push(content_type);
+    vec(&mut out, b"");
+    vec(&mut out, &[0x5a; 32]);
+    vec(&mut out, body);
+    Bytes::from(out)
+}
+
+/// A commit Enqueue request from `epoch` whose payload is framed as a commit of `channel`
+/// ([`private_message`]); membership fields empty.
+pub fn commit_message(channel: &Bytes, id: u8, epoch: u64, body: &[u8]) -> v1::EnqueueRequest {
+    v1::EnqueueRequest {
+        channel_id: channel.clone(),
+        message_id: message_id(id),
+        payload: private_message(channel, epoch, 3, body),
+        kind: v1::MessageKind::Commit as i32,
+        commit_epoch: Some(epoch),
+        ..Default::default()
+    }
 }
 
 /// An application-message Enqueue request.

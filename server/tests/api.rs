@@ -391,11 +391,7 @@ async fn commits_are_ordered_per_epoch_and_carry_membership_and_welcome() {
     let c = s.user("carol").await;
     let ch = a.group(&[&b]).await;
 
-    let commit = |id: u8, epoch: u64| v1::EnqueueRequest {
-        kind: v1::MessageKind::Commit as i32,
-        commit_epoch: Some(epoch),
-        ..app_message(&ch, id, b"commit")
-    };
+    let commit = |id: u8, epoch: u64| commit_message(&ch, id, epoch, b"commit");
     // Add carol with a Welcome to her device.
     let mut add = commit(1, 0);
     add.add_members = vec![c.identity_key()];
@@ -550,6 +546,7 @@ async fn channel_membership_methods() {
         ),
         Status::Forbidden
     );
+    // RemoveMember removes only the caller (issue 17 item 14); one who left is no member.
     assert_eq!(
         status_of(
             a.call::<_, v1::RemoveMemberResponse>(
@@ -561,7 +558,20 @@ async fn channel_membership_methods() {
             )
             .await
         ),
-        Status::NotFound
+        Status::Forbidden
+    );
+    assert_eq!(
+        status_of(
+            b.call::<_, v1::RemoveMemberResponse>(
+                method::REMOVE_MEMBER,
+                &v1::RemoveMemberRequest {
+                    channel_id: ch.clone(),
+                    member: b.identity_key()
+                }
+            )
+            .await
+        ),
+        Status::Forbidden
     );
     assert_eq!(
         status_of(
@@ -840,14 +850,9 @@ async fn users_and_devices() {
     assert_eq!(a.fetch().await.len(), 1);
     assert_eq!(a2.fetch().await.len(), 1);
 
-    let extra = Bytes::from_static(&[5; 32]);
+    let extra = qpq_crypto::identity::IdentityKey::generate(&mut rand::rngs::OsRng);
     let _: v1::RegisterDeviceResponse = a
-        .call(
-            method::REGISTER_DEVICE,
-            &v1::RegisterDeviceRequest {
-                device_key: extra.clone(),
-            },
-        )
+        .call(method::REGISTER_DEVICE, &a.register_device_request(&extra))
         .await
         .unwrap();
     let l: v1::ListDevicesResponse = a
@@ -859,9 +864,9 @@ async fn users_and_devices() {
         status_of(
             a.call::<_, v1::RegisterDeviceResponse>(
                 method::REGISTER_DEVICE,
-                &v1::RegisterDeviceRequest {
-                    device_key: Bytes::from_static(&[6; 32])
-                }
+                &a.register_device_request(&qpq_crypto::identity::IdentityKey::generate(
+                    &mut rand::rngs::OsRng
+                ))
             )
             .await
         ),
@@ -872,24 +877,14 @@ async fn users_and_devices() {
         status_of(
             a.call::<_, v1::RegisterDeviceResponse>(
                 method::REGISTER_DEVICE,
-                &v1::RegisterDeviceRequest {
-                    device_key: b.device_key()
-                }
+                &a.register_device_request(&b.device)
             )
             .await
         ),
         Status::Conflict
     );
     // Revoking a device kills its session at once.
-    let _: v1::RevokeDeviceResponse = a
-        .call(
-            method::REVOKE_DEVICE,
-            &v1::RevokeDeviceRequest {
-                device_key: a2.device_key(),
-            },
-        )
-        .await
-        .unwrap();
+    a.revoke_device(&a2.device_key(), PW).await.unwrap();
     assert_eq!(
         status_of(
             a2.call::<_, v1::ListDevicesResponse>(method::LIST_DEVICES, &v1::ListDevicesRequest {})
@@ -898,15 +893,7 @@ async fn users_and_devices() {
         Status::Unauthorized
     );
     assert_eq!(
-        status_of(
-            a.call::<_, v1::RevokeDeviceResponse>(
-                method::REVOKE_DEVICE,
-                &v1::RevokeDeviceRequest {
-                    device_key: a2.device_key()
-                }
-            )
-            .await
-        ),
+        status_of(a.revoke_device(&a2.device_key(), PW).await),
         Status::NotFound
     );
 }
@@ -1050,10 +1037,7 @@ async fn delete_account_purges_everything_and_kills_tokens() {
         )
         .await
         .unwrap();
-    let _: v1::DeleteAccountResponse = a
-        .call(method::DELETE_ACCOUNT, &v1::DeleteAccountRequest {})
-        .await
-        .unwrap();
+    a.delete_account(PW).await.unwrap();
     assert_eq!(
         status_of(
             a.call::<_, v1::ListDevicesResponse>(method::LIST_DEVICES, &v1::ListDevicesRequest {})
@@ -1106,9 +1090,12 @@ async fn delete_account_purges_everything_and_kills_tokens() {
         )
         .unwrap();
     assert_eq!(n, 0);
-    // The username is free again.
+    // The username stays reserved (issue 17 item 9: nobody may pose as the deleted contact).
     let mut again = s.connect().await;
-    again.register("alice", PW).await.unwrap();
+    assert_eq!(
+        status_of(again.register("alice", PW).await),
+        Status::Conflict
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1316,7 +1303,12 @@ async fn graceful_shutdown_answers_in_flight_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_recipient_queue_answers_rate_limited_and_recovers_after_ack() {
-    let s = TestServer::start_with(|c| c.max_queue_depth = 3).await;
+    let s = TestServer::start_with(|c| {
+        c.max_queue_depth = 3;
+        // One sender may fill the whole queue here (shares: security_flood.rs).
+        c.max_queue_share_percent = 100;
+    })
+    .await;
     let a = s.user("alice").await;
     let b = s.user("bob").await;
     let ch = a.group(&[&b]).await;

@@ -124,6 +124,7 @@ async fn failed_login(c: &Conn, username: &str) -> CallError {
                 login_id: r.login_id,
                 ke3: Bytes::from(vec![0u8; 64]),
                 device_key: c.device_key(),
+                device_signature: Bytes::new(),
             },
         )
         .await;
@@ -361,6 +362,7 @@ async fn a2_wrong_passwords_never_log_in() {
         c.auth_rate_burst = 1e9;
         c.login_failures_per_account = 0;
         c.login_failures_per_ip = 0;
+        c.login_attempts_account_burst = 0;
     })
     .await;
     let pw = "Crème brûlée über 42"; // NFC
@@ -749,10 +751,7 @@ async fn a5_tokens_die_with_logout_deletion_and_revocation() {
     // Account deletion.
     let bob = s.user("bob").await;
     let token = bob.token.clone().unwrap();
-    let _: v1::DeleteAccountResponse = bob
-        .call(method::DELETE_ACCOUNT, &v1::DeleteAccountRequest {})
-        .await
-        .unwrap();
+    bob.delete_account(PW).await.unwrap();
     let lat = first_refusal(&bob, Instant::now()).await;
     assert!(lat <= Duration::from_secs(1), "deletion took {lat:?}");
     assert_eq!(
@@ -767,15 +766,7 @@ async fn a5_tokens_die_with_logout_deletion_and_revocation() {
     second.login("alice", PW).await.unwrap();
     let token = second.token.clone().unwrap();
     peek(&second).await.unwrap();
-    let _: v1::RevokeDeviceResponse = alice
-        .call(
-            method::REVOKE_DEVICE,
-            &v1::RevokeDeviceRequest {
-                device_key: second.device_key(),
-            },
-        )
-        .await
-        .unwrap();
+    alice.revoke_device(&second.device_key(), PW).await.unwrap();
     let lat = first_refusal(&second, Instant::now()).await;
     assert!(lat <= Duration::from_secs(1), "revocation took {lat:?}");
     assert_eq!(replay_1000(&s, &token).await, 0, "replays after revocation");
@@ -848,6 +839,13 @@ async fn a6_login_start_does_not_reveal_registered_usernames() {
     let s = TestServer::start_with(|c| {
         c.auth_rate_per_sec = 1e9;
         c.auth_rate_burst = 1e9;
+        // Thousands of LoginStarts never finished: the attempt limits (A-7, ADR 0040) and
+        // the pending-login caps are out of the way here.
+        c.login_failures_per_account = 0;
+        c.login_failures_per_ip = 0;
+        c.login_attempts_account_burst = 0;
+        c.max_pending_logins = 100_000;
+        c.pending_logins_per_ip = 100_000;
     })
     .await;
     let _alice = s.user("alice").await;
@@ -930,9 +928,10 @@ async fn a6_login_start_does_not_reveal_registered_usernames() {
     );
 }
 
-/// online guessing limits at the defaults (5 failed logins per account and 100 per IP per
-/// 15 min). Failures 1–5 on alice answer Unauthorized, the 6th attempt (even with the right
-/// password) RateLimited with retry_after_ms ≈ 15 min; bob logs in from the same IP meanwhile.
+/// online guessing limits at the defaults (5 unsuccessful login attempts per (account, IP)
+/// and 100 per IP per 15 min; ADR 0040). Failures 1–5 on alice answer Unauthorized, the 6th
+/// attempt from that IP (even with the right password) RateLimited with retry_after_ms ≈ 15 min,
+/// while alice logs in from another address; bob logs in from the same IP meanwhile.
 /// After 100 failures from 127.0.0.1 (spread over other usernames, ≤ 5 each) every LoginStart
 /// from it is RateLimited, while 127.0.0.2 still logs bob in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -969,8 +968,17 @@ async fn a7_failed_logins_are_limited_per_account_and_per_ip() {
     assert_eq!(
         e.status,
         Status::RateLimited,
-        "the account is locked for everyone"
+        "the account is locked from the guesser's address"
     );
+    // Issue 17 item 5 (ADR 0040): a stranger does not lock the owner out elsewhere.
+    let mut owner_elsewhere =
+        Conn::connect_from("127.0.0.3:0".parse().unwrap(), s.addr, &s.cert_der)
+            .await
+            .unwrap();
+    owner_elsewhere
+        .login("alice", PW)
+        .await
+        .expect("the owner logs in from another address");
     bob.login("bob", PW)
         .await
         .expect("another account on the same IP is unaffected");
@@ -1345,10 +1353,10 @@ async fn k2_an_attacker_drains_at_most_the_bucket_of_key_packages() {
     let mut second = s.connect().await;
     second.login("attacker", PW).await.unwrap();
     let (got2, _, _) = drain_kps(&second, &vk, |n| n == burst + 5).await;
-    assert_eq!(
-        got2.len(),
-        burst,
-        "a second device of the attacker has its own bucket"
+    assert!(
+        got2.len() <= 1,
+        "a second device of the attacker shares the account's bucket (issue 17 item 13): {}",
+        got2.len()
     );
     eprintln!(
         "K-2: attacker got {} of 100 in 100 calls ({limited} RateLimited, retry {retry} ms); contact got 1",
@@ -1634,15 +1642,7 @@ async fn k7_revocation_and_deletion_remove_key_packages() {
         count(&s.db_path(), "SELECT count(*) FROM key_packages"),
         200
     );
-    let _: v1::RevokeDeviceResponse = alice
-        .call(
-            method::REVOKE_DEVICE,
-            &v1::RevokeDeviceRequest {
-                device_key: second.device_key(),
-            },
-        )
-        .await
-        .unwrap();
+    alice.revoke_device(&second.device_key(), PW).await.unwrap();
     for _ in 0..100 {
         let e = fetch_kp(&fetcher, &second.device_key(), 1)
             .await
@@ -1653,10 +1653,7 @@ async fn k7_revocation_and_deletion_remove_key_packages() {
         count(&s.db_path(), "SELECT count(*) FROM key_packages"),
         100
     );
-    let _: v1::DeleteAccountResponse = alice
-        .call(method::DELETE_ACCOUNT, &v1::DeleteAccountRequest {})
-        .await
-        .unwrap();
+    alice.delete_account(PW).await.unwrap();
     for _ in 0..100 {
         let e = fetch_kp(&fetcher, &alice.device_key(), 1)
             .await
@@ -2056,6 +2053,9 @@ async fn d7_fetch_wait_wakes_fast_and_times_out_on_time() {
 async fn d8_flooded_victim_keeps_fetching() {
     let s = TestServer::start_with(|c| {
         c.max_queue_depth = 1000;
+        // One sender may fill the whole queue here (per-sender shares are item 20 of issue
+        // 17, tested in security_flood.rs).
+        c.max_queue_share_percent = 100;
         // No account rate limit: the flood meets only the queue cap (the harder case).
         c.rate_limit_per_sec = 1e9;
         c.rate_limit_burst = 1e9;
@@ -2087,6 +2087,7 @@ async fn d8_flooded_victim_keeps_fetching() {
         let mut tasks = Vec::new();
         for k in 0..8 {
             let (a, ch, stop) = (attackers[k % 2].clone(), ch.clone(), stop.clone());
+            let vk = victim.device_key();
             tasks.push(tokio::spawn(async move {
                 let (mut limited, mut other) = (0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
@@ -2095,6 +2096,9 @@ async fn d8_flooded_victim_keeps_fetching() {
                             assert!(e.retry_after_ms > 0);
                             limited += 1;
                         }
+                        // Since issue 17 item 20 a message still reaches the group's other
+                        // members; the full victim is skipped and named.
+                        Ok(r) if r.undelivered == vec![vk.clone()] => limited += 1,
                         _ => other += 1,
                     }
                     // The attacker ignores retry_after_ms; it is only paced (see above).
@@ -2115,7 +2119,8 @@ async fn d8_flooded_victim_keeps_fetching() {
             "D-8 round {round}: fetch p99 baseline {baseline:?}, under flood {:?} (not asserted); {limited} enqueues RateLimited, {other} otherwise",
             quantile(&under_flood, 0.99)
         );
-        assert_eq!(other, 0, "every flood enqueue is refused");
+        assert_eq!(other, 0, "every flood enqueue is refused for the victim");
+        assert_eq!(peek(&victim).await.unwrap().count, 1000);
         assert!(limited > 100, "the flood was real ({limited})");
         served_within_deadline("victim under flood", &under_flood);
     }
@@ -2465,6 +2470,9 @@ fn t3_queue_order_ignores_wall_clock_steps() {
             promote_members: vec![],
             now_ms,
             max_queue_depth: 10_000,
+            max_queue_bytes: u64::MAX / 2,
+            max_share_depth: u64::MAX / 2,
+            max_share_bytes: u64::MAX / 2,
         })
         .unwrap();
     }

@@ -1,24 +1,33 @@
 //! The blocking [`Client`] facade: owns the runtime handle, the background receive task and
-//! the event queue. Only this module touches the runtime.
+//! the event delivery (queue, numbered log, subscriptions). Only this module touches the
+//! runtime.
+//!
+//! Longer than the ~700-line guide on purpose: it is the whole public `Client` surface that
+//! bindings copy, and most of its lines are the doc comments of that contract; the logic is
+//! in `session`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use qpq_proto::{method, v1};
 use tokio::runtime::Runtime;
 
+use crate::body::Body;
 use crate::error::{Error, ErrorCode};
 use crate::lease::Lease;
 use crate::net::Net;
-use crate::session::Engine;
+use crate::session::{Engine, Session};
 use crate::store::Store;
 use crate::types::{
-    Account, ClientConfig, Conversation, ConversationId, Event, EventListener, Member, Message,
-    MessageId,
+    Account, ClientConfig, Conversation, ConversationId, Event, EventListener, EventRecord, Member,
+    Message, MessageId,
 };
+
+/// Events kept for [`Client::wait_event_after`]; an older cursor resumes at the oldest kept.
+const EVENT_LOG: usize = 4096;
 
 static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 
@@ -36,13 +45,28 @@ fn runtime() -> Result<&'static Runtime, Error> {
         .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))
 }
 
+/// Event delivery state, behind one mutex with one condvar.
+#[derive(Default)]
+struct Events {
+    /// For [`Client::next_event`] while no subscription exists.
+    queue: VecDeque<Event>,
+    /// The last [`EVENT_LOG`] events with their cursors.
+    log: VecDeque<EventRecord>,
+    /// Cursor of the last event (0 = none yet).
+    last: u64,
+    /// Subscriptions: id → the sending side of its thread's channel.
+    subscribers: BTreeMap<u64, std::sync::mpsc::Sender<Event>>,
+    next_subscriber: u64,
+    /// Bumped by [`Client::interrupt`]: waits that started before return `Cancelled`.
+    interrupts: u64,
+}
+
 struct Inner {
-    net: Net,
-    engine: tokio::sync::Mutex<Engine>,
-    queue: Mutex<VecDeque<Event>>,
-    queue_cv: Condvar,
-    /// Where listener events go: the sending side of the listener thread's channel.
-    listener: RwLock<Option<std::sync::mpsc::Sender<Event>>>,
+    session: Session,
+    events: Mutex<Events>,
+    events_cv: Condvar,
+    /// The subscription [`Client::set_listener`] manages.
+    default_listener: Mutex<Option<Subscription>>,
     closed: AtomicBool,
     wake: tokio::sync::Notify,
     connected: AtomicBool,
@@ -55,22 +79,31 @@ impl Inner {
         if events.is_empty() {
             return;
         }
-        let listener = self.listener.read().ok().and_then(|l| l.clone());
-        match listener {
-            // The listener runs on its own thread, in order, so it may block or call back
-            // into the client without stalling the engine.
-            Some(tx) => {
-                for e in events {
-                    let _ = tx.send(e);
-                }
+        let Ok(mut st) = self.events.lock() else {
+            return;
+        };
+        for e in events {
+            st.last += 1;
+            let cursor = st.last;
+            st.log.push_back(EventRecord {
+                cursor,
+                event: e.clone(),
+            });
+            if st.log.len() > EVENT_LOG {
+                st.log.pop_front();
             }
-            None => {
-                if let Ok(mut q) = self.queue.lock() {
-                    q.extend(events);
-                    self.queue_cv.notify_all();
+            if st.subscribers.is_empty() {
+                st.queue.push_back(e);
+            } else {
+                // Each subscription runs on its own thread, in order, so it may block or call
+                // back into the client without stalling the engine.
+                for tx in st.subscribers.values() {
+                    let _ = tx.send(e.clone());
                 }
             }
         }
+        drop(st);
+        self.events_cv.notify_all();
     }
 
     fn set_connected(&self, connected: bool) {
@@ -79,59 +112,69 @@ impl Inner {
         }
     }
 
-    /// Background receive: catch up, then long-poll (FetchWait) or wait for a push, forever;
-    /// reconnects with backoff when the connection drops.
+    /// Background receive: catch up, flush the outbox, then long-poll (FetchWait) or wait for
+    /// a push or a `send`, forever; reconnects with backoff when the connection drops.
     async fn receive_loop(self: Arc<Inner>) {
         let mut backoff = Duration::from_millis(100);
         let mut prefetched = Vec::new();
         while !self.closed.load(Ordering::SeqCst) {
-            let logged_in = self.engine.lock().await.logged_in();
+            let logged_in = self
+                .session
+                .engine()
+                .map(|e| e.logged_in())
+                .unwrap_or(false);
             if !logged_in {
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
                 continue;
             }
             let mut events = Vec::new();
             let r = {
-                let mut engine = self.engine.lock().await;
+                let _ops = self.session.ops().await;
                 // Weak: an aborted task must not leave a cycle that keeps the store open.
                 let me = Arc::downgrade(&self);
-                engine.set_sink(Some(Arc::new(move |ev| {
+                let sink: crate::session::EventSink = Arc::new(move |ev| {
                     if let Some(inner) = me.upgrade() {
                         inner.dispatch(ev);
                     }
-                })));
-                let r = engine
-                    .sync_from(&self.net, &mut events, std::mem::take(&mut prefetched))
+                });
+                let mut r = self
+                    .session
+                    .sync_from(&mut events, std::mem::take(&mut prefetched), Some(&sink))
                     .await;
-                engine.set_sink(None);
                 if r.is_ok() {
-                    if let Err(e) = engine.replenish_key_packages(&self.net, false).await {
+                    r = self.session.flush_outbox_locked(&mut events).await;
+                }
+                if r.is_ok() {
+                    if let Err(e) = self.session.replenish_key_packages_locked(false).await {
                         tracing::debug!("key package check failed: {e}");
                     }
                 }
-                r.map(|_| engine.last_seq())
+                r
             };
             self.dispatch(events);
-            let after = match r {
-                Ok(after) => {
+            match r {
+                Ok(()) => {
                     self.set_connected(true);
                     backoff = Duration::from_millis(100);
-                    after
                 }
                 Err(e) => {
                     if matches!(e.code(), ErrorCode::Network | ErrorCode::Timeout) {
                         self.set_connected(false);
                     }
                     tracing::debug!("background sync failed: {e}");
+                    let wait = backoff.max(e.retry_after().unwrap_or_default());
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = self.wake.notified() => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
                 }
+            }
+            let Ok(after) = self.session.engine().map(|e| e.last_seq()) else {
+                continue;
             };
-            let token = self.engine.lock().await.token();
+            let token = self.session.engine().ok().and_then(|e| e.token());
             let Some(token) = token else { continue };
             let req = v1::FetchWaitRequest {
                 after_seq: after,
@@ -139,7 +182,8 @@ impl Inner {
                 channel_id: bytes::Bytes::new(),
                 timeout_ms: 10_000,
             };
-            let wait = self.net.call::<_, v1::FetchResponse>(
+            let net = self.session.net();
+            let wait = net.call::<_, v1::FetchResponse>(
                 method::FETCH_WAIT,
                 &req,
                 Some(&token[..]),
@@ -153,26 +197,65 @@ impl Inner {
                     }
                     if let Err(e) = r {
                         tracing::debug!("fetch wait failed: {e}");
-                        if self.net.connected().await {
+                        if net.connected().await {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }
                 }
-                _ = self.net.push.notified() => {}
+                _ = net.push.notified() => {}
                 _ = self.wake.notified() => {}
             }
         }
     }
 }
 
+/// Stops one subscription's deliveries when dropped or cancelled. Events already handed to
+/// its listener are still delivered; none after.
+pub struct Subscription {
+    inner: Weak<Inner>,
+    id: u64,
+}
+
+impl Subscription {
+    /// Stops deliveries to this subscription's listener (also done on drop).
+    pub fn cancel(&self) {
+        if let Some(inner) = self.inner.upgrade() {
+            if let Ok(mut st) = inner.events.lock() {
+                st.subscribers.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
 /// The qpq client: one account, one encrypted store, one connection. `Send + Sync`; every
-/// method blocks until done. Calling a method from inside an async runtime is refused
-/// (`Internal`): use `spawn_blocking`. After [`Client::close`] every call fails with
-/// `Closed`.
+/// method blocks until done. Reads (`conversations`, `messages`, `account`, ...) never wait
+/// for the network, not even behind another thread's `invite` (ADR 0010). Calling a method
+/// from inside an async runtime is refused (`Internal`): use `spawn_blocking`. After
+/// [`Client::shutdown`] every call fails with `Closed`.
 pub struct Client {
     inner: Arc<Inner>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Client>();
+    assert_send_sync::<Subscription>();
+};
 
 impl Client {
     /// Opens or creates the encrypted store in `config.data_dir` and starts background
@@ -200,11 +283,10 @@ impl Client {
             )?
         };
         let inner = Arc::new(Inner {
-            net,
-            engine: tokio::sync::Mutex::new(engine),
-            queue: Mutex::new(VecDeque::new()),
-            queue_cv: Condvar::new(),
-            listener: RwLock::new(None),
+            session: Session::new(engine, net),
+            events: Mutex::new(Events::default()),
+            events_cv: Condvar::new(),
+            default_listener: Mutex::new(None),
             closed: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             connected: AtomicBool::new(false),
@@ -217,7 +299,9 @@ impl Client {
         })
     }
 
-    fn run<T, F: Future<Output = Result<T, Error>>>(&self, f: F) -> Result<T, Error> {
+    /// Runs `f` on the runtime and blocks until it is done. `Send` is required so that no
+    /// engine lock guard can be held across an `.await` inside (it is not `Send`).
+    fn run<T, F: Future<Output = Result<T, Error>> + Send>(&self, f: F) -> Result<T, Error> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::closed());
         }
@@ -229,37 +313,31 @@ impl Client {
         runtime()?.block_on(f)
     }
 
-    /// Runs `op` on the engine with the lock held; events it produces go to the listener or
-    /// the queue.
-    fn with_engine<T>(
-        &self,
-        op: impl for<'a> FnOnce(
-            &'a mut Engine,
-            &'a Net,
-            &'a mut Vec<Event>,
-        )
-            -> std::pin::Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>,
-    ) -> Result<T, Error> {
-        let inner = self.inner.clone();
-        let (r, events) = self.run(async move {
-            let mut engine = inner.engine.lock().await;
-            let mut events = Vec::new();
-            let r = op(&mut engine, &inner.net, &mut events).await;
-            Ok((r, events))
-        })?;
+    /// Runs an operation that produces events; they go to subscribers or the queue.
+    fn op<T: Send, F>(&self, f: impl FnOnce(Arc<Inner>) -> F + Send) -> Result<T, Error>
+    where
+        F: Future<Output = (Result<T, Error>, Vec<Event>)> + Send,
+    {
+        let (r, events) = self.run(async { Ok(f(self.inner.clone()).await) })?;
         self.inner.dispatch(events);
         r
+    }
+
+    /// Local work on the engine (no network): never waits behind another thread's network
+    /// round trip.
+    fn local<T>(&self, f: impl FnOnce(&Engine) -> Result<T, Error>) -> Result<T, Error> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::closed());
+        }
+        let engine = self.inner.session.engine()?;
+        f(&engine)
     }
 
     /// Registers `username` with OPAQUE (the password never leaves this device), then logs
     /// in, uploads KeyPackages for both suites and the hybrid key. `Conflict` when taken.
     pub fn register(&self, username: &str, password: &str) -> Result<Account, Error> {
-        let (u, p) = (
-            username.to_string(),
-            zeroize::Zeroizing::new(password.to_string()),
-        );
-        let r =
-            self.with_engine(move |e, n, _| Box::pin(async move { e.register(n, &u, &p).await }));
+        let p = zeroize::Zeroizing::new(password.to_string());
+        let r = self.run(async { self.inner.session.register(username, &p).await });
         self.inner.wake.notify_one();
         r
     }
@@ -267,158 +345,249 @@ impl Client {
     /// Logs in with OPAQUE; a wrong password gives `Unauthorized`. The session token is kept
     /// in the store, so a reopened client is still logged in until the token expires.
     pub fn login(&self, username: &str, password: &str) -> Result<Account, Error> {
-        let (u, p) = (
-            username.to_string(),
-            zeroize::Zeroizing::new(password.to_string()),
-        );
-        let r = self.with_engine(move |e, n, _| Box::pin(async move { e.login(n, &u, &p).await }));
+        let p = zeroize::Zeroizing::new(password.to_string());
+        let r = self.run(async { self.inner.session.login(username, &p).await });
         self.inner.wake.notify_one();
         r
+    }
+
+    /// Registers on first use, logs in when the name is taken (by this account, one hopes:
+    /// a wrong password then gives `Unauthorized`). Returns the account and whether it was
+    /// created now.
+    pub fn register_or_login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<(Account, bool), Error> {
+        match self.register(username, password) {
+            Ok(a) => Ok((a, true)),
+            Err(e) if e.code() == ErrorCode::Conflict => {
+                self.login(username, password).map(|a| (a, false))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Ends the session on the server (best effort) and forgets the token. Keys, groups and
     /// history stay in the store.
     pub fn logout(&self) -> Result<(), Error> {
-        self.with_engine(|e, n, _| Box::pin(async move { e.logout(n).await }))
+        self.run(async { self.inner.session.logout().await })
     }
 
     /// The account stored in this client's store (logged in or not).
     pub fn account(&self) -> Option<Account> {
-        let inner = self.inner.clone();
-        self.run(async move { Ok(inner.engine.lock().await.account()) })
-            .ok()
-            .flatten()
+        self.local(|e| Ok(e.account())).ok().flatten()
     }
 
     /// Looks a user up on the server.
     pub fn resolve_user(&self, username: &str) -> Result<Member, Error> {
-        let u = username.to_string();
-        self.with_engine(move |e, n, _| Box::pin(async move { e.resolve_user(n, &u).await }))
+        self.run(async { self.inner.session.resolve_user(username).await })
     }
 
     /// Creates a group (the channel on the server, then the MLS group with the same id) and
     /// adds this account's other devices. `post_quantum` picks the X-Wing suite.
     pub fn create_group(&self, name: &str, post_quantum: bool) -> Result<ConversationId, Error> {
-        let name = name.to_string();
-        self.with_engine(move |e, n, ev| {
-            Box::pin(async move { e.create_group(n, &name, post_quantum, ev).await })
+        self.op(|i| async move {
+            let mut ev = Vec::new();
+            let r = i.session.create_group(name, post_quantum, &mut ev).await;
+            (r, ev)
         })
     }
 
     /// Creates (or reuses) the DM with `username` and invites all of the peer's devices.
     pub fn create_dm(&self, username: &str) -> Result<ConversationId, Error> {
-        let u = username.to_string();
-        self.with_engine(move |e, n, ev| Box::pin(async move { e.create_dm(n, &u, ev).await }))
+        self.op(|i| async move {
+            let mut ev = Vec::new();
+            let r = i.session.create_dm(username, &mut ev).await;
+            (r, ev)
+        })
     }
 
     /// Adds every device of every named user in one commit (retried up to 5 times when
     /// another member commits first). Devices without a KeyPackage are skipped.
     pub fn invite(&self, conv: &ConversationId, usernames: &[&str]) -> Result<(), Error> {
-        let conv = *conv;
-        let names: Vec<String> = usernames.iter().map(|s| s.to_string()).collect();
-        self.with_engine(move |e, n, ev| {
-            Box::pin(async move {
-                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                e.invite(n, &conv, &refs, ev).await
-            })
+        self.op(|i| async move {
+            let mut ev = Vec::new();
+            let r = i.session.invite(conv, usernames, &mut ev).await;
+            (r, ev)
         })
     }
 
     /// Removes every device of `username` in one commit; the account leaves the channel.
     pub fn remove(&self, conv: &ConversationId, username: &str) -> Result<(), Error> {
-        let (conv, u) = (*conv, username.to_string());
-        self.with_engine(move |e, n, ev| Box::pin(async move { e.remove(n, &conv, &u, ev).await }))
+        self.op(|i| async move {
+            let mut ev = Vec::new();
+            let r = i.session.remove(conv, username, &mut ev).await;
+            (r, ev)
+        })
     }
 
     /// Leaves: sends a Remove proposal for each of this account's leaves, leaves the channel
     /// on the server and drops the local group state. A remaining member commits the
     /// proposals when it receives them (so the group stays consistent without us).
     pub fn leave(&self, conv: &ConversationId) -> Result<(), Error> {
-        let conv = *conv;
-        self.with_engine(move |e, n, ev| Box::pin(async move { e.leave(n, &conv, ev).await }))
+        self.op(|i| async move {
+            let mut ev = Vec::new();
+            let r = i.session.leave(conv, &mut ev).await;
+            (r, ev)
+        })
     }
 
     /// A self-update commit: fresh key material for this device's leaf.
     pub fn rotate_keys(&self, conv: &ConversationId) -> Result<(), Error> {
-        let conv = *conv;
-        self.with_engine(move |e, n, ev| Box::pin(async move { e.rotate_keys(n, &conv, ev).await }))
-    }
-
-    /// Encrypts and sends a text message. It is written to the outbox first; when the network
-    /// is down the id is still returned and the message goes out on reconnect or the next
-    /// [`Client::sync`], with the same id (the server de-duplicates).
-    pub fn send_text(&self, conv: &ConversationId, text: &str) -> Result<MessageId, Error> {
-        let (conv, t) = (*conv, text.to_string());
-        self.with_engine(move |e, n, ev| {
-            Box::pin(async move { e.send_text(n, &conv, &t, ev).await })
+        self.op(|i| async move {
+            let mut ev = Vec::new();
+            let r = i.session.rotate_keys(conv, &mut ev).await;
+            (r, ev)
         })
     }
 
-    /// Every local conversation (active or not).
-    pub fn conversations(&self) -> Result<Vec<Conversation>, Error> {
-        self.with_engine(|e, _, _| Box::pin(async move { e.conversations() }))
+    /// Sends a message: stores it in the history (as `Queued`) and in the outbox, in one
+    /// transaction, and returns its id. Nothing else is waited for: the background task
+    /// encrypts and sends it, then reports [`Event::MessageSent`] or [`Event::MessageFailed`].
+    /// A network outage or rate limit is therefore never an error here; the message goes out
+    /// on reconnect, with the same id (the server de-duplicates).
+    ///
+    /// Errors (`InvalidInput`: empty, too large or reserved body; `NotFound`: no such active
+    /// conversation; `Storage`; `Closed`) all mean nothing was stored, so retrying `send`
+    /// after an error never duplicates. To make a retry after a crash safe too, pass your own
+    /// id to [`Client::send_with_id`].
+    pub fn send(&self, conv: &ConversationId, body: Body) -> Result<MessageId, Error> {
+        self.queue(conv, body, None)
     }
 
-    /// One conversation; `NotFound` when unknown.
+    /// [`Client::send`] with an id chosen by the caller (16 random bytes, e.g. kept by the app
+    /// before calling): when a message with this id is already in the conversation, nothing
+    /// is stored or sent again and the id is returned.
+    pub fn send_with_id(
+        &self,
+        conv: &ConversationId,
+        id: MessageId,
+        body: Body,
+    ) -> Result<MessageId, Error> {
+        self.queue(conv, body, Some(id))
+    }
+
+    /// [`Client::send`] of a text body.
+    pub fn send_text(&self, conv: &ConversationId, text: &str) -> Result<MessageId, Error> {
+        self.send(conv, Body::Text(text.to_string()))
+    }
+
+    fn queue(
+        &self,
+        conv: &ConversationId,
+        body: Body,
+        id: Option<MessageId>,
+    ) -> Result<MessageId, Error> {
+        let id = self.local(|e| e.queue_message(conv, &body, id))?;
+        self.inner.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Every local conversation (active or not). Local only.
+    pub fn conversations(&self) -> Result<Vec<Conversation>, Error> {
+        self.local(|e| e.conversations())
+    }
+
+    /// One conversation; `NotFound` when unknown. Local only.
     pub fn conversation(&self, conv: &ConversationId) -> Result<Conversation, Error> {
-        let conv = *conv;
-        self.with_engine(move |e, _, _| Box::pin(async move { e.conversation(&conv) }))
+        self.local(|e| e.conversation(conv))
+    }
+
+    /// A conversation's display name: the group's name, or `@peer` (the other members) for a
+    /// DM or an unnamed group.
+    pub fn display_name(&self, conv: &Conversation) -> String {
+        let me = self.account().map(|a| a.username).unwrap_or_default();
+        conv.display_name(&me)
+    }
+
+    /// Finds a conversation by its position in [`Client::conversations`] (`"#2"` or `"2"`,
+    /// 1-based), its id in hex (a prefix of at least 4 digits), its display name
+    /// (`"friends"`), or `"@bob"`/`"bob"` for a DM. `NotFound` when nothing matches,
+    /// `InvalidInput` naming the candidates when several do (never a guess).
+    pub fn find_conversation(&self, what: &str) -> Result<Conversation, Error> {
+        let me = self.account().map(|a| a.username).unwrap_or_default();
+        let convs = self.conversations()?;
+        crate::types::find_conversation(convs, &me, what)
     }
 
     /// Up to `limit` messages, oldest first. `before` is a `received_at_ms` (a strictly
     /// increasing local order key): only older messages are returned, so passing the first
     /// message's `received_at_ms` pages backwards. Reading the latest page clears `unread`.
+    /// Local only.
     pub fn messages(
         &self,
         conv: &ConversationId,
         limit: usize,
         before: Option<u64>,
     ) -> Result<Vec<Message>, Error> {
-        let conv = *conv;
-        self.with_engine(move |e, _, _| Box::pin(async move { e.messages(&conv, limit, before) }))
+        self.local(|e| e.messages(conv, limit, before))
     }
 
     /// Members of a conversation as the MLS group sees them, grouped by account.
     pub fn members(&self, conv: &ConversationId) -> Result<Vec<Member>, Error> {
-        let conv = *conv;
-        self.with_engine(move |e, n, _| Box::pin(async move { e.members(n, &conv).await }))
+        self.run(async { self.inner.session.members(conv).await })
     }
 
     /// The safety number between this account and `username` (60 digits in 12 groups).
     pub fn safety_number(&self, username: &str) -> Result<String, Error> {
-        let u = username.to_string();
-        self.with_engine(move |e, n, _| {
-            Box::pin(async move {
-                let m = e.resolve_user(n, &u).await?;
-                e.safety_number(&m)
-            })
-        })
+        self.run(async { self.inner.session.safety_number(username).await })
     }
 
-    /// Fetches and processes everything queued now, flushes the outbox, and returns the
-    /// events produced (they are not also delivered to the queue or listener).
+    /// Fetches and processes everything queued now, sends the outbox, and returns the events
+    /// produced (they are not also delivered to the queue or subscribers).
     pub fn sync(&self) -> Result<Vec<Event>, Error> {
-        let inner = self.inner.clone();
-        self.run(async move {
-            let mut engine = inner.engine.lock().await;
+        self.run(async {
             let mut events = Vec::new();
-            engine.sync(&inner.net, &mut events).await?;
-            engine.replenish_key_packages(&inner.net, false).await?;
+            self.inner.session.sync(&mut events).await?;
             Ok(events)
         })
     }
 
     /// The next event from background receive, waiting up to `timeout`. `Ok(None)` on
-    /// timeout. Events go to the listener instead when one is set.
+    /// timeout; `Cancelled` when [`Client::interrupt`] is called meanwhile. Events go to the
+    /// subscriptions instead while any exists.
     pub fn next_event(&self, timeout: Duration) -> Result<Option<Event>, Error> {
+        self.wait_events(timeout, |st| st.queue.pop_front())
+    }
+
+    /// The first event numbered after `cursor` (0 = from the oldest kept), waiting up to
+    /// `timeout`; `Cancelled` when [`Client::interrupt`] is called meanwhile. Every event is
+    /// numbered, whoever else receives it, and the last 4,096 are kept: a stream that stores
+    /// the last cursor it handled resumes without gaps (a returned cursor more than one past
+    /// yours means the ones between were dropped from the log). Readers do not consume.
+    pub fn wait_event_after(
+        &self,
+        cursor: u64,
+        timeout: Duration,
+    ) -> Result<Option<EventRecord>, Error> {
+        self.wait_events(timeout, |st| {
+            st.log.iter().find(|r| r.cursor > cursor).cloned()
+        })
+    }
+
+    /// Cursor of the newest event so far (0 = none yet).
+    pub fn event_cursor(&self) -> u64 {
+        self.inner.events.lock().map(|st| st.last).unwrap_or(0)
+    }
+
+    fn wait_events<T>(
+        &self,
+        timeout: Duration,
+        mut take: impl FnMut(&mut Events) -> Option<T>,
+    ) -> Result<Option<T>, Error> {
         let deadline = Instant::now() + timeout;
-        let mut q = self
+        let mut st = self
             .inner
-            .queue
+            .events
             .lock()
             .map_err(|_| Error::internal("event queue poisoned"))?;
+        let started = st.interrupts;
         loop {
-            if let Some(e) = q.pop_front() {
+            if st.interrupts != started {
+                return Err(Error::new(ErrorCode::Cancelled, "the wait was interrupted"));
+            }
+            if let Some(e) = take(&mut st) {
                 return Ok(Some(e));
             }
             if self.inner.closed.load(Ordering::SeqCst) {
@@ -430,43 +599,70 @@ impl Client {
             }
             let (g, _) = self
                 .inner
-                .queue_cv
-                .wait_timeout(q, (deadline - now).min(Duration::from_millis(200)))
+                .events_cv
+                .wait_timeout(st, (deadline - now).min(Duration::from_millis(200)))
                 .map_err(|_| Error::internal("event queue poisoned"))?;
-            q = g;
+            st = g;
         }
     }
 
-    /// Sets (or clears) the listener that receives background events instead of the queue.
+    /// Wakes every thread blocked in [`Client::next_event`] or [`Client::wait_event_after`]
+    /// now: they return `Cancelled`. Waits that start later are not affected.
+    pub fn interrupt(&self) {
+        if let Ok(mut st) = self.inner.events.lock() {
+            st.interrupts += 1;
+        }
+        self.inner.events_cv.notify_all();
+    }
+
+    /// Delivers every later background event to `listener` until the returned
+    /// [`Subscription`] is dropped or cancelled. Several subscriptions may coexist; each gets
+    /// every event. While any exists, events skip the [`Client::next_event`] queue.
     ///
-    /// The listener is called on a thread of its own, one event at a time, in order. It may
-    /// block and may call back into this `Client`; events wait for it meanwhile. Replacing or
-    /// clearing the listener lets the previous one finish the events already handed to it.
+    /// Each listener is called on a thread of its own, one event at a time, in order. It may
+    /// block and may call back into this `Client`; its events wait for it meanwhile.
+    pub fn subscribe(&self, listener: Arc<dyn EventListener>) -> Result<Subscription, Error> {
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        std::thread::Builder::new()
+            .name("qpq-listener".into())
+            .spawn(move || {
+                for e in rx {
+                    listener.on_event(e);
+                }
+            })
+            .map_err(|e| Error::internal(format!("cannot start a listener thread: {e}")))?;
+        let mut st = self
+            .inner
+            .events
+            .lock()
+            .map_err(|_| Error::internal("event queue poisoned"))?;
+        st.next_subscriber += 1;
+        let id = st.next_subscriber;
+        st.subscribers.insert(id, tx);
+        Ok(Subscription {
+            inner: Arc::downgrade(&self.inner),
+            id,
+        })
+    }
+
+    /// Sets (or clears) one listener, managed by the client: [`Client::subscribe`] with the
+    /// subscription kept inside. Replacing or clearing it lets the previous one finish the
+    /// events already handed to it.
     pub fn set_listener(&self, listener: Option<Arc<dyn EventListener>>) {
-        let tx = listener.and_then(|l| {
-            let (tx, rx) = std::sync::mpsc::channel::<Event>();
-            std::thread::Builder::new()
-                .name("qpq-listener".into())
-                .spawn(move || {
-                    for e in rx {
-                        l.on_event(e);
-                    }
-                })
-                .ok()
-                .map(|_| tx)
-        });
-        if let Ok(mut l) = self.inner.listener.write() {
-            *l = tx;
+        let sub = listener.and_then(|l| self.subscribe(l).ok());
+        if let Ok(mut d) = self.inner.default_listener.lock() {
+            *d = sub;
         }
     }
 
     /// Round-trip time of a Health call.
     pub fn ping(&self) -> Result<Duration, Error> {
-        let inner = self.inner.clone();
-        self.run(async move {
+        self.run(async {
             let t = Instant::now();
-            let _: v1::HealthResponse = inner
-                .net
+            let _: v1::HealthResponse = self
+                .inner
+                .session
+                .net()
                 .call(
                     method::HEALTH,
                     &v1::HealthRequest {},
@@ -479,12 +675,14 @@ impl Client {
         })
     }
 
-    /// Stops background receive and closes the connection; later calls fail with `Closed`.
-    /// It also gives up the store's lease, so another process may open the store (ADR 0021).
-    /// When it returns (called outside an async runtime) the background task is gone, so
-    /// dropping the `Client` then closes the store file at once (unless a call made on another
-    /// thread is still running): the files may be copied, moved or deleted after the drop.
-    pub fn close(&self) {
+    /// Stops background receive and closes the connection; later calls fail with `Closed`
+    /// and blocked waits return `Closed`. It also gives up the store's lease, so another
+    /// process may open the store (ADR 0021). When it returns (called outside an async
+    /// runtime) the background task is gone, so dropping the `Client` then closes the store
+    /// file at once (unless a call made on another thread is still running): the files may be
+    /// copied, moved or deleted after the drop. Dropping the client shuts it down too.
+    /// Bindings expose it as their language's close idiom (ADR 0011).
+    pub fn shutdown(&self) {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -500,11 +698,14 @@ impl Client {
                 }
             }
         }
-        self.inner.net.shutdown();
-        self.inner.queue_cv.notify_all();
-        // Ends the listener thread once it has delivered what it holds.
-        if let Ok(mut l) = self.inner.listener.write() {
-            l.take();
+        self.inner.session.net().shutdown();
+        self.inner.events_cv.notify_all();
+        // Ends the listener threads once they have delivered what they hold.
+        if let Ok(mut d) = self.inner.default_listener.lock() {
+            d.take();
+        }
+        if let Ok(mut st) = self.inner.events.lock() {
+            st.subscribers.clear();
         }
         // Release the lease once no call is inside the engine (later calls fail: closed).
         let release = || {
@@ -515,7 +716,10 @@ impl Client {
         match runtime() {
             Ok(rt) if tokio::runtime::Handle::try_current().is_err() => {
                 rt.block_on(async {
-                    let _engine = self.inner.engine.lock().await;
+                    // No group operation is between its round trips, and no call holds the
+                    // engine, when the lease goes.
+                    let _ops = self.inner.session.ops().await;
+                    let _engine = self.inner.session.engine();
                     release();
                 });
             }
@@ -526,16 +730,14 @@ impl Client {
     /// Test hook: encrypts `text` in `conv` without sending it.
     #[doc(hidden)]
     pub fn debug_encrypt(&self, conv: &ConversationId, text: &str) -> Result<Vec<u8>, Error> {
-        let (conv, t) = (*conv, text.to_string());
-        self.with_engine(move |e, _, _| Box::pin(async move { e.debug_encrypt(&conv, &t) }))
+        self.local(|e| e.debug_encrypt(conv, text))
     }
 
     /// Test hook: processes raw MLS bytes against this device's (possibly stale) group
     /// state without keeping anything; an undecryptable message gives `Crypto`.
     #[doc(hidden)]
     pub fn debug_process(&self, conv: &ConversationId, mls_bytes: &[u8]) -> Result<(), Error> {
-        let (conv, b) = (*conv, mls_bytes.to_vec());
-        self.with_engine(move |e, _, _| Box::pin(async move { e.debug_process(&conv, &b) }))
+        self.local(|e| e.debug_process(conv, mls_bytes))
     }
 
     /// Test hook: delivers each `(conversation, MLS bytes)` through the receive path as if
@@ -546,37 +748,33 @@ impl Client {
         &self,
         msgs: Vec<(ConversationId, Vec<u8>)>,
     ) -> Result<Vec<crate::DebugInjected>, Error> {
-        self.with_engine(move |e, _, _| Box::pin(async move { e.debug_inject(&msgs) }))
+        self.local(|e| e.debug_inject(&msgs))
     }
 
     /// Test hook: the MLS bytes of a self-update commit for `conv`, neither sent nor merged.
     #[doc(hidden)]
     pub fn debug_self_update(&self, conv: &ConversationId) -> Result<Vec<u8>, Error> {
-        let conv = *conv;
-        self.with_engine(move |e, _, _| Box::pin(async move { e.debug_self_update(&conv) }))
+        self.local(|e| e.debug_self_update(conv))
     }
 
     /// Test hook: SHA-256 over everything in the store (MLS state included).
     #[doc(hidden)]
     pub fn debug_state_hash(&self) -> Result<[u8; 32], Error> {
-        self.with_engine(move |e, _, _| Box::pin(async move { e.debug_state_hash() }))
+        self.local(|e| e.debug_state_hash())
     }
 
     /// Test hook: makes the next commit stop at `at` as if the process died there. Drop the
     /// client afterwards and reopen it from its store to test recovery.
     #[doc(hidden)]
     pub fn debug_failpoint(&self, at: Option<crate::Failpoint>) {
-        let _ = self.with_engine(move |e, _, _| {
-            Box::pin(async move {
-                e.set_failpoint(at);
-                Ok(())
-            })
-        });
+        if let Ok(mut e) = self.inner.session.engine() {
+            e.set_failpoint(at);
+        }
     }
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.close();
+        self.shutdown();
     }
 }

@@ -13,6 +13,7 @@
 //! `mls` (openmls glue), `session` (the engine: account, directory, groups, the commit
 //! protocol, outbox, receive) and the `client` facade (only it touches the runtime).
 
+mod body;
 mod client;
 mod error;
 mod lease;
@@ -27,11 +28,12 @@ mod session;
 mod store;
 mod types;
 
-pub use client::Client;
+pub use body::{Body, MAX_BODY_BYTES, MAX_CONTENT_TYPE_BYTES};
+pub use client::{Client, Subscription};
 pub use error::{Error, ErrorCode};
 #[doc(hidden)]
 pub use session::{DebugInjected, Failpoint};
 pub use types::{
-    Account, ClientConfig, Conversation, ConversationId, ConversationKind, Event, EventListener,
-    Member, Message, MessageId, StoreKey, Trust,
+    Account, ClientConfig, Conversation, ConversationId, ConversationKind, Delivery, Event,
+    EventListener, EventRecord, Member, Message, MessageId, StoreKey, Trust,
 };

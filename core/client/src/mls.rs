@@ -67,8 +67,17 @@ impl<'a> OpenMlsProvider for Provider<'a> {
 }
 
 /// Name of a ciphersuite as shown in [`crate::Conversation::ciphersuite`].
+///
+/// Stable: spelled out here (the RFC 9420 / IANA registry names), not openmls's `Debug`, so an
+/// openmls upgrade cannot rename them. An unknown suite shows as its code, `0x....`.
 pub(crate) fn suite_name(cs: Ciphersuite) -> String {
-    format!("{cs:?}")
+    if cs == CLASSIC {
+        "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519".into()
+    } else if cs == PQ {
+        "MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519".into()
+    } else {
+        format!("0x{:04x}", u16::from(cs))
+    }
 }
 
 /// The device's MLS signer (its Ed25519 device key).
@@ -176,4 +185,21 @@ pub(crate) fn member_devices(group: &MlsGroup) -> Vec<(LeafNodeIndex, [u8; 32])>
         .members()
         .filter_map(|m| device_of(&m.credential).map(|d| (m.index, d)))
         .collect()
+}
+
+#[cfg(test)]
+mod suite_name_tests {
+    use super::*;
+
+    #[test]
+    fn suite_names_are_pinned() {
+        assert_eq!(
+            suite_name(CLASSIC),
+            "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519"
+        );
+        assert_eq!(
+            suite_name(PQ),
+            "MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519"
+        );
+    }
 }

@@ -115,17 +115,12 @@ impl Passive {
         let store = Store::open(self.dir.path(), &KEY, true).map_err(|e| format!("open: {e}"))?;
         self.opens.set(self.opens.get() + 1);
         let provider = Provider::new(&self.crypto, &store);
-        store.begin().map_err(|e| format!("begin: {e}"))?;
-        match f(&provider) {
-            Ok(v) => {
-                store.commit().map_err(|e| format!("commit: {e}"))?;
-                Ok(v)
-            }
-            Err(e) => {
-                store.rollback();
-                Err(e)
-            }
-        }
+        store
+            .transaction(|_| f(&provider).map_err(StepError::Step))
+            .map_err(|e| match e {
+                StepError::Step(e) => e,
+                StepError::Store(e) => format!("transaction: {e}"),
+            })
     }
 
     fn load(&self, provider: &Provider<'_>) -> Result<MlsGroup, String> {
@@ -392,4 +387,16 @@ fn passive_client_detects_a_wrong_authenticator() {
     assert_eq!(matched, 0);
     let stop = stop.expect("stops");
     assert_eq!((stop.epoch, stop.step.as_str()), (None, "check"));
+}
+
+/// A step's own failure, or the store's.
+enum StepError {
+    Step(String),
+    Store(crate::error::StoreError),
+}
+
+impl From<crate::error::StoreError> for StepError {
+    fn from(e: crate::error::StoreError) -> StepError {
+        StepError::Store(e)
+    }
 }

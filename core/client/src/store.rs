@@ -4,6 +4,10 @@
 //! `StorageProvider`, in the same database and the same transactions), conversations,
 //! messages, the outbox and the highest processed queue sequence number. A wrong key or a
 //! corrupt file gives a clear error and the file is never modified or deleted.
+//!
+//! Longer than the ~700-line guide on purpose: it is the one module that touches rusqlite
+//! (DESIGN §1), so opening, keys, migrations, transactions and each table's queries stay
+//! together; splitting it would spread SQL over several files.
 
 use std::path::{Path, PathBuf};
 
@@ -11,8 +15,9 @@ use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use zeroize::Zeroizing;
 
+use crate::body::Body;
 use crate::error::StoreError;
-use crate::types::{ConversationId, ConversationKind, Message, MessageId, StoreKey};
+use crate::types::{ConversationId, ConversationKind, Delivery, Message, MessageId, StoreKey};
 
 /// File name of the database inside `data_dir`.
 pub(crate) const DB_FILE: &str = "qpq-client.db";
@@ -81,7 +86,7 @@ pub(crate) struct OutboxRow {
     pub epoch: u64,
 }
 
-/// The open store.
+/// The open store. `Send`, not `Sync`: it lives in the engine behind a `std::sync::Mutex`.
 pub(crate) struct Store {
     conn: Connection,
     path: PathBuf,
@@ -89,15 +94,21 @@ pub(crate) struct Store {
     pending: Option<Pending>,
 }
 
-// SAFETY: `rusqlite::Connection` is `Send` but not `Sync` (interior `RefCell`s). The only
-// `Store` lives inside the engine, behind a `tokio::sync::Mutex`: every `&Store` is derived
-// from that lock's guard and used by the one task holding it, so no two threads ever touch
-// the connection at the same time. `Sync` is needed only because that task's future holds
-// `&Store` across `.await` and must be `Send`.
-#[allow(unsafe_code)]
-unsafe impl Sync for Store {}
+/// Rolls an open transaction back unless disarmed (on error, early return or panic).
+struct TxGuard<'a> {
+    store: &'a Store,
+    armed: bool,
+}
 
-const SCHEMA_VERSION: i64 = 1;
+impl Drop for TxGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.store.rollback();
+        }
+    }
+}
+
+const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATION_1: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -114,6 +125,36 @@ CREATE TABLE outbox (
     ciphertext BLOB NOT NULL, epoch INTEGER NOT NULL);
 CREATE TABLE devices (device_key BLOB PRIMARY KEY, identity_key BLOB NOT NULL, username TEXT NOT NULL);
 ";
+
+/// v2: message bodies of every kind (the encoded `AppMessage` kind; `text` keeps the text of
+/// text messages) and the delivery state of outgoing messages (0 received, 1 queued, 2 sent,
+/// 3 failed). The bodies of v1 rows are filled in by [`Store::migrate`].
+const MIGRATION_2: &str = "
+ALTER TABLE messages ADD COLUMN body BLOB;
+ALTER TABLE messages ADD COLUMN delivery INTEGER NOT NULL DEFAULT 0;
+UPDATE messages SET delivery = CASE
+    WHEN outgoing = 0 THEN 0
+    WHEN id IN (SELECT id FROM outbox) THEN 1
+    ELSE 2 END;
+";
+
+fn delivery_code(d: Delivery) -> i64 {
+    match d {
+        Delivery::Received => 0,
+        Delivery::Queued => 1,
+        Delivery::Sent => 2,
+        Delivery::Failed => 3,
+    }
+}
+
+fn delivery_from(code: i64) -> Delivery {
+    match code {
+        1 => Delivery::Queued,
+        2 => Delivery::Sent,
+        3 => Delivery::Failed,
+        _ => Delivery::Received,
+    }
+}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -372,6 +413,23 @@ impl Store {
             tx.execute_batch("PRAGMA user_version = 1")?;
             tx.commit()?;
         }
+        if version < 2 {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(MIGRATION_2)?;
+            let rows: Vec<(i64, String)> = {
+                let mut st = tx.prepare("SELECT ord, text FROM messages")?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for (ord, text) in rows {
+                tx.execute(
+                    "UPDATE messages SET body = ?2 WHERE ord = ?1",
+                    params![ord, Body::Text(text).encode()],
+                )?;
+            }
+            tx.execute_batch("PRAGMA user_version = 2")?;
+            tx.commit()?;
+        }
         let mut mls = SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut self.conn);
         mls.run_migrations()
             .map_err(|e| StoreError::Sqlite(format!("mls storage migrations: {e}")))?;
@@ -389,20 +447,51 @@ impl Store {
         SqliteStorageProvider::new(&self.conn)
     }
 
-    /// Starts a transaction that covers MLS state and our tables alike.
-    pub(crate) fn begin(&self) -> Result<(), StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(())
+    /// Runs `f` in one transaction covering MLS state and our tables alike: committed when
+    /// `f` returns Ok, rolled back when it returns an error, when the commit fails, or when
+    /// it panics. Inside a transaction already, `f` simply joins it (the outer one decides).
+    pub(crate) fn transaction<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, E>,
+    ) -> Result<T, E> {
+        if !self.conn.is_autocommit() {
+            return f(self);
+        }
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(StoreError::from)?;
+        let mut guard = TxGuard {
+            store: self,
+            armed: true,
+        };
+        let v = f(self)?;
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(StoreError::from)?;
+        guard.armed = false;
+        Ok(v)
     }
 
-    /// Commits the open transaction.
-    pub(crate) fn commit(&self) -> Result<(), StoreError> {
-        self.conn.execute_batch("COMMIT")?;
-        Ok(())
+    /// Runs `f` in a transaction that is always rolled back: nothing it writes is kept.
+    pub(crate) fn scratch<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, E>,
+    ) -> Result<T, E> {
+        if !self.conn.is_autocommit() {
+            return Err(StoreError::Corrupt("scratch work inside a transaction".into()).into());
+        }
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(StoreError::from)?;
+        let _guard = TxGuard {
+            store: self,
+            armed: true,
+        };
+        f(self)
     }
 
     /// Rolls the open transaction back (ignores "no transaction").
-    pub(crate) fn rollback(&self) {
+    fn rollback(&self) {
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
@@ -598,6 +687,37 @@ impl Store {
         Ok(now_ms.max(last.map(|l| l as u64 + 1).unwrap_or(0)))
     }
 
+    /// True when the conversation has a message with this id.
+    pub(crate) fn message_exists(
+        &self,
+        conv: &ConversationId,
+        id: &MessageId,
+    ) -> Result<bool, StoreError> {
+        let exists: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM messages WHERE conversation = ?1 AND id = ?2",
+                params![&conv[..], &id[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(exists.is_some())
+    }
+
+    /// Records the delivery state of an outgoing message.
+    pub(crate) fn set_delivery(
+        &self,
+        conv: &ConversationId,
+        id: &MessageId,
+        d: Delivery,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE messages SET delivery = ?3 WHERE conversation = ?1 AND id = ?2",
+            params![&conv[..], &id[..], delivery_code(d)],
+        )?;
+        Ok(())
+    }
+
     /// Stores a message unless one with the same id is already in the conversation. Returns
     /// the stored message (with its receive time) when it is new.
     pub(crate) fn insert_message(
@@ -605,30 +725,24 @@ impl Store {
         m: &Message,
         now_ms: u64,
     ) -> Result<Option<Message>, StoreError> {
-        let exists: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT 1 FROM messages WHERE conversation = ?1 AND id = ?2",
-                params![&m.conversation[..], &m.id[..]],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if exists.is_some() {
+        if self.message_exists(&m.conversation, &m.id)? {
             return Ok(None);
         }
         let received = self.next_received_at(now_ms)?;
         self.conn.execute(
-            "INSERT INTO messages(id, conversation, sender, sender_device, text, sent_at_ms, received_at_ms, outgoing)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO messages(id, conversation, sender, sender_device, text, sent_at_ms, received_at_ms, outgoing, body, delivery)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 &m.id[..],
                 &m.conversation[..],
                 m.sender,
                 &m.sender_device[..],
-                m.text,
+                m.body.as_text().unwrap_or(""),
                 m.sent_at_ms as i64,
                 received as i64,
-                m.outgoing as i64
+                m.outgoing as i64,
+                m.body.encode(),
+                delivery_code(m.delivery)
             ],
         )?;
         if !m.outgoing {
@@ -653,7 +767,7 @@ impl Store {
             .map(|b| b.min(i64::MAX as u64) as i64)
             .unwrap_or(i64::MAX);
         let mut st = self.conn.prepare_cached(
-            "SELECT id, conversation, sender, sender_device, text, sent_at_ms, received_at_ms, outgoing
+            "SELECT id, conversation, sender, sender_device, text, sent_at_ms, received_at_ms, outgoing, body, delivery
              FROM messages WHERE conversation = ?1 AND received_at_ms < ?2
              ORDER BY received_at_ms DESC LIMIT ?3",
         )?;
@@ -669,21 +783,29 @@ impl Store {
                     r.get::<_, i64>(5)?,
                     r.get::<_, i64>(6)?,
                     r.get::<_, i64>(7)?,
+                    r.get::<_, Option<Vec<u8>>>(8)?,
+                    r.get::<_, i64>(9)?,
                 ))
             },
         )?;
         let mut out = Vec::new();
         for r in rows {
-            let (id, c, sender, dev, text, sent, recv, outgoing) = r?;
+            let (id, c, sender, dev, text, sent, recv, outgoing, body, delivery) = r?;
+            let body = match body {
+                Some(b) => Body::decode(&b)
+                    .ok_or_else(|| StoreError::Corrupt("a stored message body".into()))?,
+                None => Body::Text(text),
+            };
             out.push(Message {
                 id: to16(&id)?,
                 conversation: to16(&c)?,
                 sender,
                 sender_device: to32(&dev)?,
-                text,
+                body,
                 sent_at_ms: sent as u64,
                 received_at_ms: recv as u64,
                 outgoing: outgoing != 0,
+                delivery: delivery_from(delivery),
             });
         }
         out.reverse();

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::body::Body;
+use crate::error::ErrorCode;
+
 /// A conversation id: equal to the server channel id and the MLS group id.
 pub type ConversationId = [u8; 16];
 /// A message id, chosen by the sender, unique per message.
@@ -89,6 +92,151 @@ impl ClientConfig {
     }
 }
 
+impl ClientConfig {
+    /// A builder taking plain strings and paths (what a binding passes), for a store in
+    /// `data_dir` and a server at `server_addr` (`"host:port"`). Defaults: server name
+    /// `"localhost"`, 15 s request timeout, the WebPKI roots.
+    pub fn builder(
+        data_dir: impl Into<PathBuf>,
+        server_addr: impl Into<String>,
+    ) -> ClientConfigBuilder {
+        ClientConfigBuilder {
+            data_dir: data_dir.into(),
+            server_addr: server_addr.into(),
+            store_key: None,
+            server_name: "localhost".into(),
+            trust: Trust::SystemRoots,
+            request_timeout: Duration::from_secs(15),
+            lock_timeout: Duration::ZERO,
+            fingerprint_error: None,
+        }
+    }
+}
+
+/// Builds a [`ClientConfig`] from plain values; see [`ClientConfig::builder`]. Nothing is
+/// checked until [`ClientConfigBuilder::build`].
+#[derive(Debug, Clone)]
+pub struct ClientConfigBuilder {
+    data_dir: PathBuf,
+    server_addr: String,
+    store_key: Option<StoreKey>,
+    server_name: String,
+    trust: Trust,
+    request_timeout: Duration,
+    lock_timeout: Duration,
+    fingerprint_error: Option<String>,
+}
+
+impl ClientConfigBuilder {
+    /// The store is unlocked by this passphrase (Argon2id-stretched).
+    pub fn passphrase(mut self, passphrase: impl Into<String>) -> Self {
+        self.store_key = Some(StoreKey::Passphrase(passphrase.into()));
+        self
+    }
+
+    /// The store is unlocked by this raw 32-byte key (e.g. from the platform keystore).
+    pub fn raw_key(mut self, key: [u8; 32]) -> Self {
+        self.store_key = Some(StoreKey::Raw(key));
+        self
+    }
+
+    /// The TLS server name to verify (default `"localhost"`).
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = name.into();
+        self
+    }
+
+    /// Trust exactly the DER certificate in this file.
+    pub fn pinned_cert_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.trust = Trust::PinnedCertFile(path.into());
+        self
+    }
+
+    /// Trust exactly this DER certificate.
+    pub fn pinned_cert_der(mut self, der: Vec<u8>) -> Self {
+        self.trust = Trust::PinnedCertDer(der);
+        self
+    }
+
+    /// Trust the certificate with this SHA-256 fingerprint: 64 hex digits, `:` allowed.
+    pub fn fingerprint(mut self, hex: &str) -> Self {
+        match crate::types::parse_hex::<32>(&hex.replace(':', "")) {
+            Some(fp) => {
+                self.trust = Trust::Fingerprint(fp);
+                self.fingerprint_error = None;
+            }
+            None => {
+                self.fingerprint_error =
+                    Some("a fingerprint is 64 hex digits (SHA-256 of the certificate)".into())
+            }
+        }
+        self
+    }
+
+    /// Trust the WebPKI roots (the default).
+    pub fn system_roots(mut self) -> Self {
+        self.trust = Trust::SystemRoots;
+        self
+    }
+
+    /// Deadline of each request, in milliseconds (default 15,000).
+    pub fn request_timeout_ms(mut self, ms: u64) -> Self {
+        self.request_timeout = Duration::from_millis(ms);
+        self
+    }
+
+    /// How long `Client::open` waits for a store another process holds before answering
+    /// `Busy` (default 0: at once). See ADR 0021.
+    pub fn lock_timeout_ms(mut self, ms: u64) -> Self {
+        self.lock_timeout = Duration::from_millis(ms);
+        self
+    }
+
+    /// The config; `InvalidInput` when no store key was given or a value is malformed.
+    pub fn build(self) -> Result<ClientConfig, crate::Error> {
+        if let Some(e) = self.fingerprint_error {
+            return Err(crate::Error::invalid(e));
+        }
+        let store_key = self.store_key.ok_or_else(|| {
+            crate::Error::invalid("a store key is needed: passphrase() or raw_key()")
+        })?;
+        if self.server_addr.is_empty() {
+            return Err(crate::Error::invalid("the server address is empty"));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(crate::Error::invalid("the request timeout is zero"));
+        }
+        Ok(ClientConfig {
+            data_dir: self.data_dir,
+            store_key,
+            server_addr: self.server_addr,
+            server_name: self.server_name,
+            trust: self.trust,
+            request_timeout: self.request_timeout,
+            lock_timeout: self.lock_timeout,
+            insecure_fast_kdf: false,
+        })
+    }
+}
+
+/// `N` bytes from exactly `2 * N` hex digits (either case).
+pub(crate) fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.trim();
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Lower-case hex.
+pub(crate) fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Whether a conversation is a 1:1 DM or a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConversationKind {
@@ -132,14 +280,36 @@ pub struct Message {
     pub sender: String,
     /// Sender's device key.
     pub sender_device: [u8; 32],
-    /// Text.
-    pub text: String,
+    /// What the message carries.
+    pub body: Body,
     /// Sender's clock, Unix ms.
     pub sent_at_ms: u64,
     /// Local order key and receive time, Unix ms; strictly increasing within one store.
     pub received_at_ms: u64,
     /// True when sent by this account (from this or another of its devices).
     pub outgoing: bool,
+    /// Where an outgoing message is on its way out; `Received` for incoming ones.
+    pub delivery: Delivery,
+}
+
+impl Message {
+    /// The text of a text message, `None` for other bodies.
+    pub fn text(&self) -> Option<&str> {
+        self.body.as_text()
+    }
+}
+
+/// Delivery state of a message in the local history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// An incoming message (or an outgoing one from another device of this account).
+    Received,
+    /// Stored and queued on this device; not yet accepted by the server.
+    Queued,
+    /// Accepted by the server for every member ([`Event::MessageSent`]).
+    Sent,
+    /// Refused for good; it will not be sent ([`Event::MessageFailed`]).
+    Failed,
 }
 
 /// A member of a conversation, or a resolved user.
@@ -147,10 +317,78 @@ pub struct Message {
 pub struct Member {
     /// Username.
     pub username: String,
-    /// Account identity key.
-    pub identity_key: [u8; 32],
+    /// Account identity key; `None` when this device does not know it yet (a member whose
+    /// devices the directory has not answered for).
+    pub identity_key: Option<[u8; 32]>,
     /// Device keys (in the conversation: the devices in the MLS group).
     pub devices: Vec<[u8; 32]>,
+}
+
+impl Conversation {
+    /// The name to show: the group's name, or `@peer` (the other members, comma-separated)
+    /// for a DM or an unnamed group. `me` is this account's username.
+    pub fn display_name(&self, me: &str) -> String {
+        if self.kind == ConversationKind::Dm || self.name.is_empty() {
+            let others: Vec<&str> = self
+                .members
+                .iter()
+                .map(String::as_str)
+                .filter(|m| *m != me)
+                .collect();
+            if !others.is_empty() {
+                return format!("@{}", others.join(","));
+            }
+        }
+        self.name.clone()
+    }
+}
+
+/// Finds a conversation by its number in the list (`#2` or `2`, 1-based), its id (a hex
+/// prefix of at least 4 digits), its display name, or `@user` / `user` for a DM. A text that
+/// matches more than one conversation, in any of these ways, is refused naming the
+/// candidates: a message never goes to a guess.
+pub(crate) fn find_conversation(
+    convs: Vec<Conversation>,
+    me: &str,
+    what: &str,
+) -> Result<Conversation, crate::Error> {
+    let lower = what.to_ascii_lowercase();
+    let number = what.trim_start_matches('#').parse::<usize>().ok();
+    let is_hex = what.len() >= 4 && what.chars().all(|c| c.is_ascii_hexdigit());
+    let mut matches: Vec<(Conversation, String)> = Vec::new();
+    for (i, c) in convs.into_iter().enumerate() {
+        let name = c.display_name(me);
+        let hit = number == Some(i + 1)
+            || (is_hex && to_hex(&c.id).starts_with(&lower))
+            || name == what
+            || name == format!("@{}", what.trim_start_matches('@'));
+        if hit {
+            matches.push((c, name));
+        }
+    }
+    match matches.len() {
+        1 => Ok(matches.remove(0).0),
+        0 => Err(crate::Error::not_found(format!(
+            "no conversation matches {what:?} (see the list of conversations)"
+        ))),
+        n => Err(crate::Error::invalid(format!(
+            "{what:?} matches {n} conversations ({}); use its id",
+            matches
+                .iter()
+                .map(|(c, name)| format!("{name} = {}", to_hex(&c.id)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// An event with its number: cursors increase by one per event, from 1, per `Client`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// The event's number.
+    pub cursor: u64,
+    /// The event.
+    pub event: Event,
 }
 
 /// The account of this client.
@@ -193,11 +431,95 @@ pub enum Event {
         /// True when connected.
         connected: bool,
     },
+    /// The server accepted a message this device sent: it will reach every member.
+    MessageSent {
+        /// Conversation.
+        conversation: ConversationId,
+        /// The id [`crate::Client::send`] returned.
+        id: MessageId,
+    },
+    /// A message this device queued can never be sent (e.g. this account left the
+    /// conversation, or the server refused it for good). It stays in history as `Failed`.
+    MessageFailed {
+        /// Conversation.
+        conversation: ConversationId,
+        /// The id [`crate::Client::send`] returned.
+        id: MessageId,
+        /// Why, as an error code.
+        code: ErrorCode,
+        /// Why, for humans.
+        message: String,
+    },
 }
 
-/// Receives events from background receive. Called on a runtime thread: return quickly and
-/// never call back into the [`crate::Client`] synchronously from inside it.
+/// Receives events from background receive. Each listener is called on a thread of its own
+/// (not a runtime thread), one event at a time, in order: it may block, and it may call back
+/// into the [`crate::Client`] (ADR 0005).
 pub trait EventListener: Send + Sync {
     /// One event.
     fn on_event(&self, event: Event);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn conv(id: u8, kind: ConversationKind, name: &str, members: &[&str]) -> Conversation {
+        Conversation {
+            id: [id; 16],
+            kind,
+            name: name.into(),
+            post_quantum: false,
+            ciphersuite: String::new(),
+            epoch: 1,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            active: true,
+            unread: 0,
+        }
+    }
+
+    #[test]
+    fn display_names_and_lookup_by_name_position_or_id() {
+        let all = vec![
+            conv(0xab, ConversationKind::Group, "friends", &["alice", "bob"]),
+            conv(0xcd, ConversationKind::Dm, "whatever", &["alice", "bob"]),
+        ];
+        assert_eq!(all[0].display_name("alice"), "friends");
+        assert_eq!(all[1].display_name("alice"), "@bob");
+        let find = |w: &str| find_conversation(all.clone(), "alice", w).map(|c| c.id[0]);
+        assert_eq!(find("friends").unwrap(), 0xab);
+        assert_eq!(find("@bob").unwrap(), 0xcd);
+        assert_eq!(find("bob").unwrap(), 0xcd, "a DM by its peer's name");
+        assert_eq!(find("#1").unwrap(), 0xab);
+        assert_eq!(find("2").unwrap(), 0xcd);
+        assert_eq!(find("abab").unwrap(), 0xab);
+        assert_eq!(
+            find("nobody").unwrap_err().code(),
+            crate::ErrorCode::NotFound
+        );
+    }
+
+    #[test]
+    fn config_builder_takes_plain_values_and_checks_them() {
+        let c = ClientConfig::builder("/tmp/x", "example.org:5001")
+            .passphrase("p")
+            .server_name("example.org")
+            .fingerprint(&["ab"; 32].join(":"))
+            .request_timeout_ms(5000)
+            .build()
+            .expect("valid");
+        assert_eq!(c.server_name, "example.org");
+        assert!(matches!(c.trust, Trust::Fingerprint(f) if f == [0xab; 32]));
+        assert_eq!(c.request_timeout, Duration::from_secs(5));
+        let bad = ClientConfig::builder("/tmp/x", "h:1")
+            .passphrase("p")
+            .fingerprint("zz");
+        assert_eq!(
+            bad.build().unwrap_err().code(),
+            crate::ErrorCode::InvalidInput
+        );
+        let no_key = ClientConfig::builder("/tmp/x", "h:1").build();
+        assert_eq!(no_key.unwrap_err().code(), crate::ErrorCode::InvalidInput);
+    }
 }

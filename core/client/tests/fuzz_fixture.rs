@@ -82,7 +82,7 @@ fn regenerate_mls_fuzz_fixture() {
     }
     // Logged out, so the fuzz target's copy never tries to sync.
     bob.logout().unwrap();
-    bob.close();
+    bob.shutdown();
     drop(bob);
 
     let fixture = fuzz_dir().join("fixture");

@@ -37,7 +37,7 @@ fn lease_holder_process() {
     std::io::stdout().flush().unwrap();
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
-    client.close();
+    client.shutdown();
 }
 
 fn holder(dir: &Path) -> Child {
@@ -94,7 +94,7 @@ fn busy_across_two_processes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
     // Create the store, then let the other process hold it.
-    Client::open(config(&dir, Duration::ZERO)).unwrap().close();
+    Client::open(config(&dir, Duration::ZERO)).unwrap().shutdown();
     let mut child = holder(&dir);
     let before = files(&dir);
 
@@ -117,7 +117,7 @@ fn busy_across_two_processes() {
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
     let client = opener.join().unwrap().unwrap();
-    client.close();
+    client.shutdown();
 
     // A killed holder leaves no lease behind.
     let mut child = holder(&dir);
@@ -130,5 +130,5 @@ fn busy_across_two_processes() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    Client::open(config(&dir, Duration::ZERO)).unwrap().close();
+    Client::open(config(&dir, Duration::ZERO)).unwrap().shutdown();
 }

@@ -30,7 +30,7 @@ fn measure_send_to_event_and_invite_100() {
         a.send_text(&g, &text).unwrap();
         loop {
             match b.next_event(Duration::from_secs(10)).unwrap() {
-                Some(Event::Message(m)) if m.text == text => break,
+                Some(Event::Message(m)) if m.text() == Some(text.as_str()) => break,
                 Some(_) => continue,
                 None => panic!("no event"),
             }

@@ -128,7 +128,7 @@ fn f5_crash_between_commit_sent_and_merged_leaves_no_stuck_group() {
             a.debug_failpoint(Some(at));
             let r = a.rotate_keys(&g);
             assert!(r.is_err(), "{at:?}: the failpoint stops the commit");
-            a.close();
+            a.shutdown();
             drop(a);
             a = s.open(a_dir.path());
             // After the restart alice syncs: the pending commit is resolved either way.
@@ -163,7 +163,7 @@ fn f6_removed_member_decrypts_nothing_later() {
     wait_text(&carol, "before");
     // A message of the current epoch decrypts for carol's (copied) state: the control.
     let control = a.debug_encrypt(&g, "control").unwrap();
-    carol.close();
+    carol.shutdown();
     drop(carol);
     let stale = copy_store(carol_dir.path());
     a.remove(&g, "carol").unwrap();
@@ -286,7 +286,7 @@ fn l2_wrong_passphrase_opens_nothing_and_changes_nothing() {
     {
         let c = s.open(dir.path());
         c.register("alice", PW).unwrap();
-        c.close();
+        c.shutdown();
     }
     // The last connection's close checkpoints and removes the WAL; let it finish first.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -343,7 +343,7 @@ fn l4_tampered_pages_are_detected_not_used() {
     wait_text(&b, "history line 29");
     let original = texts(&b, &g);
     let b_dir = b.dir.path().to_path_buf();
-    b.close();
+    b.shutdown();
     let db = store_files(&b_dir)
         .into_iter()
         .find(|f| f.extension().is_some_and(|e| e == "db"))
@@ -376,7 +376,7 @@ fn l4_tampered_pages_are_detected_not_used() {
         config.request_timeout = Duration::from_millis(200);
         let outcome = Client::open(config).and_then(|c| {
             let r = c.conversations().and_then(|_| c.messages(&g, 1000, None));
-            c.close();
+            c.shutdown();
             r
         });
         match outcome {
@@ -388,7 +388,10 @@ fn l4_tampered_pages_are_detected_not_used() {
                 detected += 1;
             }
             Ok(msgs) => {
-                let t: Vec<String> = msgs.into_iter().map(|m| m.text).collect();
+                let t: Vec<String> = msgs
+                    .into_iter()
+                    .map(|m| m.text().unwrap_or_default().to_string())
+                    .collect();
                 assert_eq!(t, original, "round {round}: tampered data was shown");
                 unaffected += 1;
             }
@@ -445,7 +448,7 @@ fn f7_injected_replayed_and_foreign_commits_are_rejected() {
     let h = a.create_group("f7 other", true).unwrap();
     a.invite(&h, &["bob"]).unwrap();
     wait_joined(&b, &h);
-    dave.close();
+    dave.shutdown();
     drop(dave);
     let stale = copy_store(dave_dir.path());
     a.remove(&g, "dave").unwrap();
@@ -494,7 +497,7 @@ fn f7_injected_replayed_and_foreign_commits_are_rejected() {
     assert!(
         shown
             .iter()
-            .any(|e| matches!(e, Event::Message(m) if m.text == "f7: still one group")),
+            .any(|e| matches!(e, Event::Message(m) if m.text() == Some("f7: still one group"))),
         "{shown:?}"
     );
 }
@@ -542,8 +545,10 @@ fn d6_duplicated_and_reordered_delivery_shows_each_message_once() {
                     assert!(o.state_changed, "an accepted message is stored");
                     for ev in events {
                         if let Event::Message(m) = ev {
-                            assert_eq!(m.text, texts[i]);
-                            *shown.entry(m.text).or_default() += 1;
+                            assert_eq!(m.text(), Some(texts[i].as_str()));
+                            *shown
+                                .entry(m.text().unwrap_or_default().to_string())
+                                .or_default() += 1;
                         }
                     }
                 }
@@ -564,7 +569,7 @@ fn d6_duplicated_and_reordered_delivery_shows_each_message_once() {
     let stored = b.messages(&g, 100_000, None).unwrap();
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for m in &stored {
-        *counts.entry(m.text.as_str()).or_default() += 1;
+        *counts.entry(m.text().unwrap_or_default()).or_default() += 1;
     }
     assert_eq!(counts.len(), total);
     assert!(counts.values().all(|&n| n == 1), "stored exactly once");

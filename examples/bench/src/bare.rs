@@ -57,6 +57,13 @@ pub fn qpq_config(dir: &Path) -> qpq_server::config::Config {
     c.auth_rate_per_sec = 1e12;
     c.auth_rate_burst = 1e12;
     c.max_queue_depth = u64::MAX / 2;
+    c.max_queue_bytes = u64::MAX / 2;
+    c.max_queue_share_percent = 100;
+    c.fanout_per_sec = 1e12;
+    c.fanout_burst = 1e12;
+    c.write_bytes_per_sec = 1e15;
+    c.write_bytes_burst = 1e15;
+    c.blob_quota_bytes = u64::MAX / 2;
     c.max_concurrent_streams = 64;
     c.max_connections_per_ip = 1_000_000;
     c.log_level = "warn".into();

@@ -619,6 +619,9 @@ fn invite_storage(p: &Plan, r: &mut Results) -> Result<(), String> {
         promote_members: vec![],
         now_ms: 0,
         max_queue_depth: u64::MAX / 2,
+        max_queue_bytes: u64::MAX / 2,
+        max_share_depth: u64::MAX / 2,
+        max_share_bytes: u64::MAX / 2,
     };
     store.enqueue(op).map_err(|e| e.to_string())?;
     let after = used(&path)?;
@@ -852,7 +855,7 @@ fn client_engine(p: &Plan, r: &mut Results) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             wait(
                 &clients[1],
-                |e| matches!(e, Event::Message(m) if m.text == text),
+                |e| matches!(e, Event::Message(m) if m.text() == Some(text.as_str())),
             )?;
             let took = t.elapsed();
             let t = Instant::now();
@@ -935,7 +938,7 @@ fn client_engine(p: &Plan, r: &mut Results) -> Result<(), String> {
     let last = format!("message {:05} with some ordinary chat text", n - 1);
     wait(
         &clients[1],
-        |e| matches!(e, Event::Message(m) if m.text == last),
+        |e| matches!(e, Event::Message(m) if m.text() == Some(last.as_str())),
     )?;
     let size: u64 = std::fs::read_dir(dir.path().join("u1"))
         .map_err(|e| e.to_string())?
@@ -947,7 +950,7 @@ fn client_engine(p: &Plan, r: &mut Results) -> Result<(), String> {
         "B".into(),
     ));
     for c in &clients {
-        c.close();
+        c.shutdown();
     }
     Ok(())
 }

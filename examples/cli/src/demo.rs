@@ -69,7 +69,7 @@ fn received(
     from: &'static str,
     text: &'static str,
 ) -> impl FnMut(&Event) -> bool {
-    move |e| matches!(e, Event::Message(m) if m.conversation == conv && m.sender == from && m.text == text)
+    move |e| matches!(e, Event::Message(m) if m.conversation == conv && m.sender == from && m.text() == Some(text))
 }
 
 /// Runs the demo.
@@ -284,7 +284,7 @@ fn run_inner() -> Result<Vec<String>, String> {
     let got_it = events
         .map_err(|e| e.to_string())?
         .iter()
-        .any(|e| matches!(e, Event::Message(m) if m.text == secret));
+        .any(|e| matches!(e, Event::Message(m) if m.text() == Some(secret)));
     t.line(took, "carol", "synced: nothing new for her");
     t.expect(!got_it, "carol did not receive the message");
     let ciphertext = alice
@@ -311,14 +311,14 @@ fn run_inner() -> Result<Vec<String>, String> {
         .messages(&conv, 100, None)
         .map_err(|e| e.to_string())?;
     t.expect(
-        carol_history.iter().all(|m| m.text != secret),
+        carol_history.iter().all(|m| m.text() != Some(secret)),
         "carol's history has no message from after her removal",
     );
     let (r, _) = timed(|| carol.send_text(&conv, "am I still here?"));
     t.expect(r.is_err(), "carol can no longer send to the group");
 
     for c in [&alice, &bob, &carol] {
-        c.close();
+        c.shutdown();
     }
     stop.shutdown();
     let _ = rt.block_on(server_task);

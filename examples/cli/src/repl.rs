@@ -16,7 +16,8 @@ use rustyline::history::History as _;
 use rustyline::ExternalPrinter;
 
 use crate::session::{
-    clock, display_name, exit_code, find_conversation, register_or_login, CliError, ConnectArgs,
+    body_text, clock, display_name, exit_code, find_conversation, register_or_login, CliError,
+    ConnectArgs,
 };
 
 const HELP: &str = "\
@@ -82,7 +83,10 @@ impl Printer {
     fn run(mut self, events: std::sync::mpsc::Receiver<Out>) {
         for out in events {
             let body = match out {
-                Out::Event(e) => self.format(e),
+                Out::Event(e) => match self.format(e) {
+                    Some(l) => l,
+                    None => continue,
+                },
                 Out::Line(l) => l,
             };
             // One line per print, newline included: between two prompts the printer writes
@@ -105,8 +109,8 @@ impl Printer {
         }
     }
 
-    fn format(&self, event: Event) -> String {
-        match event {
+    fn format(&self, event: Event) -> Option<String> {
+        Some(match event {
             Event::Message(m) => {
                 let here = self
                     .active
@@ -121,17 +125,18 @@ impl Printer {
                     .unwrap_or_default();
                 let sent = clock(m.sent_at_ms);
                 if here {
-                    format!("{}: {} (sent {sent})", m.sender, m.text)
+                    format!("{}: {} (sent {sent})", m.sender, body_text(&m))
                 } else if !m.outgoing
                     && conv.is_some_and(|c| c.kind == ConversationKind::Dm)
                     && self.adopt(m.conversation, &name)
                 {
                     format!(
                         "[{name}] {}: {} (sent {sent}) · now talking in {name}",
-                        m.sender, m.text
+                        m.sender,
+                        body_text(&m)
                     )
                 } else {
-                    format!("[{name}] {}: {} (sent {sent})", m.sender, m.text)
+                    format!("[{name}] {}: {} (sent {sent})", m.sender, body_text(&m))
                 }
             }
             Event::ConversationJoined(c) => {
@@ -179,7 +184,10 @@ impl Printer {
                 "* connection lost, reconnecting…"
             }
             .to_string(),
-        }
+            // Delivered as usual: nothing to show.
+            Event::MessageSent { .. } => return None,
+            Event::MessageFailed { message, .. } => format!("* a message was not sent: {message}"),
+        })
     }
 }
 
@@ -352,7 +360,15 @@ pub fn run(args: ConnectArgs) -> ExitCode {
     }
     let _ = rl.save_history(&history);
     client.set_listener(None);
-    client.close();
+    // shutdown() waits for background work (a KeyPackage top-up can take a while); /quit does
+    // not. Everything it could interrupt is transactional in the store, as after a crash.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let closing = client.clone();
+    std::thread::spawn(move || {
+        closing.shutdown();
+        let _ = done_tx.send(());
+    });
+    let _ = done_rx.recv_timeout(std::time::Duration::from_secs(3));
     ExitCode::SUCCESS
 }
 
@@ -539,6 +555,6 @@ fn print_history_line(m: &qpq_core::Message) {
         "[{}] {}: {}",
         clock(m.sent_at_ms),
         if m.outgoing { "you" } else { &m.sender },
-        m.text
+        body_text(m)
     );
 }

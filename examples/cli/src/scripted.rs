@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::daemon::{self, Held};
 use crate::session::{
-    clock, display_name, exit_code, find_conversation, CliError, ConnectArgs, ServerArgs,
+    body_text, clock, display_name, exit_code, find_conversation, CliError, ConnectArgs, ServerArgs,
 };
 
 /// Options of every scripted subcommand.
@@ -278,6 +278,9 @@ pub fn send(a: SendArgs) -> ExitCode {
             }
         };
         let id = with_login(c, &client, &pw, |cl| cl.send_text(&conv, &text))?;
+        // `send` only stores and queues; this sends the outbox now, before the process exits
+        // (a network failure leaves it queued for the next run).
+        let _ = with_login(c, &client, &pw, |cl| cl.sync().map(|_| ()));
         if c.json {
             say(
                 &json!({"ok": true, "conversation": hex::encode(conv), "id": hex::encode(id)})
@@ -302,7 +305,7 @@ fn message_line(json: bool, client: &Client, m: &Message) -> String {
     let name = conversation_name(client, &m.conversation);
     if json {
         json!({"type": "message", "conversation": hex::encode(m.conversation), "conversation_name": name,
-               "id": hex::encode(m.id), "sender": m.sender, "outgoing": m.outgoing, "text": m.text,
+               "id": hex::encode(m.id), "sender": m.sender, "outgoing": m.outgoing, "text": m.text(),
                "sent_at_ms": m.sent_at_ms, "received_at_ms": m.received_at_ms})
         .to_string()
     } else {
@@ -310,7 +313,7 @@ fn message_line(json: bool, client: &Client, m: &Message) -> String {
             "[{}] [{name}] {}: {}",
             clock(m.sent_at_ms),
             m.sender,
-            m.text
+            body_text(m)
         )
     }
 }
@@ -318,7 +321,17 @@ fn message_line(json: bool, client: &Client, m: &Message) -> String {
 /// One line for an event other than a message (messages are read from the store), or `None`.
 fn event_line(json: bool, client: &Client, e: &Event) -> Option<String> {
     let (kind, conv, extra, text) = match e {
-        Event::Message(_) => return None,
+        Event::Message(_) | Event::MessageSent { .. } => return None,
+        Event::MessageFailed {
+            conversation,
+            message,
+            ..
+        } => (
+            "failed",
+            Some(*conversation),
+            json!({}),
+            format!("a message was not sent: {message}"),
+        ),
         Event::ConversationJoined(x) => (
             "joined",
             Some(x.id),
@@ -460,6 +473,9 @@ pub fn recv(a: RecvArgs) -> ExitCode {
             events.push(e);
         }
         for e in &events {
+            if matches!(e, Event::ConnectionChanged { .. }) {
+                continue;
+            }
             if let Some(line) = event_line(c.json, &client, e) {
                 if emit(&line).is_err() {
                     return Ok(());
@@ -473,8 +489,16 @@ pub fn recv(a: RecvArgs) -> ExitCode {
             // Hold the store and serve `send`, `groups` and `history` of other processes.
             let _served = daemon::serve(client.clone(), &c.connect, &pw)?;
             let mut last = Instant::now();
+            // Connection changes are news only once the connection was lost.
+            let mut lost = false;
             loop {
                 if let Some(e) = client.next_event(Duration::from_millis(250))? {
+                    if let Event::ConnectionChanged { connected } = e {
+                        if connected && !lost {
+                            continue;
+                        }
+                        lost = !connected;
+                    }
                     if let Some(line) = event_line(c.json, &client, &e) {
                         if emit(&line).is_err() {
                             return Ok(());
@@ -491,7 +515,7 @@ pub fn recv(a: RecvArgs) -> ExitCode {
                 }
             }
         }
-        client.close();
+        client.shutdown();
         Ok(())
     })();
     finish(c.json, r)
@@ -592,7 +616,7 @@ pub fn ping(p: PingArgs) -> ExitCode {
             code: e.code(),
             message: format!("{} ({})", e.message(), p.net.server),
         })?;
-        client.close();
+        client.shutdown();
         if p.json {
             say(&json!({"ok": true, "rtt_ms": rtt.as_secs_f64() * 1000.0}).to_string());
         } else {

@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use qpq_core::{
-    Client, ClientConfig, ConversationId, ConversationKind, Error, ErrorCode, StoreKey, Trust,
-};
+use qpq_core::{Client, ClientConfig, ConversationId, Error, ErrorCode, StoreKey, Trust};
 
 /// A failure as the CLI reports it: a qpq-core error code (or `InvalidInput` for what the CLI
 /// itself refuses) and a message.
@@ -177,27 +175,16 @@ impl ConnectArgs {
     }
 }
 
-/// Registers on first use, logs in otherwise.
+/// Registers on first use, logs in otherwise ([`Client::register_or_login`]).
 pub fn register_or_login(client: &Client, username: &str, password: &str) -> Result<bool, Error> {
-    match client.register(username, password) {
-        Ok(_) => Ok(true),
-        Err(e) if e.code() == ErrorCode::Conflict => {
-            client.login(username, password).map(|_| false)
-        }
-        Err(e) => Err(e),
-    }
+    client
+        .register_or_login(username, password)
+        .map(|(_, created)| created)
 }
 
-/// A conversation's display name: the group name, or the other members of a DM.
+/// A conversation's display name ([`Client::display_name`]).
 pub fn display_name(client: &Client, c: &qpq_core::Conversation) -> String {
-    if c.kind == ConversationKind::Dm || c.name.is_empty() {
-        let me = client.account().map(|a| a.username).unwrap_or_default();
-        let others: Vec<_> = c.members.iter().filter(|m| **m != me).cloned().collect();
-        if !others.is_empty() {
-            return format!("@{}", others.join(","));
-        }
-    }
-    c.name.clone()
+    client.display_name(c)
 }
 
 /// Finds a conversation by its number in `conversations()` (`#2` or `2`), id (hex prefix of
@@ -205,35 +192,22 @@ pub fn display_name(client: &Client, c: &qpq_core::Conversation) -> String {
 /// conversation, in any of these ways, is an error naming the candidates: a message never
 /// goes to a guess.
 pub fn find_conversation(client: &Client, what: &str) -> Result<ConversationId, CliError> {
-    let convs = client.conversations()?;
-    let lower = what.to_ascii_lowercase();
-    let number = what.trim_start_matches('#').parse::<usize>().ok();
-    let is_hex = what.len() >= 4 && what.chars().all(|c| c.is_ascii_hexdigit());
-    let mut matches: Vec<(ConversationId, String)> = Vec::new();
-    for (i, c) in convs.iter().enumerate() {
-        let name = display_name(client, c);
-        let hit = number == Some(i + 1)
-            || (is_hex && hex::encode(c.id).starts_with(&lower))
-            || name == what
-            || name == format!("@{}", what.trim_start_matches('@'));
-        if hit {
-            matches.push((c.id, name));
-        }
-    }
-    match matches.as_slice() {
-        [(id, _)] => Ok(*id),
-        [] => {
-            Err(format!("no conversation matches {what:?} (see the list of conversations)").into())
-        }
-        many => Err(format!(
-            "{what:?} matches {} conversations ({}); use its id",
-            many.len(),
-            many.iter()
-                .map(|(id, n)| format!("{n} = {}", hex::encode(id)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-        .into()),
+    // The rule lives in qpq-core (`Client::find_conversation`); its message is shown as is.
+    client
+        .find_conversation(what)
+        .map(|c| c.id)
+        .map_err(|e| e.message().to_string().into())
+}
+
+/// A message body as one line of text: the text, or a short description of other kinds.
+pub fn body_text(m: &qpq_core::Message) -> String {
+    match &m.body {
+        qpq_core::Body::Text(t) => t.clone(),
+        qpq_core::Body::App {
+            content_type,
+            bytes,
+        } => format!("[{content_type}, {} bytes]", bytes.len()),
+        other => format!("[{other:?}]"),
     }
 }
 

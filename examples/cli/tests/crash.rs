@@ -67,7 +67,9 @@ fn d11_receiver_killed_during_receive_loses_and_repeats_nothing() {
                 std::thread::sleep(Duration::from_millis(5));
             }
             done.store(true, Ordering::SeqCst);
-            alice.close();
+            // `send` only queues: make sure the outbox went out before shutting down.
+            alice.sync().unwrap();
+            alice.shutdown();
         })
     };
 
@@ -137,7 +139,7 @@ fn d11_receiver_killed_during_receive_loses_and_repeats_nothing() {
         .messages(&dm, total + 10, None)
         .unwrap()
         .into_iter()
-        .map(|m| m.text)
+        .map(|m| m.text().unwrap_or_default().to_string())
         .collect();
     let expected: Vec<String> = (0..total).map(|i| format!("stream {i:05}")).collect();
     assert_eq!(
@@ -146,5 +148,5 @@ fn d11_receiver_killed_during_receive_loses_and_repeats_nothing() {
         "lost or duplicated messages in the store"
     );
     assert_eq!(history, expected, "order or content differs");
-    bob.close();
+    bob.shutdown();
 }

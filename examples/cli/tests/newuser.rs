@@ -72,13 +72,32 @@ fn repl_cmd(server: &str, cert: &Path, user: &str, data: Option<&Path>) -> Comma
 
 fn spawn(cmd: Command) -> Session {
     let mut p = Session::spawn(cmd).unwrap();
-    p.set_expect_timeout(Some(Duration::from_secs(30)));
+    // Generous: a REPL start derives two Argon2id keys, on a machine shared by parallel builds.
+    p.set_expect_timeout(Some(Duration::from_secs(120)));
     p
 }
 
+/// Types /quit and waits for the REPL to exit.
 fn quit(mut p: Session) {
     p.send_line("/quit").unwrap();
     p.expect(Eof).unwrap();
+}
+
+/// Waits up to 120 s for `path` to exist and hold `needle`; returns its text.
+fn wait_file(path: &Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(t) = std::fs::read_to_string(path) {
+            if t.contains(needle) {
+                return t;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path:?} never held {needle:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Item 3: `recv --follow | head -1` ends cleanly when head goes away, and the message it
@@ -90,6 +109,8 @@ fn recv_follow_into_head_loses_nothing_and_history_rereads() {
     ok(qpq(&s, "alice", w.path()).args(["register", "--json"]));
     ok(qpq(&s, "bob", w.path()).args(["register", "--json"]));
     ok(qpq(&s, "alice", w.path()).args(["send", "--to", "bob", "--msg", "one", "--json"]));
+    let first = ok(qpq(&s, "bob", w.path()).args(["recv", "--json"]));
+    assert_eq!(texts(&first), ["one"], "{first}");
 
     let mut follow = Command::new("bash");
     follow
@@ -104,12 +125,13 @@ fn recv_follow_into_head_loses_nothing_and_history_rereads() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = follow.spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
-    assert_eq!(texts(&first), ["one"], "{first}");
-    // head has exited; qpq still follows. The next message finds the pipe closed.
     ok(qpq(&s, "alice", w.path()).args(["send", "--to", "bob", "--msg", "two", "--json"]));
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(texts(&line), ["two"], "{line}");
+    // head has exited; qpq still follows. The next message finds the pipe closed.
+    ok(qpq(&s, "alice", w.path()).args(["send", "--to", "bob", "--msg", "three", "--json"]));
     let status = child.wait().unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
@@ -117,15 +139,11 @@ fn recv_follow_into_head_loses_nothing_and_history_rereads() {
     assert!(!err.contains("panicked"), "{err}");
 
     let again = ok(qpq(&s, "bob", w.path()).args(["recv", "--json"]));
-    assert_eq!(
-        texts(&again),
-        ["two"],
-        "the unwritten message comes next: {again}"
-    );
+    assert_eq!(texts(&again), ["three"], "the unwritten message comes next: {again}");
     let none = ok(qpq(&s, "bob", w.path()).args(["recv", "--json"]));
     assert!(texts(&none).is_empty(), "{none}");
     let hist = ok(qpq(&s, "bob", w.path()).args(["history", "--to", "alice", "--json"]));
-    assert_eq!(texts(&hist), ["one", "two"], "{hist}");
+    assert_eq!(texts(&hist), ["one", "two", "three"], "{hist}");
 
     // The demo into a closed pipe: a clean exit too.
     let demo = Command::new("bash")
@@ -157,7 +175,9 @@ fn repl_history_keeps_commands_only_with_or_without_data_dir() {
     alice.expect("registered and logged in as alice").unwrap();
     alice.send_line("/dm bob").unwrap();
     alice.expect("now talking in @bob").unwrap();
+    alice.expect("@bob> ").unwrap();
     alice.send_line("secret words for bob").unwrap();
+    alice.expect("@bob> ").unwrap();
     alice.send_line("/history").unwrap();
     alice.expect("you: secret words for bob").unwrap();
     quit(alice);
@@ -165,7 +185,7 @@ fn repl_history_keeps_commands_only_with_or_without_data_dir() {
         .join("qpq")
         .join(s.addr.replace([':', '/', '[', ']'], "_"))
         .join("alice");
-    let history = std::fs::read_to_string(dir.join("repl-history")).unwrap();
+    let history = wait_file(&dir.join("repl-history"), "/dm bob");
     assert!(history.contains("/dm bob"), "{history}");
     assert!(!history.contains("secret"), "{history}");
     for f in std::fs::read_dir(&dir).unwrap() {
@@ -247,20 +267,30 @@ fn repl_starts_offline_from_its_store() {
         alice.expect("registered and logged in as alice").unwrap();
         alice.send_line("/dm bob").unwrap();
         alice.expect("now talking in @bob").unwrap();
+        // Lines typed while a command still runs can be lost by the line editor: wait for
+        // the prompt before each line, as a person does.
+        alice.expect("@bob> ").unwrap();
         alice.send_line("said while online").unwrap();
+        alice.expect("@bob> ").unwrap();
         alice.send_line("/history").unwrap();
-        alice.expect("you: said while online").unwrap();
+        let got = alice
+            .expect(Regex("you: said while online|error: [^\r\n]*"))
+            .unwrap();
+        let got = String::from_utf8_lossy(got.as_bytes()).to_string();
+        assert!(got.contains("you: said while online"), "{got}");
         quit(alice);
     } // the server is gone
     let mut alice = spawn(repl_cmd(&addr, &cert, "alice", Some(w.path())));
     alice.expect("opened the store of alice").unwrap();
-    alice.expect("type /help").unwrap();
+    alice.expect("offline").unwrap();
     alice.send_line("/switch @bob").unwrap();
     alice.expect("now talking in @bob").unwrap();
+    alice.expect("@bob> ").unwrap();
     alice.send_line("/history").unwrap();
     alice.expect("you: said while online").unwrap();
-    alice.expect("offline").unwrap();
+    alice.expect("@bob> ").unwrap();
     alice.send_line("queued while offline").unwrap();
+    alice.expect("@bob> ").unwrap();
     alice.send_line("/history").unwrap();
     alice.expect("you: queued while offline").unwrap();
     quit(alice);

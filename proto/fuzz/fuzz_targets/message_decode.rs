@@ -145,7 +145,8 @@ every_message!(
     CheckRevocationRequest,
     CheckRevocationResponse,
     AuditKeyTransparencyRequest,
-    AuditKeyTransparencyResponse
+    AuditKeyTransparencyResponse,
+    Reauth
 );
 
 fuzz_target!(|input: &[u8]| {

@@ -91,6 +91,7 @@ async fn account(service: &Service, ctx: &CallContext, username: &str) -> Vec<u8
             registration_upload: Bytes::from(fin.message),
             identity_key: Bytes::copy_from_slice(&identity.public_key()),
             device_key: Bytes::copy_from_slice(&device.public_key()),
+            ..Default::default()
         }
         .encode_to_vec(),
     )
@@ -118,6 +119,7 @@ async fn account(service: &Service, ctx: &CallContext, username: &str) -> Vec<u8
             login_id: r.login_id,
             ke3: Bytes::from(fin.message),
             device_key: Bytes::copy_from_slice(&device.public_key()),
+            ..Default::default()
         }
         .encode_to_vec(),
     )
@@ -139,6 +141,12 @@ fn fixture() -> &'static Fixture {
         config.rate_limit_per_sec = 1e12;
         config.rate_limit_burst = 1e12;
         config.auth_rate_per_sec = 1e12;
+        // The fixture's account sends no key proofs (ADR 0041); fuzzed inputs still reach
+        // the proof check whenever they carry a signature.
+        config.require_key_proof = false;
+        config.login_failures_per_ip = 0;
+        config.login_failures_per_account = 0;
+        config.login_attempts_account_burst = 0;
         config.auth_rate_burst = 1e12;
         config.max_fetch_wait_ms = 0;
         let store: Arc<dyn Storage> =
@@ -149,11 +157,11 @@ fn fixture() -> &'static Fixture {
             .build()
             .expect("runtime");
         let (tx, rx) = mpsc::channel(64);
-        let ctx = CallContext {
-            peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
-            conn_id: service.next_conn_id(),
-            push: tx,
-        };
+        let ctx = CallContext::new(
+            SocketAddr::from(([127, 0, 0, 1], 40000)),
+            service.next_conn_id(),
+            tx,
+        );
         let token = rt.block_on(account(&service, &ctx, "fuzz0"));
         Fixture {
             rt,

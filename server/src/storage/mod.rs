@@ -192,6 +192,12 @@ pub struct EnqueueOp {
     pub now_ms: u64,
     /// Per-device queue cap.
     pub max_queue_depth: u64,
+    /// Per-device cap on queued payload bytes.
+    pub max_queue_bytes: u64,
+    /// Entries of one device's queue the sending account may hold at once.
+    pub max_share_depth: u64,
+    /// Payload bytes of one device's queue the sending account may hold at once.
+    pub max_share_bytes: u64,
 }
 
 /// A message queued for one device by an Enqueue (used to wake and push to it).
@@ -214,6 +220,22 @@ pub struct EnqueueOutcome {
     pub epoch: u64,
     /// Messages queued, one per recipient device.
     pub deliveries: Vec<Delivery>,
+    /// Recipient devices skipped because their queue (or the sender's share of it) is full:
+    /// an application message still reaches everyone else (issue 17 item 20).
+    pub undelivered: Vec<Key32>,
+}
+
+/// What one purge run deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Queue entries older than the message TTL.
+    pub queue_entries: u64,
+    /// Stored payloads freed by that (or already unreferenced).
+    pub payloads: u64,
+    /// Idempotency records older than the message TTL.
+    pub enqueue_ids: u64,
+    /// Incomplete blob uploads older than their TTL.
+    pub incomplete_blobs: u64,
 }
 
 /// A validated KeyPackage to store.
@@ -223,6 +245,8 @@ pub struct NewKeyPackage {
     pub data: Bytes,
     /// SHA-256 of its HPKE init key (unique per device).
     pub init_key_hash: Key32,
+    /// Carries the RFC 9420 last_resort extension.
+    pub last_resort: bool,
 }
 
 /// One uploaded blob chunk.
@@ -242,6 +266,9 @@ pub struct BlobChunk {
     pub data: Bytes,
     /// Unix milliseconds.
     pub now_ms: u64,
+    /// Bytes of blobs (by declared size, complete or not) the account may hold; a new
+    /// upload past it is refused.
+    pub quota: u64,
 }
 
 /// The server's persistent state. Implementations must make every write method atomic and
@@ -249,10 +276,17 @@ pub struct BlobChunk {
 pub trait Storage: Send + Sync + 'static {
     /// Returns the named server secret, creating it with `init` if absent (atomically).
     fn server_secret(&self, name: &str, init: Vec<u8>) -> StorageResult<Vec<u8>>;
+    /// The named server secret if stored (never creates it).
+    fn server_secret_peek(&self, name: &str) -> StorageResult<Option<Vec<u8>>>;
+    /// Deletes the named server secret (it moved elsewhere, e.g. its own file).
+    fn delete_server_secret(&self, name: &str) -> StorageResult<()>;
 
     /// Whether the username is registered.
     fn username_taken(&self, username: &str) -> StorageResult<bool>;
-    /// Creates an account with its first device. Conflict when the username or a key is taken.
+    /// Creates an account with its first device. Conflict when the username is taken or
+    /// reserved after a deletion (until its tombstone expires at `now`), or when either key
+    /// is already registered as any account's identity key or any device key (one namespace:
+    /// the two keys may only equal each other). Account and device ids are never reused.
     fn create_account(
         &self,
         username: &str,
@@ -265,13 +299,16 @@ pub trait Storage: Send + Sync + 'static {
     fn account_by_username(&self, username: &str) -> StorageResult<Option<Account>>;
     /// Looks an account up by identity key.
     fn account_by_identity(&self, identity_key: &Key32) -> StorageResult<Option<Account>>;
-    /// Deletes the account and everything of it, in one transaction.
-    fn delete_account(&self, account: AccountId) -> StorageResult<()>;
+    /// Deletes the account and everything of it, in one transaction. Its username stays
+    /// reserved (a tombstone) until `username_reserved_until` (Unix seconds; 0 = not at all).
+    fn delete_account(&self, account: AccountId, username_reserved_until: u64)
+        -> StorageResult<()>;
 
     /// Devices of an account, oldest first.
     fn devices(&self, account: AccountId) -> StorageResult<Vec<Device>>;
     /// Adds a device (idempotent for a key the account already has). Limit when the account
-    /// has `max` devices; Conflict when another account uses the key.
+    /// has `max` devices; Conflict when another account uses the key, as a device key or as
+    /// its identity key. Device ids are never reused.
     fn add_device(
         &self,
         account: AccountId,
@@ -282,13 +319,17 @@ pub trait Storage: Send + Sync + 'static {
     /// Removes a device with its sessions, queue and KeyPackages.
     fn revoke_device(&self, account: AccountId, device_key: &Key32) -> StorageResult<()>;
 
-    /// Stores a session token hash.
+    /// Stores a session token hash. The device keeps at most `max_per_device` sessions: the
+    /// ones that expire first go, and their token hashes are returned (so caches drop them).
     fn create_session(
         &self,
         token_hash: &Key32,
         device: DeviceId,
         expires_at: u64,
-    ) -> StorageResult<()>;
+        max_per_device: usize,
+    ) -> StorageResult<Vec<Key32>>;
+    /// Deletes every session expired at `now`; returns how many.
+    fn purge_expired_sessions(&self, now: u64) -> StorageResult<u64>;
     /// Resolves a token hash to a live session (None when unknown or expired at `now`).
     fn session(&self, token_hash: &Key32, now: u64) -> StorageResult<Option<Session>>;
     /// Deletes a session.
@@ -327,7 +368,11 @@ pub trait Storage: Send + Sync + 'static {
     fn is_member(&self, channel: &ChannelId, account: AccountId) -> StorageResult<bool>;
     /// Members with their devices.
     fn members(&self, channel: &ChannelId) -> StorageResult<Vec<Member>>;
-    /// Removes a member; NotFound when it was not one. Only a member may call.
+    /// Marks `member` as leaving the channel (only the member itself may call: `by` is its
+    /// account and `member` its identity key; Forbidden otherwise). A leaving member no longer
+    /// counts as a member (it cannot send, read metadata or blobs, and gets no application
+    /// messages) but still gets the next commits, so it sees the commit that removes it; a
+    /// commit naming it in `remove_members` ends its membership. NotFound when not a member.
     fn remove_member(
         &self,
         channel: &ChannelId,
@@ -367,6 +412,31 @@ pub trait Storage: Send + Sync + 'static {
     fn blob_sha256(&self, channel: &ChannelId, sha256: &Key32) -> StorageResult<Key32>;
     /// Marks a fully received blob complete, or deletes it when `valid` is false.
     fn finish_blob(&self, channel: &ChannelId, sha256: &Key32, valid: bool) -> StorageResult<()>;
+    /// Deletes what has expired at `now_ms`: queue entries whose message is older than
+    /// `message_ttl_ms` (with the payloads nobody references any more), idempotency records
+    /// as old, and incomplete blob uploads older than `blob_ttl_ms`. At most `batch` rows of
+    /// each kind per call, so one run never holds the writer long.
+    fn purge_expired(
+        &self,
+        now_ms: u64,
+        message_ttl_ms: u64,
+        blob_ttl_ms: u64,
+        batch: usize,
+    ) -> StorageResult<PurgeReport>;
+    /// Stores (replacing) the device's last-resort KeyPackage of a suite (RFC 9420 §16.8):
+    /// served only when no ordinary KeyPackage is left, never deleted by a fetch.
+    fn set_last_resort_key_package(
+        &self,
+        device: DeviceId,
+        suite: u32,
+        package: NewKeyPackage,
+    ) -> StorageResult<()>;
+    /// The device's last-resort KeyPackage of a suite, when it has one (not removed).
+    fn last_resort_key_package(
+        &self,
+        device_key: &Key32,
+        suite: u32,
+    ) -> StorageResult<Option<Vec<u8>>>;
     /// Reads a range of a complete blob: (bytes, total size). NotFound when absent or incomplete.
     fn read_blob(
         &self,

@@ -117,7 +117,71 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE channel_members ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
     UPDATE channel_members SET admin = 1;
     ",
+    // v4 (issue 17 items 1, 9, 28): account and device ids are never reused. `id_high` holds
+    // the highest id ever handed out per table (what AUTOINCREMENT keeps in sqlite_sequence,
+    // without rebuilding the tables); every insert takes the next one. A DM whose key names
+    // an account that no longer exists loses its key, so nobody can re-join it. Deleted
+    // usernames are reserved for a while; expired sessions are purged by expiry.
+    "
+    CREATE TABLE id_high(name TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO id_high(name, last) VALUES
+        ('accounts', coalesce((SELECT max(id) FROM accounts), 0)),
+        ('devices', coalesce((SELECT max(id) FROM devices), 0));
+    UPDATE channels SET dm_key = NULL WHERE dm_key IS NOT NULL AND (
+        SELECT count(*) FROM accounts WHERE id IN (
+            CAST(substr(CAST(channels.dm_key AS TEXT), 1, instr(CAST(channels.dm_key AS TEXT), ':') - 1) AS INTEGER),
+            CAST(substr(CAST(channels.dm_key AS TEXT), instr(CAST(channels.dm_key AS TEXT), ':') + 1) AS INTEGER))
+        ) < 2;
+    CREATE TABLE username_tombstones(username TEXT PRIMARY KEY, until INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX sessions_expiry ON sessions(expires_at);
+    ",
+    // v5 (issue 17): queued bytes per device and per sender (caps and shares), members that
+    // are leaving (they still get commits), devices in each channel's group (a Welcome may
+    // only go to a device not yet in it), last-resort KeyPackages, and indexes for the purge
+    // jobs and the blob quota.
+    "
+    ALTER TABLE devices ADD COLUMN queue_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queue ADD COLUMN sender_account INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queue ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX queue_sender ON queue(device_id, sender_account);
+    ALTER TABLE channel_members ADD COLUMN leaving INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE channel_devices(
+        channel_id BLOB NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+        device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        PRIMARY KEY(channel_id, device_id)) WITHOUT ROWID;
+    CREATE INDEX channel_devices_device ON channel_devices(device_id);
+    INSERT OR IGNORE INTO channel_devices(channel_id, device_id)
+        SELECT m.channel_id, d.id FROM channel_members m JOIN devices d ON d.account_id = m.account_id;
+    CREATE TABLE last_resort_key_packages(
+        device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        suite INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY(device_id, suite)) WITHOUT ROWID;
+    CREATE INDEX payloads_age ON payloads(created_ms);
+    CREATE INDEX enqueue_ids_age ON enqueue_ids(created_ms);
+    CREATE INDEX blobs_incomplete ON blobs(complete, created_ms);
+    CREATE INDEX blobs_uploader ON blobs(uploader);
+    ",
 ];
+
+/// Takes the next never-used id of `table` (`accounts` or `devices`; see migration v4).
+fn next_id(c: &Connection, table: &str) -> StorageResult<i64> {
+    Ok(
+        c.prepare_cached("UPDATE id_high SET last = last + 1 WHERE name = ?1 RETURNING last")?
+            .query_row([table], |r| r.get(0))?,
+    )
+}
+
+/// Whether `key` is registered anywhere: as an identity key or as a device key (one
+/// namespace), other than by `except` (an account that may reuse its own keys).
+fn key_taken(c: &Connection, key: &Key32, except: Option<AccountId>) -> StorageResult<bool> {
+    let except = except.unwrap_or(-1);
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM accounts WHERE identity_key = ?1 AND id != ?2
+             UNION ALL SELECT 1 FROM devices WHERE device_key = ?1 AND account_id != ?2",
+    )?
+    .exists(params![&key[..], except])?)
+}
 
 /// Schema version this build writes.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -191,6 +255,42 @@ fn limit_pages(conn: &Connection, max_pages: u64) -> rusqlite::Result<()> {
             r.get(0)
         })?;
     }
+    Ok(())
+}
+
+/// Issue 17 item 10: the database holds every OPAQUE record (and, unless kept apart, the
+/// OPAQUE server key), so it and its WAL and SHM files are 0600 in a 0700 directory. SQLite
+/// creates the WAL and SHM with the database file's mode; existing files are tightened.
+fn restrict_permissions(path: &Path) -> StorageResult<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let fail = |p: &Path, e: std::io::Error| {
+            StorageError::Backend(format!("cannot restrict {}: {e}", p.display()))
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| fail(dir, e))?;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| fail(path, e))?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = PathBuf::from(p);
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| fail(&p, e))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
     Ok(())
 }
 
@@ -295,6 +395,7 @@ impl SqliteStorage {
                 StorageError::Backend(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
+        restrict_permissions(path)?;
         let mut conn = Connection::open(path)?;
         configure(&conn, max_pages)?;
         migrate(&mut conn)?;
@@ -408,7 +509,7 @@ fn account_id_by_identity(conn: &Connection, key: &Key32) -> StorageResult<Accou
 
 fn member_check(conn: &Connection, channel: &ChannelId, account: AccountId) -> StorageResult<bool> {
     Ok(conn
-        .prepare_cached("SELECT 1 FROM channel_members WHERE channel_id = ?1 AND account_id = ?2")?
+        .prepare_cached("SELECT 1 FROM channel_members WHERE channel_id = ?1 AND account_id = ?2 AND leaving = 0")?
         .exists(params![&channel[..], account])?)
 }
 
@@ -426,34 +527,76 @@ fn channel_row(conn: &Connection, id: &ChannelId) -> StorageResult<Option<Channe
         .optional()?)
 }
 
-/// Queues `payload_id` for each device, assigning each its next sequence number.
+/// Caps one fan-out applies to each recipient device.
+struct Caps {
+    depth: u64,
+    bytes: u64,
+    share_depth: u64,
+    share_bytes: u64,
+    /// Commits and Welcomes: never skipped (a member that misses a commit is forked; they are
+    /// bounded by the epoch order and the sender's budgets instead).
+    exempt: bool,
+}
+
+/// Queues `payload_id` for each device, assigning each its next sequence number. A device
+/// whose queue is full, or holds the sender's full share, is skipped (unless exempt) and
+/// listed in `skipped`.
+#[allow(clippy::too_many_arguments)]
 fn fan_out(
     conn: &Connection,
     devices: &[DeviceId],
     channel: &ChannelId,
     payload_id: i64,
     template: &QueuedMessage,
-    max_depth: u64,
+    sender_account: AccountId,
+    caps: &Caps,
     out: &mut Vec<Delivery>,
+    skipped: &mut Vec<DeviceId>,
 ) -> StorageResult<()> {
-    // One statement takes the sequence number and counts the queue (the cap is checked on the
-    // counter: counting rows per insert would make a long queue quadratic).
+    let bytes = template.payload.len() as u64;
+    // The caps are checked on counters (counting rows per insert would make a long queue
+    // quadratic); the sender's share is counted on an index, and only when the device's
+    // queue is long enough for it to matter.
+    let mut level =
+        conn.prepare_cached("SELECT queue_len, queue_bytes FROM devices WHERE id = ?1")?;
+    let mut share = conn.prepare_cached(
+        "SELECT count(*), coalesce(sum(bytes), 0) FROM queue WHERE device_id = ?1 AND sender_account = ?2",
+    )?;
     let mut next = conn.prepare_cached(
-        "UPDATE devices SET next_seq = next_seq + 1, queue_len = queue_len + 1 WHERE id = ?1
-         RETURNING next_seq - 1, queue_len - 1",
+        "UPDATE devices SET next_seq = next_seq + 1, queue_len = queue_len + 1, queue_bytes = queue_bytes + ?2
+         WHERE id = ?1 RETURNING next_seq - 1",
     )?;
     let mut ins = conn.prepare_cached(
-        "INSERT INTO queue(device_id, seq, channel_id, payload_id) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO queue(device_id, seq, channel_id, payload_id, sender_account, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for &d in devices {
-        let (seq, depth): (i64, i64) = next.query_row([d], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        if depth as u64 >= max_depth {
-            return Err(StorageError::QueueFull {
-                device: d,
-                message: format!("a recipient's queue is full ({max_depth} messages)"),
-            });
+        if !caps.exempt {
+            let (len, qbytes): (i64, i64) = level.query_row([d], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let (len, qbytes) = (len.max(0) as u64, qbytes.max(0) as u64);
+            if len >= caps.depth || qbytes.saturating_add(bytes) > caps.bytes {
+                skipped.push(d);
+                continue;
+            }
+            if len >= caps.share_depth || qbytes.saturating_add(bytes) > caps.share_bytes {
+                let (n, b): (i64, i64) =
+                    share.query_row(params![d, sender_account], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                if n.max(0) as u64 >= caps.share_depth
+                    || (b.max(0) as u64).saturating_add(bytes) > caps.share_bytes
+                {
+                    skipped.push(d);
+                    continue;
+                }
+            }
         }
-        ins.execute(params![d, seq, &channel[..], payload_id])?;
+        let seq: i64 = next.query_row(params![d, bytes as i64], |r| r.get(0))?;
+        ins.execute(params![
+            d,
+            seq,
+            &channel[..],
+            payload_id,
+            sender_account,
+            bytes as i64
+        ])?;
         let mut m = template.clone();
         m.seq = seq as u64;
         out.push(Delivery {
@@ -464,15 +607,18 @@ fn fan_out(
     Ok(())
 }
 
+/// Devices of the channel's members: `(device, key, account)`. Leaving members' devices are
+/// included only with `with_leaving` (commits reach them; application messages do not).
 fn member_devices(
     conn: &Connection,
     channel: &ChannelId,
+    with_leaving: bool,
 ) -> StorageResult<Vec<(DeviceId, Key32, AccountId)>> {
     let mut st = conn.prepare_cached(
         "SELECT d.id, d.device_key, d.account_id FROM channel_members m JOIN devices d ON d.account_id = m.account_id
-         WHERE m.channel_id = ?1 ORDER BY d.id",
+         WHERE m.channel_id = ?1 AND (?2 OR m.leaving = 0) ORDER BY d.id",
     )?;
-    let rows = st.query_map([&channel[..]], |r| {
+    let rows = st.query_map(params![&channel[..], with_leaving], |r| {
         Ok((r.get(0)?, key32(r.get(1)?)?, r.get(2)?))
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -507,8 +653,10 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
             duplicate: true,
             epoch: epoch as u64,
             deliveries: Vec::new(),
+            undelivered: Vec::new(),
         });
     }
+    let is_commit = op.commit_epoch.is_some();
     let mut epoch = channel.epoch;
     if let Some(e) = op.commit_epoch {
         if e != channel.epoch {
@@ -521,9 +669,22 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
         conn.prepare_cached("UPDATE channels SET epoch = ?2 WHERE id = ?1")?
             .execute(params![&op.channel_id[..], epoch as i64])?;
     }
+    // A DM is its two accounts for good: a commit may re-add neither a third account nor one
+    // that left (issue 17 item 15).
+    if channel.kind == ChannelKind::Dm {
+        for key in &op.add_members {
+            let id = account_id_by_identity(conn, key)?;
+            if !member_check(conn, &op.channel_id, id)? {
+                return Err(StorageError::Forbidden(
+                    "a DM cannot gain members: start a group instead".into(),
+                ));
+            }
+        }
+    }
     // Recipients of the message: every device of the members before this change (so removed
-    // members learn of their removal), except the sender and the Welcome's recipients.
-    let before = member_devices(conn, &op.channel_id)?;
+    // members learn of their removal; commits also reach members that are leaving), except
+    // the sender and the Welcome's recipients.
+    let before = member_devices(conn, &op.channel_id, is_commit)?;
     // Roles: removing another account that is still a member, or promoting, needs an admin
     // sender. (A member that left is already out of the channel: committing its own Remove
     // proposals needs no role.)
@@ -547,15 +708,25 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
             "DELETE FROM channel_members WHERE channel_id = ?1 AND account_id = ?2",
         )?
         .execute(params![&op.channel_id[..], id])?;
+        conn.prepare_cached(
+            "DELETE FROM channel_devices WHERE channel_id = ?1
+             AND device_id IN (SELECT id FROM devices WHERE account_id = ?2)",
+        )?
+        .execute(params![&op.channel_id[..], id])?;
     }
     let mut added = Vec::new();
     for key in &op.add_members {
         let id = account_id_by_identity(conn, key)?;
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO channel_members(channel_id, account_id) VALUES (?1, ?2)",
-        )?
-        .execute(params![&op.channel_id[..], id])?;
-        added.push(id);
+        // Counts as added only when it was not a member (or was leaving).
+        let n = conn
+            .prepare_cached(
+                "INSERT INTO channel_members(channel_id, account_id) VALUES (?1, ?2)
+                 ON CONFLICT(channel_id, account_id) DO UPDATE SET leaving = 0 WHERE leaving = 1",
+            )?
+            .execute(params![&op.channel_id[..], id])?;
+        if n > 0 {
+            added.push(id);
+        }
     }
     for key in &op.promote_members {
         let id = account_id_by_identity(conn, key)?;
@@ -572,7 +743,7 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     }
     let mut welcome_to: Vec<DeviceId> = Vec::new();
     if !op.welcome.is_empty() {
-        let after = member_devices(conn, &op.channel_id)?;
+        let after = member_devices(conn, &op.channel_id, false)?;
         if op.welcome_devices.is_empty() {
             welcome_to = after
                 .iter()
@@ -587,10 +758,35 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
                 welcome_to.push(d.0);
             }
         }
+        // A Welcome goes only to devices this commit adds: a device already in the group
+        // gets the commit, never a Welcome instead of it (issue 17 item 16).
+        let mut in_group = conn.prepare_cached(
+            "SELECT 1 FROM channel_devices WHERE channel_id = ?1 AND device_id = ?2",
+        )?;
+        for d in &welcome_to {
+            if in_group.exists(params![&op.channel_id[..], d])? {
+                return Err(StorageError::Invalid(
+                    "a Welcome may only go to devices this commit adds; a device already in the group gets the commit"
+                        .into(),
+                ));
+            }
+        }
         if welcome_to.is_empty() {
             return Err(StorageError::Invalid(
                 "a Welcome needs at least one recipient device".into(),
             ));
+        }
+    }
+    {
+        let mut joined = conn.prepare_cached(
+            "INSERT OR IGNORE INTO channel_devices(channel_id, device_id) VALUES (?1, ?2)",
+        )?;
+        for d in &welcome_to {
+            joined.execute(params![&op.channel_id[..], d])?;
+        }
+        if is_commit {
+            // A committer is in the group.
+            joined.execute(params![&op.channel_id[..], op.sender_device])?;
         }
     }
     let recipients: Vec<DeviceId> = before
@@ -626,16 +822,37 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
         server_time_ms: op.now_ms,
         kind: op.kind,
     };
+    let caps = Caps {
+        depth: op.max_queue_depth,
+        bytes: op.max_queue_bytes,
+        share_depth: op.max_share_depth,
+        share_bytes: op.max_share_bytes,
+        exempt: is_commit,
+    };
     let mut deliveries = Vec::with_capacity(recipients.len() + welcome_to.len());
+    let mut skipped = Vec::new();
     fan_out(
         conn,
         &recipients,
         &op.channel_id,
         payload_id,
         &template,
-        op.max_queue_depth,
+        op.sender_account,
+        &caps,
         &mut deliveries,
+        &mut skipped,
     )?;
+    if deliveries.is_empty() && !skipped.is_empty() {
+        // Nobody could take it: refuse the whole message (rolled back), so a retry later
+        // is not a duplicate.
+        return Err(StorageError::QueueFull {
+            device: skipped[0],
+            message: format!(
+                "the recipients' queues are full ({} messages or {} bytes each), or hold this sender's share",
+                op.max_queue_depth, op.max_queue_bytes
+            ),
+        });
+    }
     if !welcome_to.is_empty() {
         // The Welcome is stored once too; its id is derived from the commit's id.
         let mut wid = op.message_id;
@@ -655,14 +872,20 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
             kind: 2,
             ..template
         };
+        let exempt = Caps {
+            exempt: true,
+            ..caps
+        };
         fan_out(
             conn,
             &welcome_to,
             &op.channel_id,
             welcome_id,
             &wt,
-            op.max_queue_depth,
+            op.sender_account,
+            &exempt,
             &mut deliveries,
+            &mut skipped,
         )?;
     }
     if recipients.is_empty() && welcome_to.is_empty() {
@@ -670,11 +893,16 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
         conn.prepare_cached("DELETE FROM payloads WHERE id = ?1")?
             .execute([payload_id])?;
     }
+    let undelivered = skipped
+        .iter()
+        .filter_map(|d| before.iter().find(|b| b.0 == *d).map(|b| b.1))
+        .collect();
     Ok(EnqueueOutcome {
         server_id: payload_id as u64,
         duplicate: false,
         epoch,
         deliveries,
+        undelivered,
     })
 }
 
@@ -700,17 +928,18 @@ fn purge_device(conn: &Connection, device: DeviceId) -> StorageResult<()> {
         [device],
         |r| r.get(0),
     )?;
-    let holders: Vec<DeviceId> = conn
+    let holders: Vec<(DeviceId, i64)> = conn
         .prepare_cached(
             "DELETE FROM queue WHERE payload_id IN (SELECT id FROM payloads WHERE sender_device = ?1)
-             RETURNING device_id",
+             RETURNING device_id, bytes",
         )?
-        .query_map([&key], |r| r.get(0))?
+        .query_map([&key], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut dec =
-        conn.prepare_cached("UPDATE devices SET queue_len = max(queue_len - 1, 0) WHERE id = ?1")?;
-    for d in holders {
-        dec.execute([d])?;
+    let mut dec = conn.prepare_cached(
+        "UPDATE devices SET queue_len = max(queue_len - 1, 0), queue_bytes = max(queue_bytes - ?2, 0) WHERE id = ?1",
+    )?;
+    for (d, b) in holders {
+        dec.execute(params![d, b])?;
     }
     conn.execute("DELETE FROM payloads WHERE sender_device = ?1", [&key])?;
     conn.execute("DELETE FROM devices WHERE id = ?1", [device])?;
@@ -730,6 +959,25 @@ impl Storage for SqliteStorage {
                 [&name],
                 |r| r.get(0),
             )?)
+        })
+    }
+
+    fn server_secret_peek(&self, name: &str) -> StorageResult<Option<Vec<u8>>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT value FROM server_state WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+
+    fn delete_server_secret(&self, name: &str) -> StorageResult<()> {
+        let name = name.to_owned();
+        self.write(move |c| {
+            c.execute("DELETE FROM server_state WHERE name = ?1", [&name])?;
+            Ok(())
         })
     }
 
@@ -758,21 +1006,25 @@ impl Storage for SqliteStorage {
         );
         self.write(move |c| {
             let taken = c
-                .prepare_cached("SELECT 1 FROM accounts WHERE username = ?1 OR identity_key = ?2")?
-                .exists(params![username, &ik[..]])?;
+                .prepare_cached(
+                    "SELECT 1 FROM accounts WHERE username = ?1
+                     UNION ALL SELECT 1 FROM username_tombstones WHERE username = ?1 AND until > ?2",
+                )?
+                .exists(params![username, now as i64])?;
             if taken {
-                return Err(StorageError::Conflict("username or identity key already registered".into()));
+                return Err(StorageError::Conflict("username is taken".into()));
             }
-            if c.prepare_cached("SELECT 1 FROM devices WHERE device_key = ?1")?.exists([&dk[..]])? {
-                return Err(StorageError::Conflict("device key already registered".into()));
+            if key_taken(c, &ik, None)? || key_taken(c, &dk, None)? {
+                return Err(StorageError::Conflict("identity or device key already registered".into()));
             }
+            let id = next_id(c, "accounts")?;
             c.prepare_cached(
-                "INSERT INTO accounts(username, identity_key, opaque_record, created_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO accounts(id, username, identity_key, opaque_record, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![username, &ik[..], rec, now as i64])?;
-            let id = c.last_insert_rowid();
-            c.prepare_cached("INSERT INTO devices(account_id, device_key, created_at) VALUES (?1, ?2, ?3)")?
-                .execute(params![id, &dk[..], now as i64])?;
+            .execute(params![id, username, &ik[..], rec, now as i64])?;
+            let device = next_id(c, "devices")?;
+            c.prepare_cached("INSERT INTO devices(id, account_id, device_key, created_at) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![device, id, &dk[..], now as i64])?;
             Ok(id)
         })
     }
@@ -795,8 +1047,19 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn delete_account(&self, account: AccountId) -> StorageResult<()> {
+    fn delete_account(
+        &self,
+        account: AccountId,
+        username_reserved_until: u64,
+    ) -> StorageResult<()> {
         self.write(move |c| {
+            if username_reserved_until > 0 {
+                c.execute(
+                    "INSERT OR REPLACE INTO username_tombstones(username, until)
+                     SELECT username, ?2 FROM accounts WHERE id = ?1",
+                    params![account, username_reserved_until as i64],
+                )?;
+            }
             let devices: Vec<DeviceId> = c
                 .prepare("SELECT id FROM devices WHERE account_id = ?1")?
                 .query_map([account], |r| r.get(0))?
@@ -853,6 +1116,11 @@ impl Storage for SqliteStorage {
                 }
                 None => {}
             }
+            if key_taken(c, &dk, Some(account))? {
+                return Err(StorageError::Conflict(
+                    "device key belongs to another account".into(),
+                ));
+            }
             let n: i64 = c.query_row(
                 "SELECT count(*) FROM devices WHERE account_id = ?1",
                 [account],
@@ -863,11 +1131,12 @@ impl Storage for SqliteStorage {
                     "an account has at most {max} devices"
                 )));
             }
+            let id = next_id(c, "devices")?;
             c.prepare_cached(
-                "INSERT INTO devices(account_id, device_key, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO devices(id, account_id, device_key, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![account, &dk[..], now as i64])?;
-            Ok(c.last_insert_rowid())
+            .execute(params![id, account, &dk[..], now as i64])?;
+            Ok(id)
         })
     }
 
@@ -888,14 +1157,38 @@ impl Storage for SqliteStorage {
         token_hash: &Key32,
         device: DeviceId,
         expires_at: u64,
-    ) -> StorageResult<()> {
+        max_per_device: usize,
+    ) -> StorageResult<Vec<Key32>> {
         let th = *token_hash;
         self.write(move |c| {
             c.prepare_cached(
                 "INSERT INTO sessions(token_hash, device_id, expires_at) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![&th[..], device, expires_at as i64])?;
-            Ok(())
+            let evicted = c
+                .prepare_cached(
+                    "DELETE FROM sessions WHERE device_id = ?1 AND token_hash NOT IN (
+                        SELECT token_hash FROM sessions WHERE device_id = ?1
+                        ORDER BY token_hash = ?3 DESC, expires_at DESC LIMIT ?2)
+                     RETURNING token_hash",
+                )?
+                .query_map(
+                    params![device, max_per_device.max(1) as i64, &th[..]],
+                    |r| key32(r.get(0)?),
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(evicted)
+        })
+    }
+
+    fn purge_expired_sessions(&self, now: u64) -> StorageResult<u64> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
+                .execute([now as i64])?;
+            c.prepare_cached("DELETE FROM username_tombstones WHERE until <= ?1")?
+                .execute([now as i64])?;
+            Ok(n as u64)
         })
     }
 
@@ -1085,7 +1378,7 @@ impl Storage for SqliteStorage {
         self.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT a.id, a.identity_key, a.username FROM channel_members m JOIN accounts a ON a.id = m.account_id
-                 WHERE m.channel_id = ?1 ORDER BY a.username",
+                 WHERE m.channel_id = ?1 AND m.leaving = 0 ORDER BY a.username",
             )?;
             let rows: Vec<(AccountId, Key32, String)> = st
                 .query_map([&channel[..]], |r| Ok((r.get(0)?, key32(r.get(1)?)?, r.get(2)?)))?
@@ -1121,14 +1414,21 @@ impl Storage for SqliteStorage {
                 ));
             }
             let id = account_id_by_identity(c, &m)?;
+            if id != by {
+                return Err(StorageError::Forbidden(
+                    "RemoveMember removes only the caller; others leave a group through a commit".into(),
+                ));
+            }
             let n = c
                 .prepare_cached(
-                    "DELETE FROM channel_members WHERE channel_id = ?1 AND account_id = ?2",
+                    "UPDATE channel_members SET leaving = 1 WHERE channel_id = ?1 AND account_id = ?2 AND leaving = 0",
                 )?
                 .execute(params![&ch[..], id])?;
             if n == 0 {
                 return Err(StorageError::NotFound("member"));
             }
+            // Application messages already queued for the leaver in this channel stay (it
+            // may still read them); nothing new but commits reaches it.
             Ok(())
         })
     }
@@ -1212,22 +1512,32 @@ impl Storage for SqliteStorage {
         let seqs = seqs.to_vec();
         self.write(move |c| {
             let mut payloads: Vec<i64> = Vec::new();
+            let mut bytes = 0i64;
             if up_to_seq > 0 {
                 let mut st = c.prepare_cached(
-                    "DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2 RETURNING payload_id",
+                    "DELETE FROM queue WHERE device_id = ?1 AND seq <= ?2 RETURNING payload_id, bytes",
                 )?;
-                let ids = st.query_map(params![device, up_to_seq as i64], |r| r.get(0))?;
-                payloads.extend(ids.collect::<rusqlite::Result<Vec<i64>>>()?);
+                let ids = st.query_map(params![device, up_to_seq as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })?;
+                for row in ids {
+                    let (id, b) = row?;
+                    payloads.push(id);
+                    bytes += b;
+                }
             }
             let mut one = c.prepare_cached(
-                "DELETE FROM queue WHERE device_id = ?1 AND seq = ?2 RETURNING payload_id",
+                "DELETE FROM queue WHERE device_id = ?1 AND seq = ?2 RETURNING payload_id, bytes",
             )?;
             for s in &seqs {
-                if let Some(id) = one
-                    .query_row(params![device, *s as i64], |r| r.get(0))
+                if let Some((id, b)) = one
+                    .query_row(params![device, *s as i64], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                    })
                     .optional()?
                 {
                     payloads.push(id);
+                    bytes += b;
                 }
             }
             payloads.sort_unstable();
@@ -1235,9 +1545,9 @@ impl Storage for SqliteStorage {
             // A device's queue holds a payload at most once, so payloads removed = rows removed.
             let removed = payloads.len() as u64;
             c.prepare_cached(
-                "UPDATE devices SET queue_len = max(queue_len - ?2, 0) WHERE id = ?1",
+                "UPDATE devices SET queue_len = max(queue_len - ?2, 0), queue_bytes = max(queue_bytes - ?3, 0) WHERE id = ?1",
             )?
-            .execute(params![device, removed as i64])?;
+            .execute(params![device, removed as i64, bytes])?;
             gc_payloads(c, &payloads)?;
             Ok(removed)
         })
@@ -1273,6 +1583,15 @@ impl Storage for SqliteStorage {
                     received as u64
                 }
                 None => {
+                    let used: i64 = c
+                        .prepare_cached("SELECT coalesce(sum(total_size), 0) FROM blobs WHERE uploader = ?1")?
+                        .query_row([chunk.account_id], |r| r.get(0))?;
+                    if (used.max(0) as u64).saturating_add(chunk.total_size) > chunk.quota {
+                        return Err(StorageError::Limit(format!(
+                            "blob quota reached: {used} of {} bytes in use (incomplete uploads count; they expire)",
+                            chunk.quota
+                        )));
+                    }
                     c.prepare_cached(
                         "INSERT INTO blobs(channel_id, sha256, uploader, total_size, received, complete, created_ms)
                          VALUES (?1, ?2, ?3, ?4, 0, 0, ?5)",
@@ -1326,6 +1645,85 @@ impl Storage for SqliteStorage {
                 )?;
             }
             Ok(())
+        })
+    }
+
+    fn purge_expired(
+        &self,
+        now_ms: u64,
+        message_ttl_ms: u64,
+        blob_ttl_ms: u64,
+        batch: usize,
+    ) -> StorageResult<PurgeReport> {
+        self.write(move |c| {
+            let mut report = PurgeReport::default();
+            let cut = now_ms.saturating_sub(message_ttl_ms) as i64;
+            let old: Vec<i64> = c
+                .prepare_cached("SELECT id FROM payloads WHERE created_ms < ?1 ORDER BY created_ms LIMIT ?2")?
+                .query_map(params![cut, batch as i64], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut del = c.prepare_cached(
+                "DELETE FROM queue WHERE payload_id = ?1 RETURNING device_id, bytes",
+            )?;
+            let mut dec = c.prepare_cached(
+                "UPDATE devices SET queue_len = max(queue_len - 1, 0), queue_bytes = max(queue_bytes - ?2, 0) WHERE id = ?1",
+            )?;
+            let mut gone = c.prepare_cached("DELETE FROM payloads WHERE id = ?1")?;
+            for id in &old {
+                let rows: Vec<(DeviceId, i64)> = del
+                    .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                report.queue_entries += rows.len() as u64;
+                for (d, b) in rows {
+                    dec.execute(params![d, b])?;
+                }
+                report.payloads += gone.execute([id])? as u64;
+            }
+            report.enqueue_ids = c
+                .prepare_cached(
+                    "DELETE FROM enqueue_ids WHERE (sender_device, message_id) IN
+                     (SELECT sender_device, message_id FROM enqueue_ids WHERE created_ms < ?1 LIMIT ?2)",
+                )?
+                .execute(params![cut, batch as i64])? as u64;
+            let blob_cut = now_ms.saturating_sub(blob_ttl_ms) as i64;
+            report.incomplete_blobs = c
+                .prepare_cached(
+                    "DELETE FROM blobs WHERE (channel_id, sha256) IN
+                     (SELECT channel_id, sha256 FROM blobs WHERE complete = 0 AND created_ms < ?1 LIMIT ?2)",
+                )?
+                .execute(params![blob_cut, batch as i64])? as u64;
+            Ok(report)
+        })
+    }
+
+    fn set_last_resort_key_package(
+        &self,
+        device: DeviceId,
+        suite: u32,
+        package: NewKeyPackage,
+    ) -> StorageResult<()> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO last_resort_key_packages(device_id, suite, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(device_id, suite) DO UPDATE SET data = excluded.data",
+            )?
+            .execute(params![device, suite, &package.data[..]])?;
+            Ok(())
+        })
+    }
+
+    fn last_resort_key_package(
+        &self,
+        device_key: &Key32,
+        suite: u32,
+    ) -> StorageResult<Option<Vec<u8>>> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT k.data FROM last_resort_key_packages k JOIN devices d ON d.id = k.device_id
+                 WHERE d.device_key = ?1 AND k.suite = ?2",
+            )?
+            .query_row(params![&device_key[..], suite], |r| r.get(0))
+            .optional()?)
         })
     }
 
@@ -1396,6 +1794,7 @@ mod tests {
         let kp = |data: &'static [u8], h: u8| NewKeyPackage {
             data: Bytes::from_static(data),
             init_key_hash: [h; 32],
+            last_resort: false,
         };
         assert_eq!(
             st.add_key_packages(1, 1, vec![kp(b"a", 1), kp(b"b", 2)], 100)

@@ -3,28 +3,37 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use hkdf::Hkdf;
+use qpq_crypto::identity::IdentityKey;
+use qpq_crypto::opaque::OpaqueSuite;
+use qpq_crypto::opaque_ke::{
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
+};
 use qpq_proto::{method, v1, Status};
 use rand::rngs::OsRng;
+use sha2::Digest as _;
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::*;
 use crate::error::{AuthError, Error, ErrorCode};
 use crate::mls;
-use crate::net::Net;
 use crate::types::Account;
 
-impl Engine {
-    pub(crate) async fn register(
-        &mut self,
-        net: &Net,
-        username: &str,
-        password: &str,
-    ) -> Result<Account, Error> {
+impl Session {
+    pub(crate) async fn register(&self, username: &str, password: &str) -> Result<Account, Error> {
+        let _ops = self.ops().await;
         check_username(username)?;
-        self.check_store_owner(username)?;
+        let device = {
+            let e = self.engine()?;
+            e.check_store_owner(username)?;
+            e.my_device()
+        };
         let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, password.as_bytes())
             .map_err(|e| AuthError::Protocol(e.to_string()))?;
-        let r: v1::OpaqueRegisterStartResponse = net
+        let r: v1::OpaqueRegisterStartResponse = self
+            .net
             .call(
                 method::OPAQUE_REGISTER_START,
                 &v1::OpaqueRegisterStartRequest {
@@ -55,45 +64,63 @@ impl Engine {
             )
             .map_err(|e| AuthError::Protocol(e.to_string()))?;
         let identity = identity_from_export_key(&fin.export_key);
-        let _: v1::OpaqueRegisterFinishResponse = net
+        let upload = fin.message.serialize().to_vec();
+        // Proof of possession of both keys (issue 17 item 12), bound to this registration.
+        let proof = qpq_proto::key_proof::register(
+            username,
+            &Sha256::digest(&upload),
+            &identity.public_key(),
+            &device,
+        );
+        let device_signature = self.engine()?.keys.device.sign(&proof);
+        let _: v1::OpaqueRegisterFinishResponse = self
+            .net
             .call(
                 method::OPAQUE_REGISTER_FINISH,
                 &v1::OpaqueRegisterFinishRequest {
                     username: username.into(),
-                    registration_upload: Bytes::from(fin.message.serialize().to_vec()),
+                    registration_upload: Bytes::from(upload),
                     identity_key: Bytes::copy_from_slice(&identity.public_key()),
-                    device_key: Bytes::copy_from_slice(&self.my_device()),
+                    device_key: Bytes::copy_from_slice(&device),
+                    identity_signature: Bytes::copy_from_slice(&identity.sign(&proof)),
+                    device_signature: Bytes::copy_from_slice(&device_signature),
                 },
                 None,
                 Duration::ZERO,
                 false,
             )
-            .await?;
-        self.login(net, username, password).await
+            .await
+            .map_err(|e| match e.status() {
+                // RegisterStart answers the same for taken names; the name fails here.
+                Some(Status::Conflict) => Error::new(
+                    ErrorCode::Conflict,
+                    format!("the username {username} is taken"),
+                ),
+                _ => e.into(),
+            })?;
+        self.login_locked(username, password).await
     }
 
-    pub(super) fn check_store_owner(&self, username: &str) -> Result<(), Error> {
-        if let Some(u) = &self.keys.username {
-            if !u.eq_ignore_ascii_case(username) {
-                return Err(Error::invalid(format!(
-                    "this store belongs to {u}; use another data_dir for another account"
-                )));
-            }
-        }
-        Ok(())
+    pub(crate) async fn login(&self, username: &str, password: &str) -> Result<Account, Error> {
+        let _ops = self.ops().await;
+        self.login_locked(username, password).await
     }
 
-    pub(crate) async fn login(
-        &mut self,
-        net: &Net,
-        username: &str,
-        password: &str,
-    ) -> Result<Account, Error> {
+    /// Login with the operation lock already held.
+    async fn login_locked(&self, username: &str, password: &str) -> Result<Account, Error> {
         check_username(username)?;
-        self.check_store_owner(username)?;
+        let (device, old_identity) = {
+            let e = self.engine()?;
+            e.check_store_owner(username)?;
+            (
+                e.my_device(),
+                e.keys.identity.as_ref().map(|k| k.public_key()),
+            )
+        };
         let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, password.as_bytes())
             .map_err(|e| AuthError::Protocol(e.to_string()))?;
-        let r: v1::OpaqueLoginStartResponse = net
+        let r: v1::OpaqueLoginStartResponse = self
+            .net
             .call(
                 method::OPAQUE_LOGIN_START,
                 &v1::OpaqueLoginStartRequest {
@@ -117,20 +144,24 @@ impl Engine {
             )
             .map_err(|_| AuthError::BadCredentials)?;
         let identity = identity_from_export_key(&fin.export_key);
-        if let Some(old) = &self.keys.identity {
-            if old.public_key() != identity.public_key() {
+        if let Some(old) = old_identity {
+            if old != identity.public_key() {
                 return Err(Error::crypto(
                     "the account identity differs from the one in this store",
                 ));
             }
         }
-        let resp: v1::OpaqueLoginFinishResponse = net
+        let proof = qpq_proto::key_proof::login_device(&r.login_id, &device);
+        let device_signature = self.engine()?.keys.device.sign(&proof);
+        let resp: v1::OpaqueLoginFinishResponse = self
+            .net
             .call(
                 method::OPAQUE_LOGIN_FINISH,
                 &v1::OpaqueLoginFinishRequest {
                     login_id: r.login_id,
                     ke3: Bytes::from(fin.message.serialize().to_vec()),
-                    device_key: Bytes::copy_from_slice(&self.my_device()),
+                    device_key: Bytes::copy_from_slice(&device),
+                    device_signature: Bytes::copy_from_slice(&device_signature),
                 },
                 None,
                 Duration::ZERO,
@@ -142,63 +173,55 @@ impl Engine {
                 _ => Error::from(e),
             })?;
         let token = Zeroizing::new(resp.session_token.to_vec());
-        self.store.set_meta(META_USERNAME, username.as_bytes())?;
-        self.store
-            .set_meta(META_IDENTITY, &identity.to_bytes()[..])?;
-        self.store.set_meta(META_TOKEN, &token)?;
-        self.store
-            .put_device(&self.my_device(), &identity.public_key(), username)?;
-        self.keys.username = Some(username.to_string());
-        self.keys.identity = Some(identity);
-        self.keys.token = Some(token);
+        let hybrid_public = self.engine()?.set_logged_in(username, identity, token)?;
         let _: v1::UploadHybridKeyResponse = self
             .call(
-                net,
                 method::UPLOAD_HYBRID_KEY,
                 &v1::UploadHybridKeyRequest {
-                    hybrid_public_key: Bytes::from(self.keys.hybrid.public_key().to_bytes()),
+                    hybrid_public_key: Bytes::from(hybrid_public),
                 },
             )
             .await?;
-        self.replenish_key_packages(net, true).await?;
-        self.account()
+        self.replenish_key_packages_locked(true).await?;
+        self.engine()?
+            .account()
             .ok_or_else(|| Error::internal("account missing after login"))
     }
 
-    pub(crate) async fn logout(&mut self, net: &Net) -> Result<(), Error> {
-        if self.keys.token.is_some() {
+    pub(crate) async fn logout(&self) -> Result<(), Error> {
+        let _ops = self.ops().await;
+        if self.engine()?.logged_in() {
             let r: Result<v1::LogoutResponse, Error> =
-                self.call(net, method::LOGOUT, &v1::LogoutRequest {}).await;
+                self.call(method::LOGOUT, &v1::LogoutRequest {}).await;
             if let Err(e) = r {
                 if e.code() != ErrorCode::Unauthorized {
                     tracing::debug!("logout call failed: {e}");
                 }
             }
         }
-        self.keys.token = None;
-        self.store.delete_meta(META_TOKEN)?;
+        let mut e = self.engine()?;
+        e.keys.token = None;
+        e.store.delete_meta(META_TOKEN)?;
         Ok(())
     }
 
-    /// Keeps ~20 KeyPackages per suite on the server.
-    pub(crate) async fn replenish_key_packages(
-        &mut self,
-        net: &Net,
-        force: bool,
-    ) -> Result<(), Error> {
-        if !force {
-            if let Some(t) = self.kp_checked {
-                if t.elapsed() < Duration::from_secs(30) {
-                    return Ok(());
+    /// Keeps ~20 KeyPackages per suite on the server (the caller holds the operation lock).
+    pub(crate) async fn replenish_key_packages_locked(&self, force: bool) -> Result<(), Error> {
+        {
+            let mut e = self.engine()?;
+            if !force {
+                if let Some(t) = e.kp_checked {
+                    if t.elapsed() < Duration::from_secs(30) {
+                        return Ok(());
+                    }
                 }
             }
+            e.kp_checked = Some(std::time::Instant::now());
         }
-        self.kp_checked = Some(std::time::Instant::now());
         for cs in mls::SUITES {
             let suite = u32::from(u16::from(cs));
             let count: v1::UploadKeyPackageResponse = self
                 .call(
-                    net,
                     method::UPLOAD_KEY_PACKAGE,
                     &v1::UploadKeyPackageRequest {
                         key_packages: vec![],
@@ -210,10 +233,12 @@ impl Engine {
                 continue;
             }
             let n = (KEY_PACKAGE_TARGET - count.stored) as usize;
-            let kps = mls::key_packages(&self.provider(), &self.keys.device, cs, n)?;
+            let kps = {
+                let e = self.engine()?;
+                mls::key_packages(&e.provider(), &e.keys.device, cs, n)?
+            };
             let _: v1::UploadKeyPackageResponse = self
                 .call(
-                    net,
                     method::UPLOAD_KEY_PACKAGE,
                     &v1::UploadKeyPackageRequest {
                         key_packages: kps.into_iter().map(Bytes::from).collect(),
@@ -223,6 +248,41 @@ impl Engine {
                 .await?;
         }
         Ok(())
+    }
+}
+
+impl Engine {
+    fn check_store_owner(&self, username: &str) -> Result<(), Error> {
+        if let Some(u) = &self.keys.username {
+            if !u.eq_ignore_ascii_case(username) {
+                return Err(Error::invalid(format!(
+                    "this store belongs to {u}; use another data_dir for another account"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the account after a successful login (one transaction) and returns the hybrid
+    /// public key to upload.
+    fn set_logged_in(
+        &mut self,
+        username: &str,
+        identity: IdentityKey,
+        token: Zeroizing<Vec<u8>>,
+    ) -> Result<Vec<u8>, Error> {
+        let device = self.my_device();
+        self.store.transaction(|s| -> Result<(), Error> {
+            s.set_meta(META_USERNAME, username.as_bytes())?;
+            s.set_meta(META_IDENTITY, &identity.to_bytes()[..])?;
+            s.set_meta(META_TOKEN, &token)?;
+            s.put_device(&device, &identity.public_key(), username)?;
+            Ok(())
+        })?;
+        self.keys.username = Some(username.to_string());
+        self.keys.identity = Some(identity);
+        self.keys.token = Some(token);
+        Ok(self.keys.hybrid.public_key().to_bytes())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The pending-commit protocol: a commit is built and stored before it is sent, merged only
 //! after the server accepted it, resent after a crash or a lost connection, and rebuilt when
-//! another member won the epoch race.
+//! another member won the epoch race. The caller holds the operation lock; the engine lock is
+//! taken to build, and again to merge, never across the Enqueue.
 
 use std::collections::BTreeSet;
 
@@ -14,7 +15,6 @@ use rand::rngs::OsRng;
 use super::*;
 use crate::error::{Error, ErrorCode};
 use crate::mls;
-use crate::net::Net;
 use crate::types::{ConversationId, ConversationKind, Event};
 
 /// The change a commit makes.
@@ -37,27 +37,35 @@ pub(super) enum Change {
     Pending,
 }
 
-impl Engine {
+impl Session {
     /// Builds, sends and merges one commit; on a lost epoch race processes the winner and
     /// retries. The group never forks: a commit is merged only after the server accepted it.
     pub(super) async fn commit(
-        &mut self,
-        net: &Net,
+        &self,
         conv: &ConversationId,
         change: Change,
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
         for _attempt in 0..COMMIT_ATTEMPTS {
-            self.sync(net, events).await?;
-            let Some(req) = self.build_commit(conv, &change)? else {
-                return Ok(());
+            self.sync_locked(events).await?;
+            let req = {
+                let e = self.engine()?;
+                let built = e.store.transaction(|s| -> Result<_, Error> {
+                    let Some(req) = e.build_commit(conv, &change)? else {
+                        return Ok(None);
+                    };
+                    s.set_meta(&pending_key(conv), &req.encode_to_vec())?;
+                    Ok(Some(req))
+                })?;
+                let Some(req) = built else {
+                    return Ok(());
+                };
+                if e.failpoint == Some(Failpoint::CommitBuilt) {
+                    return Err(crashed(Failpoint::CommitBuilt));
+                }
+                req
             };
-            let key = format!("{META_PENDING_COMMIT}{}", hexs(conv));
-            self.store.set_meta(&key, &req.encode_to_vec())?;
-            if self.failpoint == Some(Failpoint::CommitBuilt) {
-                return Err(crashed(Failpoint::CommitBuilt));
-            }
-            match self.send_pending_commit(net, conv, &req, events).await? {
+            match self.send_pending_commit(conv, &req, events).await? {
                 true => return Ok(()),
                 false => continue,
             }
@@ -72,31 +80,60 @@ impl Engine {
 
     /// Sends a stored pending commit. Ok(true) = merged, Ok(false) = lost the race (cleared).
     pub(super) async fn send_pending_commit(
-        &mut self,
-        net: &Net,
+        &self,
         conv: &ConversationId,
         req: &v1::EnqueueRequest,
         events: &mut Vec<Event>,
     ) -> Result<bool, Error> {
-        let key = format!("{META_PENDING_COMMIT}{}", hexs(conv));
-        let r: Result<v1::EnqueueResponse, Error> = self.call(net, method::ENQUEUE, req).await;
+        let r: Result<v1::EnqueueResponse, Error> = self.call(method::ENQUEUE, req).await;
+        self.engine()?.finish_pending_commit(conv, r, events)
+    }
+
+    /// Re-sends commits whose outcome is unknown (crash or network loss after building them).
+    pub(super) async fn resolve_pending_commits(
+        &self,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        let pending = self.engine()?.store.meta_with_prefix(META_PENDING_COMMIT)?;
+        for (_, value) in pending {
+            let req = v1::EnqueueRequest::decode(&value[..])
+                .map_err(|e| Error::new(ErrorCode::Storage, format!("pending commit: {e}")))?;
+            let conv = id16(&req.channel_id, "channel id")?;
+            self.send_pending_commit(&conv, &req, events).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The meta key of a conversation's pending commit.
+fn pending_key(conv: &ConversationId) -> String {
+    format!("{META_PENDING_COMMIT}{}", hexs(conv))
+}
+
+impl Engine {
+    /// Applies the server's answer to a pending commit: merge it (Ok), drop it (refused), or
+    /// keep it for a resend (network failure: outcome unknown).
+    fn finish_pending_commit(
+        &self,
+        conv: &ConversationId,
+        r: Result<v1::EnqueueResponse, Error>,
+        events: &mut Vec<Event>,
+    ) -> Result<bool, Error> {
         if r.is_ok() && self.failpoint == Some(Failpoint::CommitSent) {
             return Err(crashed(Failpoint::CommitSent));
         }
+        let key = pending_key(conv);
         let provider = self.provider();
         let mut group = mls::load(&provider, conv)?;
         match r {
             Ok(_) => {
                 if let Some(g) = group.as_mut() {
                     let before = self.member_names(g)?;
-                    self.store.begin()?;
-                    let merged = g.merge_pending_commit(&provider).map_err(mls_err);
-                    if let Err(e) = merged {
-                        self.store.rollback();
-                        return Err(e);
-                    }
-                    self.store.delete_meta(&key)?;
-                    self.store.commit()?;
+                    self.store.transaction(|s| -> Result<(), Error> {
+                        g.merge_pending_commit(&provider).map_err(mls_err)?;
+                        s.delete_meta(&key)?;
+                        Ok(())
+                    })?;
                     let after = self.member_names(g)?;
                     push_members_changed(events, conv, &before, &after, g.epoch().as_u64());
                 } else {
@@ -106,11 +143,14 @@ impl Engine {
             }
             Err(e) if matches!(e.code(), ErrorCode::Network | ErrorCode::Timeout) => Err(e),
             Err(e) => {
-                if let Some(g) = group.as_mut() {
-                    g.clear_pending_commit(provider.storage())
-                        .map_err(mls_err)?;
-                }
-                self.store.delete_meta(&key)?;
+                self.store.transaction(|s| -> Result<(), Error> {
+                    if let Some(g) = group.as_mut() {
+                        g.clear_pending_commit(provider.storage())
+                            .map_err(mls_err)?;
+                    }
+                    s.delete_meta(&key)?;
+                    Ok(())
+                })?;
                 if e.code() == ErrorCode::Conflict {
                     Ok(false)
                 } else {
@@ -118,22 +158,6 @@ impl Engine {
                 }
             }
         }
-    }
-
-    /// Re-sends commits whose outcome is unknown (crash or network loss after building them).
-    pub(super) async fn resolve_pending_commits(
-        &mut self,
-        net: &Net,
-        events: &mut Vec<Event>,
-    ) -> Result<(), Error> {
-        for (key, value) in self.store.meta_with_prefix(META_PENDING_COMMIT)? {
-            let req = v1::EnqueueRequest::decode(&value[..])
-                .map_err(|e| Error::new(ErrorCode::Storage, format!("pending commit: {e}")))?;
-            let conv = id16(&req.channel_id, "channel id")?;
-            let _ = key;
-            self.send_pending_commit(net, &conv, &req, events).await?;
-        }
-        Ok(())
     }
 
     /// Stages a commit in the group (pending) and returns the Enqueue that carries it, or

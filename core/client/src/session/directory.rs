@@ -9,18 +9,13 @@ use qpq_proto::{method, v1};
 use super::*;
 use crate::error::{Error, ErrorCode};
 use crate::mls;
-use crate::net::Net;
 use crate::types::{ConversationId, Member};
 
-impl Engine {
-    pub(crate) async fn resolve_user(
-        &mut self,
-        net: &Net,
-        username: &str,
-    ) -> Result<Member, Error> {
+impl Session {
+    /// Looks a user up on the server and remembers its devices.
+    pub(crate) async fn resolve_user(&self, username: &str) -> Result<Member, Error> {
         let r: v1::ResolveUserResponse = self
             .call(
-                net,
                 method::RESOLVE_USER,
                 &v1::ResolveUserRequest {
                     username: username.into(),
@@ -35,44 +30,62 @@ impl Engine {
                 }
             })?;
         let identity = key32(&r.identity_key, "identity key")?;
-        let mut devices = Vec::new();
-        for d in &r.device_keys {
-            let d = key32(d, "device key")?;
-            self.store.put_device(&d, &identity, username)?;
-            devices.push(d);
-        }
+        let devices = r
+            .device_keys
+            .iter()
+            .map(|d| key32(d, "device key"))
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.engine()?.store.transaction(|s| -> Result<(), Error> {
+            for d in &devices {
+                s.put_device(d, &identity, username)?;
+            }
+            Ok(())
+        })?;
         Ok(Member {
             username: username.to_string(),
-            identity_key: identity,
+            identity_key: Some(identity),
             devices,
         })
     }
 
+    /// [`Session::resolve_user`] with the identity key taken out (always known there).
+    pub(super) async fn resolve(&self, username: &str) -> Result<([u8; 32], Member), Error> {
+        let m = self.resolve_user(username).await?;
+        let id = m
+            .identity_key
+            .ok_or_else(|| Error::internal("a resolved user without an identity key"))?;
+        Ok((id, m))
+    }
+
     /// Learns usernames of every device of a channel's members.
-    pub(super) async fn refresh_directory(
-        &mut self,
-        net: &Net,
-        conv: &ConversationId,
-    ) -> Result<(), Error> {
+    pub(super) async fn refresh_directory(&self, conv: &ConversationId) -> Result<(), Error> {
         let r: v1::ListGroupMembersResponse = self
             .call(
-                net,
                 method::LIST_GROUP_MEMBERS,
                 &v1::ListGroupMembersRequest {
                     channel_id: Bytes::copy_from_slice(conv),
                 },
             )
             .await?;
-        for m in r.members {
-            let id = key32(&m.identity_key, "identity key")?;
-            for d in &m.device_keys {
-                self.store
-                    .put_device(&key32(d, "device key")?, &id, &m.username)?;
+        self.engine()?.store.transaction(|s| -> Result<(), Error> {
+            for m in r.members {
+                let id = key32(&m.identity_key, "identity key")?;
+                for d in &m.device_keys {
+                    s.put_device(&key32(d, "device key")?, &id, &m.username)?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
+    /// The safety number between this account and `username`.
+    pub(crate) async fn safety_number(&self, username: &str) -> Result<String, Error> {
+        let (id, m) = self.resolve(username).await?;
+        self.engine()?.safety_number(&id, &m.username)
+    }
+}
+
+impl Engine {
     pub(super) fn username_of(&self, device: &[u8; 32]) -> Result<String, Error> {
         Ok(match self.store.device(device)? {
             Some((_, name)) => name,
@@ -93,12 +106,12 @@ impl Engine {
         Ok(names.into_iter().collect())
     }
 
-    pub(crate) fn safety_number(&self, other: &Member) -> Result<String, Error> {
+    fn safety_number(&self, other_identity: &[u8; 32], other: &str) -> Result<String, Error> {
         Ok(qpq_crypto::safety::safety_number(
             &self.my_identity()?,
             &self.my_username()?,
-            &other.identity_key,
-            &other.username,
+            other_identity,
+            other,
         ))
     }
 }

@@ -1,4 +1,6 @@
 //! Groups and DMs: creating them, inviting and removing members, leaving, key rotation.
+//! Each public operation holds the operation lock for its whole run and the engine lock only
+//! for local steps.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,21 +13,19 @@ use super::commit::Change;
 use super::*;
 use crate::error::{Error, ErrorCode};
 use crate::mls;
-use crate::net::Net;
 use crate::store::ConversationRow;
 use crate::types::{ConversationId, ConversationKind, Event};
 
-impl Engine {
+impl Session {
     pub(crate) async fn create_group(
-        &mut self,
-        net: &Net,
+        &self,
         name: &str,
         pq: bool,
         events: &mut Vec<Event>,
     ) -> Result<ConversationId, Error> {
+        let _ops = self.ops().await;
         let r: v1::CreateChannelResponse = self
             .call(
-                net,
                 method::CREATE_CHANNEL,
                 &v1::CreateChannelRequest {
                     kind: v1::ChannelKind::Group as i32,
@@ -35,89 +35,50 @@ impl Engine {
             )
             .await?;
         let id = id16(&r.channel_id, "channel id")?;
-        self.new_group(&id, ConversationKind::Group, name, pq)?;
-        self.add_own_devices(net, &id, events).await?;
+        self.engine()?
+            .new_group(&id, ConversationKind::Group, name, pq)?;
+        self.add_own_devices(&id, events).await?;
         Ok(id)
     }
 
-    pub(super) fn new_group(
-        &mut self,
-        id: &ConversationId,
-        kind: ConversationKind,
-        name: &str,
-        pq: bool,
-    ) -> Result<(), Error> {
-        let cs = if pq { mls::PQ } else { mls::CLASSIC };
-        let provider = self.provider();
-        self.store.begin()?;
-        let r = (|| -> Result<(), Error> {
-            MlsGroup::new_with_group_id(
-                &provider,
-                &mls::signer(&self.keys.device),
-                &mls::create_config(cs),
-                GroupId::from_slice(id),
-                mls::credential(&self.keys.device),
-            )
-            .map_err(mls_err)?;
-            self.store.put_conversation(
-                &ConversationRow {
-                    id: *id,
-                    kind,
-                    name: name.to_string(),
-                    post_quantum: pq,
-                    active: true,
-                    unread: 0,
-                },
-                now_ms(),
-            )?;
-            Ok(())
-        })();
-        match r {
-            Ok(()) => Ok(self.store.commit()?),
-            Err(e) => {
-                self.store.rollback();
-                Err(e)
-            }
-        }
-    }
-
-    pub(super) async fn add_own_devices(
-        &mut self,
-        net: &Net,
+    async fn add_own_devices(
+        &self,
         conv: &ConversationId,
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
-        let me = self.my_username()?;
-        let own = self.resolve_user(net, &me).await?;
+        let (me, my_device) = {
+            let e = self.engine()?;
+            (e.my_username()?, e.my_device())
+        };
+        let own = self.resolve_user(&me).await?;
         let others: Vec<[u8; 32]> = own
             .devices
             .iter()
             .copied()
-            .filter(|d| *d != self.my_device())
+            .filter(|d| *d != my_device)
             .collect();
         if others.is_empty() {
             return Ok(());
         }
-        self.add_devices(net, conv, vec![], others, events).await
+        self.add_devices(conv, vec![], others, events).await
     }
 
     pub(crate) async fn create_dm(
-        &mut self,
-        net: &Net,
+        &self,
         username: &str,
         events: &mut Vec<Event>,
     ) -> Result<ConversationId, Error> {
-        let peer = self.resolve_user(net, username).await?;
-        if peer.identity_key == self.my_identity()? {
+        let _ops = self.ops().await;
+        let (peer_id, peer) = self.resolve(username).await?;
+        if peer_id == self.engine()?.my_identity()? {
             return Err(Error::invalid("a DM needs another account"));
         }
         let r: v1::CreateChannelResponse = self
             .call(
-                net,
                 method::CREATE_CHANNEL,
                 &v1::CreateChannelRequest {
                     kind: v1::ChannelKind::Dm as i32,
-                    members: vec![Bytes::copy_from_slice(&peer.identity_key)],
+                    members: vec![Bytes::copy_from_slice(&peer_id)],
                     metadata: Bytes::new(),
                 },
             )
@@ -125,75 +86,72 @@ impl Engine {
         let id = id16(&r.channel_id, "channel id")?;
         if !r.created {
             // The peer may have set it up already: its Welcome is in our queue.
-            self.sync(net, events).await?;
-            if mls::load(&self.provider(), &id)?.is_some() {
+            self.sync_locked(events).await?;
+            let e = self.engine()?;
+            if mls::load(&e.provider(), &id)?.is_some() {
                 return Ok(id);
             }
         }
-        self.new_group(&id, ConversationKind::Dm, username, false)?;
-        self.add_own_devices(net, &id, events).await?;
-        self.add_devices(
-            net,
-            &id,
-            vec![peer.identity_key],
-            peer.devices.clone(),
-            events,
-        )
-        .await?;
+        self.engine()?
+            .new_group(&id, ConversationKind::Dm, username, false)?;
+        self.add_own_devices(&id, events).await?;
+        self.add_devices(&id, vec![peer_id], peer.devices.clone(), events)
+            .await?;
         Ok(id)
     }
 
     pub(crate) async fn invite(
-        &mut self,
-        net: &Net,
+        &self,
         conv: &ConversationId,
         usernames: &[&str],
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
+        let _ops = self.ops().await;
         let mut identities = Vec::new();
         let mut devices = Vec::new();
         for u in usernames {
-            let m = self.resolve_user(net, u).await?;
-            identities.push(m.identity_key);
+            let (id, m) = self.resolve(u).await?;
+            identities.push(id);
             devices.extend(m.devices);
         }
-        self.add_devices(net, conv, identities, devices, events)
-            .await
+        self.add_devices(conv, identities, devices, events).await
     }
 
     /// Fetches KeyPackages and hybrid keys of `devices` not yet in the group and commits
     /// adding them all at once.
-    pub(super) async fn add_devices(
-        &mut self,
-        net: &Net,
+    async fn add_devices(
+        &self,
         conv: &ConversationId,
         identities: Vec<[u8; 32]>,
         devices: Vec<[u8; 32]>,
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
-        let group = mls::load(&self.provider(), conv)?
-            .ok_or_else(|| Error::not_found("no such active conversation"))?;
-        let present: BTreeSet<[u8; 32]> = mls::member_devices(&group)
-            .into_iter()
-            .map(|(_, d)| d)
-            .collect();
-        let suite = u32::from(u16::from(group.ciphersuite()));
-        let row = self
-            .store
-            .conversation(conv)?
-            .ok_or_else(|| Error::not_found("no such conversation"))?;
-        let wanted: Vec<[u8; 32]> = devices
-            .into_iter()
-            .filter(|d| !present.contains(d))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let (cs, row, wanted) = {
+            let e = self.engine()?;
+            let group = mls::load(&e.provider(), conv)?
+                .ok_or_else(|| Error::not_found("no such active conversation"))?;
+            let present: BTreeSet<[u8; 32]> = mls::member_devices(&group)
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect();
+            let row = e
+                .store
+                .conversation(conv)?
+                .ok_or_else(|| Error::not_found("no such conversation"))?;
+            let wanted: Vec<[u8; 32]> = devices
+                .into_iter()
+                .filter(|d| !present.contains(d))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            (group.ciphersuite(), row, wanted)
+        };
+        let suite = u32::from(u16::from(cs));
         if wanted.is_empty() {
             return Ok(());
         }
         let hk: v1::FetchHybridKeysResponse = self
             .call(
-                net,
                 method::FETCH_HYBRID_KEYS,
                 &v1::FetchHybridKeysRequest {
                     device_keys: wanted.iter().map(|d| Bytes::copy_from_slice(d)).collect(),
@@ -215,7 +173,6 @@ impl Engine {
             };
             let r: Result<v1::FetchKeyPackageResponse, Error> = self
                 .call(
-                    net,
                     method::FETCH_KEY_PACKAGE,
                     &v1::FetchKeyPackageRequest {
                         device_key: Bytes::copy_from_slice(&d),
@@ -228,10 +185,11 @@ impl Engine {
                 Err(e) if e.code() == ErrorCode::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            let kp = mls::parse_key_package(&self.provider(), &kp)?;
-            if mls::device_of(kp.leaf_node().credential()) != Some(d)
-                || kp.ciphersuite() != group.ciphersuite()
-            {
+            let kp = {
+                let e = self.engine()?;
+                mls::parse_key_package(&e.provider(), &kp)?
+            };
+            if mls::device_of(kp.leaf_node().credential()) != Some(d) || kp.ciphersuite() != cs {
                 return Err(Error::crypto(
                     "a KeyPackage does not match its device or suite",
                 ));
@@ -244,7 +202,6 @@ impl Engine {
             ));
         }
         self.commit(
-            net,
             conv,
             Change::Add {
                 key_packages: kps,
@@ -258,34 +215,35 @@ impl Engine {
     }
 
     pub(crate) async fn remove(
-        &mut self,
-        net: &Net,
+        &self,
         conv: &ConversationId,
         username: &str,
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
-        let m = self.resolve_user(net, username).await?;
-        let group = mls::load(&self.provider(), conv)?
-            .ok_or_else(|| Error::not_found("no such active conversation"))?;
-        let devices: BTreeSet<[u8; 32]> = mls::member_devices(&group)
-            .into_iter()
-            .map(|(_, d)| d)
-            .filter(|d| {
-                m.devices.contains(d) || self.identity_of(d).ok().flatten() == Some(m.identity_key)
-            })
-            .collect();
-        if devices.is_empty() {
-            return Err(Error::not_found(format!("{username} is not a member")));
-        }
-        if devices.contains(&self.my_device()) {
-            return Err(Error::invalid("use leave() to remove yourself"));
-        }
+        let _ops = self.ops().await;
+        let (m_id, m) = self.resolve(username).await?;
+        let devices: BTreeSet<[u8; 32]> = {
+            let e = self.engine()?;
+            let group = mls::load(&e.provider(), conv)?
+                .ok_or_else(|| Error::not_found("no such active conversation"))?;
+            let devices: BTreeSet<[u8; 32]> = mls::member_devices(&group)
+                .into_iter()
+                .map(|(_, d)| d)
+                .filter(|d| m.devices.contains(d) || e.identity_of(d).ok().flatten() == Some(m_id))
+                .collect();
+            if devices.is_empty() {
+                return Err(Error::not_found(format!("{username} is not a member")));
+            }
+            if devices.contains(&e.my_device()) {
+                return Err(Error::invalid("use leave() to remove yourself"));
+            }
+            devices
+        };
         self.commit(
-            net,
             conv,
             Change::Remove {
                 devices,
-                remove_members: vec![m.identity_key],
+                remove_members: vec![m_id],
             },
             events,
         )
@@ -293,30 +251,36 @@ impl Engine {
     }
 
     pub(crate) async fn rotate_keys(
-        &mut self,
-        net: &Net,
+        &self,
         conv: &ConversationId,
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
-        self.commit(net, conv, Change::Update, events).await
+        let _ops = self.ops().await;
+        self.commit(conv, Change::Update, events).await
     }
 
     /// Leave: one Remove proposal per leaf of this account (sent as PROPOSAL), then the
     /// account leaves the channel on the server. A remaining member commits the proposals
     /// when it processes them.
     pub(crate) async fn leave(
-        &mut self,
-        net: &Net,
+        &self,
         conv: &ConversationId,
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
-        self.sync(net, events).await?;
-        let me = self.my_identity()?;
-        let proposals = self.leave_proposals(conv, &me)?;
+        let _ops = self.ops().await;
+        self.sync_locked(events).await?;
+        // What was queued for this conversation goes out before we leave.
+        if let Err(e) = self.flush_outbox_locked(events).await {
+            tracing::debug!("outbox not flushed before leaving: {e}");
+        }
+        let (me, proposals) = {
+            let e = self.engine()?;
+            let me = e.my_identity()?;
+            (me, e.leave_proposals(conv, &me)?)
+        };
         for p in proposals {
             let _: v1::EnqueueResponse = self
                 .call(
-                    net,
                     method::ENQUEUE,
                     &v1::EnqueueRequest {
                         channel_id: Bytes::copy_from_slice(conv),
@@ -330,7 +294,6 @@ impl Engine {
         }
         let _: v1::RemoveMemberResponse = self
             .call(
-                net,
                 method::REMOVE_MEMBER,
                 &v1::RemoveMemberRequest {
                     channel_id: Bytes::copy_from_slice(conv),
@@ -338,25 +301,58 @@ impl Engine {
                 },
             )
             .await?;
-        self.drop_group(conv)?;
+        self.engine()?.drop_group(conv)?;
         Ok(())
     }
+}
 
-    pub(super) fn drop_group(&self, conv: &ConversationId) -> Result<(), Error> {
+impl Engine {
+    fn new_group(
+        &self,
+        id: &ConversationId,
+        kind: ConversationKind,
+        name: &str,
+        pq: bool,
+    ) -> Result<(), Error> {
+        let cs = if pq { mls::PQ } else { mls::CLASSIC };
         let provider = self.provider();
-        if let Some(mut g) = mls::load(&provider, conv)? {
-            g.delete(provider.storage()).map_err(mls_err)?;
-        }
-        self.store.set_active(conv, false)?;
-        Ok(())
+        self.store.transaction(|s| -> Result<(), Error> {
+            MlsGroup::new_with_group_id(
+                &provider,
+                &mls::signer(&self.keys.device),
+                &mls::create_config(cs),
+                GroupId::from_slice(id),
+                mls::credential(&self.keys.device),
+            )
+            .map_err(mls_err)?;
+            s.put_conversation(
+                &ConversationRow {
+                    id: *id,
+                    kind,
+                    name: name.to_string(),
+                    post_quantum: pq,
+                    active: true,
+                    unread: 0,
+                },
+                now_ms(),
+            )?;
+            Ok(())
+        })
+    }
+
+    fn drop_group(&self, conv: &ConversationId) -> Result<(), Error> {
+        let provider = self.provider();
+        self.store.transaction(|s| -> Result<(), Error> {
+            if let Some(mut g) = mls::load(&provider, conv)? {
+                g.delete(provider.storage()).map_err(mls_err)?;
+            }
+            s.set_active(conv, false)?;
+            Ok(())
+        })
     }
 
     /// Remove proposals for every leaf of this account in `conv`, own leaf last.
-    pub(super) fn leave_proposals(
-        &self,
-        conv: &ConversationId,
-        me: &[u8; 32],
-    ) -> Result<Vec<Vec<u8>>, Error> {
+    fn leave_proposals(&self, conv: &ConversationId, me: &[u8; 32]) -> Result<Vec<Vec<u8>>, Error> {
         let provider = self.provider();
         let mut group = mls::load(&provider, conv)?
             .ok_or_else(|| Error::not_found("no such active conversation"))?;

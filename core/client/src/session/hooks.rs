@@ -4,40 +4,42 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
+use prost::Message as _;
 use qpq_proto::v1;
 
 use super::commit::Change;
 use super::*;
+use crate::body::Body;
 use crate::error::Error;
 use crate::types::{ConversationId, Event};
 
 impl Engine {
-    /// Test hook: encrypts `text` as a text message (exactly as [`Engine::send_text`] would)
-    /// without storing or sending it.
+    /// Test hook: encrypts `text` as a text message (as the outbox would) without storing or
+    /// sending it. The ratchet step it used is kept, as for a sent message.
     pub(crate) fn debug_encrypt(
         &self,
         conv: &ConversationId,
         text: &str,
     ) -> Result<Vec<u8>, Error> {
-        let (_, _, plaintext) = self.text_plaintext(text);
-        self.store.begin()?;
-        let r = self.encrypt(conv, &plaintext).map(|(ct, _)| ct);
-        self.store.commit()?;
-        r
+        let id: [u8; 16] = rand::random();
+        let plaintext = v1::AppMessage {
+            id: Bytes::copy_from_slice(&id),
+            sent_at: now_ms(),
+            sender_device: Bytes::copy_from_slice(&self.my_device()),
+            kind: Some(Body::Text(text.to_string()).to_kind()),
+        }
+        .encode_to_vec();
+        self.store.transaction(|_| -> Result<_, Error> {
+            Ok(self.encrypt(conv, &plaintext).map(|(ct, _)| ct))
+        })?
     }
 
     /// Test hook: runs raw MLS bytes through the receive path ([`Engine::process_one`])
     /// against this device's group state, then rolls everything back.
-    pub(crate) fn debug_process(
-        &mut self,
-        conv: &ConversationId,
-        bytes: &[u8],
-    ) -> Result<(), Error> {
+    pub(crate) fn debug_process(&self, conv: &ConversationId, bytes: &[u8]) -> Result<(), Error> {
         let m = debug_queued(conv, bytes);
-        self.store.begin()?;
-        let r = self.process_one(&m, &mut Vec::new(), &mut BTreeSet::new());
-        self.store.rollback();
-        r
+        self.store
+            .scratch(|_| self.process_one(&m, &mut Vec::new(), &mut BTreeSet::new()))
     }
 
     /// Test hook: delivers each `(conversation, MLS bytes)` as if the server had queued it
@@ -45,7 +47,7 @@ impl Engine {
     /// (without touching the stored sequence number, the network or proposals to commit).
     /// Reports, per input, what processing gave and whether any stored state changed.
     pub(crate) fn debug_inject(
-        &mut self,
+        &self,
         msgs: &[(ConversationId, Vec<u8>)],
     ) -> Result<Vec<DebugInjected>, Error> {
         let mut out = Vec::with_capacity(msgs.len());
@@ -63,10 +65,10 @@ impl Engine {
 
     /// Test hook: builds a self-update commit for `conv` and returns its MLS bytes without
     /// sending or merging it (the group stays where it was).
-    pub(crate) fn debug_self_update(&mut self, conv: &ConversationId) -> Result<Vec<u8>, Error> {
-        self.store.begin()?;
-        let r = self.build_commit(conv, &Change::Update);
-        self.store.rollback();
+    pub(crate) fn debug_self_update(&self, conv: &ConversationId) -> Result<Vec<u8>, Error> {
+        let r = self
+            .store
+            .scratch(|_| self.build_commit(conv, &Change::Update));
         Ok(r?
             .ok_or_else(|| Error::internal("a self-update always makes a commit"))?
             .payload
@@ -90,7 +92,7 @@ pub struct DebugInjected {
 }
 
 /// A queued message as the server would deliver MLS bytes for `conv`.
-pub(super) fn debug_queued(conv: &ConversationId, bytes: &[u8]) -> v1::QueuedMessage {
+fn debug_queued(conv: &ConversationId, bytes: &[u8]) -> v1::QueuedMessage {
     v1::QueuedMessage {
         channel_id: Bytes::copy_from_slice(conv),
         payload: Bytes::copy_from_slice(bytes),

@@ -1,9 +1,18 @@
 //! The session engine: account keys, conversations, the MLS decisions (when to commit, how to
-//! retry after a lost race), processing of incoming queue messages, the outbox. Runs inside
-//! the runtime; the caller holds the engine lock for the whole of each operation, so group
-//! state changes one operation at a time.
+//! retry after a lost race), processing of incoming queue messages, the outbox.
 //!
-//! One [`Engine`] type, its methods split by concern (as openmls splits `MlsGroup`):
+//! Two locks, so that reads never wait on the network (ADR 0010):
+//! - [`Engine`] (store, keys) sits behind a `std::sync::Mutex`, taken only for local work: a
+//!   read, an MLS step, a transaction. It is never held across an `.await` (its guard is not
+//!   `Send`, so the compiler refuses that in the spawned receive loop and in `Client::run`).
+//! - [`Session::ops`] is an async mutex that operations changing group state over the network
+//!   (commits, sync, login) hold for their whole run, so group state still changes one
+//!   operation at a time. Reads (`conversations`, `messages`, `account`) never take it.
+//!
+//! Each operation decides under the engine lock, does its I/O without it, and applies the
+//! result under it again (as `build_commit` → Enqueue → merge always did).
+//!
+//! [`Session`] and [`Engine`] methods are split by concern (as openmls splits `MlsGroup`):
 //! - [`account`]: OPAQUE registration and login, the session token, KeyPackage top-up;
 //! - [`directory`]: usernames and keys of users and devices, safety numbers;
 //! - [`queries`]: read-only views (conversations, history, members);
@@ -28,17 +37,10 @@ pub use hooks::DebugInjected;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hkdf::Hkdf;
 use openmls_rust_crypto::RustCrypto;
 use qpq_crypto::envelope::HybridSecretKey;
 use qpq_crypto::identity::IdentityKey;
-use qpq_crypto::opaque::OpaqueSuite;
-use qpq_crypto::opaque_ke::{
-    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
-    ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
-};
 use rand::rngs::OsRng;
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorCode, MlsError};
@@ -98,7 +100,8 @@ struct Keys {
     token: Option<Zeroizing<Vec<u8>>>,
 }
 
-/// The engine: store, crypto provider and account keys.
+/// The engine: store, crypto provider and account keys. Only local work: no method of it
+/// touches the network.
 pub(crate) struct Engine {
     store: Store,
     crypto: RustCrypto,
@@ -107,9 +110,14 @@ pub(crate) struct Engine {
     kp_checked: Option<std::time::Instant>,
     /// Test hook: where to simulate a crash (see [`Failpoint`]).
     failpoint: Option<Failpoint>,
-    /// When set, received-message events go here as soon as each message is committed
-    /// locally (before the Ack round trip), instead of waiting for the end of the sync.
-    sink: Option<EventSink>,
+}
+
+/// The engine behind its lock, the operation lock and the connection.
+pub(crate) struct Session {
+    engine: std::sync::Mutex<Engine>,
+    /// Held by every operation that changes group state across network round trips.
+    ops: tokio::sync::Mutex<()>,
+    net: Net,
 }
 
 /// Receives events as soon as they are durable.
@@ -130,12 +138,48 @@ fn crashed(at: Failpoint) -> Error {
     Error::internal(format!("failpoint {at:?}: simulated crash"))
 }
 
-impl Engine {
-    /// Sets where events go as soon as they are durable (the background loop's dispatcher).
-    pub(crate) fn set_sink(&mut self, sink: Option<EventSink>) {
-        self.sink = sink;
+impl Session {
+    /// A session over an opened engine and a (not yet connected) network client.
+    pub(crate) fn new(engine: Engine, net: Net) -> Session {
+        Session {
+            engine: std::sync::Mutex::new(engine),
+            ops: tokio::sync::Mutex::new(()),
+            net,
+        }
     }
 
+    /// The connection.
+    pub(crate) fn net(&self) -> &Net {
+        &self.net
+    }
+
+    /// The engine, locked for local work. Never hold the guard across an `.await`.
+    pub(crate) fn engine(&self) -> Result<std::sync::MutexGuard<'_, Engine>, Error> {
+        self.engine
+            .lock()
+            .map_err(|_| Error::internal("the engine lock is poisoned (a panic happened)"))
+    }
+
+    /// Waits for the operation lock (see the module documentation).
+    pub(crate) async fn ops(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.ops.lock().await
+    }
+
+    /// An authenticated call, made without the engine lock.
+    async fn call<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        m: u16,
+        req: &Req,
+    ) -> Result<Resp, Error> {
+        let token = self.engine()?.token().ok_or_else(Error::not_logged_in)?;
+        Ok(self
+            .net
+            .call(m, req, Some(&token[..]), Duration::ZERO, true)
+            .await?)
+    }
+}
+
+impl Engine {
     /// Test hook: arms (or disarms) a simulated crash point.
     pub(crate) fn set_failpoint(&mut self, at: Option<Failpoint>) {
         self.failpoint = at;
@@ -185,7 +229,6 @@ impl Engine {
             },
             kp_checked: None,
             failpoint: None,
-            sink: None,
         })
     }
 
@@ -229,19 +272,6 @@ impl Engine {
 
     fn my_device(&self) -> [u8; 32] {
         self.keys.device.public_key()
-    }
-
-    /// An authenticated call.
-    async fn call<Req: prost::Message, Resp: prost::Message + Default>(
-        &self,
-        net: &Net,
-        m: u16,
-        req: &Req,
-    ) -> Result<Resp, Error> {
-        let token = self.keys.token.as_ref().ok_or_else(Error::not_logged_in)?;
-        Ok(net
-            .call(m, req, Some(&token[..]), Duration::ZERO, true)
-            .await?)
     }
 }
 

@@ -1,5 +1,9 @@
-//! Sending: application messages are stored and queued in the outbox first, then sent in
-//! order, idempotently by message id.
+//! Sending. [`Engine::queue_message`] stores a message and its outbox entry in one transaction
+//! and returns: that is all `send` waits for. [`Session::flush_outbox`] (background receive or
+//! `sync`) later encrypts each entry in the group's current epoch and sends it, in order,
+//! idempotently by message id, and reports `MessageSent` or `MessageFailed`.
+
+use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -7,85 +11,208 @@ use qpq_proto::{method, v1};
 
 use super::commit::Change;
 use super::*;
+use crate::body::Body;
 use crate::error::{Error, ErrorCode};
 use crate::mls;
-use crate::net::Net;
 use crate::store::OutboxRow;
-use crate::types::{ConversationId, Event, Message, MessageId};
+use crate::types::{ConversationId, Delivery, Event, Message, MessageId};
+
+/// The epoch of an outbox entry that was never encrypted (encrypted when first sent).
+const NOT_ENCRYPTED: u64 = u64::MAX;
+
+/// What to do with the next outbox entry.
+enum Step {
+    /// Send this Enqueue.
+    Send(v1::EnqueueRequest),
+    /// The group has proposals to commit before anything can be encrypted.
+    CommitFirst,
+    /// The entry can never be sent: reported and dropped.
+    Failed(Error),
+}
+
+impl Session {
+    /// Sends every outbox entry in order (the caller holds the operation lock). A network or
+    /// rate-limit failure stops the flush and is returned (the rest stays queued, sent later
+    /// with the same ids); a permanent refusal fails that one message (`MessageFailed`) and
+    /// the flush goes on.
+    pub(crate) async fn flush_outbox_locked(&self, events: &mut Vec<Event>) -> Result<(), Error> {
+        let rows = self.engine()?.store.outbox()?;
+        // Conversations whose entries wait (their proposals could not be committed): later
+        // entries of the same conversation wait too, to keep the order.
+        let mut blocked: BTreeSet<ConversationId> = BTreeSet::new();
+        let mut committed: BTreeSet<ConversationId> = BTreeSet::new();
+        for row in rows {
+            if blocked.contains(&row.conversation) {
+                continue;
+            }
+            let mut step = self.engine()?.outbox_step(&row)?;
+            if matches!(step, Step::CommitFirst) && committed.insert(row.conversation) {
+                let r = Box::pin(self.commit(&row.conversation, Change::Pending, events)).await;
+                if let Err(e) = &r {
+                    tracing::debug!("proposals not committed before sending: {e}");
+                }
+                step = self.engine()?.outbox_step(&row)?;
+            }
+            let req = match step {
+                Step::Send(req) => req,
+                Step::CommitFirst => {
+                    blocked.insert(row.conversation);
+                    continue;
+                }
+                Step::Failed(e) => {
+                    self.engine()?.fail_outgoing(&row, e, events)?;
+                    continue;
+                }
+            };
+            let r: Result<v1::EnqueueResponse, Error> = self.call(method::ENQUEUE, &req).await;
+            match r {
+                Ok(_) => self.engine()?.sent_outgoing(&row, events)?,
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        ErrorCode::Network
+                            | ErrorCode::Timeout
+                            | ErrorCode::RateLimited
+                            | ErrorCode::Unauthorized
+                            | ErrorCode::Closed
+                    ) =>
+                {
+                    return Err(e)
+                }
+                // Permanent refusal (no longer a member, too large): this message fails.
+                Err(e) => self.engine()?.fail_outgoing(&row, e, events)?,
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Engine {
-    pub(crate) async fn send_text(
-        &mut self,
-        net: &Net,
+    /// Stores a new outgoing message and queues it, in one transaction; nothing is sent here.
+    /// With `id` given and a message of that id already in the conversation, nothing is
+    /// stored and the id is returned (an app's retry never duplicates).
+    pub(crate) fn queue_message(
+        &self,
         conv: &ConversationId,
-        text: &str,
-        events: &mut Vec<Event>,
+        body: &Body,
+        id: Option<MessageId>,
     ) -> Result<MessageId, Error> {
+        body.check_sendable()?;
         let group = mls::load(&self.provider(), conv)?
             .ok_or_else(|| Error::not_found("no such active conversation"))?;
         if !group.is_active() {
             return Err(Error::not_found("this account is no longer a member"));
         }
-        if group.has_pending_proposals() {
-            self.commit(net, conv, Change::Pending, events).await?;
-        }
-        let (id, sent_at, plaintext) = self.text_plaintext(text);
-        let me = self.my_username()?;
-        self.store.begin()?;
-        let r = (|| -> Result<(), Error> {
-            let (ciphertext, epoch) = self.encrypt(conv, &plaintext)?;
-            self.store.insert_message(
-                &Message {
-                    id,
-                    conversation: *conv,
-                    sender: me.clone(),
-                    sender_device: self.my_device(),
-                    text: text.to_string(),
-                    sent_at_ms: sent_at,
-                    received_at_ms: 0,
-                    outgoing: true,
-                },
-                now_ms(),
-            )?;
-            self.store.put_outbox(&OutboxRow {
-                id,
-                conversation: *conv,
-                plaintext: plaintext.clone(),
-                ciphertext,
-                epoch,
-            })?;
-            Ok(())
-        })();
-        match r {
-            Ok(()) => self.store.commit()?,
-            Err(e) => {
-                self.store.rollback();
-                return Err(e);
+        if let Some(id) = id {
+            if self.store.message_exists(conv, &id)? {
+                return Ok(id);
             }
         }
-        match self.flush_outbox(net).await {
-            Ok(()) => Ok(id),
-            // Queued locally: sent on reconnect or the next sync.
-            Err(e) if matches!(e.code(), ErrorCode::Network | ErrorCode::Timeout) => Ok(id),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// A new text message: its id, send time and the AppMessage bytes MLS encrypts.
-    pub(super) fn text_plaintext(&self, text: &str) -> (MessageId, u64, Vec<u8>) {
-        let id: MessageId = rand::random();
+        let id: MessageId = id.unwrap_or_else(rand::random);
         let sent_at = now_ms();
-        let app = v1::AppMessage {
+        let plaintext = v1::AppMessage {
             id: Bytes::copy_from_slice(&id),
             sent_at,
             sender_device: Bytes::copy_from_slice(&self.my_device()),
-            kind: Some(v1::app_message::Kind::Text(v1::Text {
-                body: text.to_string(),
-            })),
-        };
-        (id, sent_at, app.encode_to_vec())
+            kind: Some(body.to_kind()),
+        }
+        .encode_to_vec();
+        let me = self.my_username()?;
+        self.store.transaction(|s| -> Result<(), Error> {
+            s.insert_message(
+                &Message {
+                    id,
+                    conversation: *conv,
+                    sender: me,
+                    sender_device: self.my_device(),
+                    body: body.clone(),
+                    sent_at_ms: sent_at,
+                    received_at_ms: 0,
+                    outgoing: true,
+                    delivery: Delivery::Queued,
+                },
+                now_ms(),
+            )?;
+            s.put_outbox(&OutboxRow {
+                id,
+                conversation: *conv,
+                plaintext,
+                ciphertext: Vec::new(),
+                epoch: NOT_ENCRYPTED,
+            })?;
+            Ok(())
+        })?;
+        Ok(id)
     }
 
+    /// Decides what to do with one outbox entry; (re-)encrypts it in the current epoch when
+    /// it was never encrypted or never accepted in its epoch (same id either way).
+    fn outbox_step(&self, row: &OutboxRow) -> Result<Step, Error> {
+        let group = mls::load(&self.provider(), &row.conversation)?;
+        let Some(group) = group.filter(|g| g.is_active()) else {
+            return Ok(Step::Failed(Error::not_found(
+                "this account is no longer a member of the conversation",
+            )));
+        };
+        if group.has_pending_proposals() {
+            return Ok(Step::CommitFirst);
+        }
+        let mut row = row.clone();
+        if group.epoch().as_u64() != row.epoch {
+            self.store.transaction(|s| -> Result<(), Error> {
+                let (ct, epoch) = self.encrypt(&row.conversation, &row.plaintext)?;
+                row.ciphertext = ct;
+                row.epoch = epoch;
+                s.put_outbox(&row)?;
+                Ok(())
+            })?;
+        }
+        Ok(Step::Send(v1::EnqueueRequest {
+            channel_id: Bytes::copy_from_slice(&row.conversation),
+            message_id: Bytes::copy_from_slice(&row.id),
+            payload: Bytes::from(row.ciphertext),
+            kind: v1::MessageKind::Application as i32,
+            ..Default::default()
+        }))
+    }
+
+    /// The server accepted an outbox entry.
+    fn sent_outgoing(&self, row: &OutboxRow, events: &mut Vec<Event>) -> Result<(), Error> {
+        self.store.transaction(|s| -> Result<(), Error> {
+            s.delete_outbox(&row.id)?;
+            s.set_delivery(&row.conversation, &row.id, Delivery::Sent)?;
+            Ok(())
+        })?;
+        events.push(Event::MessageSent {
+            conversation: row.conversation,
+            id: row.id,
+        });
+        Ok(())
+    }
+
+    /// An outbox entry can never be sent: dropped, marked failed, reported.
+    fn fail_outgoing(
+        &self,
+        row: &OutboxRow,
+        e: Error,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        tracing::debug!("outbox message failed: {e}");
+        self.store.transaction(|s| -> Result<(), Error> {
+            s.delete_outbox(&row.id)?;
+            s.set_delivery(&row.conversation, &row.id, Delivery::Failed)?;
+            Ok(())
+        })?;
+        events.push(Event::MessageFailed {
+            conversation: row.conversation,
+            id: row.id,
+            code: e.code(),
+            message: e.message().to_string(),
+        });
+        Ok(())
+    }
+
+    /// Encrypts application bytes in the group's current epoch.
     pub(super) fn encrypt(
         &self,
         conv: &ConversationId,
@@ -98,65 +225,5 @@ impl Engine {
             .create_message(&provider, &mls::signer(&self.keys.device), plaintext)
             .map_err(mls_err)?;
         Ok((mls::encode(&m)?, group.epoch().as_u64()))
-    }
-
-    /// Sends every outbox entry in order, idempotently by message id.
-    pub(super) async fn flush_outbox(&mut self, net: &Net) -> Result<(), Error> {
-        for mut o in self.store.outbox()? {
-            let group = mls::load(&self.provider(), &o.conversation)?;
-            let Some(group) = group.filter(|g| g.is_active()) else {
-                self.store.delete_outbox(&o.id)?;
-                continue;
-            };
-            if group.epoch().as_u64() != o.epoch {
-                // Never accepted in its epoch: encrypt again in the current one, same id.
-                self.store.begin()?;
-                let r = self
-                    .encrypt(&o.conversation, &o.plaintext)
-                    .and_then(|(ct, epoch)| {
-                        o.ciphertext = ct;
-                        o.epoch = epoch;
-                        Ok(self.store.put_outbox(&o)?)
-                    });
-                match r {
-                    Ok(()) => self.store.commit()?,
-                    Err(e) => {
-                        self.store.rollback();
-                        return Err(e);
-                    }
-                }
-            }
-            let r: Result<v1::EnqueueResponse, Error> = self
-                .call(
-                    net,
-                    method::ENQUEUE,
-                    &v1::EnqueueRequest {
-                        channel_id: Bytes::copy_from_slice(&o.conversation),
-                        message_id: Bytes::copy_from_slice(&o.id),
-                        payload: Bytes::from(o.ciphertext.clone()),
-                        kind: v1::MessageKind::Application as i32,
-                        ..Default::default()
-                    },
-                )
-                .await;
-            match r {
-                Ok(_) => self.store.delete_outbox(&o.id)?,
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        ErrorCode::Network | ErrorCode::Timeout | ErrorCode::RateLimited
-                    ) =>
-                {
-                    return Err(e)
-                }
-                Err(e) => {
-                    // Permanent refusal (no longer a member, too large): drop it.
-                    tracing::debug!("outbox message dropped: {e}");
-                    self.store.delete_outbox(&o.id)?;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
     }
 }

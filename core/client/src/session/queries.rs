@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::error::Error;
 use crate::mls;
-use crate::net::Net;
 use crate::store::ConversationRow;
 use crate::types::{Conversation, ConversationId, ConversationKind, Member, Message};
 
@@ -80,26 +79,31 @@ impl Engine {
         }
         Ok(out)
     }
+}
 
-    pub(crate) async fn members(
-        &mut self,
-        net: &Net,
-        conv: &ConversationId,
-    ) -> Result<Vec<Member>, Error> {
-        let group = mls::load(&self.provider(), conv)?
-            .ok_or_else(|| Error::not_found("no such active conversation"))?;
-        let devices = mls::member_devices(&group);
-        if devices
-            .iter()
-            .any(|(_, d)| matches!(self.store.device(d), Ok(None)))
-        {
-            let _ = self.refresh_directory(net, conv).await;
+impl Session {
+    /// Members of a conversation as the MLS group sees them, grouped by account; unknown
+    /// devices are looked up on the server first (without the engine lock).
+    pub(crate) async fn members(&self, conv: &ConversationId) -> Result<Vec<Member>, Error> {
+        let unknown = {
+            let e = self.engine()?;
+            let group = mls::load(&e.provider(), conv)?
+                .ok_or_else(|| Error::not_found("no such active conversation"))?;
+            mls::member_devices(&group)
+                .iter()
+                .any(|(_, d)| matches!(e.store.device(d), Ok(None)))
+        };
+        if unknown {
+            let _ = self.refresh_directory(conv).await;
         }
+        let e = self.engine()?;
+        let group = mls::load(&e.provider(), conv)?
+            .ok_or_else(|| Error::not_found("no such active conversation"))?;
         let mut by_id: BTreeMap<String, Member> = BTreeMap::new();
-        for (_, d) in devices {
-            let (identity, name) = match self.store.device(&d)? {
-                Some(x) => x,
-                None => ([0; 32], format!("device-{}", hexs(&d[..4]))),
+        for (_, d) in mls::member_devices(&group) {
+            let (identity, name) = match e.store.device(&d)? {
+                Some((id, name)) => (Some(id), name),
+                None => (None, format!("device-{}", hexs(&d[..4]))),
             };
             by_id
                 .entry(name.clone())

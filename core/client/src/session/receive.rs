@@ -1,5 +1,6 @@
 //! Receiving: fetch the queue, process each message in its own transaction (exactly once,
-//! by sequence number), Ack only what is durable, commit received proposals.
+//! by sequence number), Ack only what is durable, commit received proposals. Fetches and Acks
+//! run without the engine lock; each message is applied under it, so reads interleave.
 
 use std::collections::BTreeSet;
 
@@ -12,39 +13,63 @@ use qpq_proto::{method, v1};
 
 use super::commit::Change;
 use super::*;
+use crate::body::Body;
 use crate::error::{Error, MlsError, StoreError};
 use crate::mls;
-use crate::net::Net;
 use crate::store::ConversationRow;
-use crate::types::{ConversationId, Event, Message};
+use crate::types::{ConversationId, Delivery, Event, Message};
 
-impl Engine {
-    /// Everything queued now: pending commits resolved, queue fetched and processed (acked
-    /// after each message is stored), outbox flushed, received proposals committed.
-    pub(crate) async fn sync(&mut self, net: &Net, events: &mut Vec<Event>) -> Result<(), Error> {
-        self.sync_from(net, events, Vec::new()).await
+/// Why one message's transaction failed.
+enum Failed {
+    /// Processing refused the message: it is skipped (its sequence number is recorded).
+    Processing(Error),
+    /// The store failed (e.g. a full disk at commit): nothing is kept; the next sync retries.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Failed {
+        Failed::Store(e)
+    }
+}
+
+impl Session {
+    /// Everything queued now: pending commits resolved, queue fetched and processed, received
+    /// proposals committed, outbox flushed, KeyPackages topped up. Takes the operation lock.
+    pub(crate) async fn sync(&self, events: &mut Vec<Event>) -> Result<(), Error> {
+        let _ops = self.ops().await;
+        self.sync_from(events, Vec::new(), None).await?;
+        self.flush_outbox_locked(events).await?;
+        self.replenish_key_packages_locked(false).await
     }
 
-    /// Like [`Engine::sync`], starting with messages a FetchWait already returned (saving the
-    /// Fetch that would return them again). Messages at or below the last processed sequence
-    /// number are skipped as always, so stale prefetched ones are harmless.
+    /// [`Session::sync`] without flushing the outbox, for a caller that holds the operation
+    /// lock already (a commit first catches up with the group).
+    pub(super) async fn sync_locked(&self, events: &mut Vec<Event>) -> Result<(), Error> {
+        Box::pin(self.sync_from(events, Vec::new(), None)).await
+    }
+
+    /// Catches up (the caller holds the operation lock), starting with messages a FetchWait
+    /// already returned (saving the Fetch that would return them again). Messages at or below
+    /// the last processed sequence number are skipped as always, so stale prefetched ones are
+    /// harmless. With a `sink`, events go there as soon as each message is durable (before
+    /// the Ack round trip) instead of into `events`.
     pub(crate) async fn sync_from(
-        &mut self,
-        net: &Net,
+        &self,
         events: &mut Vec<Event>,
         mut prefetched: Vec<v1::QueuedMessage>,
+        sink: Option<&EventSink>,
     ) -> Result<(), Error> {
         /// A page this full may have more behind it; a shorter one was the whole queue.
         const PAGE: usize = 256;
         const PAGE_BYTES: usize = 1024 * 1024;
-        self.resolve_pending_commits(net, events).await?;
+        self.resolve_pending_commits(events).await?;
         let mut proposals = BTreeSet::new();
         loop {
             let messages = if prefetched.is_empty() {
-                let after = self.store.get_u64(META_LAST_SEQ)?;
+                let after = self.engine()?.store.get_u64(META_LAST_SEQ)?;
                 let r: v1::FetchResponse = self
                     .call(
-                        net,
                         method::FETCH,
                         &v1::FetchRequest {
                             after_seq: after,
@@ -62,19 +87,16 @@ impl Engine {
             }
             let short = messages.len() < PAGE
                 && messages.iter().map(|m| m.payload.len()).sum::<usize>() < PAGE_BYTES;
-            self.process_batch(net, messages, events, &mut proposals)
+            self.process_batch(messages, events, &mut proposals, sink)
                 .await?;
             if short {
                 break;
             }
         }
-        if let Err(e) = self.flush_outbox(net).await {
-            tracing::debug!("outbox not flushed: {e}");
-        }
         for conv in proposals {
             let mut ev = Vec::new();
-            // Boxed: commit() calls sync() again.
-            let r = Box::pin(self.commit(net, &conv, Change::Pending, &mut ev)).await;
+            // Boxed: commit() calls sync again.
+            let r = Box::pin(self.commit(&conv, Change::Pending, &mut ev)).await;
             events.extend(ev);
             if let Err(e) = r {
                 tracing::debug!("could not commit pending proposals: {e}");
@@ -83,52 +105,55 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) async fn process_batch(
-        &mut self,
-        net: &Net,
+    async fn process_batch(
+        &self,
         mut msgs: Vec<v1::QueuedMessage>,
         events: &mut Vec<Event>,
         proposals: &mut BTreeSet<ConversationId>,
+        sink: Option<&EventSink>,
     ) -> Result<(), Error> {
         msgs.sort_by_key(|m| m.seq);
         // Learn usernames first (outside any transaction).
         let mut refresh = BTreeSet::new();
-        for m in &msgs {
-            let unknown = <[u8; 32]>::try_from(&m.sender_device[..])
-                .map(|d| matches!(self.store.device(&d), Ok(None)))
-                .unwrap_or(false);
-            if unknown
-                || m.kind == v1::MessageKind::Welcome as i32
-                || m.kind == v1::MessageKind::Commit as i32
-            {
-                if let Ok(c) = <[u8; 16]>::try_from(&m.channel_id[..]) {
-                    refresh.insert(c);
+        {
+            let e = self.engine()?;
+            for m in &msgs {
+                let unknown = <[u8; 32]>::try_from(&m.sender_device[..])
+                    .map(|d| matches!(e.store.device(&d), Ok(None)))
+                    .unwrap_or(false);
+                if unknown
+                    || m.kind == v1::MessageKind::Welcome as i32
+                    || m.kind == v1::MessageKind::Commit as i32
+                {
+                    if let Ok(c) = <[u8; 16]>::try_from(&m.channel_id[..]) {
+                        refresh.insert(c);
+                    }
                 }
             }
         }
         for c in refresh {
-            let _ = self.refresh_directory(net, &c).await;
+            let _ = self.refresh_directory(&c).await;
         }
-        let mut last = self.store.get_u64(META_LAST_SEQ)?;
+        let mut last = self.engine()?.store.get_u64(META_LAST_SEQ)?;
         for m in msgs {
             if m.seq <= last {
                 continue;
             }
-            match self.apply_one(&m, true, proposals)? {
+            // One message per lock: reads get in between.
+            match self.engine()?.apply_one(&m, true, proposals)? {
                 Ok(local) => events.extend(local),
                 Err(e) => tracing::debug!("queued message {} not processed: {e}", m.seq),
             }
             last = m.seq;
             // Durable now: the app may see it before the Ack (which only lets the server
             // forget it; a lost Ack means a redelivery that is skipped by sequence number).
-            if let Some(sink) = &self.sink {
+            if let Some(sink) = sink {
                 sink(std::mem::take(events));
             }
         }
         // Ack only what is durably processed.
         let _: v1::AckResponse = self
             .call(
-                net,
                 method::ACK,
                 &v1::AckRequest {
                     up_to_seq: last,
@@ -138,44 +163,48 @@ impl Engine {
             .await?;
         Ok(())
     }
+}
 
+impl Engine {
     /// Processes one queued message in its own transaction. A message that cannot be
     /// processed leaves no trace (its changes are rolled back) and is reported in the inner
-    /// result; with `record_seq` its sequence number is stored either way, in the same
-    /// transaction, so it is never processed twice. The outer error is a storage failure
-    /// (e.g. a full disk at commit); then nothing of the message is kept and no transaction
-    /// stays open, so the next sync retries it.
+    /// result; with `record_seq` its sequence number is stored either way, so it is never
+    /// processed twice. The outer error is a storage failure (e.g. a full disk at commit);
+    /// then nothing of the message is kept and no transaction stays open, so the next sync
+    /// retries it.
     pub(super) fn apply_one(
-        &mut self,
+        &self,
         m: &v1::QueuedMessage,
         record_seq: bool,
         proposals: &mut BTreeSet<ConversationId>,
     ) -> Result<Result<Vec<Event>, Error>, Error> {
         let mut local = Vec::new();
-        self.store.begin()?;
-        let r = self.process_one(m, &mut local, proposals);
-        if r.is_err() {
-            self.store.rollback();
-            local.clear();
-        }
-        let finish = || -> Result<(), StoreError> {
-            if r.is_err() {
-                self.store.begin()?;
-            }
+        let mut touched = BTreeSet::new();
+        let r = self.store.transaction(|s| -> Result<(), Failed> {
+            self.process_one(m, &mut local, &mut touched)
+                .map_err(Failed::Processing)?;
             if record_seq {
-                self.store.set_u64(META_LAST_SEQ, m.seq)?;
+                s.set_u64(META_LAST_SEQ, m.seq)?;
             }
-            self.store.commit()
-        };
-        if let Err(e) = finish() {
-            self.store.rollback();
-            return Err(e.into());
+            Ok(())
+        });
+        match r {
+            Ok(()) => {
+                proposals.extend(touched);
+                Ok(Ok(local))
+            }
+            Err(Failed::Store(e)) => Err(e.into()),
+            Err(Failed::Processing(e)) => {
+                if record_seq {
+                    self.store.set_u64(META_LAST_SEQ, m.seq)?;
+                }
+                Ok(Err(e))
+            }
         }
-        Ok(r.map(|()| local))
     }
 
     pub(super) fn process_one(
-        &mut self,
+        &self,
         m: &v1::QueuedMessage,
         events: &mut Vec<Event>,
         proposals: &mut BTreeSet<ConversationId>,
@@ -215,9 +244,9 @@ impl Engine {
                         MlsError::Decrypt("sender without a device credential".into()).into(),
                     );
                 };
-                let text = match app.kind {
-                    Some(v1::app_message::Kind::Text(t)) => t.body,
-                    _ => return Ok(()),
+                // Receipts and typing notices are not messages; nothing to store.
+                let Some(body) = app.kind.and_then(Body::from_kind) else {
+                    return Ok(());
                 };
                 let outgoing = self.identity_of(&device)?
                     == self.keys.identity.as_ref().map(|k| k.public_key());
@@ -227,10 +256,15 @@ impl Engine {
                     conversation: conv,
                     sender: self.username_of(&device)?,
                     sender_device: device,
-                    text,
+                    body,
                     sent_at_ms: app.sent_at,
                     received_at_ms: 0,
                     outgoing,
+                    delivery: if outgoing {
+                        Delivery::Sent
+                    } else {
+                        Delivery::Received
+                    },
                 };
                 if let Some(stored) = self.store.insert_message(&msg, now_ms())? {
                     events.push(Event::Message(stored));
@@ -259,8 +293,8 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) fn process_welcome(
-        &mut self,
+    fn process_welcome(
+        &self,
         conv: &ConversationId,
         payload: &[u8],
         events: &mut Vec<Event>,

@@ -9,6 +9,10 @@ use qpq_core::{Client, ClientConfig, Event, StoreKey, Trust};
 use qpq_server::config::Config;
 use qpq_server::Server;
 
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
 pub const PW: &str = "correct horse battery staple";
 
 pub struct TestServer {
@@ -126,7 +130,7 @@ pub fn wait_until(c: &Client, what: &str, mut done: impl FnMut(&Event) -> bool) 
 pub fn wait_text(c: &Client, text: &str) -> qpq_core::Message {
     let mut found = None;
     wait_until(c, text, |e| match e {
-        Event::Message(m) if m.text == text => {
+        Event::Message(m) if m.text() == Some(text) => {
             found = Some(m.clone());
             true
         }
@@ -165,7 +169,7 @@ pub fn texts(c: &Client, conv: &[u8; 16]) -> Vec<String> {
     c.messages(conv, 1000, None)
         .unwrap()
         .into_iter()
-        .map(|m| m.text)
+        .map(|m| m.text().unwrap_or_default().to_string())
         .collect()
 }
 
@@ -178,4 +182,101 @@ pub fn copy_store(data_dir: &Path) -> tempfile::TempDir {
         std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
     }
     copy
+}
+
+/// A UDP relay between one client and the server that can be paused: while paused it drops
+/// every datagram both ways, so the server seems not to answer (a blackholed network).
+pub struct Relay {
+    pub addr: SocketAddr,
+    paused: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    pub fn start(server: SocketAddr) -> Relay {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        back.connect(server).unwrap();
+        for s in [&front, &back] {
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        }
+        let addr = front.local_addr().unwrap();
+        let paused = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+        let up = {
+            let (front, back, paused, stop, client) = (
+                front.clone(),
+                back.clone(),
+                paused.clone(),
+                stop.clone(),
+                client.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok((n, from)) = front.recv_from(&mut buf) {
+                        *client.lock().unwrap() = Some(from);
+                        if !paused.load(Ordering::SeqCst) {
+                            let _ = back.send(&buf[..n]);
+                        }
+                    }
+                }
+            })
+        };
+        let down = {
+            let (paused, stop) = (paused.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(n) = back.recv(&mut buf) {
+                        let to = *client.lock().unwrap();
+                        if let (false, Some(to)) = (paused.load(Ordering::SeqCst), to) {
+                            let _ = front.send_to(&buf[..n], to);
+                        }
+                    }
+                }
+            })
+        };
+        Relay {
+            addr,
+            paused,
+            stop,
+            threads: vec![up, down],
+        }
+    }
+
+    /// Drops everything from now on.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Relays again.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl TestServer {
+    /// A fresh registered user whose traffic goes through `relay` (started here).
+    pub fn user_via_relay(&self, name: &str, request_timeout: Duration) -> (User, Relay) {
+        let relay = Relay::start(self.addr);
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = self.config(dir.path());
+        config.server_addr = relay.addr.to_string();
+        config.request_timeout = request_timeout;
+        let client = Client::open(config).unwrap();
+        client.register(name, PW).unwrap();
+        (User { client, dir }, relay)
+    }
 }
