@@ -150,6 +150,11 @@ impl Inner {
                     }
                     if let Err(e) = r {
                         tracing::debug!("fetch wait failed: {e}");
+                        // The long poll's connection died (the idle timeout noticed a silent
+                        // server): say so now, not after a reconnect attempt has failed too.
+                        if !self.net.connected().await {
+                            self.set_connected(false);
+                        }
                         if self.net.connected().await {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
@@ -177,7 +182,7 @@ impl Client {
     /// fails with `Storage` and leaves the file untouched.
     pub fn open(config: ClientConfig) -> Result<Client, Error> {
         let rt = runtime()?;
-        let store = Store::open(
+        let store = Store::open_deferred(
             &config.data_dir,
             &config.store_key,
             config.insecure_fast_kdf,
@@ -328,6 +333,14 @@ impl Client {
     pub fn leave(&self, conv: &ConversationId) -> Result<(), Error> {
         let conv = *conv;
         self.with_engine(move |e, n, ev| Box::pin(async move { e.leave(n, &conv, ev).await }))
+    }
+
+    /// Makes `username` an admin of the group (ADR 0032): admins may remove other members
+    /// and promote. Only an admin may promote; `Forbidden` otherwise, `AlreadyMember` when
+    /// the user already is an admin, `NotFound` when not a member. A DM has no roles.
+    pub fn promote(&self, conv: &ConversationId, username: &str) -> Result<(), Error> {
+        let (conv, u) = (*conv, username.to_string());
+        self.with_engine(move |e, n, ev| Box::pin(async move { e.promote(n, &conv, &u, ev).await }))
     }
 
     /// A self-update commit: fresh key material for this device's leaf.

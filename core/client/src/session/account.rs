@@ -22,6 +22,7 @@ impl Engine {
         password: &str,
     ) -> Result<Account, Error> {
         check_username(username)?;
+        check_password(password)?;
         self.check_store_owner(username)?;
         let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, password.as_bytes())
             .map_err(|e| AuthError::Protocol(e.to_string()))?;
@@ -101,6 +102,7 @@ impl Engine {
         password: &str,
     ) -> Result<Account, Error> {
         check_username(username)?;
+        check_password(password)?;
         self.check_store_owner(username)?;
         let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, password.as_bytes())
             .map_err(|e| AuthError::Protocol(e.to_string()))?;
@@ -118,15 +120,34 @@ impl Engine {
             .await?;
         let ke2 = CredentialResponse::<OpaqueSuite>::deserialize(&r.ke2)
             .map_err(|_| AuthError::BadCredentials)?;
-        let fin = start
-            .state
-            .finish(
-                &mut OsRng,
-                password.as_bytes(),
-                ke2,
-                ClientLoginFinishParameters::default(),
-            )
-            .map_err(|_| AuthError::BadCredentials)?;
+        let fin = match start.state.finish(
+            &mut OsRng,
+            password.as_bytes(),
+            ke2,
+            ClientLoginFinishParameters::default(),
+        ) {
+            Ok(fin) => fin,
+            Err(_) => {
+                // Wrong password: OPAQUE fails here, on the client. Tell the server (an empty
+                // KE3 ends the attempt as failed), so its failed-login count and limits see
+                // it; best effort, the answer is Unauthorized either way.
+                let _: Result<v1::OpaqueLoginFinishResponse, _> = net
+                    .call(
+                        method::OPAQUE_LOGIN_FINISH,
+                        &v1::OpaqueLoginFinishRequest {
+                            login_id: r.login_id,
+                            ke3: Bytes::new(),
+                            device_key: Bytes::copy_from_slice(&self.my_device()),
+                            device_signature: Bytes::new(),
+                        },
+                        None,
+                        Duration::ZERO,
+                        false,
+                    )
+                    .await;
+                return Err(AuthError::BadCredentials.into());
+            }
+        };
         let identity = identity_from_export_key(&fin.export_key);
         if let Some(old) = &self.keys.identity {
             if old.public_key() != identity.public_key() {
@@ -155,6 +176,8 @@ impl Engine {
                 _ => Error::from(e),
             })?;
         let token = Zeroizing::new(resp.session_token.to_vec());
+        // The server accepted: only now does a new store reach the disk.
+        self.store.persist()?;
         self.store.set_meta(META_USERNAME, username.as_bytes())?;
         self.store
             .set_meta(META_IDENTITY, &identity.to_bytes()[..])?;
@@ -245,6 +268,14 @@ fn identity_from_export_key(export_key: &[u8]) -> IdentityKey {
     hk.expand(IDENTITY_LABEL, &mut seed[..])
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     IdentityKey::from_bytes(&seed)
+}
+
+/// An empty password is refused before anything is sent or stored.
+fn check_password(p: &str) -> Result<(), Error> {
+    if p.is_empty() {
+        return Err(Error::invalid("an empty password is refused"));
+    }
+    Ok(())
 }
 
 fn check_username(u: &str) -> Result<(), Error> {

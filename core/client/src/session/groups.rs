@@ -12,6 +12,7 @@ use super::*;
 use crate::error::{Error, ErrorCode};
 use crate::mls;
 use crate::net::Net;
+use crate::roles;
 use crate::store::ConversationRow;
 use crate::types::{ConversationId, ConversationKind, Event};
 
@@ -48,13 +49,18 @@ impl Engine {
         pq: bool,
     ) -> Result<(), Error> {
         let cs = if pq { mls::PQ } else { mls::CLASSIC };
+        // A group's creator is its first admin (ADR 0032); a DM has no roles.
+        let group_extensions = match kind {
+            ConversationKind::Group => Some(roles::extensions(&[self.my_identity()?].into())?),
+            ConversationKind::Dm => None,
+        };
         let provider = self.provider();
         self.store.begin()?;
         let r = (|| -> Result<(), Error> {
             MlsGroup::new_with_group_id(
                 &provider,
                 &mls::signer(&self.keys.device),
-                &mls::create_config(cs),
+                &mls::create_config(cs, group_extensions)?,
                 GroupId::from_slice(id),
                 mls::credential(&self.keys.device),
             )
@@ -150,10 +156,33 @@ impl Engine {
         usernames: &[&str],
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
+        let row = self
+            .store
+            .conversation(conv)?
+            .ok_or_else(|| Error::not_found("no such conversation"))?;
+        if row.kind == ConversationKind::Dm {
+            return Err(Error::new(
+                ErrorCode::Forbidden,
+                "a DM is between two accounts: create a group to talk with more people",
+            ));
+        }
+        let present: BTreeSet<[u8; 32]> = match mls::load(&self.provider(), conv)? {
+            Some(g) => mls::member_devices(&g)
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect(),
+            None => return Err(Error::not_found("no such active conversation")),
+        };
         let mut identities = Vec::new();
         let mut devices = Vec::new();
         for u in usernames {
             let m = self.resolve_user(net, u).await?;
+            if m.devices.iter().any(|d| present.contains(d)) {
+                return Err(Error::new(
+                    ErrorCode::AlreadyMember,
+                    format!("{u} is already a member; nothing was changed"),
+                ));
+            }
             identities.push(m.identity_key);
             devices.extend(m.devices);
         }
@@ -267,6 +296,20 @@ impl Engine {
         let m = self.resolve_user(net, username).await?;
         let group = mls::load(&self.provider(), conv)?
             .ok_or_else(|| Error::not_found("no such active conversation"))?;
+        if self.store.conversation(conv)?.map(|r| r.kind) == Some(ConversationKind::Dm) {
+            return Err(Error::new(
+                ErrorCode::Forbidden,
+                "nobody is removed from a DM: leave it instead",
+            ));
+        }
+        if let Some(admins) = roles::admins(group.extensions()) {
+            if !admins.contains(&self.my_identity()?) && m.identity_key != self.my_identity()? {
+                return Err(Error::new(
+                    ErrorCode::Forbidden,
+                    roles::Violation::RemoveByNonAdmin.to_string(),
+                ));
+            }
+        }
         let devices: BTreeSet<[u8; 32]> = mls::member_devices(&group)
             .into_iter()
             .map(|(_, d)| d)
@@ -286,6 +329,54 @@ impl Engine {
             Change::Remove {
                 devices,
                 remove_members: vec![m.identity_key],
+            },
+            events,
+        )
+        .await
+    }
+
+    /// Makes `username` an admin of the group (ADR 0032). Only an admin may; `AlreadyMember`
+    /// when they already are one.
+    pub(crate) async fn promote(
+        &mut self,
+        net: &Net,
+        conv: &ConversationId,
+        username: &str,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        let m = self.resolve_user(net, username).await?;
+        let group = mls::load(&self.provider(), conv)?
+            .ok_or_else(|| Error::not_found("no such active conversation"))?;
+        let Some(mut admins) = roles::admins(group.extensions()) else {
+            return Err(Error::new(
+                ErrorCode::Forbidden,
+                "this conversation has no roles (a DM, or a group made before roles)",
+            ));
+        };
+        if !admins.contains(&self.my_identity()?) {
+            return Err(Error::new(
+                ErrorCode::Forbidden,
+                roles::Violation::PromoteByNonAdmin.to_string(),
+            ));
+        }
+        let member = mls::member_devices(&group)
+            .iter()
+            .any(|(_, d)| m.devices.contains(d));
+        if !member {
+            return Err(Error::not_found(format!("{username} is not a member")));
+        }
+        if !admins.insert(m.identity_key) {
+            return Err(Error::new(
+                ErrorCode::AlreadyMember,
+                format!("{username} is already an admin; nothing was changed"),
+            ));
+        }
+        self.commit(
+            net,
+            conv,
+            Change::Promote {
+                admins,
+                promote: vec![m.identity_key],
             },
             events,
         )

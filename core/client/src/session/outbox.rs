@@ -29,6 +29,7 @@ impl Engine {
         if group.has_pending_proposals() {
             self.commit(net, conv, Change::Pending, events).await?;
         }
+        self.check_someone_else(conv)?;
         let (id, sent_at, plaintext) = self.text_plaintext(text);
         let me = self.my_username()?;
         self.store.begin()?;
