@@ -19,7 +19,8 @@ fn failed_first_attempts_leave_no_store() {
     let s = TestServer::start();
     let _bob = s.user("bob");
     let root = tempfile::tempdir().unwrap();
-    let attempts: Vec<(&str, Box<dyn Fn(&mut ClientConfig)>, &str, ErrorCode)> = vec![
+    type Tweak = Box<dyn Fn(&mut ClientConfig)>;
+    let attempts: Vec<(&str, Tweak, &str, ErrorCode)> = vec![
         (
             "typo",
             Box::new(|_| {}),
