@@ -117,7 +117,6 @@ fn invite_into_a_dm_or_of_a_member_is_refused() {
 
 /// Item 8: the creator is admin; a member removes nobody else until promoted; anyone leaves.
 #[test]
-#[ignore = "promote fails: openmls wants the roles extension in RequiredCapabilities (fix pending)"]
 fn only_admins_remove_others() {
     let s = TestServer::start();
     let alice = s.user("alice");
