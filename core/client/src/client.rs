@@ -197,6 +197,11 @@ impl Inner {
                     }
                     if let Err(e) = r {
                         tracing::debug!("fetch wait failed: {e}");
+                        // The long poll's connection died (the idle timeout noticed a silent
+                        // server): say so now, not after a reconnect attempt has failed too.
+                        if !net.connected().await {
+                            self.set_connected(false);
+                        }
                         if net.connected().await {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
@@ -267,7 +272,8 @@ impl Client {
         let rt = runtime()?;
         // Before the store is read: another holder means Busy (or waiting for it).
         let lease = Lease::acquire(&config.data_dir, config.lock_timeout)?;
-        let store = Store::open(
+        // A new store reaches the disk only once the server accepted a login (issue 10 item 5).
+        let store = Store::open_deferred(
             &config.data_dir,
             &config.store_key,
             config.insecure_fast_kdf,
@@ -429,6 +435,17 @@ impl Client {
         self.op(|i| async move {
             let mut ev = Vec::new();
             let r = i.session.leave(conv, &mut ev).await;
+            (r, ev)
+        })
+    }
+
+    /// Makes `username` an admin of the group (ADR 0032): admins may remove other members
+    /// and promote. Only an admin may promote; `Forbidden` otherwise, `AlreadyMember` when
+    /// the user already is an admin, `NotFound` when not a member. A DM has no roles.
+    pub fn promote(&self, conv: &ConversationId, username: &str) -> Result<(), Error> {
+        self.op(|i| async move {
+            let mut ev = Vec::new();
+            let r = i.session.promote(conv, username, &mut ev).await;
             (r, ev)
         })
     }

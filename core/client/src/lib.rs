@@ -21,8 +21,6 @@ mod mls;
 mod net;
 #[cfg(test)]
 mod passive_vectors;
-// Wired into commit processing after the engine split (issue 10 item 8).
-#[allow(dead_code)]
 mod roles;
 mod session;
 mod store;

@@ -106,8 +106,16 @@ pub(crate) fn device_of(credential: &Credential) -> Option<[u8; 32]> {
 }
 
 /// Capabilities every leaf of ours advertises: both suites.
+/// What our leaves support: both suites and the roles extension (ADR 0032), which a group
+/// context may carry only when every member supports it.
 fn capabilities() -> Capabilities {
-    Capabilities::new(None, Some(&SUITES), None, None, None)
+    Capabilities::new(
+        None,
+        Some(&SUITES),
+        Some(&[ExtensionType::Unknown(crate::roles::ROLES_EXTENSION)]),
+        None,
+        None,
+    )
 }
 
 /// Makes `n` KeyPackages of `cs` (private parts go to the store) and returns their encodings.
@@ -146,15 +154,21 @@ pub(crate) fn parse_key_package(
 }
 
 /// Config for groups we create.
-pub(crate) fn create_config(cs: Ciphersuite) -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
+pub(crate) fn create_config(
+    cs: Ciphersuite,
+    group_extensions: Option<Extensions<GroupContext>>,
+) -> Result<MlsGroupCreateConfig, MlsError> {
+    let mut b = MlsGroupCreateConfig::builder()
         .ciphersuite(cs)
         .use_ratchet_tree_extension(true)
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
         .max_past_epochs(MAX_PAST_EPOCHS)
         .sender_ratchet_configuration(sender_ratchet())
-        .capabilities(capabilities())
-        .build()
+        .capabilities(capabilities());
+    if let Some(e) = group_extensions {
+        b = b.with_group_context_extensions(e);
+    }
+    Ok(b.build())
 }
 
 /// Config for groups we join by Welcome.

@@ -11,7 +11,10 @@
 
 use std::collections::BTreeSet;
 
-use openmls::prelude::{Extension, Extensions, GroupContext, UnknownExtension};
+use openmls::prelude::{
+    Extension, ExtensionType, Extensions, GroupContext, RequiredCapabilitiesExtension,
+    UnknownExtension,
+};
 
 use crate::error::MlsError;
 
@@ -33,8 +36,14 @@ pub(crate) fn extensions(
     admins: &BTreeSet<[u8; 32]>,
 ) -> Result<Extensions<GroupContext>, MlsError> {
     let raw: Vec<u8> = admins.iter().flat_map(|a| a.iter().copied()).collect();
-    Extensions::single(Extension::Unknown(ROLES_EXTENSION, UnknownExtension(raw)))
-        .map_err(|e| MlsError::Openmls(format!("roles extension: {e}")))
+    // openmls accepts a group context extension only when the group requires its support.
+    let required =
+        RequiredCapabilitiesExtension::new(&[ExtensionType::Unknown(ROLES_EXTENSION)], &[], &[]);
+    Extensions::from_vec(vec![
+        Extension::RequiredCapabilities(required),
+        Extension::Unknown(ROLES_EXTENSION, UnknownExtension(raw)),
+    ])
+    .map_err(|e| MlsError::Openmls(format!("roles extension: {e}")))
 }
 
 /// One Remove in a commit, as the role check sees it: who proposed it and whom it removes,

@@ -139,7 +139,11 @@ fn recv_follow_into_head_loses_nothing_and_history_rereads() {
     assert!(!err.contains("panicked"), "{err}");
 
     let again = ok(qpq(&s, "bob", w.path()).args(["recv", "--json"]));
-    assert_eq!(texts(&again), ["three"], "the unwritten message comes next: {again}");
+    assert_eq!(
+        texts(&again),
+        ["three"],
+        "the unwritten message comes next: {again}"
+    );
     let none = ok(qpq(&s, "bob", w.path()).args(["recv", "--json"]));
     assert!(texts(&none).is_empty(), "{none}");
     let hist = ok(qpq(&s, "bob", w.path()).args(["history", "--to", "alice", "--json"]));

@@ -25,6 +25,7 @@ impl Session {
     pub(crate) async fn register(&self, username: &str, password: &str) -> Result<Account, Error> {
         let _ops = self.ops().await;
         check_username(username)?;
+        check_password(password)?;
         let device = {
             let e = self.engine()?;
             e.check_store_owner(username)?;
@@ -109,6 +110,7 @@ impl Session {
     /// Login with the operation lock already held.
     async fn login_locked(&self, username: &str, password: &str) -> Result<Account, Error> {
         check_username(username)?;
+        check_password(password)?;
         let (device, old_identity) = {
             let e = self.engine()?;
             e.check_store_owner(username)?;
@@ -134,15 +136,35 @@ impl Session {
             .await?;
         let ke2 = CredentialResponse::<OpaqueSuite>::deserialize(&r.ke2)
             .map_err(|_| AuthError::BadCredentials)?;
-        let fin = start
-            .state
-            .finish(
-                &mut OsRng,
-                password.as_bytes(),
-                ke2,
-                ClientLoginFinishParameters::default(),
-            )
-            .map_err(|_| AuthError::BadCredentials)?;
+        let fin = match start.state.finish(
+            &mut OsRng,
+            password.as_bytes(),
+            ke2,
+            ClientLoginFinishParameters::default(),
+        ) {
+            Ok(fin) => fin,
+            Err(_) => {
+                // Wrong password: OPAQUE fails here, on the client. Tell the server (an empty
+                // KE3 ends the attempt as failed), so its failed-login count and limits see
+                // it; best effort, the answer is Unauthorized either way.
+                let _: Result<v1::OpaqueLoginFinishResponse, _> = self
+                    .net
+                    .call(
+                        method::OPAQUE_LOGIN_FINISH,
+                        &v1::OpaqueLoginFinishRequest {
+                            login_id: r.login_id,
+                            ke3: Bytes::new(),
+                            device_key: Bytes::copy_from_slice(&device),
+                            device_signature: Bytes::new(),
+                        },
+                        None,
+                        Duration::ZERO,
+                        false,
+                    )
+                    .await;
+                return Err(AuthError::BadCredentials.into());
+            }
+        };
         let identity = identity_from_export_key(&fin.export_key);
         if let Some(old) = old_identity {
             if old != identity.public_key() {
@@ -173,7 +195,12 @@ impl Session {
                 _ => Error::from(e),
             })?;
         let token = Zeroizing::new(resp.session_token.to_vec());
-        let hybrid_public = self.engine()?.set_logged_in(username, identity, token)?;
+        let hybrid_public = {
+            let mut e = self.engine()?;
+            // The server accepted: only now does a new store reach the disk.
+            e.store.persist()?;
+            e.set_logged_in(username, identity, token)?
+        };
         let _: v1::UploadHybridKeyResponse = self
             .call(
                 method::UPLOAD_HYBRID_KEY,
@@ -292,6 +319,14 @@ fn identity_from_export_key(export_key: &[u8]) -> IdentityKey {
     hk.expand(IDENTITY_LABEL, &mut seed[..])
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     IdentityKey::from_bytes(&seed)
+}
+
+/// An empty password is refused before anything is sent or stored.
+fn check_password(p: &str) -> Result<(), Error> {
+    if p.is_empty() {
+        return Err(Error::invalid("an empty password is refused"));
+    }
+    Ok(())
 }
 
 fn check_username(u: &str) -> Result<(), Error> {

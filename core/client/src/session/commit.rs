@@ -15,6 +15,7 @@ use rand::rngs::OsRng;
 use super::*;
 use crate::error::{Error, ErrorCode};
 use crate::mls;
+use crate::roles;
 use crate::types::{ConversationId, ConversationKind, Event};
 
 /// The change a commit makes.
@@ -33,6 +34,11 @@ pub(super) enum Change {
     },
     /// Fresh key material for our leaf.
     Update,
+    /// Make `promote` admins: the group's admin list becomes `admins`.
+    Promote {
+        admins: BTreeSet<[u8; 32]>,
+        promote: Vec<[u8; 32]>,
+    },
     /// Commit the proposals received (a member's leave).
     Pending,
 }
@@ -249,6 +255,13 @@ impl Engine {
                     .self_update(&provider, &signer, LeafNodeParameters::default())
                     .map_err(mls_err)?;
                 req.payload = Bytes::from(mls::encode(bundle.commit())?);
+            }
+            Change::Promote { admins, promote } => {
+                let (commit, _, _) = group
+                    .update_group_context_extensions(&provider, roles::extensions(admins)?, &signer)
+                    .map_err(mls_err)?;
+                req.payload = Bytes::from(mls::encode(&commit)?);
+                req.promote_members = promote.iter().map(|k| Bytes::copy_from_slice(k)).collect();
             }
             Change::Pending => {
                 if !group.has_pending_proposals() {

@@ -9,6 +9,7 @@ use qpq_proto::{method, v1};
 use super::*;
 use crate::error::{Error, ErrorCode};
 use crate::mls;
+use crate::roles;
 use crate::types::{ConversationId, Member};
 
 impl Session {
@@ -93,8 +94,55 @@ impl Engine {
         })
     }
 
+    /// Refuses a send into a conversation where no other account is left (everyone else
+    /// left or was removed): it would be stored for nobody and reported as sent.
+    pub(super) fn check_someone_else(&self, conv: &ConversationId) -> Result<(), Error> {
+        let group = mls::load(&self.provider(), conv)?
+            .ok_or_else(|| Error::not_found("no such active conversation"))?;
+        let (mine, me) = (self.my_device(), self.my_identity()?);
+        for (_, d) in mls::member_devices(&group) {
+            if d != mine && self.identity_of(&d)? != Some(me) {
+                return Ok(());
+            }
+        }
+        Err(Error::not_found(
+            "nobody else is in this conversation (the others left): nothing was sent",
+        ))
+    }
+
     pub(super) fn identity_of(&self, device: &[u8; 32]) -> Result<Option<[u8; 32]>, Error> {
         Ok(self.store.device(device)?.map(|(id, _)| id))
+    }
+
+    /// Each Remove of a staged commit: proposer and removed, by device and account.
+    pub(super) fn removes_seen(
+        &self,
+        group: &MlsGroup,
+        sc: &StagedCommit,
+    ) -> Result<Vec<roles::RemoveSeen>, Error> {
+        let device_at = |leaf: LeafNodeIndex| group.member(leaf).and_then(mls::device_of);
+        let mut out = Vec::new();
+        for q in sc.remove_proposals() {
+            let proposer_device = match q.sender() {
+                Sender::Member(l) => device_at(*l),
+                _ => None,
+            };
+            let (Some(proposer_device), Some(removed_device)) =
+                (proposer_device, device_at(q.remove_proposal().removed()))
+            else {
+                return Err(Error::new(
+                    ErrorCode::Forbidden,
+                    "commit refused: a Remove from or of an unknown leaf",
+                ));
+            };
+            out.push(roles::RemoveSeen {
+                proposer_device,
+                proposer: self.identity_of(&proposer_device)?,
+                removed_device,
+                removed: self.identity_of(&removed_device)?,
+            });
+        }
+        Ok(out)
     }
 
     /// Usernames of the members of a group (sorted, unique).

@@ -13,6 +13,7 @@ use super::commit::Change;
 use super::*;
 use crate::error::{Error, ErrorCode};
 use crate::mls;
+use crate::roles;
 use crate::store::ConversationRow;
 use crate::types::{ConversationId, ConversationKind, Event};
 
@@ -107,10 +108,36 @@ impl Session {
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
         let _ops = self.ops().await;
+        let present: BTreeSet<[u8; 32]> = {
+            let e = self.engine()?;
+            let row = e
+                .store
+                .conversation(conv)?
+                .ok_or_else(|| Error::not_found("no such conversation"))?;
+            if row.kind == ConversationKind::Dm {
+                return Err(Error::new(
+                    ErrorCode::Forbidden,
+                    "a DM is between two accounts: create a group to talk with more people",
+                ));
+            }
+            match mls::load(&e.provider(), conv)? {
+                Some(g) => mls::member_devices(&g)
+                    .into_iter()
+                    .map(|(_, d)| d)
+                    .collect(),
+                None => return Err(Error::not_found("no such active conversation")),
+            }
+        };
         let mut identities = Vec::new();
         let mut devices = Vec::new();
         for u in usernames {
             let (id, m) = self.resolve(u).await?;
+            if m.devices.iter().any(|d| present.contains(d)) {
+                return Err(Error::new(
+                    ErrorCode::AlreadyMember,
+                    format!("{u} is already a member; nothing was changed"),
+                ));
+            }
             identities.push(id);
             devices.extend(m.devices);
         }
@@ -226,6 +253,21 @@ impl Session {
             let e = self.engine()?;
             let group = mls::load(&e.provider(), conv)?
                 .ok_or_else(|| Error::not_found("no such active conversation"))?;
+            if e.store.conversation(conv)?.map(|r| r.kind) == Some(ConversationKind::Dm) {
+                return Err(Error::new(
+                    ErrorCode::Forbidden,
+                    "nobody is removed from a DM: leave it instead",
+                ));
+            }
+            let me = e.my_identity()?;
+            if let Some(admins) = roles::admins(group.extensions()) {
+                if !admins.contains(&me) && m_id != me {
+                    return Err(Error::new(
+                        ErrorCode::Forbidden,
+                        roles::Violation::RemoveByNonAdmin.to_string(),
+                    ));
+                }
+            }
             let devices: BTreeSet<[u8; 32]> = mls::member_devices(&group)
                 .into_iter()
                 .map(|(_, d)| d)
@@ -244,6 +286,57 @@ impl Session {
             Change::Remove {
                 devices,
                 remove_members: vec![m_id],
+            },
+            events,
+        )
+        .await
+    }
+
+    /// Makes `username` an admin of the group (ADR 0032). Only an admin may; `AlreadyMember`
+    /// when they already are one.
+    pub(crate) async fn promote(
+        &self,
+        conv: &ConversationId,
+        username: &str,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        let _ops = self.ops().await;
+        let (m_id, m) = self.resolve(username).await?;
+        let admins = {
+            let e = self.engine()?;
+            let group = mls::load(&e.provider(), conv)?
+                .ok_or_else(|| Error::not_found("no such active conversation"))?;
+            let Some(mut admins) = roles::admins(group.extensions()) else {
+                return Err(Error::new(
+                    ErrorCode::Forbidden,
+                    "this conversation has no roles (a DM, or a group made before roles)",
+                ));
+            };
+            if !admins.contains(&e.my_identity()?) {
+                return Err(Error::new(
+                    ErrorCode::Forbidden,
+                    roles::Violation::PromoteByNonAdmin.to_string(),
+                ));
+            }
+            let member = mls::member_devices(&group)
+                .iter()
+                .any(|(_, d)| m.devices.contains(d));
+            if !member {
+                return Err(Error::not_found(format!("{username} is not a member")));
+            }
+            if !admins.insert(m_id) {
+                return Err(Error::new(
+                    ErrorCode::AlreadyMember,
+                    format!("{username} is already an admin; nothing was changed"),
+                ));
+            }
+            admins
+        };
+        self.commit(
+            conv,
+            Change::Promote {
+                admins,
+                promote: vec![m_id],
             },
             events,
         )
@@ -315,12 +408,18 @@ impl Engine {
         pq: bool,
     ) -> Result<(), Error> {
         let cs = if pq { mls::PQ } else { mls::CLASSIC };
+        // A group's creator is its first admin (ADR 0032); a DM has no roles.
+        let group_extensions = match kind {
+            ConversationKind::Group => Some(roles::extensions(&[self.my_identity()?].into())?),
+            ConversationKind::Dm => None,
+        };
+        let config = mls::create_config(cs, group_extensions)?;
         let provider = self.provider();
         self.store.transaction(|s| -> Result<(), Error> {
             MlsGroup::new_with_group_id(
                 &provider,
                 &mls::signer(&self.keys.device),
-                &mls::create_config(cs),
+                &config,
                 GroupId::from_slice(id),
                 mls::credential(&self.keys.device),
             )

@@ -103,6 +103,8 @@ impl Engine {
         if !group.is_active() {
             return Err(Error::not_found("this account is no longer a member"));
         }
+        // Issue 10 item 1: a conversation nobody else is in (the others left) refuses sends.
+        self.check_someone_else(conv)?;
         if let Some(id) = id {
             if self.store.message_exists(conv, &id)? {
                 return Ok(id);
@@ -156,6 +158,10 @@ impl Engine {
         };
         if group.has_pending_proposals() {
             return Ok(Step::CommitFirst);
+        }
+        // Everyone else left (their leave was committed after this message was queued).
+        if let Err(e) = self.check_someone_else(&row.conversation) {
+            return Ok(Step::Failed(e));
         }
         let mut row = row.clone();
         if group.epoch().as_u64() != row.epoch {

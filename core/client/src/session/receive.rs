@@ -14,8 +14,9 @@ use qpq_proto::{method, v1};
 use super::commit::Change;
 use super::*;
 use crate::body::Body;
-use crate::error::{Error, MlsError, StoreError};
+use crate::error::{Error, ErrorCode, MlsError, StoreError};
 use crate::mls;
+use crate::roles;
 use crate::store::ConversationRow;
 use crate::types::{ConversationId, Delivery, Event, Message};
 
@@ -277,6 +278,24 @@ impl Engine {
                 proposals.insert(conv);
             }
             ProcessedMessageContent::StagedCommitMessage(sc) => {
+                // Roles (ADR 0032): a commit that breaks them is refused by every member, so
+                // the group does not fork (the server refuses it first).
+                let seen = self.removes_seen(&group, &sc)?;
+                let committer = match sender_device {
+                    Some(d) => self.identity_of(&d)?,
+                    None => None,
+                };
+                if let Err(v) = roles::check_commit(
+                    roles::admins(group.extensions()).as_ref(),
+                    roles::admins(sc.group_context().extensions()).as_ref(),
+                    committer,
+                    &seen,
+                ) {
+                    return Err(Error::new(
+                        ErrorCode::Forbidden,
+                        format!("commit refused: {v}"),
+                    ));
+                }
                 let before = self.member_names(&group)?;
                 let removed = sc.self_removed();
                 group.merge_staged_commit(&provider, *sc).map_err(mls_err)?;
