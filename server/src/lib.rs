@@ -222,8 +222,7 @@ impl Server {
             let every = Duration::from_secs(self.config.purge_interval_secs.max(1));
             tokio::spawn(async move {
                 // The first run comes one interval after start.
-                let mut tick =
-                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tick.tick().await;
                     let now = std::time::SystemTime::now()

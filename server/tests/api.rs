@@ -1344,11 +1344,7 @@ async fn only_admins_remove_others_or_promote() {
     let c = s.user("carol").await;
     let d = s.user("dave").await;
     let ch = a.group(&[&b, &c, &d]).await;
-    let commit = |id: u8, epoch: u64| v1::EnqueueRequest {
-        kind: v1::MessageKind::Commit as i32,
-        commit_epoch: Some(epoch),
-        ..app_message(&ch, id, b"commit")
-    };
+    let commit = |id: u8, epoch: u64| commit_message(&ch, id, epoch, b"commit");
     let refused = |r: Result<v1::EnqueueResponse, _>| {
         let e: qpq_server::testkit::CallError = r.unwrap_err();
         assert_eq!(e.status, Status::Forbidden, "{}", e.message);

@@ -785,7 +785,8 @@ async fn s17_commits_members_cannot_process_are_refused() {
 }
 
 /// Item 15: a DM could be widened by a commit, and leaving a DM did not stick. Now a DM never
-/// gains a member, and whoever left comes back only by itself.
+/// gains a member, and whoever left stays out of it: re-opening the DM gives the pair a new
+/// channel (and MLS group).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s15_a_dm_never_gains_members_and_leaving_sticks() {
     let s = TestServer::start().await;
@@ -822,8 +823,14 @@ async fn s15_a_dm_never_gains_members_and_leaving_sticks() {
     readd.add_members = vec![b.identity_key()];
     readd.welcome = Bytes::from_static(b"welcome");
     assert_eq!(status_of(enqueue(&a, &readd).await), Status::Forbidden);
+    // Opening the DM again gives the pair a new channel (issue 10 item 1: b's MLS group is
+    // gone); the old one keeps b out.
     let again: v1::CreateChannelResponse = a.call(method::CREATE_CHANNEL, &dm(&b)).await.unwrap();
-    assert_eq!(again.channel_id, ch);
+    assert_ne!(again.channel_id, ch);
+    assert_eq!(
+        members(&a, &again.channel_id).await.unwrap().members.len(),
+        2
+    );
     let names: Vec<String> = members(&a, &ch)
         .await
         .unwrap()
@@ -835,10 +842,10 @@ async fn s15_a_dm_never_gains_members_and_leaving_sticks() {
     ack_all(&b).await;
     a.send(&ch, 9, b"still there?").await.unwrap();
     assert!(queued(&b).await.is_empty());
-    // b may come back by itself.
+    // b opening the DM finds the pair's new channel, not the old one.
     let back: v1::CreateChannelResponse = b.call(method::CREATE_CHANNEL, &dm(&a)).await.unwrap();
-    assert_eq!(back.channel_id, ch);
-    assert_eq!(members(&a, &ch).await.unwrap().members.len(), 2);
+    assert_eq!(back.channel_id, again.channel_id);
+    assert_eq!(members(&a, &ch).await.unwrap().members.len(), 1);
 }
 
 /// Item 14: RemoveMember let any member silently remove any other (no commit, epoch

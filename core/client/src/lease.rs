@@ -6,8 +6,11 @@
 //! process on one directory exclude each other as two processes do.
 //!
 //! What it will not do: lock on targets without `flock` (Windows: no lease is taken), or
-//! delete the lock file (a deleted and recreated file would let two processes lock two
-//! different files).
+//! delete the lock file of a store that exists (a deleted and recreated file would let two
+//! processes lock two different files). The one exception: a lease that created the store
+//! directory, released before any store reached the disk (a failed first login), removes the
+//! lock file and the directory, so a failed first attempt leaves nothing behind (issue 10
+//! item 5). Two openers racing on a store that does not exist yet are the only ones exposed.
 
 use std::fs::File;
 use std::path::Path;
@@ -25,12 +28,27 @@ const RETRY: Duration = Duration::from_millis(25);
 #[derive(Debug)]
 pub(crate) struct Lease {
     _file: File,
+    /// The directory this lease created (it did not exist before).
+    created: Option<std::path::PathBuf>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Still locked here (the file closes after this body): nobody else holds it.
+        if let Some(dir) = &self.created {
+            if !dir.join(crate::store::DB_FILE).exists() {
+                let _ = std::fs::remove_file(dir.join(LOCK_FILE));
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
 }
 
 impl Lease {
     /// Takes the lease of the store in `dir`: at once, or retrying until `wait` has passed.
     /// Another holder gives `Busy`; a filesystem failure gives `Storage`.
     pub(crate) fn acquire(dir: &Path, wait: Duration) -> Result<Lease, Error> {
+        let created = (!dir.exists()).then(|| dir.to_path_buf());
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::new(
                 ErrorCode::Storage,
@@ -48,7 +66,12 @@ impl Lease {
         let deadline = Instant::now() + wait;
         loop {
             match try_lock(&file) {
-                Ok(true) => return Ok(Lease { _file: file }),
+                Ok(true) => {
+                    return Ok(Lease {
+                        _file: file,
+                        created,
+                    })
+                }
                 Ok(false) if Instant::now() < deadline => std::thread::sleep(RETRY),
                 Ok(false) => {
                     return Err(Error::new(

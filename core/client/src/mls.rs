@@ -112,7 +112,10 @@ fn capabilities() -> Capabilities {
     Capabilities::new(
         None,
         Some(&SUITES),
-        Some(&[ExtensionType::Unknown(crate::roles::ROLES_EXTENSION)]),
+        Some(&[
+            ExtensionType::Unknown(crate::roles::ROLES_EXTENSION),
+            ExtensionType::LastResort,
+        ]),
         None,
         None,
     )
@@ -139,6 +142,26 @@ pub(crate) fn key_packages(
         out.push(bytes);
     }
     Ok(out)
+}
+
+/// Makes one RFC 9420 last-resort KeyPackage of `cs` (issue 17 item 13): the server serves it
+/// only when this device's stock is empty and never deletes it, so the device stays
+/// invitable while its ordinary KeyPackages are drained; openmls keeps its private part after
+/// a join. Returns its encoding.
+pub(crate) fn last_resort_key_package(
+    provider: &Provider<'_>,
+    device: &IdentityKey,
+    cs: Ciphersuite,
+) -> Result<Vec<u8>, MlsError> {
+    let bundle = KeyPackage::builder()
+        .leaf_node_capabilities(capabilities())
+        .mark_as_last_resort()
+        .build(cs, provider, &signer(device), credential(device))
+        .map_err(|e| MlsError::Openmls(format!("key package: {e}")))?;
+    bundle
+        .key_package()
+        .tls_serialize_detached()
+        .map_err(|e| MlsError::Openmls(e.to_string()))
 }
 
 /// Parses and validates a KeyPackage from the server.

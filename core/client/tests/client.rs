@@ -125,7 +125,8 @@ fn three_members_remove_rotate_leave() {
     b.send_text(&g, "rotated").unwrap();
     wait_text(&a, "rotated");
 
-    // Bob leaves: alice commits his proposal; she can keep sending.
+    // Bob leaves: alice commits his proposal. Alone, she is told that a message would reach
+    // nobody (issue 10 item 1), instead of a silent success.
     b.leave(&g).unwrap();
     assert!(!b.conversation(&g).unwrap().active);
     wait_until(
@@ -134,7 +135,8 @@ fn three_members_remove_rotate_leave() {
         |e| matches!(e, Event::MembersChanged { removed, .. } if removed.contains(&"bob".to_string())),
     );
     assert_eq!(a.conversation(&g).unwrap().members, vec!["alice"]);
-    a.send_text(&g, "alone").unwrap();
+    let e = a.send_text(&g, "alone").unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
 }
 
 #[test]

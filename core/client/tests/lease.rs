@@ -94,7 +94,9 @@ fn busy_across_two_processes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
     // Create the store, then let the other process hold it.
-    Client::open(config(&dir, Duration::ZERO)).unwrap().shutdown();
+    Client::open(config(&dir, Duration::ZERO))
+        .unwrap()
+        .shutdown();
     let mut child = holder(&dir);
     let before = files(&dir);
 
@@ -130,5 +132,7 @@ fn busy_across_two_processes() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    Client::open(config(&dir, Duration::ZERO)).unwrap().shutdown();
+    Client::open(config(&dir, Duration::ZERO))
+        .unwrap()
+        .shutdown();
 }

@@ -80,6 +80,8 @@ pub fn qpq_limits_config(dir: &Path) -> qpq_server::config::Config {
     c.auth_rate_per_sec = 1e12;
     c.auth_rate_burst = 1e12;
     c.max_queue_depth = 1000;
+    // One sender may fill the whole queue (per-sender shares are tested in security_flood.rs).
+    c.max_queue_share_percent = 100;
     c.read_deadline_ms = 1500;
     c.max_connections_per_ip = 200;
     c.log_level = "warn".into();

@@ -37,6 +37,8 @@ every_message!(
     Edit,
     Delete,
     FileRef,
+    AppData,
+    Reply,
     OpaqueRegisterStartRequest,
     OpaqueRegisterStartResponse,
     OpaqueRegisterFinishRequest,

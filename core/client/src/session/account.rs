@@ -247,6 +247,23 @@ impl Session {
         }
         for cs in mls::SUITES {
             let suite = u32::from(u16::from(cs));
+            if force {
+                // At each login a fresh last-resort KeyPackage replaces the server's one
+                // (rotation after use; the server keeps one per device and suite).
+                let last = {
+                    let e = self.engine()?;
+                    mls::last_resort_key_package(&e.provider(), &e.keys.device, cs)?
+                };
+                let _: v1::UploadKeyPackageResponse = self
+                    .call(
+                        method::UPLOAD_KEY_PACKAGE,
+                        &v1::UploadKeyPackageRequest {
+                            key_packages: vec![Bytes::from(last)],
+                            ciphersuite: suite,
+                        },
+                    )
+                    .await?;
+            }
             let count: v1::UploadKeyPackageResponse = self
                 .call(
                     method::UPLOAD_KEY_PACKAGE,
