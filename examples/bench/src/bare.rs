@@ -71,14 +71,22 @@ pub fn qpq_config(dir: &Path) -> qpq_server::config::Config {
 }
 
 /// The configuration of the isolation scenarios (D-8, R-3, A-6; `serve-qpq-limits`): the
-/// reliability tests' settings: a queue cap of 1,000, a 1.5 s read deadline, no account or
-/// authentication rate limit (the flood meets only the queue cap), 200 connections per IP.
+/// reliability tests' settings: a queue cap of 1,000, a 1.5 s read deadline, no account,
+/// authentication or login-attempt limit (the flood meets only the queue cap), 200 connections
+/// per IP.
 pub fn qpq_limits_config(dir: &Path) -> qpq_server::config::Config {
     let mut c = qpq_server::config::Config::ephemeral(dir);
     c.rate_limit_per_sec = 1e12;
     c.rate_limit_burst = 1e12;
     c.auth_rate_per_sec = 1e12;
     c.auth_rate_burst = 1e12;
+    // A-6 sends thousands of LoginStarts it never finishes: no login-attempt limits (issue 17
+    // items 4-7 are tested in server/tests/attack_accounts.rs).
+    c.login_failures_per_account = 0;
+    c.login_failures_per_ip = 0;
+    c.login_attempts_account_burst = 0;
+    c.max_pending_logins = 100_000;
+    c.pending_logins_per_ip = 100_000;
     c.max_queue_depth = 1000;
     // One sender may fill the whole queue (per-sender shares are tested in security_flood.rs).
     c.max_queue_share_percent = 100;
