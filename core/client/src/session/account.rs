@@ -46,13 +46,7 @@ impl Session {
                 false,
             )
             .await
-            .map_err(|e| match e.status() {
-                Some(Status::Conflict) => Error::new(
-                    ErrorCode::Conflict,
-                    format!("the username {username} is taken"),
-                ),
-                _ => e.into(),
-            })?;
+            .map_err(|e| taken_as_conflict(e, username))?;
         let resp = RegistrationResponse::<OpaqueSuite>::deserialize(&r.registration_response)
             .map_err(|e| AuthError::Protocol(e.to_string()))?;
         let fin = start
@@ -91,14 +85,9 @@ impl Session {
                 false,
             )
             .await
-            .map_err(|e| match e.status() {
-                // RegisterStart answers the same for taken names; the name fails here.
-                Some(Status::Conflict) => Error::new(
-                    ErrorCode::Conflict,
-                    format!("the username {username} is taken"),
-                ),
-                _ => e.into(),
-            })?;
+            // Today's server answers RegisterStart the same for taken names (issue 17 item 8);
+            // the name fails here.
+            .map_err(|e| taken_as_conflict(e, username))?;
         self.login_locked(username, password).await
     }
 
@@ -336,6 +325,18 @@ fn identity_from_export_key(export_key: &[u8]) -> IdentityKey {
     hk.expand(IDENTITY_LABEL, &mut seed[..])
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     IdentityKey::from_bytes(&seed)
+}
+
+/// A server Conflict during registration means the username is taken (at RegisterStart on
+/// older servers, at RegisterFinish on today's).
+fn taken_as_conflict(e: crate::error::NetError, username: &str) -> Error {
+    match e.status() {
+        Some(Status::Conflict) => Error::new(
+            ErrorCode::Conflict,
+            format!("the username {username} is taken"),
+        ),
+        _ => e.into(),
+    }
 }
 
 /// An empty password is refused before anything is sent or stored.
