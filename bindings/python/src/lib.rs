@@ -246,17 +246,17 @@ impl NativeClient {
         blocking(py, || self.client.rotate_keys(&conv))
     }
 
-    #[pyo3(signature = (conv, body, id=None))]
+    #[pyo3(signature = (conv, body, message_id=None))]
     fn send<'py>(
         &self,
         py: Python<'py>,
         conv: &Bound<'py, PyAny>,
         body: &Bound<'py, PyAny>,
-        id: Option<&Bound<'py, PyAny>>,
+        message_id: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let conv = convert::conversation_id(conv)?;
         let body = convert::body(body)?;
-        let id = id.map(convert::message_id).transpose()?;
+        let id = message_id.map(convert::message_id).transpose()?;
         let sent = blocking(py, || match id {
             Some(id) => self.client.send_with_id(&conv, id, body),
             None => self.client.send(&conv, body),

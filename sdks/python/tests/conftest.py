@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Type, TypeVar
 
 import pytest
-
 import quicproquo as qpq
 
 REPO = Path(__file__).resolve().parents[3]
@@ -35,7 +34,7 @@ class Server:
     addr: str
     cert: Path
     data_dir: Path
-    process: "subprocess.Popen[bytes]"
+    process: subprocess.Popen[bytes]
 
 
 def server_binary() -> Path:
@@ -67,6 +66,16 @@ def start_server(data_dir: Path) -> Server:
                 "json",
                 "--config",
                 os.devnull,
+                # As qpq-server's Config::ephemeral: every client comes from 127.0.0.1, and
+                # the test machine's disk is shared and small.
+                "--registrations-per-ip",
+                "0",
+                "--ip-rate-per-sec",
+                "0",
+                "--health-rate-per-sec",
+                "0",
+                "--min-free-disk-bytes",
+                "0",
             ],
             stdout=out,
             stderr=out,

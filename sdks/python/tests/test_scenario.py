@@ -11,12 +11,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Type, TypeVar
 
 import pytest
-
 import quicproquo as qpq
 from conftest import DEADLINE, Server, text_of, wait_for
+
+E = TypeVar("E")
 
 NAMES = ("alice", "bob", "carol")
 PASSWORDS = {n: f"{n} has a long password" for n in NAMES}
@@ -47,12 +48,10 @@ class Story:
         self.seen.setdefault(name, [])
         return client
 
-    def wait(self, name: str, kind: type, match: object = None) -> qpq.Event:
-        m = match if callable(match) else (lambda _e: True)
-        return wait_for(self.clients[name], kind, m, seen=self.seen[name])  # type: ignore[no-any-return]
+    def wait(self, name: str, kind: Type[E], match: Callable[[E], bool] = lambda _: True) -> E:
+        return wait_for(self.clients[name], kind, match, seen=self.seen[name])
 
-    def count(self, name: str, pred: object) -> int:
-        assert callable(pred)
+    def count(self, name: str, pred: Callable[[qpq.Event], bool]) -> int:
         return sum(1 for e in self.seen[name] if pred(e))
 
     def drain(self, name: str, quiet: float = 0.5) -> None:
@@ -77,7 +76,7 @@ def story(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         c.close()
 
 
-def is_text(text: str) -> object:
+def is_text(text: str) -> Callable[[qpq.Event], bool]:
     return lambda e: text_of(e) == text
 
 
@@ -244,7 +243,7 @@ def test_15_a_blocked_wait_is_cancelled_from_another_thread(story: Story) -> Non
     def wait() -> None:
         try:
             bob.next_event(timeout=30)
-        except BaseException as e:  # noqa: BLE001 - recorded and checked below
+        except BaseException as e:
             outcome.append(e)
         returned_at.append(time.monotonic())
 

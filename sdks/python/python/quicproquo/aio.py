@@ -22,7 +22,18 @@ import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any, AsyncIterator, Callable, Iterable, List, Optional, Tuple, Type, TypeVar, Union
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    List,
+    Optional,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+)
 
 from . import _native
 from .client import Client, ConversationRef, Listener, MessageRef, PathLike, Subscription
@@ -55,11 +66,10 @@ class AsyncClient:
     def __init__(self, client: Client, *, max_workers: int = 8) -> None:
         self._client = client
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="qpq-aio")
+        self._closed = False
 
     @classmethod
-    async def open(
-        cls, data_dir: PathLike, *, max_workers: int = 8, **kwargs: Any
-    ) -> AsyncClient:
+    async def open(cls, data_dir: PathLike, *, max_workers: int = 8, **kwargs: Any) -> AsyncClient:
         """Opens a :class:`quicproquo.Client` off the event loop (unlocking may take a moment)."""
         loop = asyncio.get_running_loop()
         client = await loop.run_in_executor(None, functools.partial(Client, data_dir, **kwargs))
@@ -71,12 +81,19 @@ class AsyncClient:
         return self._client
 
     async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        if self._closed:
+            # The engine answers at once once closed (ClosedError): no thread needed.
+            return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     async def close(self) -> None:
-        """Closes the client (idempotent); waits in progress end."""
+        """Closes the client (idempotent); waits in progress end, later calls raise
+        :class:`~quicproquo.ClosedError`."""
+        if self._closed:
+            return
         await self._run(self._client.close)
+        self._closed = True
         self._pool.shutdown(wait=False)
 
     async def __aenter__(self) -> AsyncClient:
@@ -196,6 +213,8 @@ class AsyncClient:
 
     async def _wait(self, call: Callable[[_native.WaitToken], _T]) -> _T:
         token = _native.WaitToken()
+        if self._closed:
+            return call(token)
         future = asyncio.get_running_loop().run_in_executor(self._pool, call, token)
         try:
             return await asyncio.shield(future)
@@ -204,6 +223,8 @@ class AsyncClient:
             # The worker ends within one wait slice (an event it took meanwhile is dropped
             # with the cancelled task); let it finish before re-raising.
             await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()  # retrieved: the CancelledError the token caused
             raise
 
     async def next_event(self, timeout: Optional[float] = None) -> Optional[Event]:

@@ -23,7 +23,7 @@ from .types import (
     Text,
 )
 
-__all__ = ["Client", "Subscription", "ConversationRef", "MessageRef", "Listener"]
+__all__ = ["Client", "ConversationRef", "Listener", "MessageRef", "Subscription"]
 
 #: A conversation: a :class:`ConversationId`, any 16 bytes, or its 32 hex digits.
 ConversationRef = Union[ConversationId, bytes, str]
@@ -99,8 +99,12 @@ class Client:
         lock_timeout: float = 0.0,
         _insecure_fast_kdf: bool = False,
     ) -> None:
-        cert_der = bytes(cert) if isinstance(cert, (bytes, bytearray)) else None
-        cert_file = None if cert is None or cert_der is not None else os.fspath(cert)
+        cert_der: Optional[bytes] = None
+        cert_file: Optional[str] = None
+        if isinstance(cert, (bytes, bytearray)):
+            cert_der = bytes(cert)
+        elif cert is not None:
+            cert_file = os.fspath(cert)
         self._native = _native.NativeClient.open(
             os.fspath(data_dir),
             server,
@@ -335,5 +339,3 @@ class Client:
     def set_listener(self, listener: Optional[Listener]) -> None:
         """Sets (or with ``None`` clears) the client's one managed listener."""
         self._native.set_listener(listener)
-
-

@@ -17,22 +17,22 @@ from __future__ import annotations
 from typing import ClassVar, Dict, Optional, Type
 
 __all__ = [
-    "QpqError",
-    "NetworkError",
-    "UnauthorizedError",
-    "NotFoundError",
-    "ConflictError",
-    "InvalidInputError",
-    "CryptoError",
-    "StorageError",
-    "RateLimitedError",
-    "TimeoutError",
-    "ClosedError",
-    "InternalError",
-    "CancelledError",
-    "BusyError",
-    "ForbiddenError",
     "AlreadyMemberError",
+    "BusyError",
+    "CancelledError",
+    "ClosedError",
+    "ConflictError",
+    "CryptoError",
+    "ForbiddenError",
+    "InternalError",
+    "InvalidInputError",
+    "NetworkError",
+    "NotFoundError",
+    "QpqError",
+    "RateLimitedError",
+    "StorageError",
+    "TimeoutError",
+    "UnauthorizedError",
 ]
 
 
@@ -64,7 +64,10 @@ class QpqError(Exception):
         return cls.__name__[: -len("Error")] if cls is not None else "Unknown"
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r}, code={self.code}, retry_after={self.retry_after!r})"
+        return (
+            f"{type(self).__name__}({self.message!r}, code={self.code}, "
+            f"retry_after={self.retry_after!r})"
+        )
 
 
 class NetworkError(QpqError):
