@@ -10,6 +10,7 @@
 // A measuring tool: printing is its purpose.
 #![allow(clippy::print_stdout)]
 
+mod b1;
 mod bare;
 mod isolation;
 mod report;
@@ -20,7 +21,8 @@ use std::process::ExitCode;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: qpq-bench run [--smoke] [--out DIR]   (DIR default: docs)\n       \
-         qpq-bench serve-qpq DATA_DIR | serve-qpq-limits DATA_DIR | serve-bare DATA_DIR   (internal: child servers)"
+         qpq-bench serve-qpq DATA_DIR | serve-qpq-limits DATA_DIR | serve-bare DATA_DIR   (internal: child servers)\n       \
+         qpq-bench b1 ADDR CERT_FILE [MESSAGES]   (Rust's B1 against a running server, for the SDK benchmarks)"
     );
     ExitCode::from(2)
 }
@@ -31,6 +33,23 @@ fn main() -> ExitCode {
         Some("serve-qpq") if args.len() == 2 => bare::serve_qpq(&args[1], false),
         Some("serve-qpq-limits") if args.len() == 2 => bare::serve_qpq(&args[1], true),
         Some("serve-bare") if args.len() == 2 => bare::serve_bare(&args[1]),
+        Some("b1") if args.len() == 3 || args.len() == 4 => {
+            let messages = match args.get(3).map(|n| n.parse::<usize>()) {
+                None => 1000,
+                Some(Ok(n)) if n > 0 => n,
+                Some(_) => return usage(),
+            };
+            match b1::run(&args[1], std::path::Path::new(&args[2]), messages) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("B1 failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("run") => {
             let smoke = args.iter().any(|a| a == "--smoke");
             let out = args

@@ -17,7 +17,12 @@ sys.path.insert(0, str(REPO / "examples" / "python"))
 import echo_bot
 
 HERE = Path(__file__).resolve().parent
-PYTHON_SOURCES = [str(HERE), str(HERE.parent / "python"), str(REPO / "examples" / "python")]
+PYTHON_SOURCES = [
+    str(HERE),
+    str(HERE.parent / "python"),
+    str(HERE.parent / "bench"),
+    str(REPO / "examples" / "python"),
+]
 
 
 def test_the_echo_bot_answers_a_message_in_a_group(clients: Clients) -> None:
