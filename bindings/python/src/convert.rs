@@ -12,7 +12,7 @@ use qpq_core::{
     Member, Message, MessageId,
 };
 
-use crate::error::invalid;
+use crate::error::{invalid, CoreError};
 
 static TYPES: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
@@ -36,42 +36,39 @@ fn member<'py>(py: Python<'py>, class: &str, name: &str) -> PyResult<Bound<'py, 
     types.bind(py).getattr(class)?.getattr(name)
 }
 
-fn id16(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<[u8; 16]> {
-    let raw: Vec<u8> = if let Ok(s) = obj.cast::<PyString>() {
-        let s = s.to_cow()?;
-        hex16(&s)
-            .ok_or_else(|| invalid(format!("a {what} is 32 hex digits, got {s:?}")))?
-            .to_vec()
+/// An id from its bytes (any bytes-like) or its hex text; core checks both forms.
+fn id_from<T>(
+    obj: &Bound<'_, PyAny>,
+    what: &str,
+    from_slice: impl Fn(&[u8]) -> Result<T, qpq_core::Error>,
+    from_hex: impl Fn(&str) -> Result<T, qpq_core::Error>,
+) -> PyResult<T> {
+    let parsed = if let Ok(s) = obj.cast::<PyString>() {
+        from_hex(&s.to_cow()?)
     } else if let Ok(b) = obj.cast::<PyBytes>() {
-        b.as_bytes().to_vec()
+        from_slice(b.as_bytes())
     } else {
-        obj.extract::<Vec<u8>>()
-            .map_err(|_| invalid(format!("a {what} is 16 bytes or 32 hex digits")))?
+        let bytes: Vec<u8> = obj
+            .extract()
+            .map_err(|_| invalid(format!("a {what} is 16 bytes or 32 hex digits")))?;
+        from_slice(&bytes)
     };
-    <[u8; 16]>::try_from(raw.as_slice())
-        .map_err(|_| invalid(format!("a {what} is 16 bytes, got {}", raw.len())))
-}
-
-fn hex16(s: &str) -> Option<[u8; 16]> {
-    let s = s.trim();
-    if s.len() != 32 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    Ok(parsed.map_err(CoreError)?)
 }
 
 /// A conversation id from a `ConversationId`, any 16 bytes, or 32 hex digits.
 pub fn conversation_id(obj: &Bound<'_, PyAny>) -> PyResult<ConversationId> {
-    id16(obj, "conversation id")
+    id_from(
+        obj,
+        "conversation id",
+        ConversationId::from_slice,
+        str::parse,
+    )
 }
 
 /// A message id from a `MessageId`, any 16 bytes, or 32 hex digits.
 pub fn message_id(obj: &Bound<'_, PyAny>) -> PyResult<MessageId> {
-    id16(obj, "message id")
+    id_from(obj, "message id", MessageId::from_slice, str::parse)
 }
 
 /// A body from one of the body dataclasses (`Text`, `AppData`, ...), told apart by `_KIND`.
@@ -125,6 +122,11 @@ pub fn message_id_py<'py>(py: Python<'py>, id: &MessageId) -> PyResult<Bound<'py
     build(py, "MessageId", (PyBytes::new(py, &id[..]),))
 }
 
+/// A `quicproquo.types.IdentityKey` or `DeviceKey` (32 bytes).
+fn key_py<'py>(py: Python<'py>, class: &str, key: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    build(py, class, (PyBytes::new(py, key),))
+}
+
 fn strings<'py>(py: Python<'py>, v: Vec<String>) -> PyResult<Bound<'py, PyTuple>> {
     PyTuple::new(py, v)
 }
@@ -136,21 +138,28 @@ pub fn account<'py>(py: Python<'py>, a: Account) -> PyResult<Bound<'py, PyAny>> 
         "Account",
         (
             a.username,
-            PyBytes::new(py, &a.identity_key),
-            PyBytes::new(py, &a.device_key),
+            key_py(py, "IdentityKey", a.identity_key.as_bytes())?,
+            key_py(py, "DeviceKey", a.device_key.as_bytes())?,
         ),
     )
 }
 
 /// `quicproquo.types.Member`.
 pub fn member_of<'py>(py: Python<'py>, m: Member) -> PyResult<Bound<'py, PyAny>> {
-    let devices = PyTuple::new(py, m.devices.iter().map(|d| PyBytes::new(py, d)))?;
+    let devices = m
+        .devices
+        .iter()
+        .map(|d| key_py(py, "DeviceKey", d.as_bytes()))
+        .collect::<PyResult<Vec<_>>>()?;
+    let devices = PyTuple::new(py, devices)?;
     build(
         py,
         "Member",
         (
             m.username,
-            m.identity_key.map(|k| PyBytes::new(py, &k)),
+            m.identity_key
+                .map(|k| key_py(py, "IdentityKey", k.as_bytes()))
+                .transpose()?,
             devices,
         ),
     )
@@ -239,7 +248,7 @@ pub fn message<'py>(py: Python<'py>, m: Message) -> PyResult<Bound<'py, PyAny>> 
             message_id_py(py, &m.id)?,
             conversation_id_py(py, &m.conversation)?,
             m.sender,
-            PyBytes::new(py, &m.sender_device),
+            key_py(py, "DeviceKey", m.sender_device.as_bytes())?,
             body_py(py, m.body)?,
             m.sent_at_ms,
             m.received_at_ms,

@@ -63,6 +63,10 @@ def test_ids_are_bytes_with_hex_forms() -> None:
     for bad in (b"short", "zz" * 16, "ab" * 15):
         with pytest.raises(qpq.InvalidInputError):
             qpq.ConversationId(bad)
+    key = qpq.DeviceKey(bytes(32))
+    assert qpq.DeviceKey.LEN == 32 and str(key) == "00" * 32
+    with pytest.raises(qpq.InvalidInputError):
+        qpq.IdentityKey(bytes(16))
 
 
 def test_opening_checks_its_arguments(tmp_path: Path) -> None:

@@ -100,8 +100,9 @@ def test_02_register_all_three(story: Story) -> None:
         account = story.clients[name].register(name, PASSWORDS[name])
         assert account == story.clients[name].account()
         assert account.username == name
-        assert isinstance(account.identity_key, bytes) and len(account.identity_key) == 32
-        assert isinstance(account.device_key, bytes) and len(account.device_key) == 32
+        assert isinstance(account.identity_key, qpq.IdentityKey)
+        assert isinstance(account.device_key, qpq.DeviceKey)
+        assert len(account.identity_key) == 32 and len(account.device_key) == 32
 
 
 def test_03_wrong_password_is_unauthorized_and_creates_nothing(story: Story) -> None:

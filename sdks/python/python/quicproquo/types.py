@@ -24,10 +24,12 @@ __all__ = [
     "ConversationKind",
     "Delete",
     "Delivery",
+    "DeviceKey",
     "Edit",
     "Event",
     "EventRecord",
     "File",
+    "IdentityKey",
     "Member",
     "MembersChanged",
     "Message",
@@ -41,11 +43,14 @@ __all__ = [
     "Text",
 ]
 
-_IdT = TypeVar("_IdT", bound="_Id16")
+_IdT = TypeVar("_IdT", bound="_FixedBytes")
 
 
-class _Id16(bytes):
-    """16 bytes shown as 32 lower-case hex digits."""
+class _FixedBytes(bytes):
+    """``LEN`` bytes shown as lower-case hex (qpq-core's one text form of ids and keys)."""
+
+    #: The length in bytes.
+    LEN: ClassVar[int] = 16
 
     def __new__(cls: Type[_IdT], value: Union[bytes, bytearray, memoryview, str]) -> _IdT:
         if isinstance(value, str):
@@ -53,17 +58,17 @@ class _Id16(bytes):
                 raw = bytes.fromhex(value)
             except ValueError:
                 raise InvalidInputError(
-                    f"a {cls.__name__} is 32 hex digits, got {value!r}"
+                    f"a {cls.__name__} is {2 * cls.LEN} hex digits, got {value!r}"
                 ) from None
         else:
             raw = bytes(value)
-        if len(raw) != 16:
-            raise InvalidInputError(f"a {cls.__name__} is 16 bytes, got {len(raw)}")
+        if len(raw) != cls.LEN:
+            raise InvalidInputError(f"a {cls.__name__} is {cls.LEN} bytes, got {len(raw)}")
         return super().__new__(cls, raw)
 
     @classmethod
     def from_hex(cls: Type[_IdT], text: str) -> _IdT:
-        """The id written as 32 hex digits (either case)."""
+        """Parses the hex form (either case)."""
         return cls(text)
 
     def __str__(self) -> str:
@@ -73,7 +78,7 @@ class _Id16(bytes):
         return f"{type(self).__name__}('{self.hex()}')"
 
 
-class ConversationId(_Id16):
+class ConversationId(_FixedBytes):
     """A conversation's id (equal to the server channel id and the MLS group id).
 
     A ``bytes`` of length 16; ``str()`` gives its hex form, ``ConversationId("…hex…")`` parses
@@ -81,8 +86,20 @@ class ConversationId(_Id16):
     """
 
 
-class MessageId(_Id16):
+class MessageId(_FixedBytes):
     """A message's id, chosen by the sender, unique per message. A ``bytes`` of length 16."""
+
+
+class IdentityKey(_FixedBytes):
+    """An account's identity key (the same on every device): a ``bytes`` of length 32."""
+
+    LEN = 32
+
+
+class DeviceKey(_FixedBytes):
+    """A device's key (its MLS signature key): a ``bytes`` of length 32."""
+
+    LEN = 32
 
 
 class ConversationKind(enum.Enum):
@@ -110,10 +127,10 @@ class Account:
     """This client's account."""
 
     username: str
-    #: Account identity key (32 bytes, the same on every device).
-    identity_key: bytes
-    #: This device's key (32 bytes, its MLS signature key).
-    device_key: bytes
+    #: Account identity key (the same on every device).
+    identity_key: IdentityKey
+    #: This device's key (its MLS signature key).
+    device_key: DeviceKey
 
 
 @dataclass(frozen=True)
@@ -122,9 +139,9 @@ class Member:
 
     username: str
     #: Account identity key; ``None`` while this device does not know it yet.
-    identity_key: Optional[bytes]
+    identity_key: Optional[IdentityKey]
     #: Device keys (in a conversation: the devices in the MLS group).
-    devices: Tuple[bytes, ...]
+    devices: Tuple[DeviceKey, ...]
 
 
 @dataclass(frozen=True)
@@ -226,8 +243,8 @@ class Message:
     conversation: ConversationId
     #: The sender's username.
     sender: str
-    #: The sender's device key (32 bytes).
-    sender_device: bytes
+    #: The sender's device key.
+    sender_device: DeviceKey
     body: Body
     #: The sender's clock, Unix milliseconds.
     sent_at_ms: int
