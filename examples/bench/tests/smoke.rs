@@ -28,3 +28,48 @@ fn smoke_pass_writes_every_row() {
     assert!(json["rows"].as_array().unwrap().len() >= 13);
     assert!(json["machine"]["cpus"].as_u64().unwrap() >= 1);
 }
+
+/// `qpq-bench b1` (Rust's side of each SDK's B1) runs against a server it did not start and
+/// prints one JSON line with its figures.
+#[test]
+fn b1_runs_against_a_running_server() {
+    use std::io::BufRead;
+    let bench = env!("CARGO_BIN_EXE_qpq-bench");
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = std::process::Command::new(bench)
+        .arg("serve-qpq")
+        .arg(dir.path().join("server"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let announced: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let cert = dir.path().join("cert.der");
+    std::fs::write(
+        &cert,
+        hex::decode(announced["cert"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bench)
+        .args(["b1", announced["addr"].as_str().unwrap()])
+        .arg(&cert)
+        .arg("5")
+        .output()
+        .unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let figures: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(figures["lang"], "rust");
+    assert_eq!(figures["messages"], 5);
+    assert!(figures["p50_us"].as_f64().unwrap() > 0.0);
+    assert!(figures["msgs_per_s"].as_f64().unwrap() > 0.0);
+}
