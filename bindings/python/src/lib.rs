@@ -444,6 +444,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .map(|c| (c.as_u32(), c.name()))
         .collect::<Vec<_>>();
     m.add("ERROR_CODES", PyTuple::new(m.py(), codes)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_BODY_BYTES", qpq_core::MAX_BODY_BYTES)?;
     m.add("MAX_CONTENT_TYPE_BYTES", qpq_core::MAX_CONTENT_TYPE_BYTES)?;
     Ok(())

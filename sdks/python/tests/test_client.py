@@ -276,3 +276,9 @@ def test_sync_and_cursors(clients: Clients) -> None:
         record = bob.wait_event_after(record.cursor, timeout=10)
     assert record is not None and record.cursor > start
     assert isinstance(bob.sync(), list)
+
+
+def test_the_version_is_the_installed_distribution_s() -> None:
+    from importlib.metadata import version
+
+    assert qpq.__version__ == version("quicproquo")

@@ -13,9 +13,8 @@ once, in order, as an event. This package gives it Python idioms:
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from ._native import MAX_BODY_BYTES, MAX_CONTENT_TYPE_BYTES
+from ._native import __version__ as _engine_version
 from .client import Client, ConversationRef, Listener, MessageRef, Subscription
 from .errors import (
     AlreadyMemberError,
@@ -65,10 +64,8 @@ from .types import (
     Text,
 )
 
-try:
-    __version__: str = version("quicproquo")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+#: The package's version: the engine's (the crates and the package are versioned together).
+__version__: str = _engine_version
 
 __all__ = [
     "MAX_BODY_BYTES",

@@ -14,6 +14,7 @@ from .types import (
     MessageId,
 )
 
+__version__: str
 ERROR_CODES: Tuple[Tuple[int, str], ...]
 MAX_BODY_BYTES: int
 MAX_CONTENT_TYPE_BYTES: int
