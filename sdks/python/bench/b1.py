@@ -34,10 +34,9 @@ INTRO = (
     "server process in the same run, alternating rounds, and writes its own row. p50: send at "
     "alice → message event at bob, one message at a time; throughput: messages sent back to "
     "back, divided by the time until bob has them all. Ratios are SDK ÷ Rust (p50: lower is "
-    "better; throughput: higher is better). Release builds; server pinned to CPU 1, clients to "
-    "CPU 0.\n\n"
+    "better; throughput: higher is better). Server pinned to CPU 1, clients to CPU 0.\n\n"
     "| language | p50 | p50 Rust | p50 ratio | throughput | throughput Rust | throughput ratio "
-    "| rounds | measured |\n|---|---|---|---|---|---|---|---|---|\n"
+    "| build | rounds | measured |\n|---|---|---|---|---|---|---|---|---|---|\n"
 )
 
 
@@ -142,6 +141,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--write", type=Path, help="docs/BENCHMARKS.md to update")
+    parser.add_argument(
+        "--build", default="release", help="how the wheel and qpq-bench were built (for the row)"
+    )
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {0})
@@ -174,7 +176,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         when = time.strftime("%Y-%m-%d", time.gmtime())
         row = (
             f"| Python | {p50_py:.0f} µs | {p50_rs:.0f} µs | {p50_py / p50_rs:.2f}× "
-            f"| {tp_py:.0f} msg/s | {tp_rs:.0f} msg/s | {tp_py / tp_rs:.2f}× | {args.rounds} × "
+            f"| {tp_py:.0f} msg/s | {tp_rs:.0f} msg/s | {tp_py / tp_rs:.2f}× "
+            f"| {args.build} | {args.rounds} × "
             f"{args.messages} | {when}, CPython {platform.python_version()}, "
             f"{os.cpu_count()} CPUs |"
         )
