@@ -126,14 +126,18 @@ impl Client {
     pub fn send_with_id(&self, conversation: String, id: String, body: Body) -> Res<String> {
         let body = core::Body::try_from(body)?;
         let id = message_id(&id)?;
-        Ok(hex(&self
-            .inner
-            .send_with_id(&conv_id(&conversation)?, id, body)?))
+        Ok(hex(&self.inner.send_with_id(
+            &conv_id(&conversation)?,
+            id,
+            body,
+        )?))
     }
 
     /// `send` of a text body.
     pub fn send_text(&self, conversation: String, text: String) -> Res<String> {
-        Ok(hex(&self.inner.send_text(&conv_id(&conversation)?, &text)?))
+        Ok(hex(&self
+            .inner
+            .send_text(&conv_id(&conversation)?, &text)?))
     }
 
     /// Every local conversation. Local only.
@@ -206,7 +210,10 @@ impl Client {
     /// The first event numbered after `cursor`, waiting up to `timeout`; readers do not
     /// consume, so a stream resumes from its last cursor without gaps.
     pub fn wait_event_after(&self, cursor: u64, timeout: Duration) -> Res<Option<EventRecord>> {
-        Ok(self.inner.wait_event_after(cursor, timeout)?.map(Into::into))
+        Ok(self
+            .inner
+            .wait_event_after(cursor, timeout)?
+            .map(Into::into))
     }
 
     /// Cursor of the newest event so far (0 = none yet).

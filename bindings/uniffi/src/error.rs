@@ -135,21 +135,66 @@ impl QpqError {
     fn of(code: CoreCode, detail: String, retry_after_ms: Option<u64>) -> QpqError {
         let (d, r) = (detail, retry_after_ms);
         match code {
-            CoreCode::Network => QpqError::Network { detail: d, retry_after_ms: r },
-            CoreCode::Unauthorized => QpqError::Unauthorized { detail: d, retry_after_ms: r },
-            CoreCode::NotFound => QpqError::NotFound { detail: d, retry_after_ms: r },
-            CoreCode::Conflict => QpqError::Conflict { detail: d, retry_after_ms: r },
-            CoreCode::InvalidInput => QpqError::InvalidInput { detail: d, retry_after_ms: r },
-            CoreCode::Crypto => QpqError::Crypto { detail: d, retry_after_ms: r },
-            CoreCode::Storage => QpqError::Storage { detail: d, retry_after_ms: r },
-            CoreCode::RateLimited => QpqError::RateLimited { detail: d, retry_after_ms: r },
-            CoreCode::Timeout => QpqError::Timeout { detail: d, retry_after_ms: r },
-            CoreCode::Closed => QpqError::Closed { detail: d, retry_after_ms: r },
-            CoreCode::Internal => QpqError::Internal { detail: d, retry_after_ms: r },
-            CoreCode::Cancelled => QpqError::Cancelled { detail: d, retry_after_ms: r },
-            CoreCode::Busy => QpqError::Busy { detail: d, retry_after_ms: r },
-            CoreCode::Forbidden => QpqError::Forbidden { detail: d, retry_after_ms: r },
-            CoreCode::AlreadyMember => QpqError::AlreadyMember { detail: d, retry_after_ms: r },
+            CoreCode::Network => QpqError::Network {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::Unauthorized => QpqError::Unauthorized {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::NotFound => QpqError::NotFound {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::Conflict => QpqError::Conflict {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::InvalidInput => QpqError::InvalidInput {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::Crypto => QpqError::Crypto {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::Storage => QpqError::Storage {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::RateLimited => QpqError::RateLimited {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::Timeout => QpqError::Timeout {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::Closed => QpqError::Closed {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::Internal => QpqError::Internal {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::Cancelled => QpqError::Cancelled {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::Busy => QpqError::Busy {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::Forbidden => QpqError::Forbidden {
+                detail: d,
+                retry_after_ms: r,
+            },
+            CoreCode::AlreadyMember => QpqError::AlreadyMember {
+                detail: d,
+                retry_after_ms: r,
+            },
         }
     }
 
