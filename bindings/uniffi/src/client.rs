@@ -9,7 +9,7 @@ use qpq_core as core;
 
 use crate::error::QpqError;
 use crate::types::{
-    conv_id, hex, message_id, Account, Body, ClientConfig, Conversation, Event, EventListener,
+    conv_id, message_id, Account, Body, ClientConfig, Conversation, Event, EventListener,
     EventRecord, ListenerAdapter, Member, Message, Registration,
 };
 
@@ -81,12 +81,12 @@ impl Client {
 
     /// Creates a group; `post_quantum` picks the X-Wing suite. Returns its id (hex).
     pub fn create_group(&self, name: String, post_quantum: bool) -> Res<String> {
-        Ok(hex(&self.inner.create_group(&name, post_quantum)?))
+        Ok(self.inner.create_group(&name, post_quantum)?.to_string())
     }
 
     /// Creates (or reuses) the DM with `username`. Returns its id (hex).
     pub fn create_dm(&self, username: String) -> Res<String> {
-        Ok(hex(&self.inner.create_dm(&username)?))
+        Ok(self.inner.create_dm(&username)?.to_string())
     }
 
     /// Adds every device of every named user in one commit.
@@ -119,25 +119,24 @@ impl Client {
     /// `MessageSent` / `MessageFailed` events, never as an error here.
     pub fn send(&self, conversation: String, body: Body) -> Res<String> {
         let body = core::Body::try_from(body)?;
-        Ok(hex(&self.inner.send(&conv_id(&conversation)?, body)?))
+        Ok(self.inner.send(&conv_id(&conversation)?, body)?.to_string())
     }
 
     /// `send` with an id chosen by the caller (32 hex digits): a retry never duplicates.
     pub fn send_with_id(&self, conversation: String, id: String, body: Body) -> Res<String> {
         let body = core::Body::try_from(body)?;
         let id = message_id(&id)?;
-        Ok(hex(&self.inner.send_with_id(
-            &conv_id(&conversation)?,
-            id,
-            body,
-        )?))
+        let conversation = conv_id(&conversation)?;
+        Ok(self
+            .inner
+            .send_with_id(&conversation, id, body)?
+            .to_string())
     }
 
     /// `send` of a text body.
     pub fn send_text(&self, conversation: String, text: String) -> Res<String> {
-        Ok(hex(&self
-            .inner
-            .send_text(&conv_id(&conversation)?, &text)?))
+        let conversation = conv_id(&conversation)?;
+        Ok(self.inner.send_text(&conversation, &text)?.to_string())
     }
 
     /// Every local conversation. Local only.

@@ -10,33 +10,14 @@ use zeroize::Zeroize;
 
 use crate::error::QpqError;
 
-/// Lower-case hex of an id or key.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `N` bytes from exactly `2 * N` hex digits; `InvalidInput` naming `what` otherwise.
-pub(crate) fn unhex<const N: usize>(what: &str, s: &str) -> Result<[u8; N], QpqError> {
-    let bad = || QpqError::invalid(format!("{what} must be {} hex digits", 2 * N));
-    let s = s.trim();
-    if s.len() != 2 * N || !s.is_ascii() {
-        return Err(bad());
-    }
-    let mut out = [0u8; N];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
-}
-
-/// A conversation id from its hex form.
+/// A conversation id from its hex form (core's `FromStr`: `InvalidInput` when malformed).
 pub(crate) fn conv_id(s: &str) -> Result<core::ConversationId, QpqError> {
-    unhex::<16>("a conversation id", s)
+    Ok(s.parse()?)
 }
 
-/// A message id from its hex form.
+/// A message id from its hex form (core's `FromStr`: `InvalidInput` when malformed).
 pub(crate) fn message_id(s: &str) -> Result<core::MessageId, QpqError> {
-    unhex::<16>("a message id", s)
+    Ok(s.parse()?)
 }
 
 /// The largest body `send` accepts, in bytes (`qpq_core::MAX_BODY_BYTES`).
@@ -234,8 +215,8 @@ impl From<core::Account> for Account {
     fn from(a: core::Account) -> Account {
         Account {
             username: a.username,
-            identity_key: a.identity_key.to_vec(),
-            device_key: a.device_key.to_vec(),
+            identity_key: a.identity_key.to_bytes().to_vec(),
+            device_key: a.device_key.to_bytes().to_vec(),
         }
     }
 }
@@ -284,7 +265,7 @@ pub struct Conversation {
 impl From<core::Conversation> for Conversation {
     fn from(c: core::Conversation) -> Conversation {
         Conversation {
-            id: hex(&c.id),
+            id: c.id.to_string(),
             kind: match c.kind {
                 core::ConversationKind::Dm => ConversationKind::Dm,
                 core::ConversationKind::Group => ConversationKind::Group,
@@ -392,14 +373,20 @@ impl From<core::Body> for Body {
                 content_type,
                 bytes,
             },
-            core::Body::Reply { to, text } => Body::Reply { to: hex(&to), text },
+            core::Body::Reply { to, text } => Body::Reply {
+                to: to.to_string(),
+                text,
+            },
             core::Body::Reaction { to, emoji, remove } => Body::Reaction {
-                to: hex(&to),
+                to: to.to_string(),
                 emoji,
                 remove,
             },
-            core::Body::Edit { of, text } => Body::Edit { of: hex(&of), text },
-            core::Body::Delete { of } => Body::Delete { of: hex(&of) },
+            core::Body::Edit { of, text } => Body::Edit {
+                of: of.to_string(),
+                text,
+            },
+            core::Body::Delete { of } => Body::Delete { of: of.to_string() },
             core::Body::File {
                 name,
                 mime_type,
@@ -504,10 +491,10 @@ pub struct Message {
 impl From<core::Message> for Message {
     fn from(m: core::Message) -> Message {
         Message {
-            id: hex(&m.id),
-            conversation: hex(&m.conversation),
+            id: m.id.to_string(),
+            conversation: m.conversation.to_string(),
             sender: m.sender,
-            sender_device: m.sender_device.to_vec(),
+            sender_device: m.sender_device.to_bytes().to_vec(),
             body: m.body.into(),
             sent_at_ms: m.sent_at_ms,
             received_at_ms: m.received_at_ms,
@@ -537,8 +524,8 @@ impl From<core::Member> for Member {
     fn from(m: core::Member) -> Member {
         Member {
             username: m.username,
-            identity_key: m.identity_key.map(|k| k.to_vec()),
-            devices: m.devices.iter().map(|d| d.to_vec()).collect(),
+            identity_key: m.identity_key.map(|k| k.to_bytes().to_vec()),
+            devices: m.devices.iter().map(|d| d.to_bytes().to_vec()).collect(),
         }
     }
 }
@@ -610,18 +597,18 @@ impl From<core::Event> for Event {
                 removed,
                 epoch,
             } => Event::MembersChanged {
-                conversation: hex(&conversation),
+                conversation: conversation.to_string(),
                 added,
                 removed,
                 epoch,
             },
             core::Event::Removed { conversation } => Event::Removed {
-                conversation: hex(&conversation),
+                conversation: conversation.to_string(),
             },
             core::Event::ConnectionChanged { connected } => Event::ConnectionChanged { connected },
             core::Event::MessageSent { conversation, id } => Event::MessageSent {
-                conversation: hex(&conversation),
-                id: hex(&id),
+                conversation: conversation.to_string(),
+                id: id.to_string(),
             },
             core::Event::MessageFailed {
                 conversation,
@@ -629,8 +616,8 @@ impl From<core::Event> for Event {
                 code,
                 message,
             } => Event::MessageFailed {
-                conversation: hex(&conversation),
-                id: hex(&id),
+                conversation: conversation.to_string(),
+                id: id.to_string(),
                 code: code.into(),
                 reason: message,
             },
@@ -683,9 +670,12 @@ mod tests {
 
     #[test]
     fn ids_round_trip_through_hex_and_malformed_ones_are_invalid_input() {
-        let id = [0xa5u8; 16];
-        assert_eq!(conv_id(&hex(&id)).expect("valid"), id);
-        assert_eq!(conv_id(&hex(&id).to_uppercase()).expect("either case"), id);
+        let id = core::ConversationId::from_bytes([0xa5u8; 16]);
+        assert_eq!(conv_id(&id.to_string()).expect("valid"), id);
+        assert_eq!(
+            conv_id(&id.to_string().to_uppercase()).expect("either case"),
+            id
+        );
         for bad in ["", "abc", "zz".repeat(16).as_str(), "é".repeat(16).as_str()] {
             let e = conv_id(bad).expect_err("malformed");
             assert_eq!(e.code(), core::ErrorCode::InvalidInput, "{bad:?}");
@@ -694,7 +684,7 @@ mod tests {
 
     #[test]
     fn every_body_kind_round_trips_through_the_binding_form() {
-        let id = hex(&[7u8; 16]);
+        let id = core::MessageId::from_bytes([7u8; 16]).to_string();
         for b in [
             Body::Text { text: "hé".into() },
             Body::App {
