@@ -148,6 +148,90 @@ fn only_admins_remove_others() {
     wait_until(&carol, "removed", |e| matches!(e, Event::Removed { .. }));
 }
 
+/// Item 8: events name who did what and tell leaving from being removed; a rule-breaking
+/// commit (a non-admin removing someone, built past the local check and delivered past the
+/// server) is refused by every member's engine, and the group does not fork.
+#[test]
+fn membership_events_name_the_actor_and_engines_refuse_rule_breaking_commits() {
+    let s = TestServer::start();
+    let alice = s.user("alice");
+    let bob = s.user("bob");
+    let carol = s.user("carol");
+    let dave = s.user("dave");
+    let g = alice.create_group("who", false).unwrap();
+    alice.invite(&g, &["bob", "carol", "dave"]).unwrap();
+    for c in [&bob, &carol, &dave] {
+        wait_joined(c, &g);
+    }
+
+    // bob is no admin: a commit of his removing carol is refused by alice's and carol's
+    // engines (Forbidden), and changes nothing they stored.
+    let carol_devices = bob.members(&g).unwrap();
+    let carol_devices = &carol_devices
+        .iter()
+        .find(|m| m.username == "carol")
+        .unwrap()
+        .devices;
+    let rogue = bob.debug_remove_commit(&g, carol_devices).unwrap();
+    for (who, c) in [("alice", &alice), ("carol", &carol)] {
+        let out = c.debug_inject(vec![(g, rogue.clone())]).unwrap();
+        let err = out[0].result.as_ref().expect_err("refused");
+        assert_eq!(err.code(), ErrorCode::Forbidden, "{who}: {err}");
+        assert!(
+            !out[0].state_changed,
+            "{who}: the refused commit changed state"
+        );
+    }
+
+    // alice (admin) removes carol: bob is told alice did it; carol is told she was removed by
+    // alice, not that she left.
+    alice.remove(&g, "carol").unwrap();
+    let seen = wait_until(
+        &bob,
+        "carol removed",
+        |e| matches!(e, Event::MembersChanged { removed, .. } if removed.contains(&"carol".to_string())),
+    );
+    match seen.last().unwrap() {
+        Event::MembersChanged { by, left, .. } => {
+            assert_eq!(by.as_deref(), Some("alice"));
+            assert!(left.is_empty(), "{left:?}");
+        }
+        e => panic!("{e:?}"),
+    }
+    let seen = wait_until(&carol, "removed", |e| matches!(e, Event::Removed { .. }));
+    assert!(
+        matches!(seen.last().unwrap(), Event::Removed { by, left: false, .. } if by.as_deref() == Some("alice")),
+        "{seen:?}"
+    );
+
+    // dave leaves: the others see "left", not "removed", and dave's own event says he left.
+    dave.leave(&g).unwrap();
+    let seen = wait_until(&dave, "own leave", |e| matches!(e, Event::Removed { .. }));
+    assert!(
+        matches!(seen.last().unwrap(), Event::Removed { left: true, .. }),
+        "{seen:?}"
+    );
+    // The leave is a proposal: the next commit (here alice's key rotation) carries it.
+    alice.sync().unwrap();
+    alice.rotate_keys(&g).unwrap();
+    let seen = wait_until(
+        &bob,
+        "dave left",
+        |e| matches!(e, Event::MembersChanged { left, .. } if left.contains(&"dave".to_string())),
+    );
+    match seen.last().unwrap() {
+        Event::MembersChanged { removed, .. } => assert!(removed.is_empty(), "{removed:?}"),
+        e => panic!("{e:?}"),
+    }
+    // Nobody forked: alice and bob still read each other.
+    alice.send_text(&g, "still one group").unwrap();
+    wait_until(
+        &bob,
+        "message",
+        |e| matches!(e, Event::Message(m) if m.text() == Some("still one group")),
+    );
+}
+
 /// Item 10: `ping` to a dead address fails within its deadline and names the address.
 #[test]
 fn ping_to_a_dead_address_fails_fast_and_names_it() {
