@@ -232,6 +232,31 @@ fn membership_events_name_the_actor_and_engines_refuse_rule_breaking_commits() {
     );
 }
 
+/// Issue 16 item 9: the client takes the username rule from qpq-proto, the one the server
+/// applies: refused names fail before anything is sent or stored, and names are normalised.
+#[test]
+fn usernames_follow_the_shared_rule() {
+    let s = TestServer::start();
+    for bad in ["", "al ice", "ålice", &"a".repeat(33)] {
+        let dir = tempfile::tempdir().unwrap();
+        let c = s.open(dir.path());
+        let e = c.register(bad, "pw").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidInput, "{bad:?}: {e}");
+        drop(c);
+        assert!(
+            !dir.path().join("qpq-client.db").exists(),
+            "{bad:?}: a store reached the disk"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = s.open(dir.path());
+    let a = c.register("  Alice.B ", "pw").unwrap();
+    assert_eq!(a.username, "alice.b");
+    let other = tempfile::tempdir().unwrap();
+    let d = s.open(other.path());
+    assert_eq!(d.login("ALICE.B", "pw").unwrap().username, "alice.b");
+}
+
 /// Item 10: `ping` to a dead address fails within its deadline and names the address.
 #[test]
 fn ping_to_a_dead_address_fails_fast_and_names_it() {
