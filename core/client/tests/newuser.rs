@@ -309,7 +309,7 @@ impl Drop for KillOnDrop {
 fn sigkill_of_the_server_is_noticed_within_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let server_dir = dir.path().join("server");
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
             "--exact",
