@@ -153,8 +153,8 @@ proptest! {
     }
 
     #[test]
-    fn fetch_response(messages in vec(queued(), 0..5)) {
-        check(&v1::FetchResponse { messages })?;
+    fn fetch_response(messages in vec(queued(), 0..5), more in any::<bool>()) {
+        check(&v1::FetchResponse { messages, more })?;
     }
 
     #[test]

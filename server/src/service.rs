@@ -34,11 +34,9 @@ use crate::storage::{
 const PUSH_INLINE_MAX: usize = 64 * 1024;
 /// Most messages one Fetch returns.
 const FETCH_MAX: usize = 1000;
-/// Payload bytes one Fetch returns at most (below the 4 MiB frame limit). Not lowered to
-/// the 1 MiB a connection may buffer: qpq-core takes a page under 1 MiB as the end of
-/// the queue. What a connection hands to QUIC is still at most 1 MiB (the listener's response
-/// budget); the rest of a larger page waits in the server, within the write deadline.
-const FETCH_MAX_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
+/// What a Fetch response frame adds besides its messages: the response header (9) and the
+/// `more` flag (2), rounded up.
+const FETCH_FRAME_OVERHEAD: usize = 64;
 /// Largest DownloadBlob chunk.
 const BLOB_CHUNK_MAX: u64 = 1024 * 1024;
 /// (requester device, target device) pairs whose KeyPackage fetch bucket is remembered at
@@ -782,8 +780,8 @@ impl Service {
             method::FETCH => {
                 Metrics::inc(&self.metrics.fetch_total);
                 let r = v1::FetchRequest::decode(p)?;
-                let msgs = self.fetch(&s, r.after_seq, r.limit, &r.channel_id).await?;
-                ok(v1::FetchResponse { messages: msgs })
+                let (messages, more) = self.fetch(&s, r.after_seq, r.limit, &r.channel_id).await?;
+                ok(v1::FetchResponse { messages, more })
             }
             method::FETCH_WAIT => {
                 Metrics::inc(&self.metrics.fetch_wait_total);
@@ -1769,7 +1767,7 @@ impl Service {
         after: u64,
         limit: u32,
         channel: &[u8],
-    ) -> Result<Vec<v1::QueuedMessage>, Fail> {
+    ) -> Result<(Vec<v1::QueuedMessage>, bool), Fail> {
         let ch = optional_channel(channel)?;
         let limit = if limit == 0 {
             100
@@ -1777,10 +1775,15 @@ impl Service {
             (limit as usize).min(FETCH_MAX)
         };
         let device = s.device_id;
-        let msgs = self
-            .db(move |st| st.fetch(device, after, limit, FETCH_MAX_BYTES, ch))
+        // Item 24: a page fits the connection's response budget, so a connection that
+        // stops reading pins at most that; `more` tells the client to fetch the rest.
+        let max_bytes = (self.config.max_buffered_bytes_per_connection as usize)
+            .saturating_sub(FETCH_FRAME_OVERHEAD)
+            .max(1);
+        let (msgs, more) = self
+            .db(move |st| st.fetch(device, after, limit, max_bytes, ch))
             .await?;
-        Ok(msgs.iter().map(to_wire).collect())
+        Ok((msgs.iter().map(to_wire).collect(), more))
     }
 
     async fn fetch_wait(&self, s: &Session, hash: Key32, r: v1::FetchWaitRequest) -> Reply {
@@ -1800,9 +1803,10 @@ impl Service {
             // ends sessions wakes the device's waiters after dropping them from the cache, so
             // this check (after enabling the wake-up) sees the end or is woken by it.
             self.resolve_session(&hash).await?;
-            let msgs = self.fetch(s, r.after_seq, r.limit, &r.channel_id).await?;
-            if !msgs.is_empty() || tokio::time::Instant::now() >= deadline || self.is_draining() {
-                return ok(v1::FetchResponse { messages: msgs });
+            let (messages, more) = self.fetch(s, r.after_seq, r.limit, &r.channel_id).await?;
+            if !messages.is_empty() || tokio::time::Instant::now() >= deadline || self.is_draining()
+            {
+                return ok(v1::FetchResponse { messages, more });
             }
             let _parked = Parked::new(&self.fetch_waits);
             tokio::select! {

@@ -116,7 +116,7 @@ impl Inner {
     /// a push or a `send`, forever; reconnects with backoff when the connection drops.
     async fn receive_loop(self: Arc<Inner>) {
         let mut backoff = Duration::from_millis(100);
-        let mut prefetched = Vec::new();
+        let mut prefetched = None;
         while !self.closed.load(Ordering::SeqCst) {
             let logged_in = self
                 .session
@@ -139,7 +139,7 @@ impl Inner {
                 });
                 let mut r = self
                     .session
-                    .sync_from(&mut events, std::mem::take(&mut prefetched), Some(&sink))
+                    .sync_from(&mut events, prefetched.take(), Some(&sink))
                     .await;
                 if r.is_ok() {
                     r = self.session.flush_outbox_locked(&mut events).await;
@@ -192,10 +192,9 @@ impl Inner {
             );
             tokio::select! {
                 r = wait => {
-                    if let Ok(resp) = &r {
-                        prefetched = resp.messages.clone();
-                    }
-                    if let Err(e) = r {
+                    match r {
+                        Ok(resp) => prefetched = Some(resp),
+                        Err(e) => {
                         tracing::debug!("fetch wait failed: {e}");
                         // The long poll's connection died (the idle timeout noticed a silent
                         // server): say so now, not after a reconnect attempt has failed too.
@@ -204,6 +203,7 @@ impl Inner {
                         }
                         if net.connected().await {
                             tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                         }
                     }
                 }

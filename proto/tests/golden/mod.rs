@@ -63,6 +63,7 @@ pub fn messages() -> Vec<(&'static str, Vec<u8>)> {
             "FetchResponse",
             v1::FetchResponse {
                 messages: vec![queued(1), queued(2)],
+                more: false,
             }
             .encode_to_vec(),
         ),

@@ -1464,7 +1464,7 @@ impl Storage for SqliteStorage {
         limit: usize,
         max_bytes: usize,
         channel: Option<ChannelId>,
-    ) -> StorageResult<Vec<QueuedMessage>> {
+    ) -> StorageResult<(Vec<QueuedMessage>, bool)> {
         self.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT q.seq, q.channel_id, p.sender_device, p.message_id, p.data, p.created_ms, p.kind
@@ -1473,7 +1473,8 @@ impl Storage for SqliteStorage {
                  ORDER BY q.seq LIMIT ?4",
             )?;
             let ch = channel.map(|c| c.to_vec());
-            let rows = st.query_map(params![device, after_seq as i64, ch, limit as i64], |r| {
+            // One row more than asked: it tells whether more are queued.
+            let rows = st.query_map(params![device, after_seq as i64, ch, limit as i64 + 1], |r| {
                 Ok(QueuedMessage {
                     seq: r.get::<_, i64>(0)? as u64,
                     channel_id: id16(r.get(1)?)?,
@@ -1488,13 +1489,13 @@ impl Storage for SqliteStorage {
             let mut bytes = 0usize;
             for m in rows {
                 let m = m?;
-                bytes += m.payload.len() + 64;
-                if bytes > max_bytes && !out.is_empty() {
-                    break;
+                bytes += m.payload.len() + FETCH_OVERHEAD;
+                if out.len() == limit || (bytes > max_bytes && !out.is_empty()) {
+                    return Ok((out, true));
                 }
                 out.push(m);
             }
-            Ok(out)
+            Ok((out, false))
         })
     }
 

@@ -39,7 +39,7 @@ impl Session {
     /// proposals committed, outbox flushed, KeyPackages topped up. Takes the operation lock.
     pub(crate) async fn sync(&self, events: &mut Vec<Event>) -> Result<(), Error> {
         let _ops = self.ops().await;
-        self.sync_from(events, Vec::new(), None).await?;
+        self.sync_from(events, None, None).await?;
         self.flush_outbox_locked(events).await?;
         self.replenish_key_packages_locked(false).await
     }
@@ -47,7 +47,7 @@ impl Session {
     /// [`Session::sync`] without flushing the outbox, for a caller that holds the operation
     /// lock already (a commit first catches up with the group).
     pub(super) async fn sync_locked(&self, events: &mut Vec<Event>) -> Result<(), Error> {
-        Box::pin(self.sync_from(events, Vec::new(), None)).await
+        Box::pin(self.sync_from(events, None, None)).await
     }
 
     /// Catches up (the caller holds the operation lock), starting with messages a FetchWait
@@ -58,39 +58,39 @@ impl Session {
     pub(crate) async fn sync_from(
         &self,
         events: &mut Vec<Event>,
-        mut prefetched: Vec<v1::QueuedMessage>,
+        mut prefetched: Option<v1::FetchResponse>,
         sink: Option<&EventSink>,
     ) -> Result<(), Error> {
-        /// A page this full may have more behind it; a shorter one was the whole queue.
-        const PAGE: usize = 256;
-        const PAGE_BYTES: usize = 1024 * 1024;
+        /// Most messages asked for per page.
+        const PAGE: u32 = 256;
         self.resolve_pending_commits(events).await?;
         let mut proposals = BTreeSet::new();
         loop {
-            let messages = if prefetched.is_empty() {
-                let after = self.engine()?.store.get_u64(META_LAST_SEQ)?;
-                let r: v1::FetchResponse = self
-                    .call(
+            let page = match prefetched.take() {
+                Some(page) => page,
+                None => {
+                    let after = self.engine()?.store.get_u64(META_LAST_SEQ)?;
+                    self.call(
                         method::FETCH,
                         &v1::FetchRequest {
                             after_seq: after,
-                            limit: PAGE as u32,
+                            limit: PAGE,
                             channel_id: Bytes::new(),
                         },
                     )
-                    .await?;
-                r.messages
-            } else {
-                std::mem::take(&mut prefetched)
+                    .await?
+                }
             };
-            if messages.is_empty() {
+            if page.messages.is_empty() {
                 break;
             }
-            let short = messages.len() < PAGE
-                && messages.iter().map(|m| m.payload.len()).sum::<usize>() < PAGE_BYTES;
-            self.process_batch(messages, events, &mut proposals, sink)
+            // Only the server's flag says whether more is queued: a page's size does not (the
+            // server caps pages at its per-connection response budget, R-2). A server that
+            // never sets it hands the rest to the next FetchWait.
+            let more = page.more;
+            self.process_batch(page.messages, events, &mut proposals, sink)
                 .await?;
-            if short {
+            if !more {
                 break;
             }
         }
