@@ -52,6 +52,8 @@ methods! {
     LIST_GROUP_MEMBERS = 412, "ListGroupMembers";
     /// Reserved.
     ROTATE_KEYS = 413, "RotateKeys";
+    /// The channel's latest GroupInfo, for rejoining by external commit.
+    FETCH_GROUP_INFO = 414, "FetchGroupInfo";
     /// Reserved.
     REPORT_MESSAGE = 420, "ReportMessage";
     /// Reserved.

@@ -70,6 +70,7 @@ fn enqueue() -> impl Strategy<Value = v1::EnqueueRequest> {
                 commit_epoch,
                 add_members,
                 remove_members,
+                group_info: welcome.clone(),
                 welcome,
                 promote_members: welcome_devices.clone(),
                 welcome_devices,

@@ -990,6 +990,22 @@ impl Service {
                     kind: channel.kind as i32,
                 })
             }
+            method::FETCH_GROUP_INFO => {
+                let r = v1::FetchGroupInfoRequest::decode(p)?;
+                let ch = id16(&r.channel_id, "channel_id")?;
+                let (epoch, group_info) = self
+                    .db(move |st| {
+                        if !st.is_member(&ch, s.account_id)? {
+                            return Err(StorageError::Forbidden(
+                                "not a member of the channel".into(),
+                            ));
+                        }
+                        st.group_info(&ch)?
+                            .ok_or(StorageError::NotFound("group info"))
+                    })
+                    .await?;
+                ok(v1::FetchGroupInfoResponse { group_info, epoch })
+            }
             method::RESOLVE_USER => {
                 let r = v1::ResolveUserRequest::decode(p)?;
                 let u = normalize_username(&r.username)?;
@@ -1571,14 +1587,33 @@ impl Service {
             && (!r.add_members.is_empty()
                 || !r.remove_members.is_empty()
                 || !r.promote_members.is_empty()
-                || !r.welcome.is_empty())
+                || !r.welcome.is_empty()
+                || !r.group_info.is_empty())
         {
             return Err(Fail::bad(
-                "membership changes and Welcomes travel only with commits",
+                "membership changes, Welcomes and GroupInfos travel only with commits",
             ));
         }
+        let mut external = false;
+        let mut group_info = None;
         if is_commit {
-            check_commit_framing(&r.payload, &channel_id, r.commit_epoch.unwrap_or(0))?;
+            let epoch = r.commit_epoch.unwrap_or(0);
+            external = check_commit_framing(&r.payload, &channel_id, epoch)?;
+            if !r.group_info.is_empty() {
+                check_group_info(&r.group_info, &channel_id, epoch.saturating_add(1))?;
+                group_info = Some(r.group_info.clone());
+            }
+            if external
+                && (group_info.is_none()
+                    || !r.add_members.is_empty()
+                    || !r.remove_members.is_empty()
+                    || !r.promote_members.is_empty()
+                    || !r.welcome.is_empty())
+            {
+                return Err(Fail::bad(
+                    "an external commit carries its GroupInfo and no membership change",
+                ));
+            }
         }
         self.check_room()?;
         // Item 19: a message fans out to many queues; it passes only while the sender's
@@ -1605,6 +1640,8 @@ impl Service {
             welcome: r.welcome,
             welcome_devices: keys32(&r.welcome_devices, "welcome_devices entry")?,
             promote_members: keys32(&r.promote_members, "promote_members entry")?,
+            group_info,
+            external,
             now_ms: now_ms(),
             max_queue_depth: self.config.max_queue_depth,
             max_queue_bytes: self.config.max_queue_bytes,
@@ -2002,15 +2039,37 @@ impl Drop for WaiterGuard<'_> {
 /// PrivateMessage (qpq groups take only encrypted handshakes) of this channel's group, from
 /// the epoch the Enqueue names, with content type commit. Anything else would be accepted as
 /// the epoch's commit and then dropped by every member, wedging the group.
-fn check_commit_framing(payload: &[u8], channel: &ChannelId, epoch: u64) -> Result<(), Fail> {
+/// Checks what a commit's MLS framing shows without keys (ADR 0054): this channel's group
+/// id, the epoch named, content type commit, and either a PrivateMessage (a member's commit)
+/// or a PublicMessage from `new_member_commit` (an external commit). Returns whether it is an
+/// external commit.
+fn check_commit_framing(payload: &[u8], channel: &ChannelId, epoch: u64) -> Result<bool, Fail> {
     use openmls::prelude::tls_codec::Deserialize as _;
-    use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn};
+    use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn, Sender};
     let msg = MlsMessageIn::tls_deserialize_exact(payload)
         .map_err(|_| Fail::bad("a commit must be one MLS message"))?;
-    let MlsMessageBodyIn::PrivateMessage(pm) = msg.extract() else {
-        return Err(Fail::bad(
-            "a commit must be an MLS PrivateMessage (this server's groups encrypt handshakes)",
-        ));
+    let pm = match msg.extract() {
+        MlsMessageBodyIn::PrivateMessage(pm) => pm,
+        MlsMessageBodyIn::PublicMessage(pm) if matches!(pm.sender(), Sender::NewMemberCommit) => {
+            if pm.group_id().as_slice() != channel.as_slice() {
+                return Err(Fail::bad("the commit belongs to another MLS group"));
+            }
+            if pm.epoch().as_u64() != epoch {
+                return Err(Fail::bad(format!(
+                    "the commit is framed for epoch {}, not the commit_epoch {epoch}",
+                    pm.epoch().as_u64()
+                )));
+            }
+            if pm.content_type() != ContentType::Commit {
+                return Err(Fail::bad("the message's content type is not commit"));
+            }
+            return Ok(true);
+        }
+        _ => {
+            return Err(Fail::bad(
+                "a commit must be an MLS PrivateMessage (this server's groups encrypt handshakes) or an external commit",
+            ))
+        }
     };
     if pm.group_id().as_slice() != channel.as_slice() {
         return Err(Fail::bad("the commit belongs to another MLS group"));
@@ -2023,6 +2082,34 @@ fn check_commit_framing(payload: &[u8], channel: &ChannelId, epoch: u64) -> Resu
     }
     if pm.content_type() != ContentType::Commit {
         return Err(Fail::bad("the message's content type is not commit"));
+    }
+    Ok(false)
+}
+
+/// Checks a GroupInfo's visible framing: one MLS GroupInfo of this channel's group at `epoch`
+/// carrying the ratchet tree and the external public key an external commit needs. Its
+/// signature is checked by the member that uses it.
+fn check_group_info(bytes: &[u8], channel: &ChannelId, epoch: u64) -> Result<(), Fail> {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn};
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|_| Fail::bad("group_info must be one MLS message"))?;
+    let MlsMessageBodyIn::GroupInfo(gi) = msg.extract() else {
+        return Err(Fail::bad("group_info is not an MLS GroupInfo"));
+    };
+    if gi.group_id().as_slice() != channel.as_slice() {
+        return Err(Fail::bad("the GroupInfo belongs to another MLS group"));
+    }
+    if gi.epoch().as_u64() != epoch {
+        return Err(Fail::bad(format!(
+            "the GroupInfo describes epoch {}, not {epoch} (the commit's)",
+            gi.epoch().as_u64()
+        )));
+    }
+    if gi.extensions().ratchet_tree().is_none() || gi.extensions().external_pub().is_none() {
+        return Err(Fail::bad(
+            "the GroupInfo lacks the ratchet_tree or external_pub extension",
+        ));
     }
     Ok(())
 }
@@ -2084,6 +2171,7 @@ pub const IMPLEMENTED: &[u16] = &[
     method::REMOVE_MEMBER,
     method::UPDATE_GROUP_METADATA,
     method::LIST_GROUP_MEMBERS,
+    method::FETCH_GROUP_INFO,
     method::RESOLVE_USER,
     method::RESOLVE_IDENTITY,
     method::UPLOAD_BLOB,

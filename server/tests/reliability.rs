@@ -2468,6 +2468,8 @@ fn t3_queue_order_ignores_wall_clock_steps() {
             welcome: Bytes::new(),
             welcome_devices: vec![],
             promote_members: vec![],
+            group_info: None,
+            external: false,
             now_ms,
             max_queue_depth: 10_000,
             max_queue_bytes: u64::MAX / 2,

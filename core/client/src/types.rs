@@ -450,6 +450,23 @@ pub enum Event {
         /// Why, for humans.
         message: String,
     },
+    /// This device cannot process the commit the server accepted for a conversation's
+    /// epoch (it does not decrypt, or it breaks the group's rules), so it would follow the
+    /// conversation no further. qpq-core rejoins it by itself (an MLS external commit, ADR
+    /// 0054) and then reports [`Event::ConversationRecovered`]; messages others sent
+    /// between the two may never reach this device.
+    ConversationBroken {
+        /// Conversation.
+        conversation: ConversationId,
+        /// What could not be processed, for humans.
+        reason: String,
+    },
+    /// A conversation reported broken works again: this device rejoined it by external
+    /// commit, or processed a later commit of it.
+    ConversationRecovered {
+        /// Conversation.
+        conversation: ConversationId,
+    },
 }
 
 /// Receives events from background receive. Each listener is called on a thread of its own

@@ -178,6 +178,25 @@ impl Printer {
                     .unwrap_or_default();
                 format!("* you were removed from {name}")
             }
+            Event::ConversationBroken {
+                conversation,
+                reason,
+            } => {
+                let name = self
+                    .client
+                    .conversation(&conversation)
+                    .map(|c| display_name(&self.client, &c))
+                    .unwrap_or_default();
+                format!("* [{name}] this device fell out of step, rejoining: {reason}")
+            }
+            Event::ConversationRecovered { conversation } => {
+                let name = self
+                    .client
+                    .conversation(&conversation)
+                    .map(|c| display_name(&self.client, &c))
+                    .unwrap_or_default();
+                format!("* [{name}] rejoined; messages sent meanwhile may be missing")
+            }
             Event::ConnectionChanged { connected } => if connected {
                 "* connected"
             } else {

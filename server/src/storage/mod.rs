@@ -194,6 +194,12 @@ pub struct EnqueueOp {
     pub welcome_devices: Vec<Key32>,
     /// Identity keys made admins with this commit (the sender must be an admin).
     pub promote_members: Vec<Key32>,
+    /// For commits: the GroupInfo of the epoch the commit creates (framing checked), kept as
+    /// the channel's latest.
+    pub group_info: Option<Bytes>,
+    /// An external commit (a member's device re-joining): it may name the epoch of the
+    /// channel's latest GroupInfo when commits without one came after it (ADR 0054).
+    pub external: bool,
     /// Acceptance time, Unix milliseconds.
     pub now_ms: u64,
     /// Per-device queue cap.
@@ -393,6 +399,8 @@ pub trait Storage: Send + Sync + 'static {
         metadata: &[u8],
     ) -> StorageResult<()>;
 
+    /// The channel's latest GroupInfo and the epoch it describes.
+    fn group_info(&self, channel: &ChannelId) -> StorageResult<Option<(u64, Bytes)>>;
     /// Executes an Enqueue atomically (see `qpq.v1.EnqueueRequest`).
     fn enqueue(&self, op: EnqueueOp) -> StorageResult<EnqueueOutcome>;
     /// Queued messages of a device after `after_seq`, oldest first, at most `limit` and at

@@ -162,6 +162,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX blobs_incomplete ON blobs(complete, created_ms);
     CREATE INDEX blobs_uploader ON blobs(uploader);
     ",
+    // v6 (issue 17 items 17 and 18): each channel's latest GroupInfo (members rejoin by
+    // external commit, ADR 0054) and blocks between accounts (ADR 0060).
+    "
+    CREATE TABLE channel_group_info(
+        channel_id BLOB PRIMARY KEY REFERENCES channels(id) ON DELETE CASCADE,
+        epoch INTEGER NOT NULL,
+        data BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE blocks(
+        blocker INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        blocked INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY(blocker, blocked)) WITHOUT ROWID;
+    CREATE INDEX blocks_blocked ON blocks(blocked);
+    ",
 ];
 
 /// Takes the next never-used id of `table` (`accounts` or `devices`; see migration v4).
@@ -507,6 +521,19 @@ fn account_id_by_identity(conn: &Connection, key: &Key32) -> StorageResult<Accou
         .ok_or(StorageError::NotFound("user"))
 }
 
+/// The channel's latest GroupInfo: (epoch, bytes).
+fn group_info_row(conn: &Connection, channel: &ChannelId) -> StorageResult<Option<(u64, Bytes)>> {
+    Ok(conn
+        .prepare_cached("SELECT epoch, data FROM channel_group_info WHERE channel_id = ?1")?
+        .query_row([&channel[..]], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                Bytes::from(r.get::<_, Vec<u8>>(1)?),
+            ))
+        })
+        .optional()?)
+}
+
 fn member_check(conn: &Connection, channel: &ChannelId, account: AccountId) -> StorageResult<bool> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM channel_members WHERE channel_id = ?1 AND account_id = ?2 AND leaving = 0")?
@@ -659,7 +686,13 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     let is_commit = op.commit_epoch.is_some();
     let mut epoch = channel.epoch;
     if let Some(e) = op.commit_epoch {
-        if e != channel.epoch {
+        // ADR 0054: an external commit may also re-join at the epoch of the latest GroupInfo
+        // when the commits accepted after it carried none (e.g. an insider's undecryptable
+        // commit), superseding them.
+        let rejoin = op.external
+            && e < channel.epoch
+            && group_info_row(conn, &op.channel_id)?.is_some_and(|(g, _)| g == e);
+        if e != channel.epoch && !rejoin {
             return Err(StorageError::Conflict(format!(
                 "commit from epoch {e} rejected: the channel is at epoch {}",
                 channel.epoch
@@ -668,6 +701,12 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
         epoch = e + 1;
         conn.prepare_cached("UPDATE channels SET epoch = ?2 WHERE id = ?1")?
             .execute(params![&op.channel_id[..], epoch as i64])?;
+        if let Some(gi) = &op.group_info {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO channel_group_info(channel_id, epoch, data) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![&op.channel_id[..], epoch as i64, &gi[..]])?;
+        }
     }
     // A DM is its two accounts for good: a commit may re-add neither a third account nor one
     // that left (issue 17 item 15).
@@ -1372,6 +1411,10 @@ impl Storage for SqliteStorage {
 
     fn is_member(&self, channel: &ChannelId, account: AccountId) -> StorageResult<bool> {
         self.read(|c| member_check(c, channel, account))
+    }
+
+    fn group_info(&self, channel: &ChannelId) -> StorageResult<Option<(u64, Bytes)>> {
+        self.read(|c| group_info_row(c, channel))
     }
 
     fn members(&self, channel: &ChannelId) -> StorageResult<Vec<Member>> {

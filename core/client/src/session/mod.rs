@@ -20,6 +20,7 @@
 //! - [`commit`]: the pending-commit protocol (stored before sending, merged after the Ok);
 //! - [`outbox`]: sending application messages, idempotently by message id;
 //! - [`receive`]: fetch, per-message transactions, Ack;
+//! - [`rejoin`]: broken conversations, rejoined by external commit;
 //! - [`welcome`]: the pure byte format of our Welcome wrapper;
 //! - [`hooks`]: test hooks (crash points, injection, state hashes).
 
@@ -31,6 +32,7 @@ mod hooks;
 mod outbox;
 mod queries;
 mod receive;
+mod rejoin;
 mod welcome;
 
 pub use hooks::DebugInjected;

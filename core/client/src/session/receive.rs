@@ -94,6 +94,9 @@ impl Session {
                 break;
             }
         }
+        // Broken conversations (ADR 0054) rejoin once the queue is processed, so a commit
+        // already queued that heals them is seen first.
+        self.rejoin_broken(events).await?;
         for conv in proposals {
             let mut ev = Vec::new();
             // Boxed: commit() calls sync again.
@@ -141,10 +144,15 @@ impl Session {
                 continue;
             }
             // One message per lock: reads get in between.
-            match self.engine()?.apply_one(&m, true, proposals)? {
+            let e = self.engine()?;
+            match e.apply_one(&m, true, proposals)? {
                 Ok(local) => events.extend(local),
-                Err(e) => tracing::debug!("queued message {} not processed: {e}", m.seq),
+                Err(err) => {
+                    tracing::debug!("queued message {} not processed: {err}", m.seq);
+                    e.note_broken_commit(&m, &err, events)?;
+                }
             }
+            drop(e);
             last = m.seq;
             // Durable now: the app may see it before the Ack (which only lets the server
             // forget it; a lost Ack means a redelivery that is skipped by sequence number).
@@ -236,6 +244,7 @@ impl Engine {
             .process_message(&provider, pm)
             .map_err(|e| MlsError::Decrypt(e.to_string()))?;
         let sender_device = mls::device_of(processed.credential());
+        let external = matches!(processed.sender(), Sender::NewMemberCommit);
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 let app = v1::AppMessage::decode(&app.into_bytes()[..])
@@ -280,7 +289,15 @@ impl Engine {
             ProcessedMessageContent::StagedCommitMessage(sc) => {
                 // Roles (ADR 0032): a commit that breaks them is refused by every member, so
                 // the group does not fork (the server refuses it first).
-                let seen = self.removes_seen(&group, &sc)?;
+                let seen = self.removes_seen(&group, &sc, sender_device)?;
+                // An external commit only re-joins a device that is in the group already
+                // (ADR 0054): it removes that device's old leaf.
+                if external && !seen.iter().any(|r| Some(r.removed_device) == sender_device) {
+                    return Err(Error::new(
+                        ErrorCode::Forbidden,
+                        "commit refused: an external commit from a device not in the group",
+                    ));
+                }
                 let committer = match sender_device {
                     Some(d) => self.identity_of(&d)?,
                     None => None,
@@ -299,6 +316,7 @@ impl Engine {
                 let before = self.member_names(&group)?;
                 let removed = sc.self_removed();
                 group.merge_staged_commit(&provider, *sc).map_err(mls_err)?;
+                self.note_healed(&conv, events)?;
                 if removed {
                     self.store.set_active(&conv, false)?;
                     events.push(Event::Removed { conversation: conv });
