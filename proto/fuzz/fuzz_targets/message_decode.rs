@@ -148,7 +148,9 @@ every_message!(
     CheckRevocationResponse,
     AuditKeyTransparencyRequest,
     AuditKeyTransparencyResponse,
-    Reauth
+    Reauth,
+    FetchGroupInfoRequest,
+    FetchGroupInfoResponse
 );
 
 fuzz_target!(|input: &[u8]| {
