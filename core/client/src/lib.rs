@@ -16,6 +16,7 @@
 mod body;
 mod client;
 mod error;
+mod ids;
 mod lease;
 mod mls;
 mod net;
@@ -32,6 +33,7 @@ pub use error::{Error, ErrorCode};
 #[doc(hidden)]
 pub use session::{DebugInjected, Failpoint};
 pub use types::{
-    Account, ClientConfig, Conversation, ConversationId, ConversationKind, Delivery, Event,
-    EventListener, EventRecord, Member, Message, MessageId, StoreKey, Trust,
+    Account, ClientConfig, ClientConfigBuilder, Conversation, ConversationId, ConversationKind,
+    Delivery, DeviceKey, Event, EventListener, EventRecord, IdentityKey, Member, Message,
+    MessageId, StoreKey, Trust,
 };

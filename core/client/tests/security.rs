@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use qpq_core::{Body, Client, Event};
+use qpq_core::{Body, Client, ConversationId, Event};
 
 /// Item 24: the server caps a Fetch page at 1 MiB and says when more is queued; the
 /// client used to take a page under 1 MiB as the end of the queue. 30 messages of about
@@ -42,7 +42,7 @@ fn i24_a_queue_over_1_mib_drains_in_pages_within_one_sync() {
 }
 
 /// Waits for `conv`'s broken and then its recovered event on `c`.
-fn wait_broken_then_recovered(c: &Client, conv: &[u8; 16], who: &str) -> String {
+fn wait_broken_then_recovered(c: &Client, conv: &ConversationId, who: &str) -> String {
     let mut reason = String::new();
     wait_until(c, &format!("{who}: ConversationBroken"), |e| match e {
         Event::ConversationBroken {
@@ -96,7 +96,7 @@ fn i17_an_unprocessable_commit_breaks_the_group_and_members_rejoin_by_external_c
             .call(
                 method::ENQUEUE,
                 &v1::EnqueueRequest {
-                    channel_id: bytes::Bytes::copy_from_slice(&conv),
+                    channel_id: bytes::Bytes::copy_from_slice(&conv[..]),
                     message_id: bytes::Bytes::copy_from_slice(&[0xee; 16]),
                     payload: bytes::Bytes::from(bad),
                     kind: v1::MessageKind::Commit as i32,
@@ -133,7 +133,7 @@ fn i17_an_unprocessable_commit_breaks_the_group_and_members_rejoin_by_external_c
             .unwrap();
         member.login("bob", PW).await.unwrap();
         let req = v1::FetchGroupInfoRequest {
-            channel_id: bytes::Bytes::copy_from_slice(&conv),
+            channel_id: bytes::Bytes::copy_from_slice(&conv[..]),
         };
         let gi: v1::FetchGroupInfoResponse =
             member.call(method::FETCH_GROUP_INFO, &req).await.unwrap();

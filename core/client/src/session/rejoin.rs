@@ -20,23 +20,15 @@ const META_BROKEN: &str = "broken:";
 const META_PENDING_REJOIN: &str = "pending_rejoin:";
 
 fn broken_key(conv: &ConversationId) -> String {
-    format!("{META_BROKEN}{}", hexs(conv))
+    format!("{META_BROKEN}{}", conv.to_hex())
 }
 
 fn rejoin_key(conv: &ConversationId) -> String {
-    format!("{META_PENDING_REJOIN}{}", hexs(conv))
+    format!("{META_PENDING_REJOIN}{}", conv.to_hex())
 }
 
 fn conv_of(key: &str, prefix: &str) -> Option<ConversationId> {
-    let hex = key.strip_prefix(prefix)?;
-    let mut out = [0u8; 16];
-    if hex.len() != 32 {
-        return None;
-    }
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    key.strip_prefix(prefix)?.parse().ok()
 }
 
 impl Session {
@@ -71,7 +63,7 @@ impl Session {
                     .call(
                         method::FETCH_GROUP_INFO,
                         &v1::FetchGroupInfoRequest {
-                            channel_id: Bytes::copy_from_slice(conv),
+                            channel_id: Bytes::copy_from_slice(&conv[..]),
                         },
                     )
                     .await?;
@@ -101,7 +93,7 @@ impl Engine {
         if m.kind != v1::MessageKind::Commit as i32 {
             return Ok(());
         }
-        let Ok(conv) = <[u8; 16]>::try_from(&m.channel_id[..]) else {
+        let Ok(conv) = ConversationId::from_slice(&m.channel_id[..]) else {
             return Ok(());
         };
         let provider = self.provider();
@@ -169,7 +161,7 @@ impl Engine {
                 "the server's group info is not an MLS GroupInfo",
             ));
         };
-        if info.group_id().as_slice() != conv {
+        if info.group_id().as_slice() != &conv[..] {
             return Err(Error::crypto(
                 "the server's group info is for another group",
             ));
@@ -198,7 +190,7 @@ impl Engine {
         let group_info =
             group_info.ok_or_else(|| Error::internal("the external commit made no GroupInfo"))?;
         Ok(v1::EnqueueRequest {
-            channel_id: Bytes::copy_from_slice(conv),
+            channel_id: Bytes::copy_from_slice(&conv[..]),
             message_id: Bytes::copy_from_slice(&rand::random::<[u8; 16]>()),
             payload: Bytes::from(mls::encode(&commit)?),
             kind: v1::MessageKind::Commit as i32,
