@@ -990,6 +990,34 @@ impl Service {
                     kind: channel.kind as i32,
                 })
             }
+            method::BLOCK_USER | method::UNBLOCK_USER => {
+                let (key, on) = if req.method == method::BLOCK_USER {
+                    (v1::BlockUserRequest::decode(p)?.identity_key, true)
+                } else {
+                    (v1::UnblockUserRequest::decode(p)?.identity_key, false)
+                };
+                let key = key32(&key, "identity_key")?;
+                let now = now_ms();
+                self.db(move |st| st.set_block(s.account_id, &key, on, now))
+                    .await?;
+                if on {
+                    ok(v1::BlockUserResponse {})
+                } else {
+                    ok(v1::UnblockUserResponse {})
+                }
+            }
+            method::LIST_BLOCKED => {
+                let users = self.db(move |st| st.blocked(s.account_id)).await?;
+                ok(v1::ListBlockedResponse {
+                    users: users
+                        .into_iter()
+                        .map(|(k, username)| v1::BlockedUser {
+                            identity_key: Bytes::copy_from_slice(&k),
+                            username,
+                        })
+                        .collect(),
+                })
+            }
             method::FETCH_GROUP_INFO => {
                 let r = v1::FetchGroupInfoRequest::decode(p)?;
                 let ch = id16(&r.channel_id, "channel_id")?;
@@ -2172,6 +2200,9 @@ pub const IMPLEMENTED: &[u16] = &[
     method::UPDATE_GROUP_METADATA,
     method::LIST_GROUP_MEMBERS,
     method::FETCH_GROUP_INFO,
+    method::BLOCK_USER,
+    method::UNBLOCK_USER,
+    method::LIST_BLOCKED,
     method::RESOLVE_USER,
     method::RESOLVE_IDENTITY,
     method::UPLOAD_BLOB,

@@ -1052,3 +1052,78 @@ async fn s13_key_package_drain_is_bounded_and_the_victim_stays_invitable() {
     assert_eq!(a.key_package, last);
     assert_eq!(b.key_package, last);
 }
+
+async fn block(c: &Conn, who: &Conn, on: bool) {
+    let key = who.identity_key();
+    if on {
+        let _: v1::BlockUserResponse = c
+            .call(
+                method::BLOCK_USER,
+                &v1::BlockUserRequest { identity_key: key },
+            )
+            .await
+            .unwrap();
+    } else {
+        let _: v1::UnblockUserResponse = c
+            .call(
+                method::UNBLOCK_USER,
+                &v1::UnblockUserRequest { identity_key: key },
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Item 18, block (ADR 0060): a blocked account's messages skip the blocker's devices and are
+/// reported undelivered (the others get them); it cannot make the blocker a member, neither
+/// at channel creation nor by a commit; commits still reach the blocker; unblocking restores
+/// delivery. The block is stored server-side and listed by ListBlocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18_a_blocked_account_reaches_neither_the_blockers_queue_nor_its_groups() {
+    let s = TestServer::start().await;
+    let [a, b, c]: [Conn; 3] = users(&s, "k", 3).await.try_into().ok().unwrap();
+    let ch = a.group(&[&b, &c]).await;
+    block(&b, &a, true).await;
+    let listed: v1::ListBlockedResponse = b
+        .call(method::LIST_BLOCKED, &v1::ListBlockedRequest {})
+        .await
+        .unwrap();
+    assert_eq!(listed.users.len(), 1);
+    assert_eq!(listed.users[0].username, "k0");
+    let r = a.send(&ch, 1, b"spam").await.unwrap();
+    assert_eq!(r.undelivered, vec![b.device_key()]);
+    assert!(queued(&b).await.is_empty(), "the blocker gets nothing");
+    assert_eq!(queued(&c).await.len(), 1, "the others get it");
+    // b's own messages still reach a (a block is one-way).
+    b.send(&ch, 2, b"hi").await.unwrap();
+    assert_eq!(queued(&a).await.len(), 1);
+    // Commits are never skipped: the blocker stays in step with the group.
+    enqueue(&a, &commit_message(&ch, 3, 0, b"c")).await.unwrap();
+    assert_eq!(queued(&b).await.len(), 1);
+    // a cannot make b a member: not at creation, not by a commit.
+    let r: Result<v1::CreateChannelResponse, _> = a
+        .call(
+            method::CREATE_CHANNEL,
+            &v1::CreateChannelRequest {
+                kind: v1::ChannelKind::Group as i32,
+                members: vec![b.identity_key()],
+                metadata: Bytes::new(),
+            },
+        )
+        .await;
+    assert_eq!(r.unwrap_err().status, Status::Forbidden);
+    let other = a.group(&[&c]).await;
+    let mut add = commit_message(&other, 4, 0, b"add");
+    add.add_members = vec![b.identity_key()];
+    assert_eq!(
+        enqueue(&a, &add).await.unwrap_err().status,
+        Status::Forbidden
+    );
+    // c may still add b.
+    let theirs = c.group(&[&b]).await;
+    assert!(!theirs.is_empty());
+    block(&b, &a, false).await;
+    let r = a.send(&ch, 5, b"sorry").await.unwrap();
+    assert!(r.undelivered.is_empty());
+    assert_eq!(queued(&b).await.len(), 2);
+}

@@ -113,15 +113,15 @@ every_message!(
     FetchHybridKeysResponse,
     ReportMessageRequest,
     ReportMessageResponse,
-    BanUserRequest,
-    BanUserResponse,
-    UnbanUserRequest,
-    UnbanUserResponse,
+    BlockUserRequest,
+    BlockUserResponse,
+    UnblockUserRequest,
+    UnblockUserResponse,
     ListReportsRequest,
     Report,
     ListReportsResponse,
-    ListBannedRequest,
-    ListBannedResponse,
+    ListBlockedRequest,
+    ListBlockedResponse,
     PublishEndpointRequest,
     PublishEndpointResponse,
     ResolveEndpointRequest,
@@ -150,7 +150,8 @@ every_message!(
     AuditKeyTransparencyResponse,
     Reauth,
     FetchGroupInfoRequest,
-    FetchGroupInfoResponse
+    FetchGroupInfoResponse,
+    BlockedUser
 );
 
 fuzz_target!(|input: &[u8]| {

@@ -399,6 +399,17 @@ pub trait Storage: Send + Sync + 'static {
         metadata: &[u8],
     ) -> StorageResult<()>;
 
+    /// Makes `blocker` block (`on`) or stop blocking the account whose identity key is
+    /// `blocked` (ADR 0060). Idempotent.
+    fn set_block(
+        &self,
+        blocker: AccountId,
+        blocked: &Key32,
+        on: bool,
+        now_ms: u64,
+    ) -> StorageResult<()>;
+    /// The accounts `blocker` blocks: identity key and username.
+    fn blocked(&self, blocker: AccountId) -> StorageResult<Vec<(Key32, String)>>;
     /// The channel's latest GroupInfo and the epoch it describes.
     fn group_info(&self, channel: &ChannelId) -> StorageResult<Option<(u64, Bytes)>>;
     /// Executes an Enqueue atomically (see `qpq.v1.EnqueueRequest`).

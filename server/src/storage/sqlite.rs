@@ -521,6 +521,20 @@ fn account_id_by_identity(conn: &Connection, key: &Key32) -> StorageResult<Accou
         .ok_or(StorageError::NotFound("user"))
 }
 
+/// Whether account `blocker` blocks account `blocked`.
+fn blocks(conn: &Connection, blocker: AccountId, blocked: AccountId) -> StorageResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
+        .exists(params![blocker, blocked])?)
+}
+
+/// Accounts that block `blocked`.
+fn blockers_of(conn: &Connection, blocked: AccountId) -> StorageResult<Vec<AccountId>> {
+    let mut st = conn.prepare_cached("SELECT blocker FROM blocks WHERE blocked = ?1")?;
+    let rows = st.query_map([blocked], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 /// The channel's latest GroupInfo: (epoch, bytes).
 fn group_info_row(conn: &Connection, channel: &ChannelId) -> StorageResult<Option<(u64, Bytes)>> {
     Ok(conn
@@ -756,6 +770,12 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     let mut added = Vec::new();
     for key in &op.add_members {
         let id = account_id_by_identity(conn, key)?;
+        // Item 18 (ADR 0060): nobody adds an account that blocks them.
+        if blocks(conn, id, op.sender_account)? {
+            return Err(StorageError::Forbidden(
+                "this user does not accept invitations from you".into(),
+            ));
+        }
         // Counts as added only when it was not a member (or was leaving).
         let n = conn
             .prepare_cached(
@@ -828,11 +848,27 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
             joined.execute(params![&op.channel_id[..], op.sender_device])?;
         }
     }
-    let recipients: Vec<DeviceId> = before
+    let mut recipients: Vec<DeviceId> = before
         .iter()
         .map(|d| d.0)
         .filter(|d| *d != op.sender_device && !welcome_to.contains(d))
         .collect();
+    // Item 18 (ADR 0060): a blocked account's messages skip the blocker's devices, reported
+    // as undelivered. Commits still reach every member (a member that missed one would be
+    // broken); the blocker leaves a group to stop seeing them.
+    let mut blocked_skip: Vec<DeviceId> = Vec::new();
+    if !is_commit {
+        let blockers = blockers_of(conn, op.sender_account)?;
+        if !blockers.is_empty() {
+            recipients.retain(|d| {
+                let blocked = before.iter().any(|b| b.0 == *d && blockers.contains(&b.2));
+                if blocked {
+                    blocked_skip.push(*d);
+                }
+                !blocked
+            });
+        }
+    }
 
     let mut insert = conn.prepare_cached(
         "INSERT INTO payloads(channel_id, sender_device, message_id, kind, data, created_ms)
@@ -934,6 +970,7 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     }
     let undelivered = skipped
         .iter()
+        .chain(&blocked_skip)
         .filter_map(|d| before.iter().find(|b| b.0 == *d).map(|b| b.1))
         .collect();
     Ok(EnqueueOutcome {
@@ -1352,6 +1389,12 @@ impl Storage for SqliteStorage {
             let mut ids = vec![creator];
             for m in &members {
                 let a = account_id_by_identity(c, m)?;
+                // Item 18 (ADR 0060): nobody makes an account that blocks them a member.
+                if blocks(c, a, creator)? {
+                    return Err(StorageError::Forbidden(
+                        "this user does not accept invitations from you".into(),
+                    ));
+                }
                 if !ids.contains(&a) {
                     ids.push(a);
                 }
@@ -1415,6 +1458,43 @@ impl Storage for SqliteStorage {
 
     fn group_info(&self, channel: &ChannelId) -> StorageResult<Option<(u64, Bytes)>> {
         self.read(|c| group_info_row(c, channel))
+    }
+
+    fn set_block(
+        &self,
+        blocker: AccountId,
+        blocked: &Key32,
+        on: bool,
+        now_ms: u64,
+    ) -> StorageResult<()> {
+        let blocked = *blocked;
+        self.write(move |c| {
+            let id = account_id_by_identity(c, &blocked)?;
+            if id == blocker {
+                return Err(StorageError::Invalid("an account cannot block itself".into()));
+            }
+            if on {
+                c.prepare_cached(
+                    "INSERT OR IGNORE INTO blocks(blocker, blocked, created_ms) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![blocker, id, now_ms as i64])?;
+            } else {
+                c.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
+                    .execute(params![blocker, id])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn blocked(&self, blocker: AccountId) -> StorageResult<Vec<(Key32, String)>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT a.identity_key, a.username FROM blocks b JOIN accounts a ON a.id = b.blocked
+                 WHERE b.blocker = ?1 ORDER BY a.username",
+            )?;
+            let rows = st.query_map([blocker], |r| Ok((key32(r.get(0)?)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
     }
 
     fn members(&self, channel: &ChannelId) -> StorageResult<Vec<Member>> {
