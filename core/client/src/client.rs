@@ -439,6 +439,44 @@ impl Client {
         })
     }
 
+    /// Accepts a conversation whose [`crate::Conversation::consent`] is `Requested` (ADR
+    /// 0060): it becomes `Allowed`, and its members count as contacts. Local only; sending
+    /// in the conversation accepts it too. `NotFound` for an unknown conversation.
+    pub fn accept(&self, conv: &ConversationId) -> Result<(), Error> {
+        self.local(|e| e.accept(conv))
+    }
+
+    /// Declines a conversation (ADR 0060): leaves it if still a member (as
+    /// [`Client::leave`]) and marks it `Denied`; its history stays. With `block`, also blocks
+    /// the account that invited this one (see [`Client::block`]). `NotFound` for an unknown
+    /// conversation.
+    pub fn decline(&self, conv: &ConversationId, block: bool) -> Result<(), Error> {
+        self.op(|i| async move {
+            let mut ev = Vec::new();
+            let r = i.session.decline(conv, block, &mut ev).await;
+            (r, ev)
+        })
+    }
+
+    /// Blocks `username` on the server (ADR 0060): that account's messages no longer reach
+    /// any device of this account (its sends report them undelivered) and it cannot add this
+    /// account to a group or DM (`Forbidden`). Commits of groups both are in still arrive,
+    /// so shared groups keep working; leave them to see nothing more. Idempotent; `NotFound`
+    /// for an unknown user. It does not leave or decline anything by itself.
+    pub fn block(&self, username: &str) -> Result<(), Error> {
+        self.run(async { self.inner.session.block(username, true).await })
+    }
+
+    /// Ends a block made by [`Client::block`]. Idempotent.
+    pub fn unblock(&self, username: &str) -> Result<(), Error> {
+        self.run(async { self.inner.session.block(username, false).await })
+    }
+
+    /// Usernames of the accounts this account blocks, as the server stores them.
+    pub fn blocked(&self) -> Result<Vec<String>, Error> {
+        self.run(async { self.inner.session.blocked().await })
+    }
+
     /// Makes `username` an admin of the group (ADR 0032): admins may remove other members
     /// and promote. Only an admin may promote; `Forbidden` otherwise, `AlreadyMember` when
     /// the user already is an admin, `NotFound` when not a member. A DM has no roles.

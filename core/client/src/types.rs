@@ -246,6 +246,25 @@ pub struct Conversation {
     pub active: bool,
     /// Received messages not yet read through [`crate::Client::messages`].
     pub unread: u64,
+    /// Whether the user wants this conversation (ADR 0060): one joined by an invitation from
+    /// someone who is not a contact is [`Consent::Requested`] until accepted or declined.
+    pub consent: Consent,
+    /// Who invited this account (None for a conversation this device created).
+    pub invited_by: Option<String>,
+}
+
+/// Whether the user wants a conversation (issue 17 item 18, ADR 0060; libxmtp's consent
+/// states). It changes nothing about delivery or storage: a `Requested` conversation's
+/// messages are stored and reported as usual, and the app shows them apart (a "requests"
+/// list) until [`crate::Client::accept`] or [`crate::Client::decline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Consent {
+    /// Created here, accepted, written in, or from a contact.
+    Allowed,
+    /// Joined by an invitation from someone this account shares no allowed conversation with.
+    Requested,
+    /// Declined: left, and kept only as history.
+    Denied,
 }
 
 /// One message of a conversation.
@@ -472,6 +491,8 @@ mod tests {
             members: members.iter().map(|m| m.to_string()).collect(),
             active: true,
             unread: 0,
+            consent: Consent::Allowed,
+            invited_by: None,
         }
     }
 

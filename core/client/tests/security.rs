@@ -148,3 +148,64 @@ fn i17_an_unprocessable_commit_breaks_the_group_and_members_rejoin_by_external_c
         assert_eq!(r.unwrap_err().status, qpq_proto::Status::Forbidden);
     });
 }
+
+/// Item 18 (ADR 0060): an invitation from a stranger arrives as a request, its messages
+/// stored and flagged by the conversation's state; accepting makes the inviter a contact
+/// (their next invitation is allowed at once); declining with block leaves, marks the
+/// conversation denied and blocks the inviter on the server, who then can neither add this
+/// account to a group nor reach it in a shared one; unblocking undoes that.
+#[test]
+fn i18_strangers_invitations_are_requests_and_a_decline_can_block() {
+    use qpq_core::{Consent, ErrorCode};
+    let s = TestServer::start();
+    let alice = s.user("alice");
+    let bob = s.user("bob");
+    let carol = s.user("carol");
+
+    let g1 = alice.create_group("from a stranger", false).unwrap();
+    assert_eq!(alice.conversation(&g1).unwrap().consent, Consent::Allowed);
+    alice.invite(&g1, &["bob"]).unwrap();
+    alice.send_text(&g1, "hello bob").unwrap();
+    wait_text(&bob, "hello bob");
+    let c = bob.conversation(&g1).unwrap();
+    assert_eq!(c.consent, Consent::Requested);
+    assert_eq!(c.invited_by.as_deref(), Some("alice"));
+    assert_eq!(texts(&bob, &g1), ["hello bob"], "stored while requested");
+    bob.accept(&g1).unwrap();
+    assert_eq!(bob.conversation(&g1).unwrap().consent, Consent::Allowed);
+    // alice is a contact now: her next group is allowed at once.
+    let g2 = alice.create_group("from a contact", false).unwrap();
+    alice.invite(&g2, &["bob"]).unwrap();
+    wait_joined(&bob, &g2);
+    assert_eq!(bob.conversation(&g2).unwrap().consent, Consent::Allowed);
+
+    // carol is a stranger; bob declines and blocks her.
+    let g3 = carol.create_group("spam", false).unwrap();
+    carol.invite(&g3, &["bob", "alice"]).unwrap();
+    wait_joined(&bob, &g3);
+    assert_eq!(bob.conversation(&g3).unwrap().consent, Consent::Requested);
+    bob.decline(&g3, true).unwrap();
+    let c = bob.conversation(&g3).unwrap();
+    assert_eq!(c.consent, Consent::Denied);
+    assert!(!c.active, "declining leaves");
+    assert_eq!(bob.blocked().unwrap(), ["carol"]);
+    // carol can no longer add bob anywhere.
+    let g4 = carol.create_group("again", false).unwrap();
+    let e = carol.invite(&g4, &["bob"]).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Forbidden, "{e}");
+    // In a group both are in (alice's, carol added by alice), carol's messages skip bob.
+    alice.invite(&g1, &["carol"]).unwrap();
+    wait_joined(&carol, &g1);
+    carol.send_text(&g1, "from carol").unwrap();
+    wait_text(&alice, "from carol");
+    alice.send_text(&g1, "from alice after carol").unwrap();
+    wait_text(&bob, "from alice after carol");
+    assert!(
+        !texts(&bob, &g1).iter().any(|t| t == "from carol"),
+        "a blocked account's message skips the blocker"
+    );
+    bob.unblock("carol").unwrap();
+    assert!(bob.blocked().unwrap().is_empty());
+    carol.send_text(&g1, "unblocked").unwrap();
+    wait_text(&bob, "unblocked");
+}

@@ -17,6 +17,7 @@
 //! - [`directory`]: usernames and keys of users and devices, safety numbers;
 //! - [`queries`]: read-only views (conversations, history, members);
 //! - [`groups`]: creating groups and DMs, invite, remove, leave, key rotation;
+//! - [`consent`]: consent states of conversations, and blocks;
 //! - [`commit`]: the pending-commit protocol (stored before sending, merged after the Ok);
 //! - [`outbox`]: sending application messages, idempotently by message id;
 //! - [`receive`]: fetch, per-message transactions, Ack;
@@ -26,6 +27,7 @@
 
 mod account;
 mod commit;
+mod consent;
 mod directory;
 mod groups;
 mod hooks;

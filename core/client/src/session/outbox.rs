@@ -105,6 +105,10 @@ impl Engine {
         }
         // Issue 10 item 1: a conversation nobody else is in (the others left) refuses sends.
         self.check_someone_else(conv)?;
+        // Writing in a requested conversation accepts it (ADR 0060).
+        if self.consent(conv)?.0 == crate::types::Consent::Requested {
+            self.set_consent(conv, crate::types::Consent::Allowed)?;
+        }
         if let Some(id) = id {
             if self.store.message_exists(conv, &id)? {
                 return Ok(id);

@@ -220,7 +220,7 @@ impl Engine {
     ) -> Result<(), Error> {
         let conv = id16(&m.channel_id, "channel id")?;
         if m.kind == v1::MessageKind::Welcome as i32 {
-            return self.process_welcome(&conv, &m.payload, events);
+            return self.process_welcome(&conv, &m.payload, &m.sender_device, events);
         }
         let provider = self.provider();
         let Some(mut group) = mls::load(&provider, &conv)? else {
@@ -334,6 +334,7 @@ impl Engine {
         &self,
         conv: &ConversationId,
         payload: &[u8],
+        inviter_device: &[u8],
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
         let wrapped = envelope::open(&self.keys.hybrid, &conv[..], payload)?;
@@ -367,6 +368,7 @@ impl Engine {
             },
             now_ms(),
         )?;
+        self.consent_on_welcome(conv, inviter_device)?;
         events.push(Event::ConversationJoined(self.conversation(conv)?));
         Ok(())
     }
