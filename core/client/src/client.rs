@@ -276,7 +276,7 @@ impl Client {
         let store = Store::open_deferred(
             &config.data_dir,
             &config.store_key,
-            config.insecure_fast_kdf,
+            cfg!(feature = "test-hooks") && config.insecure_fast_kdf,
         )?;
         let engine = Engine::new(store)?;
         let net = {
@@ -783,6 +783,7 @@ impl Client {
     }
 
     /// Test hook: encrypts `text` in `conv` without sending it.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn debug_encrypt(&self, conv: &ConversationId, text: &str) -> Result<Vec<u8>, Error> {
         self.local(|e| e.debug_encrypt(conv, text))
@@ -790,6 +791,7 @@ impl Client {
 
     /// Test hook: processes raw MLS bytes against this device's (possibly stale) group
     /// state without keeping anything; an undecryptable message gives `Crypto`.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn debug_process(&self, conv: &ConversationId, mls_bytes: &[u8]) -> Result<(), Error> {
         self.local(|e| e.debug_process(conv, mls_bytes))
@@ -798,6 +800,7 @@ impl Client {
     /// Test hook: delivers each `(conversation, MLS bytes)` through the receive path as if
     /// the server had queued it again under a new sequence number (a redelivery or an
     /// injection). Events are returned, not dispatched; proposals are not committed.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn debug_inject(
         &self,
@@ -807,12 +810,26 @@ impl Client {
     }
 
     /// Test hook: the MLS bytes of a self-update commit for `conv`, neither sent nor merged.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn debug_self_update(&self, conv: &ConversationId) -> Result<Vec<u8>, Error> {
         self.local(|e| e.debug_self_update(conv))
     }
 
+    /// Test hook: the MLS bytes of a commit removing `devices` from `conv`, built without the
+    /// role check (as a rule-breaking member would), neither sent nor merged.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn debug_remove_commit(
+        &self,
+        conv: &ConversationId,
+        devices: &[crate::DeviceKey],
+    ) -> Result<Vec<u8>, Error> {
+        self.local(|e| e.debug_remove_commit(conv, devices))
+    }
+
     /// Test hook: SHA-256 over everything in the store (MLS state included).
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn debug_state_hash(&self) -> Result<[u8; 32], Error> {
         self.local(|e| e.debug_state_hash())
@@ -820,6 +837,7 @@ impl Client {
 
     /// Test hook: makes the next commit stop at `at` as if the process died there. Drop the
     /// client afterwards and reopen it from its store to test recovery.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn debug_failpoint(&self, at: Option<crate::Failpoint>) {
         if let Ok(mut e) = self.inner.session.engine() {

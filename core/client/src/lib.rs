@@ -30,6 +30,7 @@ mod types;
 pub use body::{Body, MAX_BODY_BYTES, MAX_CONTENT_TYPE_BYTES};
 pub use client::{Client, Subscription};
 pub use error::{Error, ErrorCode};
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub use session::{DebugInjected, Failpoint};
 pub use types::{

@@ -63,7 +63,8 @@ pub struct ClientConfig {
     /// zero (the default) fails with `Busy` at once. One process at a time opens a store
     /// (ADR 0021).
     pub lock_timeout: Duration,
-    /// Test-only: a cheap Argon2id cost for passphrase keys. Never set it in production.
+    /// Test-only: a cheap Argon2id cost for passphrase keys. It has an effect only in builds
+    /// with the `test-hooks` feature; release builds ignore it.
     #[doc(hidden)]
     pub insecure_fast_kdf: bool,
 }
@@ -408,21 +409,32 @@ pub enum Event {
     Message(Message),
     /// This account was added to a conversation.
     ConversationJoined(Conversation),
-    /// Members joined or left a conversation.
+    /// Members joined, were removed from, or left a conversation (one commit's changes).
     MembersChanged {
         /// Conversation.
         conversation: ConversationId,
+        /// Who made the change: the member who committed it (the one who added, or removed
+        /// others). `None` when this device does not know that member's username.
+        by: Option<String>,
         /// Usernames added.
         added: Vec<String>,
-        /// Usernames removed.
+        /// Usernames removed by someone else.
         removed: Vec<String>,
+        /// Usernames that left on their own.
+        left: Vec<String>,
         /// Epoch after the change.
         epoch: u64,
     },
-    /// This account was removed from (or left) a conversation.
+    /// This account is no longer in a conversation: removed by another member, or it left
+    /// (from this device or another of its devices). The conversation and its history stay,
+    /// inactive.
     Removed {
         /// Conversation.
         conversation: ConversationId,
+        /// Who removed this account (its own username when it left); `None` when unknown.
+        by: Option<String>,
+        /// True when this account left on its own rather than being removed.
+        left: bool,
     },
     /// The connection to the server went up or down.
     ConnectionChanged {

@@ -66,7 +66,7 @@ impl Session {
                 let Some(req) = built else {
                     return Ok(());
                 };
-                if e.failpoint == Some(Failpoint::CommitBuilt) {
+                if e.failpoint_at(Failpoint::CommitBuilt) {
                     return Err(crashed(Failpoint::CommitBuilt));
                 }
                 req
@@ -133,7 +133,7 @@ impl Engine {
         r: Result<v1::EnqueueResponse, Error>,
         events: &mut Vec<Event>,
     ) -> Result<bool, Error> {
-        if r.is_ok() && self.failpoint == Some(Failpoint::CommitSent) {
+        if r.is_ok() && self.failpoint_at(Failpoint::CommitSent) {
             return Err(crashed(Failpoint::CommitSent));
         }
         let key = pending_key(conv);
@@ -142,6 +142,11 @@ impl Engine {
         match r {
             Ok(_) => {
                 if let Some(g) = group.as_mut() {
+                    let seen = match g.pending_commit() {
+                        Some(sc) => self.removes_seen(g, sc, Some(self.my_device()))?,
+                        None => Vec::new(),
+                    };
+                    let actors = self.actors(Some(self.my_device()), &seen)?;
                     let before = self.member_names(g)?;
                     self.store.transaction(|s| -> Result<(), Error> {
                         g.merge_pending_commit(&provider).map_err(mls_err)?;
@@ -149,7 +154,8 @@ impl Engine {
                         Ok(())
                     })?;
                     let after = self.member_names(g)?;
-                    push_members_changed(events, conv, &before, &after, g.epoch().as_u64());
+                    let epoch = g.epoch().as_u64();
+                    push_members_changed(events, conv, &actors, &before, &after, epoch);
                 } else {
                     self.store.delete_meta(&key)?;
                 }

@@ -101,6 +101,12 @@ impl Session {
 }
 
 impl Engine {
+    /// The username of `device`, when the directory told this device.
+    pub(super) fn known_username(&self, device: &[u8; 32]) -> Result<Option<String>, Error> {
+        Ok(self.store.device(device)?.map(|(_, name)| name))
+    }
+
+    /// The username of `device`, or `device-<first 4 bytes in hex>` when unknown.
     pub(super) fn username_of(&self, device: &[u8; 32]) -> Result<String, Error> {
         Ok(match self.store.device(device)? {
             Some((_, name)) => name,

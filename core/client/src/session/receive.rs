@@ -313,16 +313,23 @@ impl Engine {
                         format!("commit refused: {v}"),
                     ));
                 }
+                let actors = self.actors(sender_device, &seen)?;
                 let before = self.member_names(&group)?;
                 let removed = sc.self_removed();
                 group.merge_staged_commit(&provider, *sc).map_err(mls_err)?;
                 self.note_healed(&conv, events)?;
                 if removed {
                     self.store.set_active(&conv, false)?;
-                    events.push(Event::Removed { conversation: conv });
+                    let (by, left) = actors.me_removed_by.unwrap_or((None, false));
+                    events.push(Event::Removed {
+                        conversation: conv,
+                        by,
+                        left,
+                    });
                 } else {
                     let after = self.member_names(&group)?;
-                    push_members_changed(events, &conv, &before, &after, group.epoch().as_u64());
+                    let epoch = group.epoch().as_u64();
+                    push_members_changed(events, &conv, &actors, &before, &after, epoch);
                 }
             }
             _ => {}
