@@ -116,7 +116,7 @@ impl Inner {
     /// a push or a `send`, forever; reconnects with backoff when the connection drops.
     async fn receive_loop(self: Arc<Inner>) {
         let mut backoff = Duration::from_millis(100);
-        let mut prefetched = Vec::new();
+        let mut prefetched = None;
         while !self.closed.load(Ordering::SeqCst) {
             let logged_in = self
                 .session
@@ -139,7 +139,7 @@ impl Inner {
                 });
                 let mut r = self
                     .session
-                    .sync_from(&mut events, std::mem::take(&mut prefetched), Some(&sink))
+                    .sync_from(&mut events, prefetched.take(), Some(&sink))
                     .await;
                 if r.is_ok() {
                     r = self.session.flush_outbox_locked(&mut events).await;
@@ -192,10 +192,9 @@ impl Inner {
             );
             tokio::select! {
                 r = wait => {
-                    if let Ok(resp) = &r {
-                        prefetched = resp.messages.clone();
-                    }
-                    if let Err(e) = r {
+                    match r {
+                        Ok(resp) => prefetched = Some(resp),
+                        Err(e) => {
                         tracing::debug!("fetch wait failed: {e}");
                         // The long poll's connection died (the idle timeout noticed a silent
                         // server): say so now, not after a reconnect attempt has failed too.
@@ -204,6 +203,7 @@ impl Inner {
                         }
                         if net.connected().await {
                             tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                         }
                     }
                 }
@@ -437,6 +437,44 @@ impl Client {
             let r = i.session.leave(conv, &mut ev).await;
             (r, ev)
         })
+    }
+
+    /// Accepts a conversation whose [`crate::Conversation::consent`] is `Requested` (ADR
+    /// 0060): it becomes `Allowed`, and its members count as contacts. Local only; sending
+    /// in the conversation accepts it too. `NotFound` for an unknown conversation.
+    pub fn accept(&self, conv: &ConversationId) -> Result<(), Error> {
+        self.local(|e| e.accept(conv))
+    }
+
+    /// Declines a conversation (ADR 0060): leaves it if still a member (as
+    /// [`Client::leave`]) and marks it `Denied`; its history stays. With `block`, also blocks
+    /// the account that invited this one (see [`Client::block`]). `NotFound` for an unknown
+    /// conversation.
+    pub fn decline(&self, conv: &ConversationId, block: bool) -> Result<(), Error> {
+        self.op(|i| async move {
+            let mut ev = Vec::new();
+            let r = i.session.decline(conv, block, &mut ev).await;
+            (r, ev)
+        })
+    }
+
+    /// Blocks `username` on the server (ADR 0060): that account's messages no longer reach
+    /// any device of this account (its sends report them undelivered) and it cannot add this
+    /// account to a group or DM (`Forbidden`). Commits of groups both are in still arrive,
+    /// so shared groups keep working; leave them to see nothing more. Idempotent; `NotFound`
+    /// for an unknown user. It does not leave or decline anything by itself.
+    pub fn block(&self, username: &str) -> Result<(), Error> {
+        self.run(async { self.inner.session.block(username, true).await })
+    }
+
+    /// Ends a block made by [`Client::block`]. Idempotent.
+    pub fn unblock(&self, username: &str) -> Result<(), Error> {
+        self.run(async { self.inner.session.block(username, false).await })
+    }
+
+    /// Usernames of the accounts this account blocks, as the server stores them.
+    pub fn blocked(&self) -> Result<Vec<String>, Error> {
+        self.run(async { self.inner.session.blocked().await })
     }
 
     /// Makes `username` an admin of the group (ADR 0032): admins may remove other members

@@ -34,7 +34,7 @@ pub use error::{Error, ErrorCode};
 #[doc(hidden)]
 pub use session::{DebugInjected, Failpoint};
 pub use types::{
-    Account, ClientConfig, ClientConfigBuilder, Conversation, ConversationId, ConversationKind,
-    Delivery, DeviceKey, Event, EventListener, EventRecord, IdentityKey, Member, Message,
-    MessageId, StoreKey, Trust,
+    Account, ClientConfig, ClientConfigBuilder, Consent, Conversation, ConversationId,
+    ConversationKind, Delivery, DeviceKey, Event, EventListener, EventRecord, IdentityKey, Member,
+    Message, MessageId, StoreKey, Trust,
 };

@@ -247,6 +247,25 @@ pub struct Conversation {
     pub active: bool,
     /// Received messages not yet read through [`crate::Client::messages`].
     pub unread: u64,
+    /// Whether the user wants this conversation (ADR 0060): one joined by an invitation from
+    /// someone who is not a contact is [`Consent::Requested`] until accepted or declined.
+    pub consent: Consent,
+    /// Who invited this account (None for a conversation this device created).
+    pub invited_by: Option<String>,
+}
+
+/// Whether the user wants a conversation (issue 17 item 18, ADR 0060; libxmtp's consent
+/// states). It changes nothing about delivery or storage: a `Requested` conversation's
+/// messages are stored and reported as usual, and the app shows them apart (a "requests"
+/// list) until [`crate::Client::accept`] or [`crate::Client::decline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Consent {
+    /// Created here, accepted, written in, or from a contact.
+    Allowed,
+    /// Joined by an invitation from someone this account shares no allowed conversation with.
+    Requested,
+    /// Declined: left, and kept only as history.
+    Denied,
 }
 
 /// One message of a conversation.
@@ -441,6 +460,23 @@ pub enum Event {
         /// Why, for humans.
         message: String,
     },
+    /// This device cannot process the commit the server accepted for a conversation's
+    /// epoch (it does not decrypt, or it breaks the group's rules), so it would follow the
+    /// conversation no further. qpq-core rejoins it by itself (an MLS external commit, ADR
+    /// 0054) and then reports [`Event::ConversationRecovered`]; messages others sent
+    /// between the two may never reach this device.
+    ConversationBroken {
+        /// Conversation.
+        conversation: ConversationId,
+        /// What could not be processed, for humans.
+        reason: String,
+    },
+    /// A conversation reported broken works again: this device rejoined it by external
+    /// commit, or processed a later commit of it.
+    ConversationRecovered {
+        /// Conversation.
+        conversation: ConversationId,
+    },
 }
 
 /// Receives events from background receive. Each listener is called on a thread of its own
@@ -467,6 +503,8 @@ mod tests {
             members: members.iter().map(|m| m.to_string()).collect(),
             active: true,
             unread: 0,
+            consent: Consent::Allowed,
+            invited_by: None,
         }
     }
 

@@ -175,6 +175,25 @@ impl Printer {
                     .unwrap_or_default();
                 format!("* [{name}] {}", removal_text(by.as_deref(), left))
             }
+            Event::ConversationBroken {
+                conversation,
+                reason,
+            } => {
+                let name = self
+                    .client
+                    .conversation(&conversation)
+                    .map(|c| display_name(&self.client, &c))
+                    .unwrap_or_default();
+                format!("* [{name}] this device fell out of step, rejoining: {reason}")
+            }
+            Event::ConversationRecovered { conversation } => {
+                let name = self
+                    .client
+                    .conversation(&conversation)
+                    .map(|c| display_name(&self.client, &c))
+                    .unwrap_or_default();
+                format!("* [{name}] rejoined; messages sent meanwhile may be missing")
+            }
             Event::ConnectionChanged { connected } => if connected {
                 "* connected"
             } else {

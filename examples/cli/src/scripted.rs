@@ -368,6 +368,21 @@ fn event_line(json: bool, client: &Client, e: &Event) -> Option<String> {
                 removal_text(by.as_deref(), *left)
             ),
         ),
+        Event::ConversationBroken {
+            conversation,
+            reason,
+        } => (
+            "broken",
+            Some(*conversation),
+            json!({ "reason": reason }),
+            format!("this device fell out of step, rejoining: {reason}"),
+        ),
+        Event::ConversationRecovered { conversation } => (
+            "recovered",
+            Some(*conversation),
+            json!({}),
+            "rejoined; messages sent meanwhile may be missing".to_string(),
+        ),
         Event::ConnectionChanged { connected } => (
             "connection",
             None,

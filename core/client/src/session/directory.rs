@@ -139,12 +139,15 @@ impl Engine {
         &self,
         group: &MlsGroup,
         sc: &StagedCommit,
+        committer: Option<[u8; 32]>,
     ) -> Result<Vec<roles::RemoveSeen>, Error> {
         let device_at = |leaf: LeafNodeIndex| group.member(leaf).and_then(mls::device_of);
         let mut out = Vec::new();
         for q in sc.remove_proposals() {
             let proposer_device = match q.sender() {
                 Sender::Member(l) => device_at(*l),
+                // An external commit's Remove is proposed by the joining device itself.
+                Sender::NewMemberCommit => committer,
                 _ => None,
             };
             let (Some(proposer_device), Some(removed_device)) =

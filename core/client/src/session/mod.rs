@@ -17,14 +17,17 @@
 //! - [`directory`]: usernames and keys of users and devices, safety numbers;
 //! - [`queries`]: read-only views (conversations, history, members);
 //! - [`groups`]: creating groups and DMs, invite, remove, leave, key rotation;
+//! - [`consent`]: consent states of conversations, and blocks;
 //! - [`commit`]: the pending-commit protocol (stored before sending, merged after the Ok);
 //! - [`outbox`]: sending application messages, idempotently by message id;
 //! - [`receive`]: fetch, per-message transactions, Ack;
+//! - [`rejoin`]: broken conversations, rejoined by external commit;
 //! - [`welcome`]: the pure byte format of our Welcome wrapper;
 //! - [`hooks`]: test hooks (crash points, injection, state hashes).
 
 mod account;
 mod commit;
+mod consent;
 mod directory;
 mod groups;
 #[cfg(feature = "test-hooks")]
@@ -32,6 +35,7 @@ mod hooks;
 mod outbox;
 mod queries;
 mod receive;
+mod rejoin;
 mod welcome;
 
 #[cfg(feature = "test-hooks")]
