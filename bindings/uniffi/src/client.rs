@@ -105,6 +105,32 @@ impl Client {
         Ok(self.inner.leave(&conv_id(&conversation)?)?)
     }
 
+    /// Accepts a conversation whose consent is `Requested` (ADR 0060). Local only.
+    pub fn accept(&self, conversation: String) -> Res<()> {
+        Ok(self.inner.accept(&conv_id(&conversation)?)?)
+    }
+
+    /// Declines a conversation: leaves it and marks it `Denied`; with `block`, also blocks
+    /// the account that invited this one.
+    pub fn decline(&self, conversation: String, block: bool) -> Res<()> {
+        Ok(self.inner.decline(&conv_id(&conversation)?, block)?)
+    }
+
+    /// Blocks `username` on the server (ADR 0060). Idempotent.
+    pub fn block(&self, username: String) -> Res<()> {
+        Ok(self.inner.block(&username)?)
+    }
+
+    /// Ends a block. Idempotent.
+    pub fn unblock(&self, username: String) -> Res<()> {
+        Ok(self.inner.unblock(&username)?)
+    }
+
+    /// Usernames this account blocks, as the server stores them.
+    pub fn blocked(&self) -> Res<Vec<String>> {
+        Ok(self.inner.blocked()?)
+    }
+
     /// Makes `username` an admin of the group.
     pub fn promote(&self, conversation: String, username: String) -> Res<()> {
         Ok(self.inner.promote(&conv_id(&conversation)?, &username)?)

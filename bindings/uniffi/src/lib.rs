@@ -19,7 +19,7 @@ mod types;
 pub use client::{Client, Subscription};
 pub use error::{error_for_code, QpqError};
 pub use types::{
-    max_body_bytes, max_content_type_bytes, Account, Body, ClientConfig, Conversation,
+    max_body_bytes, max_content_type_bytes, Account, Body, ClientConfig, Consent, Conversation,
     ConversationKind, Delivery, ErrorCode, Event, EventListener, EventRecord, Member, Message,
     Registration, StoreKey, Trust,
 };

@@ -239,6 +239,17 @@ pub enum ConversationKind {
     Group,
 }
 
+/// Whether the user wants a conversation (ADR 0060).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Consent {
+    /// Created here, accepted, written in, or from a contact.
+    Allowed,
+    /// Joined by an invitation from someone this account shares no allowed conversation with.
+    Requested,
+    /// Declined: left, and kept only as history.
+    Denied,
+}
+
 /// A conversation as stored locally.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct Conversation {
@@ -260,6 +271,30 @@ pub struct Conversation {
     pub active: bool,
     /// Received messages not yet read through `messages`.
     pub unread: u64,
+    /// Whether the user wants it: `Requested` until accepted or declined.
+    pub consent: Consent,
+    /// Who invited this account (None for a conversation this device created).
+    pub invited_by: Option<String>,
+}
+
+impl From<core::Consent> for Consent {
+    fn from(c: core::Consent) -> Consent {
+        match c {
+            core::Consent::Allowed => Consent::Allowed,
+            core::Consent::Requested => Consent::Requested,
+            core::Consent::Denied => Consent::Denied,
+        }
+    }
+}
+
+impl From<Consent> for core::Consent {
+    fn from(c: Consent) -> core::Consent {
+        match c {
+            Consent::Allowed => core::Consent::Allowed,
+            Consent::Requested => core::Consent::Requested,
+            Consent::Denied => core::Consent::Denied,
+        }
+    }
 }
 
 impl From<core::Conversation> for Conversation {
@@ -277,6 +312,8 @@ impl From<core::Conversation> for Conversation {
             members: c.members,
             active: c.active,
             unread: c.unread,
+            consent: c.consent.into(),
+            invited_by: c.invited_by,
         }
     }
 }
@@ -297,6 +334,8 @@ impl Conversation {
             members: self.members,
             active: self.active,
             unread: self.unread,
+            consent: self.consent.into(),
+            invited_by: self.invited_by,
         })
     }
 }
@@ -547,17 +586,25 @@ pub enum Event {
     MembersChanged {
         /// Conversation id (hex).
         conversation: String,
+        /// Who made the change; `None` when this device does not know that member's name.
+        by: Option<String>,
         /// Usernames added.
         added: Vec<String>,
-        /// Usernames removed.
+        /// Usernames removed by someone else.
         removed: Vec<String>,
+        /// Usernames that left on their own.
+        left: Vec<String>,
         /// Epoch after the change.
         epoch: u64,
     },
-    /// This account was removed from (or left) a conversation.
+    /// This account is no longer in a conversation (removed, or it left); history stays.
     Removed {
         /// Conversation id (hex).
         conversation: String,
+        /// Who removed this account (its own name when it left); `None` when unknown.
+        by: Option<String>,
+        /// True when this account left on its own.
+        left: bool,
     },
     /// The connection to the server went up or down.
     ConnectionChanged {
@@ -582,6 +629,19 @@ pub enum Event {
         /// Why, for humans.
         reason: String,
     },
+    /// A conversation can no longer be read or written on this device (its group state is
+    /// broken); see `ConversationRecovered`.
+    ConversationBroken {
+        /// Conversation id (hex).
+        conversation: String,
+        /// Why, for humans.
+        reason: String,
+    },
+    /// A broken conversation works again.
+    ConversationRecovered {
+        /// Conversation id (hex).
+        conversation: String,
+    },
 }
 
 impl From<core::Event> for Event {
@@ -593,16 +653,36 @@ impl From<core::Event> for Event {
             },
             core::Event::MembersChanged {
                 conversation,
+                by,
                 added,
                 removed,
+                left,
                 epoch,
             } => Event::MembersChanged {
                 conversation: conversation.to_string(),
+                by,
                 added,
                 removed,
+                left,
                 epoch,
             },
-            core::Event::Removed { conversation } => Event::Removed {
+            core::Event::Removed {
+                conversation,
+                by,
+                left,
+            } => Event::Removed {
+                conversation: conversation.to_string(),
+                by,
+                left,
+            },
+            core::Event::ConversationBroken {
+                conversation,
+                reason,
+            } => Event::ConversationBroken {
+                conversation: conversation.to_string(),
+                reason,
+            },
+            core::Event::ConversationRecovered { conversation } => Event::ConversationRecovered {
                 conversation: conversation.to_string(),
             },
             core::Event::ConnectionChanged { connected } => Event::ConnectionChanged { connected },

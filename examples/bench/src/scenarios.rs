@@ -617,6 +617,8 @@ fn invite_storage(p: &Plan, r: &mut Results) -> Result<(), String> {
         welcome: Bytes::from(sealed.clone()),
         welcome_devices: vec![],
         promote_members: vec![],
+        group_info: None,
+        external: false,
         now_ms: 0,
         max_queue_depth: u64::MAX / 2,
         max_queue_bytes: u64::MAX / 2,

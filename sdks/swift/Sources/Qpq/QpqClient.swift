@@ -91,6 +91,25 @@ public final class QpqClient: Sendable {
         try await run { try $0.leave(conversation: conversation) }
     }
 
+    /// Accepts a conversation whose consent is `Requested` (ADR 0060). Local only.
+    public func accept(_ conversation: String) async throws {
+        try await run { try $0.accept(conversation: conversation) }
+    }
+
+    /// Declines a conversation: leaves it, marks it `Denied`; `block` also blocks the inviter.
+    public func decline(_ conversation: String, block: Bool = false) async throws {
+        try await run { try $0.decline(conversation: conversation, block: block) }
+    }
+
+    /// Blocks `username` on the server (ADR 0060). Idempotent.
+    public func block(_ username: String) async throws { try await run { try $0.block(username: username) } }
+
+    /// Ends a block. Idempotent.
+    public func unblock(_ username: String) async throws { try await run { try $0.unblock(username: username) } }
+
+    /// Usernames this account blocks.
+    public func blocked() async throws -> [String] { try await run { try $0.blocked() } }
+
     /// Makes `username` an admin of the group.
     public func promote(_ conversation: String, _ username: String) async throws {
         try await run { try $0.promote(conversation: conversation, username: username) }

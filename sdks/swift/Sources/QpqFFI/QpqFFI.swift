@@ -628,10 +628,25 @@ fileprivate struct FfiConverterDuration: FfiConverterRustBuffer {
 public protocol ClientProtocol: AnyObject, Sendable {
     
     /**
+     * Accepts a conversation whose consent is `Requested` (ADR 0060). Local only.
+     */
+    func accept(conversation: String) throws 
+    
+    /**
      * The account stored in this client's store (logged in or not); `None` before the first
      * successful registration or login.
      */
     func account()  -> Account?
+    
+    /**
+     * Blocks `username` on the server (ADR 0060). Idempotent.
+     */
+    func block(username: String) throws 
+    
+    /**
+     * Usernames this account blocks, as the server stores them.
+     */
+    func blocked() throws  -> [String]
     
     /**
      * One conversation; `NotFound` when unknown. Local only.
@@ -652,6 +667,12 @@ public protocol ClientProtocol: AnyObject, Sendable {
      * Creates a group; `post_quantum` picks the X-Wing suite. Returns its id (hex).
      */
     func createGroup(name: String, postQuantum: Bool) throws  -> String
+    
+    /**
+     * Declines a conversation: leaves it and marks it `Denied`; with `block`, also blocks
+     * the account that invited this one.
+     */
+    func decline(conversation: String, block: Bool) throws 
     
     /**
      * The name to show for a conversation: its group name, or `@peer` for a DM.
@@ -788,6 +809,11 @@ public protocol ClientProtocol: AnyObject, Sendable {
     func sync() throws  -> [Event]
     
     /**
+     * Ends a block. Idempotent.
+     */
+    func unblock(username: String) throws 
+    
+    /**
      * The first event numbered after `cursor`, waiting up to `timeout`; readers do not
      * consume, so a stream resumes from its last cursor without gaps.
      */
@@ -867,6 +893,18 @@ public static func `open`(config: ClientConfig)throws  -> Client  {
 
     
     /**
+     * Accepts a conversation whose consent is `Requested` (ADR 0060). Local only.
+     */
+open func accept(conversation: String)throws   {try rustCallWithError(FfiConverterTypeQpqError_lift) {
+        uniffiCallStatus in
+    uniffi_qpq_uniffi_fn_method_client_accept(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(conversation),uniffiCallStatus
+    )
+}
+}
+    
+    /**
      * The account stored in this client's store (logged in or not); `None` before the first
      * successful registration or login.
      */
@@ -874,6 +912,30 @@ open func account() -> Account?  {
     return try!  FfiConverterOptionTypeAccount.lift(try! rustCall() {
         uniffiCallStatus in
     uniffi_qpq_uniffi_fn_method_client_account(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Blocks `username` on the server (ADR 0060). Idempotent.
+     */
+open func block(username: String)throws   {try rustCallWithError(FfiConverterTypeQpqError_lift) {
+        uniffiCallStatus in
+    uniffi_qpq_uniffi_fn_method_client_block(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(username),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Usernames this account blocks, as the server stores them.
+     */
+open func blocked()throws  -> [String]  {
+    return try  FfiConverterSequenceString.lift(try rustCallWithError(FfiConverterTypeQpqError_lift) {
+        uniffiCallStatus in
+    uniffi_qpq_uniffi_fn_method_client_blocked(
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
@@ -929,6 +991,20 @@ open func createGroup(name: String, postQuantum: Bool)throws  -> String  {
         FfiConverterBool.lower(postQuantum),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Declines a conversation: leaves it and marks it `Denied`; with `block`, also blocks
+     * the account that invited this one.
+     */
+open func decline(conversation: String, block: Bool)throws   {try rustCallWithError(FfiConverterTypeQpqError_lift) {
+        uniffiCallStatus in
+    uniffi_qpq_uniffi_fn_method_client_decline(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(conversation),
+        FfiConverterBool.lower(block),uniffiCallStatus
+    )
+}
 }
     
     /**
@@ -1268,6 +1344,18 @@ open func sync()throws  -> [Event]  {
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Ends a block. Idempotent.
+     */
+open func unblock(username: String)throws   {try rustCallWithError(FfiConverterTypeQpqError_lift) {
+        uniffiCallStatus in
+    uniffi_qpq_uniffi_fn_method_client_unblock(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(username),uniffiCallStatus
+    )
+}
 }
     
     /**
@@ -1928,6 +2016,14 @@ public struct Conversation: Equatable, Hashable {
      * Received messages not yet read through `messages`.
      */
     public var unread: UInt64
+    /**
+     * Whether the user wants it: `Requested` until accepted or declined.
+     */
+    public var consent: Consent
+    /**
+     * Who invited this account (None for a conversation this device created).
+     */
+    public var invitedBy: String?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1958,7 +2054,13 @@ public struct Conversation: Equatable, Hashable {
          */active: Bool, 
         /**
          * Received messages not yet read through `messages`.
-         */unread: UInt64) {
+         */unread: UInt64, 
+        /**
+         * Whether the user wants it: `Requested` until accepted or declined.
+         */consent: Consent, 
+        /**
+         * Who invited this account (None for a conversation this device created).
+         */invitedBy: String?) {
         self.id = id
         self.kind = kind
         self.name = name
@@ -1968,6 +2070,8 @@ public struct Conversation: Equatable, Hashable {
         self.members = members
         self.active = active
         self.unread = unread
+        self.consent = consent
+        self.invitedBy = invitedBy
     }
 
     
@@ -1994,7 +2098,9 @@ public struct FfiConverterTypeConversation: FfiConverterRustBuffer {
                 epoch: FfiConverterUInt64.read(from: &buf), 
                 members: FfiConverterSequenceString.read(from: &buf), 
                 active: FfiConverterBool.read(from: &buf), 
-                unread: FfiConverterUInt64.read(from: &buf)
+                unread: FfiConverterUInt64.read(from: &buf), 
+                consent: FfiConverterTypeConsent.read(from: &buf), 
+                invitedBy: FfiConverterOptionString.read(from: &buf)
         )
     }
 
@@ -2008,6 +2114,8 @@ public struct FfiConverterTypeConversation: FfiConverterRustBuffer {
         FfiConverterSequenceString.write(value.members, into: &buf)
         FfiConverterBool.write(value.active, into: &buf)
         FfiConverterUInt64.write(value.unread, into: &buf)
+        FfiConverterTypeConsent.write(value.consent, into: &buf)
+        FfiConverterOptionString.write(value.invitedBy, into: &buf)
     }
 }
 
@@ -2598,6 +2706,91 @@ public func FfiConverterTypeBody_lower(_ value: Body) -> RustBuffer {
 
 
 /**
+ * Whether the user wants a conversation (ADR 0060).
+ */
+
+public enum Consent: Equatable, Hashable {
+    
+    /**
+     * Created here, accepted, written in, or from a contact.
+     */
+    case allowed
+    /**
+     * Joined by an invitation from someone this account shares no allowed conversation with.
+     */
+    case requested
+    /**
+     * Declined: left, and kept only as history.
+     */
+    case denied
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension Consent: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeConsent: FfiConverterRustBuffer {
+    typealias SwiftType = Consent
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Consent {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .allowed
+        
+        case 2: return .requested
+        
+        case 3: return .denied
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: Consent, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .allowed:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .requested:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .denied:
+            writeInt(&buf, Int32(3))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConsent_lift(_ buf: RustBuffer) throws -> Consent {
+    return try FfiConverterTypeConsent.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConsent_lower(_ value: Consent) -> RustBuffer {
+    return FfiConverterTypeConsent.lower(value)
+}
+
+
+
+/**
  * Whether a conversation is a DM or a group.
  */
 
@@ -3002,22 +3195,34 @@ public enum Event: Equatable, Hashable {
          * Conversation id (hex).
          */conversation: String, 
         /**
+         * Who made the change; `None` when this device does not know that member's name.
+         */by: String?, 
+        /**
          * Usernames added.
          */added: [String], 
         /**
-         * Usernames removed.
+         * Usernames removed by someone else.
          */removed: [String], 
+        /**
+         * Usernames that left on their own.
+         */left: [String], 
         /**
          * Epoch after the change.
          */epoch: UInt64
     )
     /**
-     * This account was removed from (or left) a conversation.
+     * This account is no longer in a conversation (removed, or it left); history stays.
      */
     case removed(
         /**
          * Conversation id (hex).
-         */conversation: String
+         */conversation: String, 
+        /**
+         * Who removed this account (its own name when it left); `None` when unknown.
+         */by: String?, 
+        /**
+         * True when this account left on its own.
+         */left: Bool
     )
     /**
      * The connection to the server went up or down.
@@ -3055,6 +3260,26 @@ public enum Event: Equatable, Hashable {
          * Why, for humans.
          */reason: String
     )
+    /**
+     * A conversation can no longer be read or written on this device (its group state is
+     * broken); see `ConversationRecovered`.
+     */
+    case conversationBroken(
+        /**
+         * Conversation id (hex).
+         */conversation: String, 
+        /**
+         * Why, for humans.
+         */reason: String
+    )
+    /**
+     * A broken conversation works again.
+     */
+    case conversationRecovered(
+        /**
+         * Conversation id (hex).
+         */conversation: String
+    )
 
 
 
@@ -3082,10 +3307,10 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
         case 2: return .conversationJoined(conversation: try FfiConverterTypeConversation.read(from: &buf)
         )
         
-        case 3: return .membersChanged(conversation: try FfiConverterString.read(from: &buf), added: try FfiConverterSequenceString.read(from: &buf), removed: try FfiConverterSequenceString.read(from: &buf), epoch: try FfiConverterUInt64.read(from: &buf)
+        case 3: return .membersChanged(conversation: try FfiConverterString.read(from: &buf), by: try FfiConverterOptionString.read(from: &buf), added: try FfiConverterSequenceString.read(from: &buf), removed: try FfiConverterSequenceString.read(from: &buf), left: try FfiConverterSequenceString.read(from: &buf), epoch: try FfiConverterUInt64.read(from: &buf)
         )
         
-        case 4: return .removed(conversation: try FfiConverterString.read(from: &buf)
+        case 4: return .removed(conversation: try FfiConverterString.read(from: &buf), by: try FfiConverterOptionString.read(from: &buf), left: try FfiConverterBool.read(from: &buf)
         )
         
         case 5: return .connectionChanged(connected: try FfiConverterBool.read(from: &buf)
@@ -3095,6 +3320,12 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
         )
         
         case 7: return .messageFailed(conversation: try FfiConverterString.read(from: &buf), id: try FfiConverterString.read(from: &buf), code: try FfiConverterTypeErrorCode.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 8: return .conversationBroken(conversation: try FfiConverterString.read(from: &buf), reason: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 9: return .conversationRecovered(conversation: try FfiConverterString.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -3115,17 +3346,21 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
             FfiConverterTypeConversation.write(conversation, into: &buf)
             
         
-        case let .membersChanged(conversation,added,removed,epoch):
+        case let .membersChanged(conversation,by,added,removed,left,epoch):
             writeInt(&buf, Int32(3))
             FfiConverterString.write(conversation, into: &buf)
+            FfiConverterOptionString.write(by, into: &buf)
             FfiConverterSequenceString.write(added, into: &buf)
             FfiConverterSequenceString.write(removed, into: &buf)
+            FfiConverterSequenceString.write(left, into: &buf)
             FfiConverterUInt64.write(epoch, into: &buf)
             
         
-        case let .removed(conversation):
+        case let .removed(conversation,by,left):
             writeInt(&buf, Int32(4))
             FfiConverterString.write(conversation, into: &buf)
+            FfiConverterOptionString.write(by, into: &buf)
+            FfiConverterBool.write(left, into: &buf)
             
         
         case let .connectionChanged(connected):
@@ -3145,6 +3380,17 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
             FfiConverterString.write(id, into: &buf)
             FfiConverterTypeErrorCode.write(code, into: &buf)
             FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .conversationBroken(conversation,reason):
+            writeInt(&buf, Int32(8))
+            FfiConverterString.write(conversation, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .conversationRecovered(conversation):
+            writeInt(&buf, Int32(9))
+            FfiConverterString.write(conversation, into: &buf)
             
         }
     }
@@ -3779,6 +4025,30 @@ fileprivate struct FfiConverterOptionUInt64: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
+    typealias SwiftType = String?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterString.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterString.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
     typealias SwiftType = Data?
 
@@ -4102,7 +4372,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_qpq_uniffi_checksum_func_max_content_type_bytes() != 42022) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_qpq_uniffi_checksum_method_client_accept() != 47683) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_qpq_uniffi_checksum_method_client_account() != 29879) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_qpq_uniffi_checksum_method_client_block() != 24403) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_qpq_uniffi_checksum_method_client_blocked() != 237) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_qpq_uniffi_checksum_method_client_conversation() != 14196) {
@@ -4115,6 +4394,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_qpq_uniffi_checksum_method_client_create_group() != 55865) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_qpq_uniffi_checksum_method_client_decline() != 7146) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_qpq_uniffi_checksum_method_client_display_name() != 54223) {
@@ -4193,6 +4475,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_qpq_uniffi_checksum_method_client_sync() != 60848) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_qpq_uniffi_checksum_method_client_unblock() != 45296) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_qpq_uniffi_checksum_method_client_wait_event_after() != 14796) {

@@ -274,9 +274,24 @@ void uniffi_qpq_uniffi_fn_free_client(uint64_t handle, RustCallStatus *_Nonnull 
 uint64_t uniffi_qpq_uniffi_fn_constructor_client_open(RustBuffer config, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_ACCEPT
+#define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_ACCEPT
+void uniffi_qpq_uniffi_fn_method_client_accept(uint64_t ptr, RustBuffer conversation, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_ACCOUNT
 #define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_ACCOUNT
 RustBuffer uniffi_qpq_uniffi_fn_method_client_account(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_BLOCK
+#define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_BLOCK
+void uniffi_qpq_uniffi_fn_method_client_block(uint64_t ptr, RustBuffer username, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_BLOCKED
+#define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_BLOCKED
+RustBuffer uniffi_qpq_uniffi_fn_method_client_blocked(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_CONVERSATION
@@ -297,6 +312,11 @@ RustBuffer uniffi_qpq_uniffi_fn_method_client_create_dm(uint64_t ptr, RustBuffer
 #ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_CREATE_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_CREATE_GROUP
 RustBuffer uniffi_qpq_uniffi_fn_method_client_create_group(uint64_t ptr, RustBuffer name, int8_t post_quantum, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_DECLINE
+#define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_DECLINE
+void uniffi_qpq_uniffi_fn_method_client_decline(uint64_t ptr, RustBuffer conversation, int8_t block, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_DISPLAY_NAME
@@ -427,6 +447,11 @@ uint64_t uniffi_qpq_uniffi_fn_method_client_subscribe(uint64_t ptr, uint64_t lis
 #ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_SYNC
 #define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_SYNC
 RustBuffer uniffi_qpq_uniffi_fn_method_client_sync(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_UNBLOCK
+#define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_UNBLOCK
+void uniffi_qpq_uniffi_fn_method_client_unblock(uint64_t ptr, RustBuffer username, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_FN_METHOD_CLIENT_WAIT_EVENT_AFTER
@@ -764,9 +789,27 @@ uint16_t uniffi_qpq_uniffi_checksum_func_max_content_type_bytes(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_ACCEPT
+#define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_ACCEPT
+uint16_t uniffi_qpq_uniffi_checksum_method_client_accept(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_ACCOUNT
 #define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_ACCOUNT
 uint16_t uniffi_qpq_uniffi_checksum_method_client_account(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_BLOCK
+#define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_BLOCK
+uint16_t uniffi_qpq_uniffi_checksum_method_client_block(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_BLOCKED
+#define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_BLOCKED
+uint16_t uniffi_qpq_uniffi_checksum_method_client_blocked(void
     
 );
 #endif
@@ -791,6 +834,12 @@ uint16_t uniffi_qpq_uniffi_checksum_method_client_create_dm(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_CREATE_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_CREATE_GROUP
 uint16_t uniffi_qpq_uniffi_checksum_method_client_create_group(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_DECLINE
+#define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_DECLINE
+uint16_t uniffi_qpq_uniffi_checksum_method_client_decline(void
     
 );
 #endif
@@ -947,6 +996,12 @@ uint16_t uniffi_qpq_uniffi_checksum_method_client_subscribe(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_SYNC
 #define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_SYNC
 uint16_t uniffi_qpq_uniffi_checksum_method_client_sync(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_UNBLOCK
+#define UNIFFI_FFIDEF_UNIFFI_QPQ_UNIFFI_CHECKSUM_METHOD_CLIENT_UNBLOCK
+uint16_t uniffi_qpq_uniffi_checksum_method_client_unblock(void
     
 );
 #endif

@@ -180,9 +180,9 @@ final class ScenarioTests: XCTestCase {
     func testStep09_aliceRemovesCarol() async throws {
         try await alice.remove(s.group, "carol")
         let group = s.group
-        try await s.recorders["carol"]!.await("removed") { $0.contains { if case let .removed(c) = $0 { return c == group }; return false } }
+        try await s.recorders["carol"]!.await("removed") { $0.contains { if case let .removed(c, _, _) = $0 { return c == group }; return false } }
         try await s.recorders["bob"]!.await("members changed") { evs in
-            evs.contains { if case let .membersChanged(c, _, removed, _) = $0 { return c == group && removed.contains("carol") }; return false }
+            evs.contains { if case let .membersChanged(c, _, _, removed, _, _) = $0 { return c == group && removed.contains("carol") }; return false }
         }
     }
 

@@ -104,6 +104,21 @@ class QpqClient private constructor(
     /** Leaves the conversation. */
     suspend fun leave(conversation: String): Unit = io { leave(conversation) }
 
+    /** Accepts a conversation whose consent is `Requested` (ADR 0060). Local only. */
+    suspend fun accept(conversation: String): Unit = io { accept(conversation) }
+
+    /** Declines a conversation: leaves it, marks it `Denied`; [block] also blocks the inviter. */
+    suspend fun decline(conversation: String, block: Boolean = false): Unit = io { decline(conversation, block) }
+
+    /** Blocks [username] on the server (ADR 0060). Idempotent. */
+    suspend fun block(username: String): Unit = io { block(username) }
+
+    /** Ends a block. Idempotent. */
+    suspend fun unblock(username: String): Unit = io { unblock(username) }
+
+    /** Usernames this account blocks. */
+    suspend fun blocked(): List<String> = io { blocked() }
+
     /** Makes [username] an admin of the group. */
     suspend fun promote(conversation: String, username: String): Unit = io { promote(conversation, username) }
 

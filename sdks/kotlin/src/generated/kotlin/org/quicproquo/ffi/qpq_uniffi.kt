@@ -703,7 +703,13 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_qpq_uniffi_checksum_func_max_content_type_bytes(
     ): Int
+    external fun uniffi_qpq_uniffi_checksum_method_client_accept(
+    ): Int
     external fun uniffi_qpq_uniffi_checksum_method_client_account(
+    ): Int
+    external fun uniffi_qpq_uniffi_checksum_method_client_block(
+    ): Int
+    external fun uniffi_qpq_uniffi_checksum_method_client_blocked(
     ): Int
     external fun uniffi_qpq_uniffi_checksum_method_client_conversation(
     ): Int
@@ -712,6 +718,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_qpq_uniffi_checksum_method_client_create_dm(
     ): Int
     external fun uniffi_qpq_uniffi_checksum_method_client_create_group(
+    ): Int
+    external fun uniffi_qpq_uniffi_checksum_method_client_decline(
     ): Int
     external fun uniffi_qpq_uniffi_checksum_method_client_display_name(
     ): Int
@@ -765,6 +773,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_qpq_uniffi_checksum_method_client_sync(
     ): Int
+    external fun uniffi_qpq_uniffi_checksum_method_client_unblock(
+    ): Int
     external fun uniffi_qpq_uniffi_checksum_method_client_wait_event_after(
     ): Int
     external fun uniffi_qpq_uniffi_checksum_method_subscription_cancel(
@@ -800,7 +810,13 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_qpq_uniffi_fn_constructor_client_open(`config`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_qpq_uniffi_fn_method_client_accept(`ptr`: Long,`conversation`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_qpq_uniffi_fn_method_client_account(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_qpq_uniffi_fn_method_client_block(`ptr`: Long,`username`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_qpq_uniffi_fn_method_client_blocked(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_qpq_uniffi_fn_method_client_conversation(`ptr`: Long,`conversation`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -810,6 +826,8 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_qpq_uniffi_fn_method_client_create_group(`ptr`: Long,`name`: RustBuffer.ByValue,`postQuantum`: Byte,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_qpq_uniffi_fn_method_client_decline(`ptr`: Long,`conversation`: RustBuffer.ByValue,`block`: Byte,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_qpq_uniffi_fn_method_client_display_name(`ptr`: Long,`conversation`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_qpq_uniffi_fn_method_client_event_cursor(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -862,6 +880,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_qpq_uniffi_fn_method_client_sync(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_qpq_uniffi_fn_method_client_unblock(`ptr`: Long,`username`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_qpq_uniffi_fn_method_client_wait_event_after(`ptr`: Long,`cursor`: Long,`timeout`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_qpq_uniffi_fn_clone_subscription(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1012,7 +1032,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_qpq_uniffi_checksum_func_max_content_type_bytes() and 0xFFFF) != 42022) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_qpq_uniffi_checksum_method_client_accept() and 0xFFFF) != 47683) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_qpq_uniffi_checksum_method_client_account() and 0xFFFF) != 29879) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_qpq_uniffi_checksum_method_client_block() and 0xFFFF) != 24403) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_qpq_uniffi_checksum_method_client_blocked() and 0xFFFF) != 237) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_qpq_uniffi_checksum_method_client_conversation() and 0xFFFF) != 14196) {
@@ -1025,6 +1054,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_qpq_uniffi_checksum_method_client_create_group() and 0xFFFF) != 55865) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_qpq_uniffi_checksum_method_client_decline() and 0xFFFF) != 7146) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_qpq_uniffi_checksum_method_client_display_name() and 0xFFFF) != 54223) {
@@ -1103,6 +1135,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_qpq_uniffi_checksum_method_client_sync() and 0xFFFF) != 60848) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_qpq_uniffi_checksum_method_client_unblock() and 0xFFFF) != 45296) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_qpq_uniffi_checksum_method_client_wait_event_after() and 0xFFFF) != 14796) {
@@ -1596,10 +1631,25 @@ public object FfiConverterDuration: FfiConverterRustBuffer<java.time.Duration> {
 public interface ClientInterface {
     
     /**
+     * Accepts a conversation whose consent is `Requested` (ADR 0060). Local only.
+     */
+    fun `accept`(`conversation`: kotlin.String)
+    
+    /**
      * The account stored in this client's store (logged in or not); `None` before the first
      * successful registration or login.
      */
     fun `account`(): Account?
+    
+    /**
+     * Blocks `username` on the server (ADR 0060). Idempotent.
+     */
+    fun `block`(`username`: kotlin.String)
+    
+    /**
+     * Usernames this account blocks, as the server stores them.
+     */
+    fun `blocked`(): List<kotlin.String>
     
     /**
      * One conversation; `NotFound` when unknown. Local only.
@@ -1620,6 +1670,12 @@ public interface ClientInterface {
      * Creates a group; `post_quantum` picks the X-Wing suite. Returns its id (hex).
      */
     fun `createGroup`(`name`: kotlin.String, `postQuantum`: kotlin.Boolean): kotlin.String
+    
+    /**
+     * Declines a conversation: leaves it and marks it `Denied`; with `block`, also blocks
+     * the account that invited this one.
+     */
+    fun `decline`(`conversation`: kotlin.String, `block`: kotlin.Boolean)
     
     /**
      * The name to show for a conversation: its group name, or `@peer` for a DM.
@@ -1756,6 +1812,11 @@ public interface ClientInterface {
     fun `sync`(): List<Event>
     
     /**
+     * Ends a block. Idempotent.
+     */
+    fun `unblock`(`username`: kotlin.String)
+    
+    /**
      * The first event numbered after `cursor`, waiting up to `timeout`; readers do not
      * consume, so a stream resumes from its last cursor without gaps.
      */
@@ -1873,6 +1934,23 @@ open class Client: Disposable, AutoCloseable, ClientInterface
 
     
     /**
+     * Accepts a conversation whose consent is `Requested` (ADR 0060). Local only.
+     */
+    @Throws(QpqException::class)override fun `accept`(`conversation`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(QpqException) { _status ->
+    UniffiLib.uniffi_qpq_uniffi_fn_method_client_accept(
+        it,
+        
+        FfiConverterString.lower(`conversation`),_status)
+}
+    }
+    
+    
+
+    
+    /**
      * The account stored in this client's store (logged in or not); `None` before the first
      * successful registration or login.
      */override fun `account`(): Account? {
@@ -1880,6 +1958,40 @@ open class Client: Disposable, AutoCloseable, ClientInterface
     callWithHandle {
     uniffiRustCall() { _status ->
     UniffiLib.uniffi_qpq_uniffi_fn_method_client_account(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Blocks `username` on the server (ADR 0060). Idempotent.
+     */
+    @Throws(QpqException::class)override fun `block`(`username`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(QpqException) { _status ->
+    UniffiLib.uniffi_qpq_uniffi_fn_method_client_block(
+        it,
+        
+        FfiConverterString.lower(`username`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Usernames this account blocks, as the server stores them.
+     */
+    @Throws(QpqException::class)override fun `blocked`(): List<kotlin.String> {
+            return FfiConverterSequenceString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(QpqException) { _status ->
+    UniffiLib.uniffi_qpq_uniffi_fn_method_client_blocked(
         it,
         _status)
 }
@@ -1958,6 +2070,25 @@ open class Client: Disposable, AutoCloseable, ClientInterface
     }
     )
     }
+    
+
+    
+    /**
+     * Declines a conversation: leaves it and marks it `Denied`; with `block`, also blocks
+     * the account that invited this one.
+     */
+    @Throws(QpqException::class)override fun `decline`(`conversation`: kotlin.String, `block`: kotlin.Boolean)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(QpqException) { _status ->
+    UniffiLib.uniffi_qpq_uniffi_fn_method_client_decline(
+        it,
+        
+        FfiConverterString.lower(`conversation`),
+        FfiConverterBoolean.lower(`block`),_status)
+}
+    }
+    
     
 
     
@@ -2423,6 +2554,23 @@ open class Client: Disposable, AutoCloseable, ClientInterface
     }
     )
     }
+    
+
+    
+    /**
+     * Ends a block. Idempotent.
+     */
+    @Throws(QpqException::class)override fun `unblock`(`username`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(QpqException) { _status ->
+    UniffiLib.uniffi_qpq_uniffi_fn_method_client_unblock(
+        it,
+        
+        FfiConverterString.lower(`username`),_status)
+}
+    }
+    
     
 
     
@@ -3301,6 +3449,16 @@ data class Conversation (
      * Received messages not yet read through `messages`.
      */
     var `unread`: kotlin.ULong
+    , 
+    /**
+     * Whether the user wants it: `Requested` until accepted or declined.
+     */
+    var `consent`: Consent
+    , 
+    /**
+     * Who invited this account (None for a conversation this device created).
+     */
+    var `invitedBy`: kotlin.String?
     
 ){
     
@@ -3326,6 +3484,8 @@ public object FfiConverterTypeConversation: FfiConverterRustBuffer<Conversation>
             FfiConverterSequenceString.read(buf),
             FfiConverterBoolean.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterTypeConsent.read(buf),
+            FfiConverterOptionalString.read(buf),
         )
     }
 
@@ -3338,7 +3498,9 @@ public object FfiConverterTypeConversation: FfiConverterRustBuffer<Conversation>
             FfiConverterULong.allocationSize(value.`epoch`) +
             FfiConverterSequenceString.allocationSize(value.`members`) +
             FfiConverterBoolean.allocationSize(value.`active`) +
-            FfiConverterULong.allocationSize(value.`unread`)
+            FfiConverterULong.allocationSize(value.`unread`) +
+            FfiConverterTypeConsent.allocationSize(value.`consent`) +
+            FfiConverterOptionalString.allocationSize(value.`invitedBy`)
     )
 
     override fun write(value: Conversation, buf: ByteBuffer) {
@@ -3351,6 +3513,8 @@ public object FfiConverterTypeConversation: FfiConverterRustBuffer<Conversation>
             FfiConverterSequenceString.write(value.`members`, buf)
             FfiConverterBoolean.write(value.`active`, buf)
             FfiConverterULong.write(value.`unread`, buf)
+            FfiConverterTypeConsent.write(value.`consent`, buf)
+            FfiConverterOptionalString.write(value.`invitedBy`, buf)
     }
 }
 
@@ -3938,6 +4102,53 @@ public object FfiConverterTypeBody : FfiConverterRustBuffer<Body>{
 
 
 /**
+ * Whether the user wants a conversation (ADR 0060).
+ */
+
+enum class Consent {
+    
+    /**
+     * Created here, accepted, written in, or from a contact.
+     */
+    ALLOWED,
+    /**
+     * Joined by an invitation from someone this account shares no allowed conversation with.
+     */
+    REQUESTED,
+    /**
+     * Declined: left, and kept only as history.
+     */
+    DENIED;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeConsent: FfiConverterRustBuffer<Consent> {
+    override fun read(buf: ByteBuffer) = try {
+        Consent.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: Consent) = 4UL
+
+    override fun write(value: Consent, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
  * Whether a conversation is a DM or a group.
  */
 
@@ -4170,13 +4381,21 @@ sealed class Event {
          */
         val `conversation`: kotlin.String, 
         /**
+         * Who made the change; `None` when this device does not know that member's name.
+         */
+        val `by`: kotlin.String?, 
+        /**
          * Usernames added.
          */
         val `added`: List<kotlin.String>, 
         /**
-         * Usernames removed.
+         * Usernames removed by someone else.
          */
         val `removed`: List<kotlin.String>, 
+        /**
+         * Usernames that left on their own.
+         */
+        val `left`: List<kotlin.String>, 
         /**
          * Epoch after the change.
          */
@@ -4189,13 +4408,21 @@ sealed class Event {
     }
     
     /**
-     * This account was removed from (or left) a conversation.
+     * This account is no longer in a conversation (removed, or it left); history stays.
      */
     data class Removed(
         /**
          * Conversation id (hex).
          */
-        val `conversation`: kotlin.String) : Event()
+        val `conversation`: kotlin.String, 
+        /**
+         * Who removed this account (its own name when it left); `None` when unknown.
+         */
+        val `by`: kotlin.String?, 
+        /**
+         * True when this account left on its own.
+         */
+        val `left`: kotlin.Boolean) : Event()
         
     {
         
@@ -4264,6 +4491,41 @@ sealed class Event {
         companion object
     }
     
+    /**
+     * A conversation can no longer be read or written on this device (its group state is
+     * broken); see `ConversationRecovered`.
+     */
+    data class ConversationBroken(
+        /**
+         * Conversation id (hex).
+         */
+        val `conversation`: kotlin.String, 
+        /**
+         * Why, for humans.
+         */
+        val `reason`: kotlin.String) : Event()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A broken conversation works again.
+     */
+    data class ConversationRecovered(
+        /**
+         * Conversation id (hex).
+         */
+        val `conversation`: kotlin.String) : Event()
+        
+    {
+        
+
+        companion object
+    }
+    
 
     
 
@@ -4288,12 +4550,16 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 )
             3 -> Event.MembersChanged(
                 FfiConverterString.read(buf),
+                FfiConverterOptionalString.read(buf),
+                FfiConverterSequenceString.read(buf),
                 FfiConverterSequenceString.read(buf),
                 FfiConverterSequenceString.read(buf),
                 FfiConverterULong.read(buf),
                 )
             4 -> Event.Removed(
                 FfiConverterString.read(buf),
+                FfiConverterOptionalString.read(buf),
+                FfiConverterBoolean.read(buf),
                 )
             5 -> Event.ConnectionChanged(
                 FfiConverterBoolean.read(buf),
@@ -4306,6 +4572,13 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 FfiConverterTypeErrorCode.read(buf),
+                FfiConverterString.read(buf),
+                )
+            8 -> Event.ConversationBroken(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            9 -> Event.ConversationRecovered(
                 FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
@@ -4332,8 +4605,10 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
             (
                 4UL
                 + FfiConverterString.allocationSize(value.`conversation`)
+                + FfiConverterOptionalString.allocationSize(value.`by`)
                 + FfiConverterSequenceString.allocationSize(value.`added`)
                 + FfiConverterSequenceString.allocationSize(value.`removed`)
+                + FfiConverterSequenceString.allocationSize(value.`left`)
                 + FfiConverterULong.allocationSize(value.`epoch`)
             )
         }
@@ -4342,6 +4617,8 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
             (
                 4UL
                 + FfiConverterString.allocationSize(value.`conversation`)
+                + FfiConverterOptionalString.allocationSize(value.`by`)
+                + FfiConverterBoolean.allocationSize(value.`left`)
             )
         }
         is Event.ConnectionChanged -> {
@@ -4369,6 +4646,21 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 + FfiConverterString.allocationSize(value.`reason`)
             )
         }
+        is Event.ConversationBroken -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`conversation`)
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+        }
+        is Event.ConversationRecovered -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`conversation`)
+            )
+        }
     }
 
     override fun write(value: Event, buf: ByteBuffer) {
@@ -4386,14 +4678,18 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
             is Event.MembersChanged -> {
                 buf.putInt(3)
                 FfiConverterString.write(value.`conversation`, buf)
+                FfiConverterOptionalString.write(value.`by`, buf)
                 FfiConverterSequenceString.write(value.`added`, buf)
                 FfiConverterSequenceString.write(value.`removed`, buf)
+                FfiConverterSequenceString.write(value.`left`, buf)
                 FfiConverterULong.write(value.`epoch`, buf)
                 Unit
             }
             is Event.Removed -> {
                 buf.putInt(4)
                 FfiConverterString.write(value.`conversation`, buf)
+                FfiConverterOptionalString.write(value.`by`, buf)
+                FfiConverterBoolean.write(value.`left`, buf)
                 Unit
             }
             is Event.ConnectionChanged -> {
@@ -4413,6 +4709,17 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 FfiConverterString.write(value.`id`, buf)
                 FfiConverterTypeErrorCode.write(value.`code`, buf)
                 FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is Event.ConversationBroken -> {
+                buf.putInt(8)
+                FfiConverterString.write(value.`conversation`, buf)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+            is Event.ConversationRecovered -> {
+                buf.putInt(9)
+                FfiConverterString.write(value.`conversation`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -5264,6 +5571,38 @@ public object FfiConverterOptionalULong: FfiConverterRustBuffer<kotlin.ULong?> {
         } else {
             buf.put(1)
             FfiConverterULong.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?> {
+    override fun read(buf: ByteBuffer): kotlin.String? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterString.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.String?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterString.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.String?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterString.write(value, buf)
         }
     }
 }
