@@ -32,6 +32,6 @@ pub use error::{Error, ErrorCode};
 #[doc(hidden)]
 pub use session::{DebugInjected, Failpoint};
 pub use types::{
-    Account, ClientConfig, Conversation, ConversationId, ConversationKind, Delivery, Event,
-    EventListener, EventRecord, Member, Message, MessageId, StoreKey, Trust,
+    Account, ClientConfig, ClientConfigBuilder, Conversation, ConversationId, ConversationKind,
+    Delivery, Event, EventListener, EventRecord, Member, Message, MessageId, StoreKey, Trust,
 };
