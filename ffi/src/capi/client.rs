@@ -10,7 +10,7 @@ use qpq_core::{Client, Error};
 
 use super::config::qpq_config;
 use super::data::*;
-use super::{arg, c_string, entry, free, out, owned, str_arg, strs_arg};
+use super::{arg, c_string, call, entry, free, out, owned, str_arg, strs_arg};
 use crate::error::qpq_error;
 
 /// A client handle. Thread-safe. Close it with `qpq_client_close` (idempotent), free it with
@@ -42,7 +42,9 @@ pub extern "C" fn qpq_client_open(config: *const qpq_config, out_client: *mut *m
 /// `QPQ_ERROR_CLOSED` and later calls fail with it. Idempotent; NULL is ignored.
 #[no_mangle]
 pub extern "C" fn qpq_client_close(client: *const qpq_client) {
-    let _ = entry(|| Ok(cl(client)?.shutdown()));
+    if let Ok(c) = cl(client) {
+        let _ = call(|| Ok(c.shutdown()));
+    }
 }
 
 /// Closes (if needed) and frees the client; NULL is ignored. No other thread may be inside a
