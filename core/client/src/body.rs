@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_through_the_stored_form() {
-        let id = [7u8; 16];
+        let id = MessageId::from_bytes([7u8; 16]);
         let all = [
             Body::Text("hé".into()),
             Body::App {
@@ -286,7 +286,9 @@ mod tests {
                 content_type: String::new(),
                 bytes: vec![1],
             },
-            Body::Delete { of: [1; 16] },
+            Body::Delete {
+                of: MessageId::from_bytes([1; 16]),
+            },
         ] {
             let e = bad.check_sendable().expect_err("refused");
             assert_eq!(e.code(), crate::ErrorCode::InvalidInput);

@@ -16,6 +16,7 @@
 mod body;
 mod client;
 mod error;
+mod ids;
 mod lease;
 mod mls;
 mod net;
@@ -33,5 +34,6 @@ pub use error::{Error, ErrorCode};
 pub use session::{DebugInjected, Failpoint};
 pub use types::{
     Account, ClientConfig, ClientConfigBuilder, Conversation, ConversationId, ConversationKind,
-    Delivery, Event, EventListener, EventRecord, Member, Message, MessageId, StoreKey, Trust,
+    Delivery, DeviceKey, Event, EventListener, EventRecord, IdentityKey, Member, Message,
+    MessageId, StoreKey, Trust,
 };

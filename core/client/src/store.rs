@@ -17,7 +17,39 @@ use zeroize::Zeroizing;
 
 use crate::body::Body;
 use crate::error::StoreError;
-use crate::types::{ConversationId, ConversationKind, Delivery, Message, MessageId, StoreKey};
+use crate::types::{
+    ConversationId, ConversationKind, Delivery, DeviceKey, IdentityKey, Message, MessageId,
+    StoreKey,
+};
+
+/// The id and key newtypes are stored as BLOBs of their bytes; a BLOB of another length reads
+/// back as a conversion error, never a panic.
+macro_rules! blob_newtype {
+    ($($name:ident),*) => {$(
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::Borrowed(
+                    rusqlite::types::ValueRef::Blob(self.as_bytes()),
+                ))
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let bytes = value.as_blob()?;
+                $name::from_slice(bytes).map_err(|_| {
+                    rusqlite::types::FromSqlError::InvalidBlobSize {
+                        expected_size: $name::LEN,
+                        blob_size: bytes.len(),
+                    }
+                })
+            }
+        }
+    )*};
+}
+blob_newtype!(ConversationId, MessageId, DeviceKey, IdentityKey);
 
 /// File name of the database inside `data_dir`.
 pub(crate) const DB_FILE: &str = "qpq-client.db";
@@ -156,8 +188,9 @@ fn delivery_from(code: i64) -> Delivery {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// Lower-case hex of key material, wiped when dropped.
+fn secret_hex(b: &[u8]) -> Zeroizing<String> {
+    Zeroizing::new(hex::encode(b))
 }
 
 /// Argon2id for passphrase keys: RFC 9106's second recommended option (t = 3, p = 4,
@@ -235,7 +268,10 @@ fn open_file(data_dir: &Path, path: &Path, raw: &[u8; 32]) -> Result<Connection,
     )?;
     // SQLCipher logs to stderr by default; its failures reach the caller as errors.
     let _ = conn.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()));
-    let key_sql = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex(&raw[..])));
+    let key_sql = Zeroizing::new(format!(
+        "PRAGMA key = \"x'{}'\";",
+        secret_hex(&raw[..]).as_str()
+    ));
     conn.execute_batch(&key_sql)?;
     // The first read fails when the key is wrong or the file is not a database.
     let check: Result<i64, _> =
@@ -382,7 +418,7 @@ impl Store {
         let file = self.path.to_string_lossy().replace('\'', "''");
         let attach = Zeroizing::new(format!(
             "ATTACH DATABASE '{file}' AS enc KEY \"x'{}'\";",
-            hex(&p.raw[..])
+            secret_hex(&p.raw[..]).as_str()
         ));
         self.conn.execute_batch(&attach)?;
         let exported = self
@@ -883,13 +919,15 @@ fn conv_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ConversationRow, S
     }))
 }
 
-fn to16(b: &[u8]) -> Result<[u8; 16], StoreError> {
-    b.try_into()
+fn to16<T: From<[u8; 16]>>(b: &[u8]) -> Result<T, StoreError> {
+    <[u8; 16]>::try_from(b)
+        .map(T::from)
         .map_err(|_| StoreError::Corrupt("an id is not 16 bytes".into()))
 }
 
-fn to32(b: &[u8]) -> Result<[u8; 32], StoreError> {
-    b.try_into()
+fn to32<T: From<[u8; 32]>>(b: &[u8]) -> Result<T, StoreError> {
+    <[u8; 32]>::try_from(b)
+        .map(T::from)
         .map_err(|_| StoreError::Corrupt("a key is not 32 bytes".into()))
 }
 

@@ -9,10 +9,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 use crate::body::Body;
 use crate::error::ErrorCode;
 
-/// A conversation id: equal to the server channel id and the MLS group id.
-pub type ConversationId = [u8; 16];
-/// A message id, chosen by the sender, unique per message.
-pub type MessageId = [u8; 16];
+pub use crate::ids::{ConversationId, DeviceKey, IdentityKey, MessageId};
 
 /// The key of the local encrypted store. Zeroized on drop; its `Debug` never shows it.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -160,7 +157,7 @@ impl ClientConfigBuilder {
 
     /// Trust the certificate with this SHA-256 fingerprint: 64 hex digits, `:` allowed.
     pub fn fingerprint(mut self, hex: &str) -> Self {
-        match crate::types::parse_hex::<32>(&hex.replace(':', "")) {
+        match crate::ids::parse_hex::<32>(&hex.replace(':', "")) {
             Some(fp) => {
                 self.trust = Trust::Fingerprint(fp);
                 self.fingerprint_error = None;
@@ -219,24 +216,6 @@ impl ClientConfigBuilder {
     }
 }
 
-/// `N` bytes from exactly `2 * N` hex digits (either case).
-pub(crate) fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let s = s.trim();
-    if s.len() != 2 * N || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
-/// Lower-case hex.
-pub(crate) fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Whether a conversation is a 1:1 DM or a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConversationKind {
@@ -279,7 +258,7 @@ pub struct Message {
     /// Sender's username.
     pub sender: String,
     /// Sender's device key.
-    pub sender_device: [u8; 32],
+    pub sender_device: DeviceKey,
     /// What the message carries.
     pub body: Body,
     /// Sender's clock, Unix ms.
@@ -319,9 +298,9 @@ pub struct Member {
     pub username: String,
     /// Account identity key; `None` when this device does not know it yet (a member whose
     /// devices the directory has not answered for).
-    pub identity_key: Option<[u8; 32]>,
+    pub identity_key: Option<IdentityKey>,
     /// Device keys (in the conversation: the devices in the MLS group).
-    pub devices: Vec<[u8; 32]>,
+    pub devices: Vec<DeviceKey>,
 }
 
 impl Conversation {
@@ -359,7 +338,7 @@ pub(crate) fn find_conversation(
     for (i, c) in convs.into_iter().enumerate() {
         let name = c.display_name(me);
         let hit = number == Some(i + 1)
-            || (is_hex && to_hex(&c.id).starts_with(&lower))
+            || (is_hex && c.id.to_hex().starts_with(&lower))
             || name == what
             || name == format!("@{}", what.trim_start_matches('@'));
         if hit {
@@ -375,7 +354,7 @@ pub(crate) fn find_conversation(
             "{what:?} matches {n} conversations ({}); use its id",
             matches
                 .iter()
-                .map(|(c, name)| format!("{name} = {}", to_hex(&c.id)))
+                .map(|(c, name)| format!("{name} = {}", c.id.to_hex()))
                 .collect::<Vec<_>>()
                 .join(", ")
         ))),
@@ -397,9 +376,9 @@ pub struct Account {
     /// Username.
     pub username: String,
     /// Account identity key (the same on every device).
-    pub identity_key: [u8; 32],
+    pub identity_key: IdentityKey,
     /// This device's key (its MLS signature key).
-    pub device_key: [u8; 32],
+    pub device_key: DeviceKey,
 }
 
 /// Something that happened, delivered by [`crate::Client::sync`], [`crate::Client::next_event`]
@@ -467,7 +446,7 @@ mod tests {
 
     fn conv(id: u8, kind: ConversationKind, name: &str, members: &[&str]) -> Conversation {
         Conversation {
-            id: [id; 16],
+            id: ConversationId::from_bytes([id; 16]),
             kind,
             name: name.into(),
             post_quantum: false,
@@ -487,7 +466,7 @@ mod tests {
         ];
         assert_eq!(all[0].display_name("alice"), "friends");
         assert_eq!(all[1].display_name("alice"), "@bob");
-        let find = |w: &str| find_conversation(all.clone(), "alice", w).map(|c| c.id[0]);
+        let find = |w: &str| find_conversation(all.clone(), "alice", w).map(|c| c.id.as_bytes()[0]);
         assert_eq!(find("friends").unwrap(), 0xab);
         assert_eq!(find("@bob").unwrap(), 0xcd);
         assert_eq!(find("bob").unwrap(), 0xcd, "a DM by its peer's name");

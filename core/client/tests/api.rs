@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use qpq_core::{Body, Delivery, ErrorCode, Event, EventListener, MAX_BODY_BYTES};
+use qpq_core::{Body, Delivery, ErrorCode, Event, EventListener, MessageId, MAX_BODY_BYTES};
 
 /// Reads answer while another thread's invite is stuck on a server that does not answer:
 /// the engine lock is never held across a network round trip.
@@ -179,7 +179,7 @@ fn bodies_binary_empty_too_large_and_idempotent() {
         "refused sends store nothing"
     );
 
-    let mine: [u8; 16] = rand::random();
+    let mine = MessageId::from_bytes(rand::random());
     let first = a.send_with_id(&g, mine, Body::Text("once".into())).unwrap();
     let again = a.send_with_id(&g, mine, Body::Text("once".into())).unwrap();
     assert_eq!((first, again), (mine, mine));

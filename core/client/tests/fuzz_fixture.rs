@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use qpq_core::{Client, ClientConfig, StoreKey, Trust};
+use qpq_core::{Client, ClientConfig, ConversationId, StoreKey, Trust};
 
 /// The fixture store's raw key (a raw key: no salt file, no Argon2id in the fuzz loop).
 const KEY: [u8; 32] = [0x51; 32];
@@ -33,25 +33,13 @@ fn open_offline(dir: &Path) -> Client {
     .unwrap()
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> [u8; 16] {
-    let v: Vec<u8> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect();
-    v.try_into().unwrap()
-}
-
 /// The two conversation ids, in the order the fuzz input's first byte selects them.
-fn conversations() -> [[u8; 16]; 2] {
+fn conversations() -> [ConversationId; 2] {
     let text = std::fs::read_to_string(fuzz_dir().join("fixture/conversations.txt")).unwrap();
-    let ids: Vec<[u8; 16]> = text
+    let ids: Vec<ConversationId> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| unhex(l.trim()))
+        .map(|l| l.trim().parse().unwrap())
         .collect();
     ids.try_into().unwrap()
 }
@@ -99,8 +87,8 @@ fn regenerate_mls_fuzz_fixture() {
         fixture.join("conversations.txt"),
         format!(
             "# conversation ids of the fixture store: classic, post-quantum\n{}\n{}\n",
-            hex(&classic),
-            hex(&pq)
+            classic.to_hex(),
+            pq.to_hex()
         ),
     )
     .unwrap();

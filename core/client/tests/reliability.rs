@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use qpq_core::{Client, ClientConfig, ErrorCode, Event, Failpoint, StoreKey, Trust};
+use qpq_core::{
+    Client, ClientConfig, ConversationId, ErrorCode, Event, Failpoint, StoreKey, Trust,
+};
 use sha2::Digest;
 
 fn long() -> bool {
@@ -16,7 +18,7 @@ fn long() -> bool {
 }
 
 /// Both members agree: same epoch, same members, and each can read the other.
-fn assert_same_group(a: &Client, b: &Client, conv: &[u8; 16], tag: &str) {
+fn assert_same_group(a: &Client, b: &Client, conv: &ConversationId, tag: &str) {
     let (ca, cb) = (a.conversation(conv).unwrap(), b.conversation(conv).unwrap());
     assert_eq!(ca.epoch, cb.epoch, "{tag}: epochs differ");
     let (mut ma, mut mb) = (ca.members.clone(), cb.members.clone());
@@ -404,7 +406,7 @@ fn l4_tampered_pages_are_detected_not_used() {
 }
 
 /// Delivers one input to `who` and returns its outcome.
-fn inject_one(who: &Client, conv: &[u8; 16], bytes: &[u8]) -> qpq_core::DebugInjected {
+fn inject_one(who: &Client, conv: &ConversationId, bytes: &[u8]) -> qpq_core::DebugInjected {
     who.debug_inject(vec![(*conv, bytes.to_vec())])
         .unwrap()
         .pop()
@@ -412,7 +414,7 @@ fn inject_one(who: &Client, conv: &[u8; 16], bytes: &[u8]) -> qpq_core::DebugInj
 }
 
 /// Asserts that `who` rejects the input with `Crypto` and stores nothing of it.
-fn assert_rejected(who: &Client, conv: &[u8; 16], bytes: &[u8], what: &str) {
+fn assert_rejected(who: &Client, conv: &ConversationId, bytes: &[u8], what: &str) {
     let o = inject_one(who, conv, bytes);
     match o.result {
         Ok(ev) => panic!("{what}: accepted (events {ev:?})"),

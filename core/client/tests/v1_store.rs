@@ -22,10 +22,6 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-store")
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn open_offline(dir: &Path) -> Client {
     let mut c = ClientConfig::new(
         dir,
@@ -76,7 +72,7 @@ fn regenerate_v1_store_fixture() {
             let queued = text == "queued while offline";
             expected.push_str(&format!(
                 "{}\t{}\t{}\t{}\t{}\n",
-                hex(&c.id),
+                c.id.to_hex(),
                 m.sender,
                 m.outgoing,
                 queued,
@@ -96,7 +92,7 @@ fn regenerate_v1_store_fixture() {
     std::fs::write(dir.join("expected.tsv"), expected).unwrap();
     std::fs::write(
         dir.join("conversations.txt"),
-        format!("# group, dm\n{}\n{}\n", hex(&g), hex(&dm)),
+        format!("# group, dm\n{}\n{}\n", g.to_hex(), dm.to_hex()),
     )
     .unwrap();
     println!("v1 fixture written to {}", dir.display());
@@ -128,7 +124,7 @@ fn v1_store_is_migrated_and_reads_back() {
         let mut got = Vec::new();
         for conv in &convs {
             for m in c.messages(&conv.id, 100, None).unwrap() {
-                got.push((hex(&conv.id), m));
+                got.push((conv.id.to_hex(), m));
             }
         }
         assert_eq!(got.len(), rows.len(), "round {round}");

@@ -6,7 +6,7 @@ use std::ffi::c_char;
 use std::ptr::null_mut;
 use std::time::Duration;
 
-use qpq_core::{Client, Error};
+use qpq_core::{Client, ConversationId, Error, MessageId};
 
 use super::config::qpq_config;
 use super::data::*;
@@ -21,8 +21,8 @@ fn cl<'a>(client: *const qpq_client) -> Result<&'a Client, Error> {
     Ok(&arg(client, "client")?.0)
 }
 
-fn conv(id: *const qpq_conversation_id) -> Result<[u8; 16], Error> {
-    Ok(arg(id, "conversation")?.bytes)
+fn conv(id: *const qpq_conversation_id) -> Result<ConversationId, Error> {
+    Ok(arg(id, "conversation")?.core())
 }
 
 /// Opens (or creates) the encrypted store of `config` and starts background receive. Needs
@@ -126,7 +126,7 @@ pub extern "C" fn qpq_client_resolve_user(
     })
 }
 
-fn id_call(out_id: *mut qpq_conversation_id, f: impl FnOnce() -> Result<[u8; 16], Error>) -> *mut qpq_error {
+fn id_call(out_id: *mut qpq_conversation_id, f: impl FnOnce() -> Result<ConversationId, Error>) -> *mut qpq_error {
     entry(|| {
         let slot = out(out_id, "out_id", Default::default())?;
         *slot = f()?.into();
@@ -192,7 +192,7 @@ pub extern "C" fn qpq_client_rotate_keys(
     entry(|| cl(client)?.rotate_keys(&conv(conversation)?))
 }
 
-fn send_call(out_id: *mut qpq_message_id, f: impl FnOnce() -> Result<[u8; 16], Error>) -> *mut qpq_error {
+fn send_call(out_id: *mut qpq_message_id, f: impl FnOnce() -> Result<MessageId, Error>) -> *mut qpq_error {
     entry(|| {
         let slot = out(out_id, "out_id", Default::default())?;
         *slot = f()?.into();
@@ -218,7 +218,7 @@ pub extern "C" fn qpq_client_send_with_id(
     body: *const qpq_body, out_id: *mut qpq_message_id,
 ) -> *mut qpq_error {
     send_call(out_id, || {
-        let id = arg(id, "id")?.bytes;
+        let id = arg(id, "id")?.core();
         cl(client)?.send_with_id(&conv(conversation)?, id, arg(body, "body")?.core())
     })
 }

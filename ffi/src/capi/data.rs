@@ -5,7 +5,9 @@
 use std::ffi::c_char;
 use std::ptr::null;
 
-use qpq_core::{Account, Body, Conversation, ConversationKind, Delivery, Event, Member, Message};
+use qpq_core::{
+    Account, Body, Conversation, ConversationId, ConversationKind, Delivery, Event, Member, Message, MessageId,
+};
 
 use super::{arg, bytes_arg, entry, free, out, owned, read, str_arg};
 use crate::error::{qpq_code, qpq_error};
@@ -272,14 +274,24 @@ fn at<T>(v: &[T], i: usize) -> *const T {
     v.get(i).map_or(null(), |x| x as *const T)
 }
 
-impl From<[u8; 16]> for qpq_conversation_id {
-    fn from(bytes: [u8; 16]) -> Self {
-        qpq_conversation_id { bytes }
+impl From<ConversationId> for qpq_conversation_id {
+    fn from(id: ConversationId) -> Self {
+        qpq_conversation_id { bytes: id.to_bytes() }
     }
 }
-impl From<[u8; 16]> for qpq_message_id {
-    fn from(bytes: [u8; 16]) -> Self {
-        qpq_message_id { bytes }
+impl From<MessageId> for qpq_message_id {
+    fn from(id: MessageId) -> Self {
+        qpq_message_id { bytes: id.to_bytes() }
+    }
+}
+impl qpq_conversation_id {
+    pub(crate) fn core(&self) -> ConversationId {
+        ConversationId::from_bytes(self.bytes)
+    }
+}
+impl qpq_message_id {
+    pub(crate) fn core(&self) -> MessageId {
+        MessageId::from_bytes(self.bytes)
     }
 }
 
@@ -572,7 +584,7 @@ pub extern "C" fn qpq_body_new_app(
 pub extern "C" fn qpq_body_new_reply(
     to: *const qpq_message_id, text: *const c_char, out_body: *mut *mut qpq_body,
 ) -> *mut qpq_error {
-    new_body(out_body, || Ok(Body::Reply { to: arg(to, "to")?.bytes, text: str_arg(text, "text")?.into() }))
+    new_body(out_body, || Ok(Body::Reply { to: arg(to, "to")?.core(), text: str_arg(text, "text")?.into() }))
 }
 
 /// A reaction to message `to`, or its withdrawal when `remove` (reserved, like replies).
@@ -581,7 +593,7 @@ pub extern "C" fn qpq_body_new_reaction(
     to: *const qpq_message_id, emoji: *const c_char, remove: bool, out_body: *mut *mut qpq_body,
 ) -> *mut qpq_error {
     new_body(out_body, || {
-        Ok(Body::Reaction { to: arg(to, "to")?.bytes, emoji: str_arg(emoji, "emoji")?.into(), remove })
+        Ok(Body::Reaction { to: arg(to, "to")?.core(), emoji: str_arg(emoji, "emoji")?.into(), remove })
     })
 }
 
@@ -590,13 +602,13 @@ pub extern "C" fn qpq_body_new_reaction(
 pub extern "C" fn qpq_body_new_edit(
     of: *const qpq_message_id, text: *const c_char, out_body: *mut *mut qpq_body,
 ) -> *mut qpq_error {
-    new_body(out_body, || Ok(Body::Edit { of: arg(of, "of")?.bytes, text: str_arg(text, "text")?.into() }))
+    new_body(out_body, || Ok(Body::Edit { of: arg(of, "of")?.core(), text: str_arg(text, "text")?.into() }))
 }
 
 /// The sender deletes its earlier message `of` (reserved, like replies).
 #[no_mangle]
 pub extern "C" fn qpq_body_new_delete(of: *const qpq_message_id, out_body: *mut *mut qpq_body) -> *mut qpq_error {
-    new_body(out_body, || Ok(Body::Delete { of: arg(of, "of")?.bytes }))
+    new_body(out_body, || Ok(Body::Delete { of: arg(of, "of")?.core() }))
 }
 
 /// A file stored elsewhere, encrypted under `key` (reserved, like replies). Buffers are copied.

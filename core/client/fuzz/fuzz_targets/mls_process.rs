@@ -14,24 +14,16 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use qpq_core::{Client, ClientConfig, StoreKey, Trust};
+use qpq_core::{Client, ClientConfig, ConversationId, StoreKey, Trust};
 
 /// The fixture store's raw key (see `core/client/tests/fuzz_fixture.rs`).
 const KEY: [u8; 32] = [0x51; 32];
 
 struct Fixture {
     client: Client,
-    conversations: [[u8; 16]; 2],
+    conversations: [ConversationId; 2],
     baseline: [u8; 32],
     _dir: PathBuf,
-}
-
-fn unhex16(s: &str) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("fixture ids are hex");
-    }
-    out
 }
 
 fn fixture() -> &'static Fixture {
@@ -46,13 +38,13 @@ fn fixture() -> &'static Fixture {
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::copy(src.join("qpq-client.db"), dir.join("qpq-client.db"))
             .expect("copy the fixture store");
-        let ids: Vec<[u8; 16]> = std::fs::read_to_string(src.join("conversations.txt"))
+        let ids: Vec<ConversationId> = std::fs::read_to_string(src.join("conversations.txt"))
             .expect("fixture conversations")
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .map(|l| unhex16(l.trim()))
+            .map(|l| l.trim().parse().expect("fixture ids are hex"))
             .collect();
-        let conversations: [[u8; 16]; 2] = ids.try_into().expect("two conversations");
+        let conversations: [ConversationId; 2] = ids.try_into().expect("two conversations");
         // Offline: nothing listens on port 9, and the fixture is logged out, so the client
         // never syncs.
         let client = Client::open(ClientConfig::new(

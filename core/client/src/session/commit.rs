@@ -113,7 +113,7 @@ impl Session {
 
 /// The meta key of a conversation's pending commit.
 fn pending_key(conv: &ConversationId) -> String {
-    format!("{META_PENDING_COMMIT}{}", hexs(conv))
+    format!("{META_PENDING_COMMIT}{}", hex::encode(conv))
 }
 
 impl Engine {
@@ -187,7 +187,7 @@ impl Engine {
         let signer = mls::signer(&self.keys.device);
         let epoch = group.epoch().as_u64();
         let mut req = v1::EnqueueRequest {
-            channel_id: Bytes::copy_from_slice(conv),
+            channel_id: Bytes::copy_from_slice(&conv[..]),
             message_id: Bytes::copy_from_slice(&rand::random::<[u8; 16]>()),
             kind: v1::MessageKind::Commit as i32,
             commit_epoch: Some(epoch),
@@ -217,7 +217,7 @@ impl Engine {
                     .map_err(mls_err)?;
                 let wrapped = welcome::wrap(*kind, name, &mls::encode(&welcome)?);
                 let recipients: Vec<&HybridPublicKey> = todo.iter().map(|(_, _, h)| h).collect();
-                let sealed = envelope::seal(&mut OsRng, &recipients, conv, &wrapped)?;
+                let sealed = envelope::seal(&mut OsRng, &recipients, &conv[..], &wrapped)?;
                 req.payload = Bytes::from(mls::encode(&commit)?);
                 req.welcome = Bytes::from(sealed);
                 req.welcome_devices = todo

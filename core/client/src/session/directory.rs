@@ -12,9 +12,32 @@ use crate::mls;
 use crate::roles;
 use crate::types::{ConversationId, Member};
 
+/// A user as the directory answered: username, identity key and device keys, as raw bytes
+/// for the engine; [`Member`] is its public form.
+pub(super) struct Resolved {
+    pub(super) username: String,
+    pub(super) identity: [u8; 32],
+    pub(super) devices: Vec<[u8; 32]>,
+}
+
+impl From<Resolved> for Member {
+    fn from(r: Resolved) -> Member {
+        Member {
+            username: r.username,
+            identity_key: Some(r.identity.into()),
+            devices: r.devices.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
 impl Session {
     /// Looks a user up on the server and remembers its devices.
     pub(crate) async fn resolve_user(&self, username: &str) -> Result<Member, Error> {
+        self.resolve(username).await.map(Member::from)
+    }
+
+    /// Looks a user up on the server and remembers its devices, for the engine.
+    pub(super) async fn resolve(&self, username: &str) -> Result<Resolved, Error> {
         let r: v1::ResolveUserResponse = self
             .call(
                 method::RESOLVE_USER,
@@ -42,20 +65,11 @@ impl Session {
             }
             Ok(())
         })?;
-        Ok(Member {
+        Ok(Resolved {
             username: username.to_string(),
-            identity_key: Some(identity),
+            identity,
             devices,
         })
-    }
-
-    /// [`Session::resolve_user`] with the identity key taken out (always known there).
-    pub(super) async fn resolve(&self, username: &str) -> Result<([u8; 32], Member), Error> {
-        let m = self.resolve_user(username).await?;
-        let id = m
-            .identity_key
-            .ok_or_else(|| Error::internal("a resolved user without an identity key"))?;
-        Ok((id, m))
     }
 
     /// Learns usernames of every device of a channel's members.
@@ -64,7 +78,7 @@ impl Session {
             .call(
                 method::LIST_GROUP_MEMBERS,
                 &v1::ListGroupMembersRequest {
-                    channel_id: Bytes::copy_from_slice(conv),
+                    channel_id: Bytes::copy_from_slice(&conv[..]),
                 },
             )
             .await?;
@@ -81,8 +95,8 @@ impl Session {
 
     /// The safety number between this account and `username`.
     pub(crate) async fn safety_number(&self, username: &str) -> Result<String, Error> {
-        let (id, m) = self.resolve(username).await?;
-        self.engine()?.safety_number(&id, &m.username)
+        let m = self.resolve(username).await?;
+        self.engine()?.safety_number(&m.identity, &m.username)
     }
 }
 
@@ -90,7 +104,7 @@ impl Engine {
     pub(super) fn username_of(&self, device: &[u8; 32]) -> Result<String, Error> {
         Ok(match self.store.device(device)? {
             Some((_, name)) => name,
-            None => format!("device-{}", hexs(&device[..4])),
+            None => format!("device-{}", hex::encode(&device[..4])),
         })
     }
 

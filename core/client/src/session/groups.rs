@@ -35,7 +35,7 @@ impl Session {
                 },
             )
             .await?;
-        let id = id16(&r.channel_id, "channel id")?;
+        let id: ConversationId = id16(&r.channel_id, "channel id")?;
         self.engine()?
             .new_group(&id, ConversationKind::Group, name, pq)?;
         self.add_own_devices(&id, events).await?;
@@ -51,7 +51,7 @@ impl Session {
             let e = self.engine()?;
             (e.my_username()?, e.my_device())
         };
-        let own = self.resolve_user(&me).await?;
+        let own = self.resolve(&me).await?;
         let others: Vec<[u8; 32]> = own
             .devices
             .iter()
@@ -70,7 +70,8 @@ impl Session {
         events: &mut Vec<Event>,
     ) -> Result<ConversationId, Error> {
         let _ops = self.ops().await;
-        let (peer_id, peer) = self.resolve(username).await?;
+        let peer = self.resolve(username).await?;
+        let peer_id = peer.identity;
         if peer_id == self.engine()?.my_identity()? {
             return Err(Error::invalid("a DM needs another account"));
         }
@@ -84,7 +85,7 @@ impl Session {
                 },
             )
             .await?;
-        let id = id16(&r.channel_id, "channel id")?;
+        let id: ConversationId = id16(&r.channel_id, "channel id")?;
         if !r.created {
             // The peer may have set it up already: its Welcome is in our queue.
             self.sync_locked(events).await?;
@@ -131,7 +132,8 @@ impl Session {
         let mut identities = Vec::new();
         let mut devices = Vec::new();
         for u in usernames {
-            let (id, m) = self.resolve(u).await?;
+            let m = self.resolve(u).await?;
+            let id = m.identity;
             if m.devices.iter().any(|d| present.contains(d)) {
                 return Err(Error::new(
                     ErrorCode::AlreadyMember,
@@ -248,7 +250,8 @@ impl Session {
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
         let _ops = self.ops().await;
-        let (m_id, m) = self.resolve(username).await?;
+        let m = self.resolve(username).await?;
+        let m_id = m.identity;
         let devices: BTreeSet<[u8; 32]> = {
             let e = self.engine()?;
             let group = mls::load(&e.provider(), conv)?
@@ -301,7 +304,8 @@ impl Session {
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
         let _ops = self.ops().await;
-        let (m_id, m) = self.resolve(username).await?;
+        let m = self.resolve(username).await?;
+        let m_id = m.identity;
         let admins = {
             let e = self.engine()?;
             let group = mls::load(&e.provider(), conv)?
@@ -376,7 +380,7 @@ impl Session {
                 .call(
                     method::ENQUEUE,
                     &v1::EnqueueRequest {
-                        channel_id: Bytes::copy_from_slice(conv),
+                        channel_id: Bytes::copy_from_slice(&conv[..]),
                         message_id: Bytes::copy_from_slice(&rand::random::<[u8; 16]>()),
                         payload: Bytes::from(p),
                         kind: v1::MessageKind::Proposal as i32,
@@ -389,7 +393,7 @@ impl Session {
             .call(
                 method::REMOVE_MEMBER,
                 &v1::RemoveMemberRequest {
-                    channel_id: Bytes::copy_from_slice(conv),
+                    channel_id: Bytes::copy_from_slice(&conv[..]),
                     member: Bytes::copy_from_slice(&me),
                 },
             )
@@ -420,7 +424,7 @@ impl Engine {
                 &provider,
                 &mls::signer(&self.keys.device),
                 &config,
-                GroupId::from_slice(id),
+                GroupId::from_slice(&id[..]),
                 mls::credential(&self.keys.device),
             )
             .map_err(mls_err)?;

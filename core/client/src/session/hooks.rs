@@ -23,7 +23,7 @@ impl Engine {
     ) -> Result<Vec<u8>, Error> {
         let id: [u8; 16] = rand::random();
         let plaintext = v1::AppMessage {
-            id: Bytes::copy_from_slice(&id),
+            id: Bytes::copy_from_slice(&id[..]),
             sent_at: now_ms(),
             sender_device: Bytes::copy_from_slice(&self.my_device()),
             kind: Some(Body::Text(text.to_string()).to_kind()),
@@ -94,7 +94,7 @@ pub struct DebugInjected {
 /// A queued message as the server would deliver MLS bytes for `conv`.
 fn debug_queued(conv: &ConversationId, bytes: &[u8]) -> v1::QueuedMessage {
     v1::QueuedMessage {
-        channel_id: Bytes::copy_from_slice(conv),
+        channel_id: Bytes::copy_from_slice(&conv[..]),
         payload: Bytes::copy_from_slice(bytes),
         kind: v1::MessageKind::Application as i32,
         ..Default::default()

@@ -73,12 +73,9 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn hexs(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn id16(b: &[u8], what: &str) -> Result<[u8; 16], Error> {
-    b.try_into()
+fn id16<T: From<[u8; 16]>>(b: &[u8], what: &str) -> Result<T, Error> {
+    <[u8; 16]>::try_from(b)
+        .map(T::from)
         .map_err(|_| Error::internal(format!("server sent a {what} that is not 16 bytes")))
 }
 
@@ -239,8 +236,8 @@ impl Engine {
     pub(crate) fn account(&self) -> Option<Account> {
         Some(Account {
             username: self.keys.username.clone()?,
-            identity_key: self.keys.identity.as_ref()?.public_key(),
-            device_key: self.keys.device.public_key(),
+            identity_key: self.keys.identity.as_ref()?.public_key().into(),
+            device_key: self.keys.device.public_key().into(),
         })
     }
 

@@ -110,10 +110,10 @@ impl Engine {
                 return Ok(id);
             }
         }
-        let id: MessageId = id.unwrap_or_else(rand::random);
+        let id: MessageId = id.unwrap_or_else(|| MessageId::from_bytes(rand::random()));
         let sent_at = now_ms();
         let plaintext = v1::AppMessage {
-            id: Bytes::copy_from_slice(&id),
+            id: Bytes::copy_from_slice(&id[..]),
             sent_at,
             sender_device: Bytes::copy_from_slice(&self.my_device()),
             kind: Some(body.to_kind()),
@@ -126,7 +126,7 @@ impl Engine {
                     id,
                     conversation: *conv,
                     sender: me,
-                    sender_device: self.my_device(),
+                    sender_device: self.my_device().into(),
                     body: body.clone(),
                     sent_at_ms: sent_at,
                     received_at_ms: 0,
@@ -174,8 +174,8 @@ impl Engine {
             })?;
         }
         Ok(Step::Send(v1::EnqueueRequest {
-            channel_id: Bytes::copy_from_slice(&row.conversation),
-            message_id: Bytes::copy_from_slice(&row.id),
+            channel_id: Bytes::copy_from_slice(&row.conversation[..]),
+            message_id: Bytes::copy_from_slice(&row.id[..]),
             payload: Bytes::from(row.ciphertext),
             kind: v1::MessageKind::Application as i32,
             ..Default::default()

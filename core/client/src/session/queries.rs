@@ -103,17 +103,17 @@ impl Session {
         for (_, d) in mls::member_devices(&group) {
             let (identity, name) = match e.store.device(&d)? {
                 Some((id, name)) => (Some(id), name),
-                None => (None, format!("device-{}", hexs(&d[..4]))),
+                None => (None, format!("device-{}", hex::encode(&d[..4]))),
             };
             by_id
                 .entry(name.clone())
                 .or_insert_with(|| Member {
                     username: name,
-                    identity_key: identity,
+                    identity_key: identity.map(Into::into),
                     devices: vec![],
                 })
                 .devices
-                .push(d);
+                .push(d.into());
         }
         Ok(by_id.into_values().collect())
     }

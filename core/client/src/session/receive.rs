@@ -126,7 +126,7 @@ impl Session {
                     || m.kind == v1::MessageKind::Welcome as i32
                     || m.kind == v1::MessageKind::Commit as i32
                 {
-                    if let Ok(c) = <[u8; 16]>::try_from(&m.channel_id[..]) {
+                    if let Ok(c) = ConversationId::from_slice(&m.channel_id) {
                         refresh.insert(c);
                     }
                 }
@@ -256,7 +256,7 @@ impl Engine {
                         .map_err(|_| Error::crypto("app message id is not 16 bytes"))?,
                     conversation: conv,
                     sender: self.username_of(&device)?,
-                    sender_device: device,
+                    sender_device: device.into(),
                     body,
                     sent_at_ms: app.sent_at,
                     received_at_ms: 0,
@@ -318,7 +318,7 @@ impl Engine {
         payload: &[u8],
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
-        let wrapped = envelope::open(&self.keys.hybrid, conv, payload)?;
+        let wrapped = envelope::open(&self.keys.hybrid, &conv[..], payload)?;
         let (kind, name, welcome_bytes) = welcome::unwrap(&wrapped)?;
         let msg = MlsMessageIn::tls_deserialize_exact(welcome_bytes)
             .map_err(|e| MlsError::Decrypt(e.to_string()))?;
@@ -334,7 +334,7 @@ impl Engine {
         let group = staged
             .into_group(&provider)
             .map_err(|e| MlsError::Decrypt(format!("welcome: {e}")))?;
-        if group.group_id().as_slice() != conv {
+        if group.group_id().as_slice() != &conv[..] {
             return Err(Error::crypto("the Welcome is for another group"));
         }
         let pq = group.ciphersuite() == mls::PQ;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use qpq_core::{Client, ClientConfig, Event, StoreKey, Trust};
+use qpq_core::{Client, ClientConfig, ConversationId, Event, StoreKey, Trust};
 use qpq_server::config::Config;
 use qpq_server::Server;
 
@@ -140,7 +140,7 @@ pub fn wait_text(c: &Client, text: &str) -> qpq_core::Message {
 }
 
 /// Waits until the client has joined `conv`.
-pub fn wait_joined(c: &Client, conv: &[u8; 16]) {
+pub fn wait_joined(c: &Client, conv: &ConversationId) {
     if c.conversation(conv).map(|x| x.active).unwrap_or(false) {
         return;
     }
@@ -152,7 +152,7 @@ pub fn wait_joined(c: &Client, conv: &[u8; 16]) {
 }
 
 /// Waits until `conv` is at `epoch` at least (by polling state, events go unobserved).
-pub fn wait_epoch(c: &Client, conv: &[u8; 16], epoch: u64) {
+pub fn wait_epoch(c: &Client, conv: &ConversationId, epoch: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(x) = c.conversation(conv) {
@@ -165,7 +165,7 @@ pub fn wait_epoch(c: &Client, conv: &[u8; 16], epoch: u64) {
     }
 }
 
-pub fn texts(c: &Client, conv: &[u8; 16]) -> Vec<String> {
+pub fn texts(c: &Client, conv: &ConversationId) -> Vec<String> {
     c.messages(conv, 1000, None)
         .unwrap()
         .into_iter()
