@@ -116,7 +116,7 @@ func writeRow(b *testing.B, g, r b1Result) {
 			"ratios are SDK ÷ Rust (throughput: higher is better; p50: lower is better). Debug builds of the engine on both sides, as the SDK suites build it.\n\n" +
 			"| SDK | messages | SDK msgs/s | Rust msgs/s | throughput ratio | SDK p50 | Rust p50 | p50 ratio | measured |\n|---|---|---|---|---|---|---|---|---|\n"
 	}
-	row := fmt.Sprintf("| Go (cgo, libqpq.a) | %d | %.0f | %.0f | %.2f× | %.0f µs | %.0f µs | %.2f× | %s, %s/%s, %d CPUs |",
+	row := fmt.Sprintf("| Go (cgo, libqpq.a) | %d | %.2f | %.2f | %.2f× | %.0f µs | %.0f µs | %.2f× | %s, %s/%s, %d CPUs |",
 		g.Messages, g.MsgsPerS, r.MsgsPerS, g.MsgsPerS/r.MsgsPerS, g.P50Micros, r.P50Micros, g.P50Micros/r.P50Micros,
 		time.Now().UTC().Format("2006-01-02"), runtime.GOOS, runtime.GOARCH, runtime.NumCPU())
 	lines := strings.Split(strings.TrimRight(doc, "\n"), "\n")
