@@ -49,8 +49,9 @@ echo "== C example"; run chat
 restart_server; echo "== C error paths"; run errors
 if [ "${QPQ_NO_VALGRIND:-0}" != 1 ]; then
   command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
-  vg=(valgrind -q --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite
+  vg=(valgrind --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite
       --error-exitcode=1 --suppressions="$here/valgrind.supp")
+  [ "${QPQ_VALGRIND_SUMMARY:-0}" = 1 ] || vg+=(-q) # QPQ_VALGRIND_SUMMARY=1 prints the summaries
   restart_server; echo "== C example under valgrind"; run chat "${vg[@]}"
   restart_server; echo "== C error paths under valgrind"; run errors "${vg[@]}"
 fi
