@@ -170,6 +170,10 @@ static void null_arguments(qpq_client *c, qpq_conversation_id *g) {
     NUL(qpq_client_wait_event_after(NULL, 0, 0, &ev)); NUL(qpq_client_wait_event_after(c, 0, 0, NULL));
     NUL(qpq_client_event_cursor(NULL, &u)); NUL(qpq_client_event_cursor(c, NULL));
     NUL(qpq_client_interrupt(NULL)); NUL(qpq_client_ping(NULL, &u)); NUL(qpq_client_ping(c, NULL));
+    NUL(qpq_conversation_id_to_hex(NULL, &s)); NUL(qpq_conversation_id_to_hex(g, NULL));
+    NUL(qpq_conversation_id_from_hex(NULL, &id)); NUL(qpq_conversation_id_from_hex("00", NULL));
+    NUL(qpq_message_id_to_hex(NULL, &s)); NUL(qpq_message_id_to_hex(&mid, NULL));
+    NUL(qpq_message_id_from_hex(NULL, &mid)); NUL(qpq_message_id_from_hex("00", NULL));
     NUL(qpq_body_new_text(NULL, &b)); NUL(qpq_body_new_text("t", NULL));
     NUL(qpq_body_new_app(NULL, key, 1, &b)); NUL(qpq_body_new_app("a/b", NULL, 1, &b)); NUL(qpq_body_new_app("a/b", key, 1, NULL));
     NUL(qpq_body_new_reply(NULL, "t", &b)); NUL(qpq_body_new_reply(&mid, NULL, &b)); NUL(qpq_body_new_reply(&mid, "t", NULL));
@@ -268,6 +272,22 @@ int main(int argc, char **argv) {
     EXPECT(QPQ_ERROR_NOT_FOUND, qpq_client_send_text(dora, &unknown, "to nowhere", &id));
     EXPECT(QPQ_ERROR_ALREADY_MEMBER, qpq_client_invite(dora, &group, erin_name, 1));
     OK(qpq_client_send_text(dora, &group, "still working", &id)); /* the client keeps working */
+
+    /* Ids in their stable text form: round trip, malformed text refused. */
+    char *hex = NULL;
+    qpq_conversation_id parsed;
+    OK(qpq_conversation_id_to_hex(&group, &hex));
+    TRUE(hex != NULL && strlen(hex) == 32);
+    OK(qpq_conversation_id_from_hex(hex, &parsed));
+    TRUE(memcmp(parsed.bytes, group.bytes, 16) == 0);
+    qpq_string_free(hex);
+    EXPECT(QPQ_ERROR_INVALID_INPUT, qpq_conversation_id_from_hex("not hex", &parsed));
+    OK(qpq_message_id_to_hex(&id, &hex));
+    qpq_message_id parsed_id;
+    OK(qpq_message_id_from_hex(hex, &parsed_id));
+    TRUE(memcmp(parsed_id.bytes, id.bytes, 16) == 0);
+    qpq_string_free(hex);
+    EXPECT(QPQ_ERROR_INVALID_INPUT, qpq_message_id_from_hex("abcd", &parsed_id));
 
     null_arguments(dora, &group);
 

@@ -490,6 +490,19 @@ struct qpq_error *qpq_config_set_lock_timeout_ms(struct qpq_config *config, uint
 // Frees a config (the passphrase or key in it is zeroized); NULL is ignored.
 void qpq_config_free(struct qpq_config *config);
 
+// The id's stable text form (32 lower-case hex digits), as every SDK writes it. Owned
+// string: `qpq_string_free`.
+struct qpq_error *qpq_conversation_id_to_hex(const struct qpq_conversation_id *id, char **out_hex);
+
+// Parses 32 hex digits (either case) into `*out_id`; `QPQ_ERROR_INVALID_INPUT` otherwise.
+struct qpq_error *qpq_conversation_id_from_hex(const char *hex, struct qpq_conversation_id *out_id);
+
+// The id's stable text form (32 lower-case hex digits). Owned string: `qpq_string_free`.
+struct qpq_error *qpq_message_id_to_hex(const struct qpq_message_id *id, char **out_hex);
+
+// Parses 32 hex digits (either case) into `*out_id`; `QPQ_ERROR_INVALID_INPUT` otherwise.
+struct qpq_error *qpq_message_id_from_hex(const char *hex, struct qpq_message_id *out_id);
+
 // Number of items in `list`; 0 for NULL.
 size_t qpq_conversation_list_len(const struct qpq_conversation_list *list);
 

@@ -295,6 +295,62 @@ impl qpq_message_id {
     }
 }
 
+fn hex_out<T: std::fmt::Display>(id: *const T, out_hex: *mut *mut c_char) -> *mut qpq_error {
+    entry(|| {
+        let slot = out(out_hex, "out_hex", std::ptr::null_mut())?;
+        *slot = super::c_string(arg(id, "id")?.to_string());
+        Ok(())
+    })
+}
+
+fn hex_in<T: std::str::FromStr<Err = qpq_core::Error>, C: From<T> + Default>(
+    hex: *const c_char, out_id: *mut C,
+) -> *mut qpq_error {
+    entry(|| {
+        let slot = out(out_id, "out_id", C::default())?;
+        *slot = str_arg(hex, "hex")?.parse::<T>()?.into();
+        Ok(())
+    })
+}
+
+impl std::fmt::Display for qpq_conversation_id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core().fmt(f)
+    }
+}
+impl std::fmt::Display for qpq_message_id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core().fmt(f)
+    }
+}
+
+/// The id's stable text form (32 lower-case hex digits), as every SDK writes it. Owned
+/// string: `qpq_string_free`.
+#[no_mangle]
+pub extern "C" fn qpq_conversation_id_to_hex(
+    id: *const qpq_conversation_id, out_hex: *mut *mut c_char,
+) -> *mut qpq_error {
+    hex_out(id, out_hex)
+}
+
+/// Parses 32 hex digits (either case) into `*out_id`; `QPQ_ERROR_INVALID_INPUT` otherwise.
+#[no_mangle]
+pub extern "C" fn qpq_conversation_id_from_hex(hex: *const c_char, out_id: *mut qpq_conversation_id) -> *mut qpq_error {
+    hex_in::<ConversationId, _>(hex, out_id)
+}
+
+/// The id's stable text form (32 lower-case hex digits). Owned string: `qpq_string_free`.
+#[no_mangle]
+pub extern "C" fn qpq_message_id_to_hex(id: *const qpq_message_id, out_hex: *mut *mut c_char) -> *mut qpq_error {
+    hex_out(id, out_hex)
+}
+
+/// Parses 32 hex digits (either case) into `*out_id`; `QPQ_ERROR_INVALID_INPUT` otherwise.
+#[no_mangle]
+pub extern "C" fn qpq_message_id_from_hex(hex: *const c_char, out_id: *mut qpq_message_id) -> *mut qpq_error {
+    hex_in::<MessageId, _>(hex, out_id)
+}
+
 /// Number of items in `list`; 0 for NULL.
 #[no_mangle]
 pub extern "C" fn qpq_conversation_list_len(list: *const qpq_conversation_list) -> usize {

@@ -76,3 +76,17 @@ func TestEveryPinnedCodeHasASentinel(t *testing.T) {
 		}
 	}
 }
+
+// TestIDsRoundTripThroughHex: String and Parse agree; malformed text is ErrInvalidInput.
+func TestIDsRoundTripThroughHex(t *testing.T) {
+	id := qpq.ConversationID{0xab, 1, 2, 0xff}
+	back, err := qpq.ParseConversationID(strings.ToUpper(id.String()))
+	if err != nil || back != id || len(id.String()) != 32 {
+		t.Fatalf("%s -> %v %v", id, back, err)
+	}
+	for _, bad := range []string{"", "abcd", id.String() + "00", "zz" + id.String()[2:]} {
+		if _, err := qpq.ParseMessageID(bad); !errors.Is(err, qpq.ErrInvalidInput) {
+			t.Errorf("ParseMessageID(%q): %v", bad, err)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package qpq
 
 import (
 	"encoding/hex"
+	"strconv"
 	"time"
 )
 
@@ -10,6 +11,29 @@ type ConversationID [16]byte
 
 // String is the id in lower-case hex.
 func (id ConversationID) String() string { return hex.EncodeToString(id[:]) }
+
+// ParseConversationID parses the 32 hex digits (either case) String gives; an *Error with
+// CodeInvalidInput otherwise.
+func ParseConversationID(s string) (ConversationID, error) {
+	var id ConversationID
+	return id, parseHex(id[:], s)
+}
+
+// ParseMessageID parses the 32 hex digits (either case) String gives; an *Error with
+// CodeInvalidInput otherwise.
+func ParseMessageID(s string) (MessageID, error) {
+	var id MessageID
+	return id, parseHex(id[:], s)
+}
+
+func parseHex(dst []byte, s string) error {
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(dst) {
+		return &Error{Code: CodeInvalidInput, Message: "an id is " + strconv.Itoa(2*len(dst)) + " hex digits"}
+	}
+	copy(dst, b)
+	return nil
+}
 
 // MessageID identifies a message; the sender chooses it.
 type MessageID [16]byte
