@@ -19,11 +19,12 @@ make -s -C "$here" clean all
 
 # The server: ephemeral port, its own data dir; the address comes from its JSON log line.
 mkdir -p "$tmp/server"
+: >"$tmp/server.log" # exists before the server's shell opens it, for the reads below
 "$CARGO_TARGET_DIR/debug/qpq-server" --listen 127.0.0.1:0 --log-format json --log-level warn,qpq_server=info \
   --data-dir "$tmp/server" 2>"$tmp/server.log" &
 server_pid=$!
 for _ in $(seq 100); do
-  addr="$(sed -n 's/.*"listen":"\([0-9.:]*\)".*/\1/p' "$tmp/server.log" | head -1)"
+  addr="$(sed -n 's/.*"listen":"\([0-9.:]*\)".*/\1/p' "$tmp/server.log" | head -1 || true)"
   [ -n "$addr" ] && break
   sleep 0.1
 done
