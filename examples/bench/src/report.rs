@@ -185,6 +185,10 @@ fn fmt(v: f64, unit: &str) -> String {
     }
 }
 
+/// Where the SDK benchmarks' section of `BENCHMARKS.md` starts.
+const SDK_MARKER: &str =
+    "<!-- SDK benchmarks: written by each SDK's B1 benchmark, kept by qpq-bench -->";
+
 /// Writes `BENCHMARKS.md` and `bench/results.json` under `out`; returns the Markdown path.
 pub fn write(r: &Results, out: &Path, smoke: bool) -> Result<String, String> {
     std::fs::create_dir_all(out.join("bench")).map_err(|e| e.to_string())?;
@@ -243,6 +247,14 @@ pub fn write(r: &Results, out: &Path, smoke: bool) -> Result<String, String> {
     } else {
         "BENCHMARKS.md"
     });
+    // The SDK benchmarks (B1, e.g. `sdks/go/bench.sh`) write their rows after this marker;
+    // a rerun of this harness keeps them.
+    if let Ok(old) = std::fs::read_to_string(&path) {
+        if let Some(i) = old.find(SDK_MARKER) {
+            md.push('\n');
+            md.push_str(&old[i..]);
+        }
+    }
     std::fs::write(&path, md).map_err(|e| e.to_string())?;
     let rows: Vec<_> = r
         .rows
