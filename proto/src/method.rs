@@ -52,16 +52,18 @@ methods! {
     LIST_GROUP_MEMBERS = 412, "ListGroupMembers";
     /// Reserved.
     ROTATE_KEYS = 413, "RotateKeys";
+    /// The channel's latest GroupInfo, for rejoining by external commit.
+    FETCH_GROUP_INFO = 414, "FetchGroupInfo";
     /// Reserved.
     REPORT_MESSAGE = 420, "ReportMessage";
-    /// Reserved.
-    BAN_USER = 421, "BanUser";
-    /// Reserved.
-    UNBAN_USER = 422, "UnbanUser";
+    /// Block an account (ADR 0060).
+    BLOCK_USER = 421, "BlockUser";
+    /// End a block.
+    UNBLOCK_USER = 422, "UnblockUser";
     /// Reserved.
     LIST_REPORTS = 423, "ListReports";
-    /// Reserved.
-    LIST_BANNED = 424, "ListBanned";
+    /// The accounts the caller blocks.
+    LIST_BLOCKED = 424, "ListBlocked";
     /// Username to identity key and devices.
     RESOLVE_USER = 500, "ResolveUser";
     /// Identity key to username and devices.

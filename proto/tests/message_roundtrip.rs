@@ -70,6 +70,7 @@ fn enqueue() -> impl Strategy<Value = v1::EnqueueRequest> {
                 commit_epoch,
                 add_members,
                 remove_members,
+                group_info: welcome.clone(),
                 welcome,
                 promote_members: welcome_devices.clone(),
                 welcome_devices,
@@ -153,8 +154,8 @@ proptest! {
     }
 
     #[test]
-    fn fetch_response(messages in vec(queued(), 0..5)) {
-        check(&v1::FetchResponse { messages })?;
+    fn fetch_response(messages in vec(queued(), 0..5), more in any::<bool>()) {
+        check(&v1::FetchResponse { messages, more })?;
     }
 
     #[test]

@@ -34,11 +34,9 @@ use crate::storage::{
 const PUSH_INLINE_MAX: usize = 64 * 1024;
 /// Most messages one Fetch returns.
 const FETCH_MAX: usize = 1000;
-/// Payload bytes one Fetch returns at most (below the 4 MiB frame limit). Not lowered to
-/// the 1 MiB a connection may buffer: qpq-core takes a page under 1 MiB as the end of
-/// the queue. What a connection hands to QUIC is still at most 1 MiB (the listener's response
-/// budget); the rest of a larger page waits in the server, within the write deadline.
-const FETCH_MAX_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
+/// What a Fetch response frame adds besides its messages: the response header (9) and the
+/// `more` flag (2), rounded up.
+const FETCH_FRAME_OVERHEAD: usize = 64;
 /// Largest DownloadBlob chunk.
 const BLOB_CHUNK_MAX: u64 = 1024 * 1024;
 /// (requester device, target device) pairs whose KeyPackage fetch bucket is remembered at
@@ -782,8 +780,8 @@ impl Service {
             method::FETCH => {
                 Metrics::inc(&self.metrics.fetch_total);
                 let r = v1::FetchRequest::decode(p)?;
-                let msgs = self.fetch(&s, r.after_seq, r.limit, &r.channel_id).await?;
-                ok(v1::FetchResponse { messages: msgs })
+                let (messages, more) = self.fetch(&s, r.after_seq, r.limit, &r.channel_id).await?;
+                ok(v1::FetchResponse { messages, more })
             }
             method::FETCH_WAIT => {
                 Metrics::inc(&self.metrics.fetch_wait_total);
@@ -991,6 +989,50 @@ impl Service {
                     epoch: channel.epoch,
                     kind: channel.kind as i32,
                 })
+            }
+            method::BLOCK_USER | method::UNBLOCK_USER => {
+                let (key, on) = if req.method == method::BLOCK_USER {
+                    (v1::BlockUserRequest::decode(p)?.identity_key, true)
+                } else {
+                    (v1::UnblockUserRequest::decode(p)?.identity_key, false)
+                };
+                let key = key32(&key, "identity_key")?;
+                let now = now_ms();
+                self.db(move |st| st.set_block(s.account_id, &key, on, now))
+                    .await?;
+                if on {
+                    ok(v1::BlockUserResponse {})
+                } else {
+                    ok(v1::UnblockUserResponse {})
+                }
+            }
+            method::LIST_BLOCKED => {
+                let users = self.db(move |st| st.blocked(s.account_id)).await?;
+                ok(v1::ListBlockedResponse {
+                    users: users
+                        .into_iter()
+                        .map(|(k, username)| v1::BlockedUser {
+                            identity_key: Bytes::copy_from_slice(&k),
+                            username,
+                        })
+                        .collect(),
+                })
+            }
+            method::FETCH_GROUP_INFO => {
+                let r = v1::FetchGroupInfoRequest::decode(p)?;
+                let ch = id16(&r.channel_id, "channel_id")?;
+                let (epoch, group_info) = self
+                    .db(move |st| {
+                        if !st.is_member(&ch, s.account_id)? {
+                            return Err(StorageError::Forbidden(
+                                "not a member of the channel".into(),
+                            ));
+                        }
+                        st.group_info(&ch)?
+                            .ok_or(StorageError::NotFound("group info"))
+                    })
+                    .await?;
+                ok(v1::FetchGroupInfoResponse { group_info, epoch })
             }
             method::RESOLVE_USER => {
                 let r = v1::ResolveUserRequest::decode(p)?;
@@ -1573,14 +1615,33 @@ impl Service {
             && (!r.add_members.is_empty()
                 || !r.remove_members.is_empty()
                 || !r.promote_members.is_empty()
-                || !r.welcome.is_empty())
+                || !r.welcome.is_empty()
+                || !r.group_info.is_empty())
         {
             return Err(Fail::bad(
-                "membership changes and Welcomes travel only with commits",
+                "membership changes, Welcomes and GroupInfos travel only with commits",
             ));
         }
+        let mut external = false;
+        let mut group_info = None;
         if is_commit {
-            check_commit_framing(&r.payload, &channel_id, r.commit_epoch.unwrap_or(0))?;
+            let epoch = r.commit_epoch.unwrap_or(0);
+            external = check_commit_framing(&r.payload, &channel_id, epoch)?;
+            if !r.group_info.is_empty() {
+                check_group_info(&r.group_info, &channel_id, epoch.saturating_add(1))?;
+                group_info = Some(r.group_info.clone());
+            }
+            if external
+                && (group_info.is_none()
+                    || !r.add_members.is_empty()
+                    || !r.remove_members.is_empty()
+                    || !r.promote_members.is_empty()
+                    || !r.welcome.is_empty())
+            {
+                return Err(Fail::bad(
+                    "an external commit carries its GroupInfo and no membership change",
+                ));
+            }
         }
         self.check_room()?;
         // Item 19: a message fans out to many queues; it passes only while the sender's
@@ -1607,6 +1668,8 @@ impl Service {
             welcome: r.welcome,
             welcome_devices: keys32(&r.welcome_devices, "welcome_devices entry")?,
             promote_members: keys32(&r.promote_members, "promote_members entry")?,
+            group_info,
+            external,
             now_ms: now_ms(),
             max_queue_depth: self.config.max_queue_depth,
             max_queue_bytes: self.config.max_queue_bytes,
@@ -1769,7 +1832,7 @@ impl Service {
         after: u64,
         limit: u32,
         channel: &[u8],
-    ) -> Result<Vec<v1::QueuedMessage>, Fail> {
+    ) -> Result<(Vec<v1::QueuedMessage>, bool), Fail> {
         let ch = optional_channel(channel)?;
         let limit = if limit == 0 {
             100
@@ -1777,10 +1840,15 @@ impl Service {
             (limit as usize).min(FETCH_MAX)
         };
         let device = s.device_id;
-        let msgs = self
-            .db(move |st| st.fetch(device, after, limit, FETCH_MAX_BYTES, ch))
+        // Item 24: a page fits the connection's response budget, so a connection that
+        // stops reading pins at most that; `more` tells the client to fetch the rest.
+        let max_bytes = (self.config.max_buffered_bytes_per_connection as usize)
+            .saturating_sub(FETCH_FRAME_OVERHEAD)
+            .max(1);
+        let (msgs, more) = self
+            .db(move |st| st.fetch(device, after, limit, max_bytes, ch))
             .await?;
-        Ok(msgs.iter().map(to_wire).collect())
+        Ok((msgs.iter().map(to_wire).collect(), more))
     }
 
     async fn fetch_wait(&self, s: &Session, hash: Key32, r: v1::FetchWaitRequest) -> Reply {
@@ -1800,9 +1868,10 @@ impl Service {
             // ends sessions wakes the device's waiters after dropping them from the cache, so
             // this check (after enabling the wake-up) sees the end or is woken by it.
             self.resolve_session(&hash).await?;
-            let msgs = self.fetch(s, r.after_seq, r.limit, &r.channel_id).await?;
-            if !msgs.is_empty() || tokio::time::Instant::now() >= deadline || self.is_draining() {
-                return ok(v1::FetchResponse { messages: msgs });
+            let (messages, more) = self.fetch(s, r.after_seq, r.limit, &r.channel_id).await?;
+            if !messages.is_empty() || tokio::time::Instant::now() >= deadline || self.is_draining()
+            {
+                return ok(v1::FetchResponse { messages, more });
             }
             let _parked = Parked::new(&self.fetch_waits);
             tokio::select! {
@@ -1998,15 +2067,37 @@ impl Drop for WaiterGuard<'_> {
 /// PrivateMessage (qpq groups take only encrypted handshakes) of this channel's group, from
 /// the epoch the Enqueue names, with content type commit. Anything else would be accepted as
 /// the epoch's commit and then dropped by every member, wedging the group.
-fn check_commit_framing(payload: &[u8], channel: &ChannelId, epoch: u64) -> Result<(), Fail> {
+/// Checks what a commit's MLS framing shows without keys (ADR 0054): this channel's group
+/// id, the epoch named, content type commit, and either a PrivateMessage (a member's commit)
+/// or a PublicMessage from `new_member_commit` (an external commit). Returns whether it is an
+/// external commit.
+fn check_commit_framing(payload: &[u8], channel: &ChannelId, epoch: u64) -> Result<bool, Fail> {
     use openmls::prelude::tls_codec::Deserialize as _;
-    use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn};
+    use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn, Sender};
     let msg = MlsMessageIn::tls_deserialize_exact(payload)
         .map_err(|_| Fail::bad("a commit must be one MLS message"))?;
-    let MlsMessageBodyIn::PrivateMessage(pm) = msg.extract() else {
-        return Err(Fail::bad(
-            "a commit must be an MLS PrivateMessage (this server's groups encrypt handshakes)",
-        ));
+    let pm = match msg.extract() {
+        MlsMessageBodyIn::PrivateMessage(pm) => pm,
+        MlsMessageBodyIn::PublicMessage(pm) if matches!(pm.sender(), Sender::NewMemberCommit) => {
+            if pm.group_id().as_slice() != channel.as_slice() {
+                return Err(Fail::bad("the commit belongs to another MLS group"));
+            }
+            if pm.epoch().as_u64() != epoch {
+                return Err(Fail::bad(format!(
+                    "the commit is framed for epoch {}, not the commit_epoch {epoch}",
+                    pm.epoch().as_u64()
+                )));
+            }
+            if pm.content_type() != ContentType::Commit {
+                return Err(Fail::bad("the message's content type is not commit"));
+            }
+            return Ok(true);
+        }
+        _ => {
+            return Err(Fail::bad(
+                "a commit must be an MLS PrivateMessage (this server's groups encrypt handshakes) or an external commit",
+            ))
+        }
     };
     if pm.group_id().as_slice() != channel.as_slice() {
         return Err(Fail::bad("the commit belongs to another MLS group"));
@@ -2019,6 +2110,34 @@ fn check_commit_framing(payload: &[u8], channel: &ChannelId, epoch: u64) -> Resu
     }
     if pm.content_type() != ContentType::Commit {
         return Err(Fail::bad("the message's content type is not commit"));
+    }
+    Ok(false)
+}
+
+/// Checks a GroupInfo's visible framing: one MLS GroupInfo of this channel's group at `epoch`
+/// carrying the ratchet tree and the external public key an external commit needs. Its
+/// signature is checked by the member that uses it.
+fn check_group_info(bytes: &[u8], channel: &ChannelId, epoch: u64) -> Result<(), Fail> {
+    use openmls::prelude::tls_codec::Deserialize as _;
+    use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn};
+    let msg = MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|_| Fail::bad("group_info must be one MLS message"))?;
+    let MlsMessageBodyIn::GroupInfo(gi) = msg.extract() else {
+        return Err(Fail::bad("group_info is not an MLS GroupInfo"));
+    };
+    if gi.group_id().as_slice() != channel.as_slice() {
+        return Err(Fail::bad("the GroupInfo belongs to another MLS group"));
+    }
+    if gi.epoch().as_u64() != epoch {
+        return Err(Fail::bad(format!(
+            "the GroupInfo describes epoch {}, not {epoch} (the commit's)",
+            gi.epoch().as_u64()
+        )));
+    }
+    if gi.extensions().ratchet_tree().is_none() || gi.extensions().external_pub().is_none() {
+        return Err(Fail::bad(
+            "the GroupInfo lacks the ratchet_tree or external_pub extension",
+        ));
     }
     Ok(())
 }
@@ -2080,6 +2199,10 @@ pub const IMPLEMENTED: &[u16] = &[
     method::REMOVE_MEMBER,
     method::UPDATE_GROUP_METADATA,
     method::LIST_GROUP_MEMBERS,
+    method::FETCH_GROUP_INFO,
+    method::BLOCK_USER,
+    method::UNBLOCK_USER,
+    method::LIST_BLOCKED,
     method::RESOLVE_USER,
     method::RESOLVE_IDENTITY,
     method::UPLOAD_BLOB,

@@ -2468,6 +2468,8 @@ fn t3_queue_order_ignores_wall_clock_steps() {
             welcome: Bytes::new(),
             welcome_devices: vec![],
             promote_members: vec![],
+            group_info: None,
+            external: false,
             now_ms,
             max_queue_depth: 10_000,
             max_queue_bytes: u64::MAX / 2,
@@ -2476,7 +2478,8 @@ fn t3_queue_order_ignores_wall_clock_steps() {
         })
         .unwrap();
     }
-    let got = st.fetch(dev_b, 0, 1000, usize::MAX, None).unwrap();
+    let (got, more) = st.fetch(dev_b, 0, 1000, usize::MAX, None).unwrap();
+    assert!(!more);
     assert_eq!(got.len(), 300);
     for (i, m) in got.iter().enumerate() {
         assert_eq!(m.seq, i as u64 + 1, "sequence numbers follow enqueue order");

@@ -402,6 +402,75 @@ async fn s24_unread_responses_buffer_at_most_1_mib_and_expire_at_the_write_deadl
     drop(streams);
 }
 
+/// Item 24 (pages): a Fetch page was up to 3.5 MiB, computed and held past the 1 MiB a
+/// connection may buffer. Now every page fits 1 MiB encoded and says whether more is
+/// queued; following `more` drains a 2.9 MiB queue exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s24_fetch_pages_fit_1_mib_and_say_when_more_is_queued() {
+    const MIB: usize = 1024 * 1024;
+    let s = TestServer::start().await;
+    let sender = s.user("sender").await;
+    let reader = s.user("reader").await;
+    let ch = sender.group(&[&reader]).await;
+    // 40 messages of 60..99 KiB: about 3.1 MiB queued for the reader.
+    let sizes: Vec<usize> = (0..40).map(|i| (60 + i) * 1024).collect();
+    for (i, n) in sizes.iter().enumerate() {
+        sender.send(&ch, i as u8, &vec![i as u8; *n]).await.unwrap();
+    }
+    let mut after = 0;
+    let mut got = Vec::new();
+    let mut pages = Vec::new();
+    loop {
+        let r: v1::FetchResponse = reader
+            .call(
+                method::FETCH,
+                &v1::FetchRequest {
+                    after_seq: after,
+                    limit: 1000,
+                    channel_id: Bytes::new(),
+                },
+            )
+            .await
+            .unwrap();
+        let encoded = qpq_proto::Message::encoded_len(&r) + qpq_proto::frame::RESPONSE_HEADER_LEN;
+        assert!(encoded <= MIB, "page of {encoded} B");
+        pages.push((r.messages.len(), encoded, r.more));
+        let Some(last) = r.messages.last() else {
+            assert!(!r.more, "an empty page says nothing is left");
+            break;
+        };
+        after = last.seq;
+        got.extend(r.messages);
+        if !r.more {
+            break;
+        }
+    }
+    eprintln!("S-24 pages: 40 messages, {} B of payload, in pages (messages, encoded bytes, more): {pages:?}", sizes.iter().sum::<usize>());
+    assert!(pages.len() >= 3, "{pages:?}");
+    assert!(pages[..pages.len() - 1].iter().all(|p| p.2), "{pages:?}");
+    assert_eq!(got.len(), sizes.len(), "nothing lost or duplicated");
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.payload.len(), sizes[i]);
+        assert_eq!(m.payload[0], i as u8);
+    }
+    let seqs: std::collections::BTreeSet<u64> = got.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs.len(), got.len());
+    // A count limit also reports more.
+    let r: v1::FetchResponse = reader
+        .call(
+            method::FETCH,
+            &v1::FetchRequest {
+                after_seq: 0,
+                limit: 2,
+                channel_id: Bytes::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.messages.len(), 2);
+    assert!(r.more);
+}
+
 /// Item 25: pushes to connections that grant no push streams piled up, copied per
 /// connection (+296 MiB from one device). Now they are shared, capped per connection and
 /// dropped when the connection takes no push stream; the queue keeps every message.
@@ -982,4 +1051,79 @@ async fn s13_key_package_drain_is_bounded_and_the_victim_stays_invitable() {
     assert!(a.last_resort && b.last_resort);
     assert_eq!(a.key_package, last);
     assert_eq!(b.key_package, last);
+}
+
+async fn block(c: &Conn, who: &Conn, on: bool) {
+    let key = who.identity_key();
+    if on {
+        let _: v1::BlockUserResponse = c
+            .call(
+                method::BLOCK_USER,
+                &v1::BlockUserRequest { identity_key: key },
+            )
+            .await
+            .unwrap();
+    } else {
+        let _: v1::UnblockUserResponse = c
+            .call(
+                method::UNBLOCK_USER,
+                &v1::UnblockUserRequest { identity_key: key },
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Item 18, block (ADR 0060): a blocked account's messages skip the blocker's devices and are
+/// reported undelivered (the others get them); it cannot make the blocker a member, neither
+/// at channel creation nor by a commit; commits still reach the blocker; unblocking restores
+/// delivery. The block is stored server-side and listed by ListBlocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18_a_blocked_account_reaches_neither_the_blockers_queue_nor_its_groups() {
+    let s = TestServer::start().await;
+    let [a, b, c]: [Conn; 3] = users(&s, "k", 3).await.try_into().ok().unwrap();
+    let ch = a.group(&[&b, &c]).await;
+    block(&b, &a, true).await;
+    let listed: v1::ListBlockedResponse = b
+        .call(method::LIST_BLOCKED, &v1::ListBlockedRequest {})
+        .await
+        .unwrap();
+    assert_eq!(listed.users.len(), 1);
+    assert_eq!(listed.users[0].username, "k0");
+    let r = a.send(&ch, 1, b"spam").await.unwrap();
+    assert_eq!(r.undelivered, vec![b.device_key()]);
+    assert!(queued(&b).await.is_empty(), "the blocker gets nothing");
+    assert_eq!(queued(&c).await.len(), 1, "the others get it");
+    // b's own messages still reach a (a block is one-way).
+    b.send(&ch, 2, b"hi").await.unwrap();
+    assert_eq!(queued(&a).await.len(), 1);
+    // Commits are never skipped: the blocker stays in step with the group.
+    enqueue(&a, &commit_message(&ch, 3, 0, b"c")).await.unwrap();
+    assert_eq!(queued(&b).await.len(), 1);
+    // a cannot make b a member: not at creation, not by a commit.
+    let r: Result<v1::CreateChannelResponse, _> = a
+        .call(
+            method::CREATE_CHANNEL,
+            &v1::CreateChannelRequest {
+                kind: v1::ChannelKind::Group as i32,
+                members: vec![b.identity_key()],
+                metadata: Bytes::new(),
+            },
+        )
+        .await;
+    assert_eq!(r.unwrap_err().status, Status::Forbidden);
+    let other = a.group(&[&c]).await;
+    let mut add = commit_message(&other, 4, 0, b"add");
+    add.add_members = vec![b.identity_key()];
+    assert_eq!(
+        enqueue(&a, &add).await.unwrap_err().status,
+        Status::Forbidden
+    );
+    // c may still add b.
+    let theirs = c.group(&[&b]).await;
+    assert!(!theirs.is_empty());
+    block(&b, &a, false).await;
+    let r = a.send(&ch, 5, b"sorry").await.unwrap();
+    assert!(r.undelivered.is_empty());
+    assert_eq!(queued(&b).await.len(), 2);
 }

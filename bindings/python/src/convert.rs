@@ -8,8 +8,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyModule, PyString, PyTuple};
 use qpq_core::{
-    Account, Body, Conversation, ConversationId, ConversationKind, Delivery, Event, EventRecord,
-    Member, Message, MessageId,
+    Account, Body, Consent, Conversation, ConversationId, ConversationKind, Delivery, Event,
+    EventRecord, Member, Message, MessageId,
 };
 
 use crate::error::{invalid, CoreError};
@@ -171,6 +171,11 @@ pub fn conversation<'py>(py: Python<'py>, c: Conversation) -> PyResult<Bound<'py
         ConversationKind::Dm => "DM",
         ConversationKind::Group => "GROUP",
     };
+    let consent = match c.consent {
+        Consent::Allowed => "ALLOWED",
+        Consent::Requested => "REQUESTED",
+        Consent::Denied => "DENIED",
+    };
     build(
         py,
         "Conversation",
@@ -184,6 +189,8 @@ pub fn conversation<'py>(py: Python<'py>, c: Conversation) -> PyResult<Bound<'py
             strings(py, c.members)?,
             c.active,
             c.unread,
+            member(py, "Consent", consent)?,
+            c.invited_by,
         ),
     )
 }
@@ -265,22 +272,45 @@ pub fn event<'py>(py: Python<'py>, e: Event) -> PyResult<Bound<'py, PyAny>> {
         Event::ConversationJoined(c) => build(py, "ConversationJoined", (conversation(py, c)?,)),
         Event::MembersChanged {
             conversation,
+            by,
             added,
             removed,
+            left,
             epoch,
         } => build(
             py,
             "MembersChanged",
             (
                 conversation_id_py(py, &conversation)?,
+                by,
                 strings(py, added)?,
                 strings(py, removed)?,
+                strings(py, left)?,
                 epoch,
             ),
         ),
-        Event::Removed { conversation } => {
-            build(py, "Removed", (conversation_id_py(py, &conversation)?,))
-        }
+        Event::Removed {
+            conversation,
+            by,
+            left,
+        } => build(
+            py,
+            "Removed",
+            (conversation_id_py(py, &conversation)?, by, left),
+        ),
+        Event::ConversationBroken {
+            conversation,
+            reason,
+        } => build(
+            py,
+            "ConversationBroken",
+            (conversation_id_py(py, &conversation)?, reason),
+        ),
+        Event::ConversationRecovered { conversation } => build(
+            py,
+            "ConversationRecovered",
+            (conversation_id_py(py, &conversation)?,),
+        ),
         Event::ConnectionChanged { connected } => build(py, "ConnectionChanged", (connected,)),
         Event::MessageSent { conversation, id } => build(
             py,

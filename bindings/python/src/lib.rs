@@ -236,6 +236,29 @@ impl NativeClient {
         blocking(py, || self.client.leave(&conv))
     }
 
+    fn accept(&self, py: Python<'_>, conv: &Bound<'_, PyAny>) -> PyResult<()> {
+        let conv = convert::conversation_id(conv)?;
+        blocking(py, || self.client.accept(&conv))
+    }
+
+    #[pyo3(signature = (conv, block=false))]
+    fn decline(&self, py: Python<'_>, conv: &Bound<'_, PyAny>, block: bool) -> PyResult<()> {
+        let conv = convert::conversation_id(conv)?;
+        blocking(py, || self.client.decline(&conv, block))
+    }
+
+    fn block(&self, py: Python<'_>, username: &str) -> PyResult<()> {
+        blocking(py, || self.client.block(username))
+    }
+
+    fn unblock(&self, py: Python<'_>, username: &str) -> PyResult<()> {
+        blocking(py, || self.client.unblock(username))
+    }
+
+    fn blocked(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        blocking(py, || self.client.blocked())
+    }
+
     fn promote(&self, py: Python<'_>, conv: &Bound<'_, PyAny>, username: &str) -> PyResult<()> {
         let conv = convert::conversation_id(conv)?;
         blocking(py, || self.client.promote(&conv, username))

@@ -116,7 +116,7 @@ impl Inner {
     /// a push or a `send`, forever; reconnects with backoff when the connection drops.
     async fn receive_loop(self: Arc<Inner>) {
         let mut backoff = Duration::from_millis(100);
-        let mut prefetched = Vec::new();
+        let mut prefetched = None;
         while !self.closed.load(Ordering::SeqCst) {
             let logged_in = self
                 .session
@@ -139,7 +139,7 @@ impl Inner {
                 });
                 let mut r = self
                     .session
-                    .sync_from(&mut events, std::mem::take(&mut prefetched), Some(&sink))
+                    .sync_from(&mut events, prefetched.take(), Some(&sink))
                     .await;
                 if r.is_ok() {
                     r = self.session.flush_outbox_locked(&mut events).await;
@@ -192,10 +192,9 @@ impl Inner {
             );
             tokio::select! {
                 r = wait => {
-                    if let Ok(resp) = &r {
-                        prefetched = resp.messages.clone();
-                    }
-                    if let Err(e) = r {
+                    match r {
+                        Ok(resp) => prefetched = Some(resp),
+                        Err(e) => {
                         tracing::debug!("fetch wait failed: {e}");
                         // The long poll's connection died (the idle timeout noticed a silent
                         // server): say so now, not after a reconnect attempt has failed too.
@@ -204,6 +203,7 @@ impl Inner {
                         }
                         if net.connected().await {
                             tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                         }
                     }
                 }
@@ -276,7 +276,7 @@ impl Client {
         let store = Store::open_deferred(
             &config.data_dir,
             &config.store_key,
-            config.insecure_fast_kdf,
+            cfg!(feature = "test-hooks") && config.insecure_fast_kdf,
         )?;
         let engine = Engine::new(store)?;
         let net = {
@@ -437,6 +437,44 @@ impl Client {
             let r = i.session.leave(conv, &mut ev).await;
             (r, ev)
         })
+    }
+
+    /// Accepts a conversation whose [`crate::Conversation::consent`] is `Requested` (ADR
+    /// 0060): it becomes `Allowed`, and its members count as contacts. Local only; sending
+    /// in the conversation accepts it too. `NotFound` for an unknown conversation.
+    pub fn accept(&self, conv: &ConversationId) -> Result<(), Error> {
+        self.local(|e| e.accept(conv))
+    }
+
+    /// Declines a conversation (ADR 0060): leaves it if still a member (as
+    /// [`Client::leave`]) and marks it `Denied`; its history stays. With `block`, also blocks
+    /// the account that invited this one (see [`Client::block`]). `NotFound` for an unknown
+    /// conversation.
+    pub fn decline(&self, conv: &ConversationId, block: bool) -> Result<(), Error> {
+        self.op(|i| async move {
+            let mut ev = Vec::new();
+            let r = i.session.decline(conv, block, &mut ev).await;
+            (r, ev)
+        })
+    }
+
+    /// Blocks `username` on the server (ADR 0060): that account's messages no longer reach
+    /// any device of this account (its sends report them undelivered) and it cannot add this
+    /// account to a group or DM (`Forbidden`). Commits of groups both are in still arrive,
+    /// so shared groups keep working; leave them to see nothing more. Idempotent; `NotFound`
+    /// for an unknown user. It does not leave or decline anything by itself.
+    pub fn block(&self, username: &str) -> Result<(), Error> {
+        self.run(async { self.inner.session.block(username, true).await })
+    }
+
+    /// Ends a block made by [`Client::block`]. Idempotent.
+    pub fn unblock(&self, username: &str) -> Result<(), Error> {
+        self.run(async { self.inner.session.block(username, false).await })
+    }
+
+    /// Usernames of the accounts this account blocks, as the server stores them.
+    pub fn blocked(&self) -> Result<Vec<String>, Error> {
+        self.run(async { self.inner.session.blocked().await })
     }
 
     /// Makes `username` an admin of the group (ADR 0032): admins may remove other members
@@ -745,6 +783,7 @@ impl Client {
     }
 
     /// Test hook: encrypts `text` in `conv` without sending it.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn debug_encrypt(&self, conv: &ConversationId, text: &str) -> Result<Vec<u8>, Error> {
         self.local(|e| e.debug_encrypt(conv, text))
@@ -752,6 +791,7 @@ impl Client {
 
     /// Test hook: processes raw MLS bytes against this device's (possibly stale) group
     /// state without keeping anything; an undecryptable message gives `Crypto`.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn debug_process(&self, conv: &ConversationId, mls_bytes: &[u8]) -> Result<(), Error> {
         self.local(|e| e.debug_process(conv, mls_bytes))
@@ -760,6 +800,7 @@ impl Client {
     /// Test hook: delivers each `(conversation, MLS bytes)` through the receive path as if
     /// the server had queued it again under a new sequence number (a redelivery or an
     /// injection). Events are returned, not dispatched; proposals are not committed.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn debug_inject(
         &self,
@@ -769,12 +810,26 @@ impl Client {
     }
 
     /// Test hook: the MLS bytes of a self-update commit for `conv`, neither sent nor merged.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn debug_self_update(&self, conv: &ConversationId) -> Result<Vec<u8>, Error> {
         self.local(|e| e.debug_self_update(conv))
     }
 
+    /// Test hook: the MLS bytes of a commit removing `devices` from `conv`, built without the
+    /// role check (as a rule-breaking member would), neither sent nor merged.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn debug_remove_commit(
+        &self,
+        conv: &ConversationId,
+        devices: &[crate::DeviceKey],
+    ) -> Result<Vec<u8>, Error> {
+        self.local(|e| e.debug_remove_commit(conv, devices))
+    }
+
     /// Test hook: SHA-256 over everything in the store (MLS state included).
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn debug_state_hash(&self) -> Result<[u8; 32], Error> {
         self.local(|e| e.debug_state_hash())
@@ -782,6 +837,7 @@ impl Client {
 
     /// Test hook: makes the next commit stop at `at` as if the process died there. Drop the
     /// client afterwards and reopen it from its store to test recovery.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn debug_failpoint(&self, at: Option<crate::Failpoint>) {
         if let Ok(mut e) = self.inner.session.engine() {

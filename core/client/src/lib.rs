@@ -30,10 +30,11 @@ mod types;
 pub use body::{Body, MAX_BODY_BYTES, MAX_CONTENT_TYPE_BYTES};
 pub use client::{Client, Subscription};
 pub use error::{Error, ErrorCode};
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub use session::{DebugInjected, Failpoint};
 pub use types::{
-    Account, ClientConfig, ClientConfigBuilder, Conversation, ConversationId, ConversationKind,
-    Delivery, DeviceKey, Event, EventListener, EventRecord, IdentityKey, Member, Message,
-    MessageId, StoreKey, Trust,
+    Account, ClientConfig, ClientConfigBuilder, Consent, Conversation, ConversationId,
+    ConversationKind, Delivery, DeviceKey, Event, EventListener, EventRecord, IdentityKey, Member,
+    Message, MessageId, StoreKey, Trust,
 };

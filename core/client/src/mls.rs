@@ -108,7 +108,7 @@ pub(crate) fn device_of(credential: &Credential) -> Option<[u8; 32]> {
 /// Capabilities every leaf of ours advertises: both suites.
 /// What our leaves support: both suites and the roles extension (ADR 0032), which a group
 /// context may carry only when every member supports it.
-fn capabilities() -> Capabilities {
+pub(crate) fn capabilities() -> Capabilities {
     Capabilities::new(
         None,
         Some(&SUITES),

@@ -509,6 +509,7 @@ impl Store {
     }
 
     /// Runs `f` in a transaction that is always rolled back: nothing it writes is kept.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn scratch<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, E>,
@@ -535,6 +536,7 @@ impl Store {
 
     /// Test hook: SHA-256 over every row of every table (MLS state included), in a canonical
     /// order. Equal hashes mean equal stored state; used to show rejected input changes nothing.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn state_hash(&self) -> Result<[u8; 32], StoreError> {
         use sha2::{Digest, Sha256};
         let tables: Vec<String> = {

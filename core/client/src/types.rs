@@ -63,7 +63,8 @@ pub struct ClientConfig {
     /// zero (the default) fails with `Busy` at once. One process at a time opens a store
     /// (ADR 0021).
     pub lock_timeout: Duration,
-    /// Test-only: a cheap Argon2id cost for passphrase keys. Never set it in production.
+    /// Test-only: a cheap Argon2id cost for passphrase keys. It has an effect only in builds
+    /// with the `test-hooks` feature; release builds ignore it.
     #[doc(hidden)]
     pub insecure_fast_kdf: bool,
 }
@@ -246,6 +247,25 @@ pub struct Conversation {
     pub active: bool,
     /// Received messages not yet read through [`crate::Client::messages`].
     pub unread: u64,
+    /// Whether the user wants this conversation (ADR 0060): one joined by an invitation from
+    /// someone who is not a contact is [`Consent::Requested`] until accepted or declined.
+    pub consent: Consent,
+    /// Who invited this account (None for a conversation this device created).
+    pub invited_by: Option<String>,
+}
+
+/// Whether the user wants a conversation (issue 17 item 18, ADR 0060; libxmtp's consent
+/// states). It changes nothing about delivery or storage: a `Requested` conversation's
+/// messages are stored and reported as usual, and the app shows them apart (a "requests"
+/// list) until [`crate::Client::accept`] or [`crate::Client::decline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Consent {
+    /// Created here, accepted, written in, or from a contact.
+    Allowed,
+    /// Joined by an invitation from someone this account shares no allowed conversation with.
+    Requested,
+    /// Declined: left, and kept only as history.
+    Denied,
 }
 
 /// One message of a conversation.
@@ -389,21 +409,32 @@ pub enum Event {
     Message(Message),
     /// This account was added to a conversation.
     ConversationJoined(Conversation),
-    /// Members joined or left a conversation.
+    /// Members joined, were removed from, or left a conversation (one commit's changes).
     MembersChanged {
         /// Conversation.
         conversation: ConversationId,
+        /// Who made the change: the member who committed it (the one who added, or removed
+        /// others). `None` when this device does not know that member's username.
+        by: Option<String>,
         /// Usernames added.
         added: Vec<String>,
-        /// Usernames removed.
+        /// Usernames removed by someone else.
         removed: Vec<String>,
+        /// Usernames that left on their own.
+        left: Vec<String>,
         /// Epoch after the change.
         epoch: u64,
     },
-    /// This account was removed from (or left) a conversation.
+    /// This account is no longer in a conversation: removed by another member, or it left
+    /// (from this device or another of its devices). The conversation and its history stay,
+    /// inactive.
     Removed {
         /// Conversation.
         conversation: ConversationId,
+        /// Who removed this account (its own username when it left); `None` when unknown.
+        by: Option<String>,
+        /// True when this account left on its own rather than being removed.
+        left: bool,
     },
     /// The connection to the server went up or down.
     ConnectionChanged {
@@ -428,6 +459,23 @@ pub enum Event {
         code: ErrorCode,
         /// Why, for humans.
         message: String,
+    },
+    /// This device cannot process the commit the server accepted for a conversation's
+    /// epoch (it does not decrypt, or it breaks the group's rules), so it would follow the
+    /// conversation no further. qpq-core rejoins it by itself (an MLS external commit, ADR
+    /// 0054) and then reports [`Event::ConversationRecovered`]; messages others sent
+    /// between the two may never reach this device.
+    ConversationBroken {
+        /// Conversation.
+        conversation: ConversationId,
+        /// What could not be processed, for humans.
+        reason: String,
+    },
+    /// A conversation reported broken works again: this device rejoined it by external
+    /// commit, or processed a later commit of it.
+    ConversationRecovered {
+        /// Conversation.
+        conversation: ConversationId,
     },
 }
 
@@ -455,6 +503,8 @@ mod tests {
             members: members.iter().map(|m| m.to_string()).collect(),
             active: true,
             unread: 0,
+            consent: Consent::Allowed,
+            invited_by: None,
         }
     }
 

@@ -131,8 +131,8 @@ fn three_members_remove_rotate_leave() {
     assert!(!b.conversation(&g).unwrap().active);
     wait_until(
         &a,
-        "bob removed",
-        |e| matches!(e, Event::MembersChanged { removed, .. } if removed.contains(&"bob".to_string())),
+        "bob left",
+        |e| matches!(e, Event::MembersChanged { left, .. } if left.contains(&"bob".to_string())),
     );
     assert_eq!(a.conversation(&g).unwrap().members, vec!["alice"]);
     let e = a.send_text(&g, "alone").unwrap_err();

@@ -185,12 +185,11 @@ fn fmt(v: f64, unit: &str) -> String {
     }
 }
 
-/// The heading of `BENCHMARKS.md`'s last section, which each SDK's B1 benchmark updates (one
-/// row per language) and [`write`] keeps as it is.
-pub const SDK_SECTION: &str = "## SDK benchmarks (B1)\n";
+/// Where the SDK benchmarks' section of `BENCHMARKS.md` starts.
+const SDK_MARKER: &str =
+    "<!-- SDK benchmarks: written by each SDK's B1 benchmark, kept by qpq-bench -->";
 
 /// Writes `BENCHMARKS.md` and `bench/results.json` under `out`; returns the Markdown path.
-/// Keeps the SDK benchmarks' section of an existing `BENCHMARKS.md`.
 pub fn write(r: &Results, out: &Path, smoke: bool) -> Result<String, String> {
     std::fs::create_dir_all(out.join("bench")).map_err(|e| e.to_string())?;
     let m = machine();
@@ -248,13 +247,14 @@ pub fn write(r: &Results, out: &Path, smoke: bool) -> Result<String, String> {
     } else {
         "BENCHMARKS.md"
     });
-    // The SDK benchmarks' section is written by each SDK's B1 script; keep it.
-    let kept = std::fs::read_to_string(&path).unwrap_or_default();
-    md.push('\n');
-    md.push_str(match kept.find(SDK_SECTION) {
-        Some(at) => &kept[at..],
-        None => SDK_SECTION,
-    });
+    // The SDK benchmarks (B1, e.g. `sdks/go/bench.sh`) write their rows after this marker;
+    // a rerun of this harness keeps them.
+    if let Ok(old) = std::fs::read_to_string(&path) {
+        if let Some(i) = old.find(SDK_MARKER) {
+            md.push('\n');
+            md.push_str(&old[i..]);
+        }
+    }
     std::fs::write(&path, md).map_err(|e| e.to_string())?;
     let rows: Vec<_> = r
         .rows

@@ -82,7 +82,7 @@ pub fn run_all(smoke: bool) -> Result<Results, String> {
     crate::isolation::run(&plan, &mut r)?;
     r.skipped.push((
         "B1".into(),
-        "measured by each SDK's benchmark against `qpq-bench b1` in its own run: see \"SDK benchmarks\" below".into(),
+        "measured by each SDK's own benchmark, in the SDK section below".into(),
     ));
     Ok(r)
 }
@@ -617,6 +617,8 @@ fn invite_storage(p: &Plan, r: &mut Results) -> Result<(), String> {
         welcome: Bytes::from(sealed.clone()),
         welcome_devices: vec![],
         promote_members: vec![],
+        group_info: None,
+        external: false,
         now_ms: 0,
         max_queue_depth: u64::MAX / 2,
         max_queue_bytes: u64::MAX / 2,

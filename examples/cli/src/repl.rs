@@ -16,8 +16,8 @@ use rustyline::history::History as _;
 use rustyline::ExternalPrinter;
 
 use crate::session::{
-    body_text, clock, display_name, exit_code, find_conversation, register_or_login, CliError,
-    ConnectArgs,
+    body_text, clock, display_name, exit_code, find_conversation, membership_text,
+    register_or_login, removal_text, CliError, ConnectArgs,
 };
 
 const HELP: &str = "\
@@ -149,8 +149,10 @@ impl Printer {
             }
             Event::MembersChanged {
                 conversation,
+                by,
                 added,
                 removed,
+                left,
                 epoch,
             } => {
                 let name = self
@@ -158,25 +160,39 @@ impl Printer {
                     .conversation(&conversation)
                     .map(|c| display_name(&self.client, &c))
                     .unwrap_or_default();
-                let mut parts = Vec::new();
-                if !added.is_empty() {
-                    parts.push(format!("added {}", added.join(", ")));
-                }
-                if !removed.is_empty() {
-                    parts.push(format!("removed {}", removed.join(", ")));
-                }
-                if parts.is_empty() {
-                    parts.push("keys updated".into());
-                }
-                format!("* [{name}] {} · epoch {epoch}", parts.join("; "))
+                let what = membership_text(by.as_deref(), &added, &removed, &left);
+                format!("* [{name}] {what} · epoch {epoch}")
             }
-            Event::Removed { conversation } => {
+            Event::Removed {
+                conversation,
+                by,
+                left,
+            } => {
                 let name = self
                     .client
                     .conversation(&conversation)
                     .map(|c| display_name(&self.client, &c))
                     .unwrap_or_default();
-                format!("* you were removed from {name}")
+                format!("* [{name}] {}", removal_text(by.as_deref(), left))
+            }
+            Event::ConversationBroken {
+                conversation,
+                reason,
+            } => {
+                let name = self
+                    .client
+                    .conversation(&conversation)
+                    .map(|c| display_name(&self.client, &c))
+                    .unwrap_or_default();
+                format!("* [{name}] this device fell out of step, rejoining: {reason}")
+            }
+            Event::ConversationRecovered { conversation } => {
+                let name = self
+                    .client
+                    .conversation(&conversation)
+                    .map(|c| display_name(&self.client, &c))
+                    .unwrap_or_default();
+                format!("* [{name}] rejoined; messages sent meanwhile may be missing")
             }
             Event::ConnectionChanged { connected } => if connected {
                 "* connected"

@@ -19,7 +19,8 @@ use serde_json::json;
 
 use crate::daemon::{self, Held};
 use crate::session::{
-    body_text, clock, display_name, exit_code, find_conversation, CliError, ConnectArgs, ServerArgs,
+    body_text, clock, display_name, exit_code, find_conversation, membership_text, removal_text,
+    CliError, ConnectArgs, ServerArgs,
 };
 
 /// Options of every scripted subcommand.
@@ -340,24 +341,47 @@ fn event_line(json: bool, client: &Client, e: &Event) -> Option<String> {
         ),
         Event::MembersChanged {
             conversation,
+            by,
             added,
             removed,
+            left,
             epoch,
         } => (
             "members",
             Some(*conversation),
-            json!({"added": added, "removed": removed, "epoch": epoch}),
-            match (added.is_empty(), removed.is_empty()) {
-                (false, _) => format!("added {} · epoch {epoch}", added.join(", ")),
-                (true, false) => format!("removed {} · epoch {epoch}", removed.join(", ")),
-                (true, true) => format!("keys updated · epoch {epoch}"),
-            },
+            json!({"by": by, "added": added, "removed": removed, "left": left, "epoch": epoch}),
+            format!(
+                "{} · epoch {epoch}",
+                membership_text(by.as_deref(), added, removed, left)
+            ),
         ),
-        Event::Removed { conversation } => (
+        Event::Removed {
+            conversation,
+            by,
+            left,
+        } => (
             "removed",
             Some(*conversation),
+            json!({"by": by, "left": left}),
+            format!(
+                "{}: you are no longer a member",
+                removal_text(by.as_deref(), *left)
+            ),
+        ),
+        Event::ConversationBroken {
+            conversation,
+            reason,
+        } => (
+            "broken",
+            Some(*conversation),
+            json!({ "reason": reason }),
+            format!("this device fell out of step, rejoining: {reason}"),
+        ),
+        Event::ConversationRecovered { conversation } => (
+            "recovered",
+            Some(*conversation),
             json!({}),
-            "you are no longer a member".to_string(),
+            "rejoined; messages sent meanwhile may be missing".to_string(),
         ),
         Event::ConnectionChanged { connected } => (
             "connection",

@@ -199,6 +199,40 @@ pub fn find_conversation(client: &Client, what: &str) -> Result<ConversationId, 
         .map_err(|e| e.message().to_string().into())
 }
 
+/// A membership change as words: who added or removed whom, and who left
+/// ("alice added carol; bob left"); "alice updated keys" when no one joined or went.
+pub fn membership_text(
+    by: Option<&str>,
+    added: &[String],
+    removed: &[String],
+    left: &[String],
+) -> String {
+    let by = by.unwrap_or("someone");
+    let mut parts = Vec::new();
+    if !added.is_empty() {
+        parts.push(format!("{by} added {}", added.join(", ")));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("{by} removed {}", removed.join(", ")));
+    }
+    if !left.is_empty() {
+        parts.push(format!("{} left", left.join(", ")));
+    }
+    if parts.is_empty() {
+        parts.push(format!("{by} updated keys"));
+    }
+    parts.join("; ")
+}
+
+/// This account's own removal as words: "you left" or "alice removed you".
+pub fn removal_text(by: Option<&str>, left: bool) -> String {
+    if left {
+        "you left".to_string()
+    } else {
+        format!("{} removed you", by.unwrap_or("someone"))
+    }
+}
+
 /// A message body as one line of text: the text, or a short description of other kinds.
 pub fn body_text(m: &qpq_core::Message) -> String {
     match &m.body {

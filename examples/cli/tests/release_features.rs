@@ -74,4 +74,6 @@ fn release_builds_of_the_cli_and_server_have_no_test_hooks() {
     // Control: the test builds do enable them.
     let dev = resolved("qpq-server", "normal,dev");
     assert!(has(&dev, "qpq-server", "testkit"), "{dev:?}");
+    let dev = resolved("qpq-cli", "normal,dev");
+    assert!(has(&dev, "qpq-core", "test-hooks"), "{dev:?}");
 }

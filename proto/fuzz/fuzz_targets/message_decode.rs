@@ -113,15 +113,15 @@ every_message!(
     FetchHybridKeysResponse,
     ReportMessageRequest,
     ReportMessageResponse,
-    BanUserRequest,
-    BanUserResponse,
-    UnbanUserRequest,
-    UnbanUserResponse,
+    BlockUserRequest,
+    BlockUserResponse,
+    UnblockUserRequest,
+    UnblockUserResponse,
     ListReportsRequest,
     Report,
     ListReportsResponse,
-    ListBannedRequest,
-    ListBannedResponse,
+    ListBlockedRequest,
+    ListBlockedResponse,
     PublishEndpointRequest,
     PublishEndpointResponse,
     ResolveEndpointRequest,
@@ -148,7 +148,10 @@ every_message!(
     CheckRevocationResponse,
     AuditKeyTransparencyRequest,
     AuditKeyTransparencyResponse,
-    Reauth
+    Reauth,
+    FetchGroupInfoRequest,
+    FetchGroupInfoResponse,
+    BlockedUser
 );
 
 fuzz_target!(|input: &[u8]| {

@@ -40,6 +40,7 @@ pub fn messages() -> Vec<(&'static str, Vec<u8>)> {
         welcome: b(64, 7),
         welcome_devices: vec![b(32, 8)],
         promote_members: vec![],
+        group_info: Bytes::new(),
     };
     vec![
         ("EnqueueRequest", enqueue.encode_to_vec()),
@@ -63,6 +64,7 @@ pub fn messages() -> Vec<(&'static str, Vec<u8>)> {
             "FetchResponse",
             v1::FetchResponse {
                 messages: vec![queued(1), queued(2)],
+                more: false,
             }
             .encode_to_vec(),
         ),

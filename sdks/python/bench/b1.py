@@ -3,8 +3,8 @@
 Rust's B1 (``qpq-bench b1``) against the same server process, in the same run.
 
 Run it through ``sdks/python/bench/run-b1`` (release builds of the wheel and qpq-bench). It
-prints both figures and their ratios, and with ``--write`` updates Python's row of the "SDK
-benchmarks (B1)" section of docs/BENCHMARKS.md. A benchmark, not a test: it asserts nothing.
+prints both figures and their ratios, and with ``--write`` updates Python's row in the SDK
+benchmarks section of docs/BENCHMARKS.md. A benchmark, not a test: it asserts nothing.
 
 - p50: send at alice → the message event at bob, one message at a time (median);
 - throughput: messages sent back to back, divided by the time until bob has them all.
@@ -27,16 +27,17 @@ from typing import Dict, List, Optional, Tuple
 import quicproquo as qpq
 
 REPO = Path(__file__).resolve().parents[3]
-SECTION = "## SDK benchmarks (B1)\n"
+MARKER = "<!-- SDK benchmarks: written by each SDK's B1 benchmark, kept by qpq-bench -->"
+HEADER = (
+    "| SDK | p50 | p50 Rust | p50 ratio | throughput | throughput Rust | throughput ratio "
+    "| build | rounds | measured |"
+)
 INTRO = (
-    "B1: 1,000 messages alice → bob in the post-quantum group of three (SCENARIO.md step 4). "
-    "Each SDK's benchmark runs Rust's B1 (`qpq-bench b1`, qpq-core directly) against the same "
-    "server process in the same run, alternating rounds, and writes its own row. p50: send at "
-    "alice → message event at bob, one message at a time; throughput: messages sent back to "
-    "back, divided by the time until bob has them all. Ratios are SDK ÷ Rust (p50: lower is "
-    "better; throughput: higher is better). Server pinned to CPU 1, clients to CPU 0.\n\n"
-    "| language | p50 | p50 Rust | p50 ratio | throughput | throughput Rust | throughput ratio "
-    "| build | rounds | measured |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    "Python (`sdks/python/bench/run-b1 --write docs/BENCHMARKS.md`, pyo3 extension): Rust's B1 "
+    "is `qpq-bench b1` against the same server process in the same run, alternating rounds. "
+    "p50: send at alice → message event at bob, one message at a time; throughput: messages "
+    "sent back to back, divided by the time until bob has them all. Server pinned to CPU 1, "
+    "clients to CPU 0.\n\n" + HEADER + "\n|---|---|---|---|---|---|---|---|---|---|\n"
 )
 
 
@@ -124,15 +125,18 @@ def rust_b1(bench: Path, addr: str, cert: Path, messages: int) -> Dict[str, floa
 
 
 def write_row(path: Path, row: str) -> None:
+    """Replaces Python's row in its table after qpq-bench's SDK marker (which qpq-bench keeps
+    on a rerun); adds the marker or the table if they are missing. Other SDKs' text stays."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + "\n\n" + SECTION + "\n" + INTRO
-    head, section = text.split(SECTION, 1)
+    if MARKER not in text:
+        text = text.rstrip("\n") + "\n\n" + MARKER + "\n"
+    head, section = text.split(MARKER, 1)
     lines = [ln for ln in section.splitlines() if not ln.startswith("| Python |")]
-    if not any(ln.startswith("| language |") for ln in lines):
-        lines = INTRO.rstrip("\n").splitlines()
-    lines.append(row)
-    path.write_text(head + SECTION + "\n" + "\n".join(lines).strip("\n") + "\n")
+    if HEADER not in lines:
+        lines += ["", *INTRO.rstrip("\n").splitlines()]
+    at = lines.index(HEADER) + 2
+    lines.insert(at, row)
+    path.write_text(head + MARKER + "\n".join(lines).rstrip("\n") + "\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -101,3 +101,36 @@ def test_an_async_for_ends_on_close(clients: Clients) -> None:
         await asyncio.wait_for(reader, timeout=5)
 
     asyncio.run(story())
+
+
+def test_consent_and_block_awaited(clients: Clients) -> None:
+    async def story() -> None:
+        async with (
+            await open_user(clients, "alice") as alice,
+            await open_user(clients, "bob") as bob,
+        ):
+            a = await alice.account()
+            b = await bob.account()
+            assert a is not None and b is not None
+            g = await alice.create_group("async requests")
+            await alice.invite(g, [b.username])
+
+            async def joined() -> qpq.Conversation:
+                async for event in bob.events(timeout=10):
+                    if isinstance(event, qpq.ConversationJoined):
+                        return event.conversation
+                raise AssertionError("no ConversationJoined")
+
+            conv = await asyncio.wait_for(joined(), timeout=20)
+            assert conv.consent is qpq.Consent.REQUESTED and conv.invited_by == a.username
+            await bob.accept(g)
+            assert (await bob.conversation(g)).consent is qpq.Consent.ALLOWED
+            await bob.block(a.username)
+            assert await bob.blocked() == [a.username]
+            await bob.unblock(a.username)
+            assert await bob.blocked() == []
+            await bob.decline(g, block=True)
+            assert (await bob.conversation(g)).consent is qpq.Consent.DENIED
+            assert await bob.blocked() == [a.username]
+
+    asyncio.run(story())

@@ -175,11 +175,12 @@ def test_08_carol_catches_up_after_reopening(story: Story) -> None:
 
 def test_09_remove_carol(story: Story) -> None:
     story.clients["alice"].remove(story.g, "carol")
-    story.wait("carol", qpq.Removed, lambda e: e.conversation_id == story.g)
+    removed = story.wait("carol", qpq.Removed, lambda e: e.conversation_id == story.g)
+    assert removed.by == "alice" and not removed.left
     changed = story.wait(
         "bob", qpq.MembersChanged, lambda e: e.conversation_id == story.g and bool(e.removed)
     )
-    assert changed.removed == ("carol",)
+    assert changed.removed == ("carol",) and changed.left == () and changed.by == "alice"
 
 
 def test_10_carol_gets_nothing_after_removal(story: Story) -> None:

@@ -18,6 +18,12 @@ pub type Key32 = [u8; 32];
 /// A 16-byte channel id.
 pub type ChannelId = [u8; 16];
 
+/// Upper bound of what one queued message adds to an encoded FetchResponse besides its
+/// payload bytes: the repeated field's tag and length (5), seq (11), channel id (18), sender
+/// device (34), message id (18), payload tag and length (5), server time (11) and kind (2)
+/// make 104.
+pub const FETCH_OVERHEAD: usize = 128;
+
 /// Why a storage operation failed. Messages are safe to show to clients.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
@@ -188,6 +194,12 @@ pub struct EnqueueOp {
     pub welcome_devices: Vec<Key32>,
     /// Identity keys made admins with this commit (the sender must be an admin).
     pub promote_members: Vec<Key32>,
+    /// For commits: the GroupInfo of the epoch the commit creates (framing checked), kept as
+    /// the channel's latest.
+    pub group_info: Option<Bytes>,
+    /// An external commit (a member's device re-joining): it may name the epoch of the
+    /// channel's latest GroupInfo when commits without one came after it (ADR 0054).
+    pub external: bool,
     /// Acceptance time, Unix milliseconds.
     pub now_ms: u64,
     /// Per-device queue cap.
@@ -387,10 +399,24 @@ pub trait Storage: Send + Sync + 'static {
         metadata: &[u8],
     ) -> StorageResult<()>;
 
+    /// Makes `blocker` block (`on`) or stop blocking the account whose identity key is
+    /// `blocked` (ADR 0060). Idempotent.
+    fn set_block(
+        &self,
+        blocker: AccountId,
+        blocked: &Key32,
+        on: bool,
+        now_ms: u64,
+    ) -> StorageResult<()>;
+    /// The accounts `blocker` blocks: identity key and username.
+    fn blocked(&self, blocker: AccountId) -> StorageResult<Vec<(Key32, String)>>;
+    /// The channel's latest GroupInfo and the epoch it describes.
+    fn group_info(&self, channel: &ChannelId) -> StorageResult<Option<(u64, Bytes)>>;
     /// Executes an Enqueue atomically (see `qpq.v1.EnqueueRequest`).
     fn enqueue(&self, op: EnqueueOp) -> StorageResult<EnqueueOutcome>;
-    /// Queued messages of a device after `after_seq`, oldest first, at most `limit` and about
-    /// `max_bytes` of payload.
+    /// Queued messages of a device after `after_seq`, oldest first, at most `limit` and at
+    /// most `max_bytes` counting each message as its payload plus [`FETCH_OVERHEAD`] (a
+    /// single larger message is returned alone), and whether more are queued after them.
     fn fetch(
         &self,
         device: DeviceId,
@@ -398,7 +424,7 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
         max_bytes: usize,
         channel: Option<ChannelId>,
-    ) -> StorageResult<Vec<QueuedMessage>>;
+    ) -> StorageResult<(Vec<QueuedMessage>, bool)>;
     /// Count and highest sequence number of a device's queue.
     fn peek(&self, device: DeviceId, channel: Option<ChannelId>) -> StorageResult<(u64, u64)>;
     /// Removes acked messages; returns how many were removed.

@@ -162,6 +162,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX blobs_incomplete ON blobs(complete, created_ms);
     CREATE INDEX blobs_uploader ON blobs(uploader);
     ",
+    // v6 (issue 17 items 17 and 18): each channel's latest GroupInfo (members rejoin by
+    // external commit, ADR 0054) and blocks between accounts (ADR 0060).
+    "
+    CREATE TABLE channel_group_info(
+        channel_id BLOB PRIMARY KEY REFERENCES channels(id) ON DELETE CASCADE,
+        epoch INTEGER NOT NULL,
+        data BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE blocks(
+        blocker INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        blocked INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY(blocker, blocked)) WITHOUT ROWID;
+    CREATE INDEX blocks_blocked ON blocks(blocked);
+    ",
 ];
 
 /// Takes the next never-used id of `table` (`accounts` or `devices`; see migration v4).
@@ -507,6 +521,33 @@ fn account_id_by_identity(conn: &Connection, key: &Key32) -> StorageResult<Accou
         .ok_or(StorageError::NotFound("user"))
 }
 
+/// Whether account `blocker` blocks account `blocked`.
+fn blocks(conn: &Connection, blocker: AccountId, blocked: AccountId) -> StorageResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
+        .exists(params![blocker, blocked])?)
+}
+
+/// Accounts that block `blocked`.
+fn blockers_of(conn: &Connection, blocked: AccountId) -> StorageResult<Vec<AccountId>> {
+    let mut st = conn.prepare_cached("SELECT blocker FROM blocks WHERE blocked = ?1")?;
+    let rows = st.query_map([blocked], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The channel's latest GroupInfo: (epoch, bytes).
+fn group_info_row(conn: &Connection, channel: &ChannelId) -> StorageResult<Option<(u64, Bytes)>> {
+    Ok(conn
+        .prepare_cached("SELECT epoch, data FROM channel_group_info WHERE channel_id = ?1")?
+        .query_row([&channel[..]], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                Bytes::from(r.get::<_, Vec<u8>>(1)?),
+            ))
+        })
+        .optional()?)
+}
+
 fn member_check(conn: &Connection, channel: &ChannelId, account: AccountId) -> StorageResult<bool> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM channel_members WHERE channel_id = ?1 AND account_id = ?2 AND leaving = 0")?
@@ -659,7 +700,13 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     let is_commit = op.commit_epoch.is_some();
     let mut epoch = channel.epoch;
     if let Some(e) = op.commit_epoch {
-        if e != channel.epoch {
+        // ADR 0054: an external commit may also re-join at the epoch of the latest GroupInfo
+        // when the commits accepted after it carried none (e.g. an insider's undecryptable
+        // commit), superseding them.
+        let rejoin = op.external
+            && e < channel.epoch
+            && group_info_row(conn, &op.channel_id)?.is_some_and(|(g, _)| g == e);
+        if e != channel.epoch && !rejoin {
             return Err(StorageError::Conflict(format!(
                 "commit from epoch {e} rejected: the channel is at epoch {}",
                 channel.epoch
@@ -668,6 +715,12 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
         epoch = e + 1;
         conn.prepare_cached("UPDATE channels SET epoch = ?2 WHERE id = ?1")?
             .execute(params![&op.channel_id[..], epoch as i64])?;
+        if let Some(gi) = &op.group_info {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO channel_group_info(channel_id, epoch, data) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![&op.channel_id[..], epoch as i64, &gi[..]])?;
+        }
     }
     // A DM is its two accounts for good: a commit may re-add neither a third account nor one
     // that left (issue 17 item 15).
@@ -717,6 +770,12 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     let mut added = Vec::new();
     for key in &op.add_members {
         let id = account_id_by_identity(conn, key)?;
+        // Item 18 (ADR 0060): nobody adds an account that blocks them.
+        if blocks(conn, id, op.sender_account)? {
+            return Err(StorageError::Forbidden(
+                "this user does not accept invitations from you".into(),
+            ));
+        }
         // Counts as added only when it was not a member (or was leaving).
         let n = conn
             .prepare_cached(
@@ -789,11 +848,27 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
             joined.execute(params![&op.channel_id[..], op.sender_device])?;
         }
     }
-    let recipients: Vec<DeviceId> = before
+    let mut recipients: Vec<DeviceId> = before
         .iter()
         .map(|d| d.0)
         .filter(|d| *d != op.sender_device && !welcome_to.contains(d))
         .collect();
+    // Item 18 (ADR 0060): a blocked account's messages skip the blocker's devices, reported
+    // as undelivered. Commits still reach every member (a member that missed one would be
+    // broken); the blocker leaves a group to stop seeing them.
+    let mut blocked_skip: Vec<DeviceId> = Vec::new();
+    if !is_commit {
+        let blockers = blockers_of(conn, op.sender_account)?;
+        if !blockers.is_empty() {
+            recipients.retain(|d| {
+                let blocked = before.iter().any(|b| b.0 == *d && blockers.contains(&b.2));
+                if blocked {
+                    blocked_skip.push(*d);
+                }
+                !blocked
+            });
+        }
+    }
 
     let mut insert = conn.prepare_cached(
         "INSERT INTO payloads(channel_id, sender_device, message_id, kind, data, created_ms)
@@ -895,6 +970,7 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     }
     let undelivered = skipped
         .iter()
+        .chain(&blocked_skip)
         .filter_map(|d| before.iter().find(|b| b.0 == *d).map(|b| b.1))
         .collect();
     Ok(EnqueueOutcome {
@@ -1313,6 +1389,12 @@ impl Storage for SqliteStorage {
             let mut ids = vec![creator];
             for m in &members {
                 let a = account_id_by_identity(c, m)?;
+                // Item 18 (ADR 0060): nobody makes an account that blocks them a member.
+                if blocks(c, a, creator)? {
+                    return Err(StorageError::Forbidden(
+                        "this user does not accept invitations from you".into(),
+                    ));
+                }
                 if !ids.contains(&a) {
                     ids.push(a);
                 }
@@ -1372,6 +1454,47 @@ impl Storage for SqliteStorage {
 
     fn is_member(&self, channel: &ChannelId, account: AccountId) -> StorageResult<bool> {
         self.read(|c| member_check(c, channel, account))
+    }
+
+    fn group_info(&self, channel: &ChannelId) -> StorageResult<Option<(u64, Bytes)>> {
+        self.read(|c| group_info_row(c, channel))
+    }
+
+    fn set_block(
+        &self,
+        blocker: AccountId,
+        blocked: &Key32,
+        on: bool,
+        now_ms: u64,
+    ) -> StorageResult<()> {
+        let blocked = *blocked;
+        self.write(move |c| {
+            let id = account_id_by_identity(c, &blocked)?;
+            if id == blocker {
+                return Err(StorageError::Invalid("an account cannot block itself".into()));
+            }
+            if on {
+                c.prepare_cached(
+                    "INSERT OR IGNORE INTO blocks(blocker, blocked, created_ms) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![blocker, id, now_ms as i64])?;
+            } else {
+                c.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
+                    .execute(params![blocker, id])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn blocked(&self, blocker: AccountId) -> StorageResult<Vec<(Key32, String)>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT a.identity_key, a.username FROM blocks b JOIN accounts a ON a.id = b.blocked
+                 WHERE b.blocker = ?1 ORDER BY a.username",
+            )?;
+            let rows = st.query_map([blocker], |r| Ok((key32(r.get(0)?)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
     }
 
     fn members(&self, channel: &ChannelId) -> StorageResult<Vec<Member>> {
@@ -1464,7 +1587,7 @@ impl Storage for SqliteStorage {
         limit: usize,
         max_bytes: usize,
         channel: Option<ChannelId>,
-    ) -> StorageResult<Vec<QueuedMessage>> {
+    ) -> StorageResult<(Vec<QueuedMessage>, bool)> {
         self.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT q.seq, q.channel_id, p.sender_device, p.message_id, p.data, p.created_ms, p.kind
@@ -1473,7 +1596,8 @@ impl Storage for SqliteStorage {
                  ORDER BY q.seq LIMIT ?4",
             )?;
             let ch = channel.map(|c| c.to_vec());
-            let rows = st.query_map(params![device, after_seq as i64, ch, limit as i64], |r| {
+            // One row more than asked: it tells whether more are queued.
+            let rows = st.query_map(params![device, after_seq as i64, ch, limit as i64 + 1], |r| {
                 Ok(QueuedMessage {
                     seq: r.get::<_, i64>(0)? as u64,
                     channel_id: id16(r.get(1)?)?,
@@ -1488,13 +1612,13 @@ impl Storage for SqliteStorage {
             let mut bytes = 0usize;
             for m in rows {
                 let m = m?;
-                bytes += m.payload.len() + 64;
-                if bytes > max_bytes && !out.is_empty() {
-                    break;
+                bytes += m.payload.len() + FETCH_OVERHEAD;
+                if out.len() == limit || (bytes > max_bytes && !out.is_empty()) {
+                    return Ok((out, true));
                 }
                 out.push(m);
             }
-            Ok(out)
+            Ok((out, false))
         })
     }
 

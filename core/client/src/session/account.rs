@@ -5,11 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hkdf::Hkdf;
 use qpq_crypto::identity::IdentityKey;
-use qpq_crypto::opaque::OpaqueSuite;
-use qpq_crypto::opaque_ke::{
-    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
-    ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
-};
+use qpq_crypto::opaque::client as opaque;
 use qpq_proto::{method, v1, Status};
 use rand::rngs::OsRng;
 use sha2::Digest as _;
@@ -24,14 +20,14 @@ use crate::types::Account;
 impl Session {
     pub(crate) async fn register(&self, username: &str, password: &str) -> Result<Account, Error> {
         let _ops = self.ops().await;
-        check_username(username)?;
+        let username = &check_username(username)?;
         check_password(password)?;
         let device = {
             let e = self.engine()?;
             e.check_store_owner(username)?;
             e.my_device()
         };
-        let start = ClientRegistration::<OpaqueSuite>::start(&mut OsRng, password.as_bytes())
+        let (registration, request) = opaque::Registration::start(&mut OsRng, password.as_bytes())
             .map_err(|e| AuthError::Protocol(e.to_string()))?;
         let r: v1::OpaqueRegisterStartResponse = self
             .net
@@ -39,7 +35,7 @@ impl Session {
                 method::OPAQUE_REGISTER_START,
                 &v1::OpaqueRegisterStartRequest {
                     username: username.into(),
-                    registration_request: Bytes::from(start.message.serialize().to_vec()),
+                    registration_request: Bytes::from(request),
                 },
                 None,
                 Duration::ZERO,
@@ -47,19 +43,11 @@ impl Session {
             )
             .await
             .map_err(|e| taken_as_conflict(e, username))?;
-        let resp = RegistrationResponse::<OpaqueSuite>::deserialize(&r.registration_response)
-            .map_err(|e| AuthError::Protocol(e.to_string()))?;
-        let fin = start
-            .state
-            .finish(
-                &mut OsRng,
-                password.as_bytes(),
-                resp,
-                ClientRegistrationFinishParameters::default(),
-            )
+        let fin = registration
+            .finish(&mut OsRng, password.as_bytes(), &r.registration_response)
             .map_err(|e| AuthError::Protocol(e.to_string()))?;
         let identity = identity_from_export_key(&fin.export_key);
-        let upload = fin.message.serialize().to_vec();
+        let upload = fin.message.clone();
         // Proof of possession of both keys (issue 17 item 12), bound to this registration.
         let proof = qpq_proto::key_proof::register(
             username,
@@ -98,7 +86,7 @@ impl Session {
 
     /// Login with the operation lock already held.
     async fn login_locked(&self, username: &str, password: &str) -> Result<Account, Error> {
-        check_username(username)?;
+        let username = &check_username(username)?;
         check_password(password)?;
         let (device, old_identity) = {
             let e = self.engine()?;
@@ -108,7 +96,7 @@ impl Session {
                 e.keys.identity.as_ref().map(|k| k.public_key()),
             )
         };
-        let start = ClientLogin::<OpaqueSuite>::start(&mut OsRng, password.as_bytes())
+        let (login, ke1) = opaque::Login::start(&mut OsRng, password.as_bytes())
             .map_err(|e| AuthError::Protocol(e.to_string()))?;
         let r: v1::OpaqueLoginStartResponse = self
             .net
@@ -116,21 +104,14 @@ impl Session {
                 method::OPAQUE_LOGIN_START,
                 &v1::OpaqueLoginStartRequest {
                     username: username.into(),
-                    ke1: Bytes::from(start.message.serialize().to_vec()),
+                    ke1: Bytes::from(ke1),
                 },
                 None,
                 Duration::ZERO,
                 false,
             )
             .await?;
-        let ke2 = CredentialResponse::<OpaqueSuite>::deserialize(&r.ke2)
-            .map_err(|_| AuthError::BadCredentials)?;
-        let fin = match start.state.finish(
-            &mut OsRng,
-            password.as_bytes(),
-            ke2,
-            ClientLoginFinishParameters::default(),
-        ) {
+        let fin = match login.finish(&mut OsRng, password.as_bytes(), &r.ke2) {
             Ok(fin) => fin,
             Err(_) => {
                 // Wrong password: OPAQUE fails here, on the client. Tell the server (an empty
@@ -170,7 +151,7 @@ impl Session {
                 method::OPAQUE_LOGIN_FINISH,
                 &v1::OpaqueLoginFinishRequest {
                     login_id: r.login_id,
-                    ke3: Bytes::from(fin.message.serialize().to_vec()),
+                    ke3: Bytes::from(fin.message.clone()),
                     device_key: Bytes::copy_from_slice(&device),
                     device_signature: Bytes::copy_from_slice(&device_signature),
                 },
@@ -347,9 +328,8 @@ fn check_password(p: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_username(u: &str) -> Result<(), Error> {
-    if u.is_empty() || u.len() > 64 {
-        return Err(Error::invalid("a username has 1 to 64 characters"));
-    }
-    Ok(())
+/// The username rule of client and server (`qpq_proto::username`): returns the normalised
+/// form (trimmed, ASCII lower case) that is sent, signed and stored.
+fn check_username(u: &str) -> Result<String, Error> {
+    qpq_proto::username::normalize(u).map_err(|e| Error::invalid(e.to_string()))
 }

@@ -66,7 +66,7 @@ impl Session {
                 let Some(req) = built else {
                     return Ok(());
                 };
-                if e.failpoint == Some(Failpoint::CommitBuilt) {
+                if e.failpoint_at(Failpoint::CommitBuilt) {
                     return Err(crashed(Failpoint::CommitBuilt));
                 }
                 req
@@ -111,6 +111,14 @@ impl Session {
     }
 }
 
+/// The GroupInfo a commit makes (our groups use the ratchet tree extension, so openmls makes
+/// one with the tree and the external public key), encoded for the Enqueue: members that
+/// cannot process the commit rejoin from it (ADR 0054).
+fn group_info(info: Option<MlsMessageOut>) -> Result<Bytes, Error> {
+    let info = info.ok_or_else(|| Error::internal("the commit made no GroupInfo"))?;
+    Ok(Bytes::from(mls::encode(&info)?))
+}
+
 /// The meta key of a conversation's pending commit.
 fn pending_key(conv: &ConversationId) -> String {
     format!("{META_PENDING_COMMIT}{}", hex::encode(conv))
@@ -125,7 +133,7 @@ impl Engine {
         r: Result<v1::EnqueueResponse, Error>,
         events: &mut Vec<Event>,
     ) -> Result<bool, Error> {
-        if r.is_ok() && self.failpoint == Some(Failpoint::CommitSent) {
+        if r.is_ok() && self.failpoint_at(Failpoint::CommitSent) {
             return Err(crashed(Failpoint::CommitSent));
         }
         let key = pending_key(conv);
@@ -134,6 +142,11 @@ impl Engine {
         match r {
             Ok(_) => {
                 if let Some(g) = group.as_mut() {
+                    let seen = match g.pending_commit() {
+                        Some(sc) => self.removes_seen(g, sc, Some(self.my_device()))?,
+                        None => Vec::new(),
+                    };
+                    let actors = self.actors(Some(self.my_device()), &seen)?;
                     let before = self.member_names(g)?;
                     self.store.transaction(|s| -> Result<(), Error> {
                         g.merge_pending_commit(&provider).map_err(mls_err)?;
@@ -141,7 +154,8 @@ impl Engine {
                         Ok(())
                     })?;
                     let after = self.member_names(g)?;
-                    push_members_changed(events, conv, &before, &after, g.epoch().as_u64());
+                    let epoch = g.epoch().as_u64();
+                    push_members_changed(events, conv, &actors, &before, &after, epoch);
                 } else {
                     self.store.delete_meta(&key)?;
                 }
@@ -212,9 +226,10 @@ impl Engine {
                     return Ok(None);
                 }
                 let kps: Vec<KeyPackage> = todo.iter().map(|(_, kp, _)| kp.clone()).collect();
-                let (commit, welcome, _) = group
+                let (commit, welcome, info) = group
                     .add_members(&provider, &signer, &kps)
                     .map_err(mls_err)?;
+                req.group_info = group_info(info.map(MlsMessageOut::from))?;
                 let wrapped = welcome::wrap(*kind, name, &mls::encode(&welcome)?);
                 let recipients: Vec<&HybridPublicKey> = todo.iter().map(|(_, _, h)| h).collect();
                 let sealed = envelope::seal(&mut OsRng, &recipients, &conv[..], &wrapped)?;
@@ -241,9 +256,10 @@ impl Engine {
                 if leaves.is_empty() {
                     return Ok(None);
                 }
-                let (commit, _, _) = group
+                let (commit, _, info) = group
                     .remove_members(&provider, &signer, &leaves)
                     .map_err(mls_err)?;
+                req.group_info = group_info(info.map(MlsMessageOut::from))?;
                 req.payload = Bytes::from(mls::encode(&commit)?);
                 req.remove_members = remove_members
                     .iter()
@@ -255,11 +271,13 @@ impl Engine {
                     .self_update(&provider, &signer, LeafNodeParameters::default())
                     .map_err(mls_err)?;
                 req.payload = Bytes::from(mls::encode(bundle.commit())?);
+                req.group_info = group_info(bundle.into_group_info_msg())?;
             }
             Change::Promote { admins, promote } => {
-                let (commit, _, _) = group
+                let (commit, _, info) = group
                     .update_group_context_extensions(&provider, roles::extensions(admins)?, &signer)
                     .map_err(mls_err)?;
+                req.group_info = group_info(info.map(MlsMessageOut::from))?;
                 req.payload = Bytes::from(mls::encode(&commit)?);
                 req.promote_members = promote.iter().map(|k| Bytes::copy_from_slice(k)).collect();
             }
@@ -277,9 +295,10 @@ impl Engine {
                     // another member commit it.
                     return Ok(None);
                 }
-                let (commit, _, _) = group
+                let (commit, _, info) = group
                     .commit_to_pending_proposals(&provider, &signer)
                     .map_err(mls_err)?;
+                req.group_info = group_info(info.map(MlsMessageOut::from))?;
                 req.payload = Bytes::from(mls::encode(&commit)?);
             }
         }

@@ -101,6 +101,12 @@ impl Session {
 }
 
 impl Engine {
+    /// The username of `device`, when the directory told this device.
+    pub(super) fn known_username(&self, device: &[u8; 32]) -> Result<Option<String>, Error> {
+        Ok(self.store.device(device)?.map(|(_, name)| name))
+    }
+
+    /// The username of `device`, or `device-<first 4 bytes in hex>` when unknown.
     pub(super) fn username_of(&self, device: &[u8; 32]) -> Result<String, Error> {
         Ok(match self.store.device(device)? {
             Some((_, name)) => name,
@@ -133,12 +139,15 @@ impl Engine {
         &self,
         group: &MlsGroup,
         sc: &StagedCommit,
+        committer: Option<[u8; 32]>,
     ) -> Result<Vec<roles::RemoveSeen>, Error> {
         let device_at = |leaf: LeafNodeIndex| group.member(leaf).and_then(mls::device_of);
         let mut out = Vec::new();
         for q in sc.remove_proposals() {
             let proposer_device = match q.sender() {
                 Sender::Member(l) => device_at(*l),
+                // An external commit's Remove is proposed by the joining device itself.
+                Sender::NewMemberCommit => committer,
                 _ => None,
             };
             let (Some(proposer_device), Some(removed_device)) =

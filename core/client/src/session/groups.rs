@@ -398,7 +398,13 @@ impl Session {
                 },
             )
             .await?;
-        self.engine()?.drop_group(conv)?;
+        let e = self.engine()?;
+        e.drop_group(conv)?;
+        events.push(Event::Removed {
+            conversation: *conv,
+            by: Some(e.my_username()?),
+            left: true,
+        });
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use super::commit::Change;
 use super::*;
 use crate::body::Body;
 use crate::error::Error;
-use crate::types::{ConversationId, Event};
+use crate::types::{ConversationId, DeviceKey, Event};
 
 impl Engine {
     /// Test hook: encrypts `text` as a text message (as the outbox would) without storing or
@@ -71,6 +71,25 @@ impl Engine {
             .scratch(|_| self.build_commit(conv, &Change::Update));
         Ok(r?
             .ok_or_else(|| Error::internal("a self-update always makes a commit"))?
+            .payload
+            .to_vec())
+    }
+
+    /// Test hook: the MLS bytes of a commit removing every leaf of `devices` from `conv`,
+    /// built without the role check (as a rule-breaking member would) and neither sent nor
+    /// merged.
+    pub(crate) fn debug_remove_commit(
+        &self,
+        conv: &ConversationId,
+        devices: &[DeviceKey],
+    ) -> Result<Vec<u8>, Error> {
+        let change = Change::Remove {
+            devices: devices.iter().map(|d| d.to_bytes()).collect(),
+            remove_members: Vec::new(),
+        };
+        let r = self.store.scratch(|_| self.build_commit(conv, &change));
+        Ok(r?
+            .ok_or_else(|| Error::not_found("none of these devices is in the group"))?
             .payload
             .to_vec())
     }

@@ -17,24 +17,31 @@
 //! - [`directory`]: usernames and keys of users and devices, safety numbers;
 //! - [`queries`]: read-only views (conversations, history, members);
 //! - [`groups`]: creating groups and DMs, invite, remove, leave, key rotation;
+//! - [`consent`]: consent states of conversations, and blocks;
 //! - [`commit`]: the pending-commit protocol (stored before sending, merged after the Ok);
 //! - [`outbox`]: sending application messages, idempotently by message id;
 //! - [`receive`]: fetch, per-message transactions, Ack;
+//! - [`rejoin`]: broken conversations, rejoined by external commit;
 //! - [`welcome`]: the pure byte format of our Welcome wrapper;
 //! - [`hooks`]: test hooks (crash points, injection, state hashes).
 
 mod account;
 mod commit;
+mod consent;
 mod directory;
 mod groups;
+#[cfg(feature = "test-hooks")]
 mod hooks;
 mod outbox;
 mod queries;
 mod receive;
+mod rejoin;
 mod welcome;
 
+#[cfg(feature = "test-hooks")]
 pub use hooks::DebugInjected;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openmls_rust_crypto::RustCrypto;
@@ -46,6 +53,7 @@ use zeroize::Zeroizing;
 use crate::error::{Error, ErrorCode, MlsError};
 use crate::mls::Provider;
 use crate::net::Net;
+use crate::roles;
 use crate::store::Store;
 use crate::types::{Account, ConversationId, Event};
 
@@ -106,6 +114,7 @@ pub(crate) struct Engine {
     /// Last time KeyPackages were counted.
     kp_checked: Option<std::time::Instant>,
     /// Test hook: where to simulate a crash (see [`Failpoint`]).
+    #[cfg(feature = "test-hooks")]
     failpoint: Option<Failpoint>,
 }
 
@@ -178,8 +187,22 @@ impl Session {
 
 impl Engine {
     /// Test hook: arms (or disarms) a simulated crash point.
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn set_failpoint(&mut self, at: Option<Failpoint>) {
         self.failpoint = at;
+    }
+
+    /// Whether a test armed the simulated crash at `at` (never, without `test-hooks`).
+    fn failpoint_at(&self, at: Failpoint) -> bool {
+        #[cfg(feature = "test-hooks")]
+        {
+            self.failpoint == Some(at)
+        }
+        #[cfg(not(feature = "test-hooks"))]
+        {
+            let _ = at;
+            false
+        }
     }
 
     pub(crate) fn new(store: Store) -> Result<Engine, Error> {
@@ -225,6 +248,7 @@ impl Engine {
                 token,
             },
             kp_checked: None,
+            #[cfg(feature = "test-hooks")]
             failpoint: None,
         })
     }
@@ -272,9 +296,56 @@ impl Engine {
     }
 }
 
+/// Who did a commit's membership changes, as the events name them.
+pub(super) struct Actors {
+    /// The committer's username (`None` when this device does not know it).
+    pub(super) by: Option<String>,
+    /// Usernames whose removal was their own proposal: they left.
+    pub(super) left: BTreeSet<String>,
+    /// For this device's own removal: the proposer's username, and whether it was this
+    /// account's own proposal (a leave from another of its devices).
+    pub(super) me_removed_by: Option<(Option<String>, bool)>,
+}
+
+impl Engine {
+    /// The actors of `sc` in `group`: `committer` is the committing device (`None` when
+    /// unknown). A removal is a leave when its proposer is the removed account (or device).
+    pub(super) fn actors(
+        &self,
+        committer: Option<[u8; 32]>,
+        seen: &[roles::RemoveSeen],
+    ) -> Result<Actors, Error> {
+        let by = match committer {
+            Some(d) => self.known_username(&d)?,
+            None => None,
+        };
+        let mine = self.my_device();
+        let mut left = BTreeSet::new();
+        let mut me_removed_by = None;
+        for r in seen {
+            let own = r.proposer_device == r.removed_device
+                || (r.proposer.is_some() && r.proposer == r.removed);
+            if own {
+                left.insert(self.username_of(&r.removed_device)?);
+            }
+            if r.removed_device == mine {
+                me_removed_by = Some((self.known_username(&r.proposer_device)?, own));
+            }
+        }
+        Ok(Actors {
+            by,
+            left,
+            me_removed_by,
+        })
+    }
+}
+
+/// Pushes a `MembersChanged` for the difference between `before` and `after` (usernames),
+/// unless nothing changed.
 fn push_members_changed(
     events: &mut Vec<Event>,
     conv: &ConversationId,
+    actors: &Actors,
     before: &[String],
     after: &[String],
     epoch: u64,
@@ -284,16 +355,18 @@ fn push_members_changed(
         .filter(|a| !before.contains(a))
         .cloned()
         .collect();
-    let removed: Vec<String> = before
+    let (left, removed): (Vec<String>, Vec<String>) = before
         .iter()
         .filter(|b| !after.contains(b))
         .cloned()
-        .collect();
-    if !added.is_empty() || !removed.is_empty() {
+        .partition(|name| actors.left.contains(name));
+    if !added.is_empty() || !removed.is_empty() || !left.is_empty() {
         events.push(Event::MembersChanged {
             conversation: *conv,
+            by: actors.by.clone(),
             added,
             removed,
+            left,
             epoch,
         });
     }

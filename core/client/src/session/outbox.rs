@@ -23,7 +23,7 @@ const NOT_ENCRYPTED: u64 = u64::MAX;
 /// What to do with the next outbox entry.
 enum Step {
     /// Send this Enqueue.
-    Send(v1::EnqueueRequest),
+    Send(Box<v1::EnqueueRequest>),
     /// The group has proposals to commit before anything can be encrypted.
     CommitFirst,
     /// The entry can never be sent: reported and dropped.
@@ -54,7 +54,7 @@ impl Session {
                 step = self.engine()?.outbox_step(&row)?;
             }
             let req = match step {
-                Step::Send(req) => req,
+                Step::Send(req) => *req,
                 Step::CommitFirst => {
                     blocked.insert(row.conversation);
                     continue;
@@ -105,6 +105,10 @@ impl Engine {
         }
         // Issue 10 item 1: a conversation nobody else is in (the others left) refuses sends.
         self.check_someone_else(conv)?;
+        // Writing in a requested conversation accepts it (ADR 0060).
+        if self.consent(conv)?.0 == crate::types::Consent::Requested {
+            self.set_consent(conv, crate::types::Consent::Allowed)?;
+        }
         if let Some(id) = id {
             if self.store.message_exists(conv, &id)? {
                 return Ok(id);
@@ -173,13 +177,13 @@ impl Engine {
                 Ok(())
             })?;
         }
-        Ok(Step::Send(v1::EnqueueRequest {
+        Ok(Step::Send(Box::new(v1::EnqueueRequest {
             channel_id: Bytes::copy_from_slice(&row.conversation[..]),
             message_id: Bytes::copy_from_slice(&row.id[..]),
             payload: Bytes::from(row.ciphertext),
             kind: v1::MessageKind::Application as i32,
             ..Default::default()
-        }))
+        })))
     }
 
     /// The server accepted an outbox entry.

@@ -51,7 +51,10 @@ impl Engine {
                 }
             }
         }
+        let (consent, invited_by) = self.consent(&row.id)?;
         Ok(Conversation {
+            consent,
+            invited_by,
             id: row.id,
             kind: row.kind,
             name,

@@ -39,7 +39,7 @@ impl Session {
     /// proposals committed, outbox flushed, KeyPackages topped up. Takes the operation lock.
     pub(crate) async fn sync(&self, events: &mut Vec<Event>) -> Result<(), Error> {
         let _ops = self.ops().await;
-        self.sync_from(events, Vec::new(), None).await?;
+        self.sync_from(events, None, None).await?;
         self.flush_outbox_locked(events).await?;
         self.replenish_key_packages_locked(false).await
     }
@@ -47,7 +47,7 @@ impl Session {
     /// [`Session::sync`] without flushing the outbox, for a caller that holds the operation
     /// lock already (a commit first catches up with the group).
     pub(super) async fn sync_locked(&self, events: &mut Vec<Event>) -> Result<(), Error> {
-        Box::pin(self.sync_from(events, Vec::new(), None)).await
+        Box::pin(self.sync_from(events, None, None)).await
     }
 
     /// Catches up (the caller holds the operation lock), starting with messages a FetchWait
@@ -58,42 +58,45 @@ impl Session {
     pub(crate) async fn sync_from(
         &self,
         events: &mut Vec<Event>,
-        mut prefetched: Vec<v1::QueuedMessage>,
+        mut prefetched: Option<v1::FetchResponse>,
         sink: Option<&EventSink>,
     ) -> Result<(), Error> {
-        /// A page this full may have more behind it; a shorter one was the whole queue.
-        const PAGE: usize = 256;
-        const PAGE_BYTES: usize = 1024 * 1024;
+        /// Most messages asked for per page.
+        const PAGE: u32 = 256;
         self.resolve_pending_commits(events).await?;
         let mut proposals = BTreeSet::new();
         loop {
-            let messages = if prefetched.is_empty() {
-                let after = self.engine()?.store.get_u64(META_LAST_SEQ)?;
-                let r: v1::FetchResponse = self
-                    .call(
+            let page = match prefetched.take() {
+                Some(page) => page,
+                None => {
+                    let after = self.engine()?.store.get_u64(META_LAST_SEQ)?;
+                    self.call(
                         method::FETCH,
                         &v1::FetchRequest {
                             after_seq: after,
-                            limit: PAGE as u32,
+                            limit: PAGE,
                             channel_id: Bytes::new(),
                         },
                     )
-                    .await?;
-                r.messages
-            } else {
-                std::mem::take(&mut prefetched)
+                    .await?
+                }
             };
-            if messages.is_empty() {
+            if page.messages.is_empty() {
                 break;
             }
-            let short = messages.len() < PAGE
-                && messages.iter().map(|m| m.payload.len()).sum::<usize>() < PAGE_BYTES;
-            self.process_batch(messages, events, &mut proposals, sink)
+            // Only the server's flag says whether more is queued: a page's size does not (the
+            // server caps pages at its per-connection response budget, R-2). A server that
+            // never sets it hands the rest to the next FetchWait.
+            let more = page.more;
+            self.process_batch(page.messages, events, &mut proposals, sink)
                 .await?;
-            if short {
+            if !more {
                 break;
             }
         }
+        // Broken conversations (ADR 0054) rejoin once the queue is processed, so a commit
+        // already queued that heals them is seen first.
+        self.rejoin_broken(events).await?;
         for conv in proposals {
             let mut ev = Vec::new();
             // Boxed: commit() calls sync again.
@@ -141,10 +144,15 @@ impl Session {
                 continue;
             }
             // One message per lock: reads get in between.
-            match self.engine()?.apply_one(&m, true, proposals)? {
+            let e = self.engine()?;
+            match e.apply_one(&m, true, proposals)? {
                 Ok(local) => events.extend(local),
-                Err(e) => tracing::debug!("queued message {} not processed: {e}", m.seq),
+                Err(err) => {
+                    tracing::debug!("queued message {} not processed: {err}", m.seq);
+                    e.note_broken_commit(&m, &err, events)?;
+                }
             }
+            drop(e);
             last = m.seq;
             // Durable now: the app may see it before the Ack (which only lets the server
             // forget it; a lost Ack means a redelivery that is skipped by sequence number).
@@ -212,7 +220,7 @@ impl Engine {
     ) -> Result<(), Error> {
         let conv = id16(&m.channel_id, "channel id")?;
         if m.kind == v1::MessageKind::Welcome as i32 {
-            return self.process_welcome(&conv, &m.payload, events);
+            return self.process_welcome(&conv, &m.payload, &m.sender_device, events);
         }
         let provider = self.provider();
         let Some(mut group) = mls::load(&provider, &conv)? else {
@@ -236,6 +244,7 @@ impl Engine {
             .process_message(&provider, pm)
             .map_err(|e| MlsError::Decrypt(e.to_string()))?;
         let sender_device = mls::device_of(processed.credential());
+        let external = matches!(processed.sender(), Sender::NewMemberCommit);
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 let app = v1::AppMessage::decode(&app.into_bytes()[..])
@@ -280,7 +289,15 @@ impl Engine {
             ProcessedMessageContent::StagedCommitMessage(sc) => {
                 // Roles (ADR 0032): a commit that breaks them is refused by every member, so
                 // the group does not fork (the server refuses it first).
-                let seen = self.removes_seen(&group, &sc)?;
+                let seen = self.removes_seen(&group, &sc, sender_device)?;
+                // An external commit only re-joins a device that is in the group already
+                // (ADR 0054): it removes that device's old leaf.
+                if external && !seen.iter().any(|r| Some(r.removed_device) == sender_device) {
+                    return Err(Error::new(
+                        ErrorCode::Forbidden,
+                        "commit refused: an external commit from a device not in the group",
+                    ));
+                }
                 let committer = match sender_device {
                     Some(d) => self.identity_of(&d)?,
                     None => None,
@@ -296,15 +313,23 @@ impl Engine {
                         format!("commit refused: {v}"),
                     ));
                 }
+                let actors = self.actors(sender_device, &seen)?;
                 let before = self.member_names(&group)?;
                 let removed = sc.self_removed();
                 group.merge_staged_commit(&provider, *sc).map_err(mls_err)?;
+                self.note_healed(&conv, events)?;
                 if removed {
                     self.store.set_active(&conv, false)?;
-                    events.push(Event::Removed { conversation: conv });
+                    let (by, left) = actors.me_removed_by.unwrap_or((None, false));
+                    events.push(Event::Removed {
+                        conversation: conv,
+                        by,
+                        left,
+                    });
                 } else {
                     let after = self.member_names(&group)?;
-                    push_members_changed(events, &conv, &before, &after, group.epoch().as_u64());
+                    let epoch = group.epoch().as_u64();
+                    push_members_changed(events, &conv, &actors, &before, &after, epoch);
                 }
             }
             _ => {}
@@ -316,6 +341,7 @@ impl Engine {
         &self,
         conv: &ConversationId,
         payload: &[u8],
+        inviter_device: &[u8],
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
         let wrapped = envelope::open(&self.keys.hybrid, &conv[..], payload)?;
@@ -349,6 +375,7 @@ impl Engine {
             },
             now_ms(),
         )?;
+        self.consent_on_welcome(conv, inviter_device)?;
         events.push(Event::ConversationJoined(self.conversation(conv)?));
         Ok(())
     }

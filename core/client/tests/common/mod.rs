@@ -53,6 +53,12 @@ impl TestServer {
         }
     }
 
+    /// Runs `f` on the server's runtime (for raw protocol clients of `qpq_server::testkit`).
+    #[allow(dead_code)] // not every test file uses it
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
     pub fn config(&self, data_dir: &Path) -> ClientConfig {
         let mut c = ClientConfig::new(
             data_dir,

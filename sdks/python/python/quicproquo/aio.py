@@ -160,6 +160,26 @@ class AsyncClient:
         """See :meth:`quicproquo.Client.leave`."""
         await self._run(self._client.leave, conversation)
 
+    async def accept(self, conversation: ConversationRef) -> None:
+        """See :meth:`quicproquo.Client.accept`."""
+        await self._run(self._client.accept, conversation)
+
+    async def decline(self, conversation: ConversationRef, block: bool = False) -> None:
+        """See :meth:`quicproquo.Client.decline`."""
+        await self._run(self._client.decline, conversation, block)
+
+    async def block(self, username: str) -> None:
+        """See :meth:`quicproquo.Client.block`."""
+        await self._run(self._client.block, username)
+
+    async def unblock(self, username: str) -> None:
+        """See :meth:`quicproquo.Client.unblock`."""
+        await self._run(self._client.unblock, username)
+
+    async def blocked(self) -> List[str]:
+        """See :meth:`quicproquo.Client.blocked`."""
+        return await self._run(self._client.blocked)
+
     async def promote(self, conversation: ConversationRef, username: str) -> None:
         """See :meth:`quicproquo.Client.promote`."""
         await self._run(self._client.promote, conversation, username)

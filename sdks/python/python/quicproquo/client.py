@@ -213,6 +213,34 @@ class Client:
         """Leaves the conversation; the local group state is dropped, history kept."""
         self._native.leave(conversation)
 
+    def accept(self, conversation: ConversationRef) -> None:
+        """Accepts a conversation whose :attr:`~quicproquo.Conversation.consent` is
+        ``REQUESTED``: it becomes ``ALLOWED`` and its members count as contacts. Local only;
+        sending in the conversation accepts it too. :class:`~quicproquo.NotFoundError` for an
+        unknown conversation."""
+        self._native.accept(conversation)
+
+    def decline(self, conversation: ConversationRef, block: bool = False) -> None:
+        """Declines a conversation: leaves it if still a member (as :meth:`leave`) and marks
+        it ``DENIED``; its history stays. With ``block``, also blocks the account that invited
+        this one (see :meth:`block`)."""
+        self._native.decline(conversation, block)
+
+    def block(self, username: str) -> None:
+        """Blocks ``username`` on the server: its messages no longer reach any device of this
+        account and it cannot add this account to a group or DM. Commits of shared groups
+        still arrive. Idempotent; :class:`~quicproquo.NotFoundError` for an unknown user. It
+        leaves and declines nothing by itself."""
+        self._native.block(username)
+
+    def unblock(self, username: str) -> None:
+        """Ends a block made by :meth:`block`. Idempotent."""
+        self._native.unblock(username)
+
+    def blocked(self) -> List[str]:
+        """Usernames this account blocks, as the server stores them."""
+        return self._native.blocked()
+
     def promote(self, conversation: ConversationRef, username: str) -> None:
         """Makes ``username`` an admin of the group (admins only)."""
         self._native.promote(conversation, username)

@@ -18,10 +18,13 @@ __all__ = [
     "AppData",
     "Body",
     "ConnectionChanged",
+    "Consent",
     "Conversation",
+    "ConversationBroken",
     "ConversationId",
     "ConversationJoined",
     "ConversationKind",
+    "ConversationRecovered",
     "Delete",
     "Delivery",
     "DeviceKey",
@@ -109,6 +112,19 @@ class ConversationKind(enum.Enum):
     GROUP = "group"
 
 
+class Consent(enum.Enum):
+    """Whether the user wants a conversation (ADR 0060). It changes nothing about delivery or
+    storage: a ``REQUESTED`` conversation's messages arrive as usual, and the app shows them
+    apart until :meth:`quicproquo.Client.accept` or :meth:`quicproquo.Client.decline`."""
+
+    #: Created here, accepted, written in, or from a contact.
+    ALLOWED = "allowed"
+    #: Joined by an invitation from someone this account shares no allowed conversation with.
+    REQUESTED = "requested"
+    #: Declined: left, and kept only as history.
+    DENIED = "denied"
+
+
 class Delivery(enum.Enum):
     """Where a message of the local history is on its way out."""
 
@@ -164,6 +180,11 @@ class Conversation:
     active: bool
     #: Received messages not yet read through :meth:`quicproquo.Client.messages`.
     unread: int
+    #: Whether the user wants this conversation: one joined by an invitation from someone who
+    #: is not a contact is ``REQUESTED`` until accepted or declined.
+    consent: Consent
+    #: Who invited this account (``None`` for a conversation this device created).
+    invited_by: Optional[str]
 
 
 @dataclass(frozen=True)
@@ -276,20 +297,32 @@ class ConversationJoined:
 
 @dataclass(frozen=True)
 class MembersChanged:
-    """Members joined or left a conversation."""
+    """Members joined, were removed from, or left a conversation (one commit's changes)."""
 
     conversation_id: ConversationId
+    #: Who made the change (the member who committed it); ``None`` when this device does not
+    #: know that member's username.
+    by: Optional[str]
+    #: Usernames added.
     added: Tuple[str, ...]
+    #: Usernames removed by someone else.
     removed: Tuple[str, ...]
+    #: Usernames that left on their own.
+    left: Tuple[str, ...]
     #: The epoch after the change.
     epoch: int
 
 
 @dataclass(frozen=True)
 class Removed:
-    """This account was removed from (or left) a conversation."""
+    """This account is no longer in a conversation: removed by another member, or it left
+    (from this device or another of its devices). The history stays, inactive."""
 
     conversation_id: ConversationId
+    #: Who removed this account (its own username when it left); ``None`` when unknown.
+    by: Optional[str]
+    #: True when this account left on its own rather than being removed.
+    left: bool
 
 
 @dataclass(frozen=True)
@@ -319,6 +352,24 @@ class MessageFailed:
     reason: str
 
 
+@dataclass(frozen=True)
+class ConversationBroken:
+    """This device cannot process the commit the server accepted for a conversation's epoch.
+    The engine rejoins it by itself and then reports :class:`ConversationRecovered`; messages
+    others sent between the two may never reach this device."""
+
+    conversation_id: ConversationId
+    #: What could not be processed, for humans.
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConversationRecovered:
+    """A conversation reported broken works again (rejoined, or a later commit processed)."""
+
+    conversation_id: ConversationId
+
+
 #: Something that happened, from :meth:`quicproquo.Client.events` and friends.
 Event = Union[
     MessageReceived,
@@ -328,6 +379,8 @@ Event = Union[
     ConnectionChanged,
     MessageSent,
     MessageFailed,
+    ConversationBroken,
+    ConversationRecovered,
 ]
 
 

@@ -1,0 +1,3 @@
+module github.com/quicproquo/quicproquo/sdks/go
+
+go 1.23
