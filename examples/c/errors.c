@@ -102,6 +102,10 @@ static void accessors_take_null(void) {
     TRUE(qpq_event_get_kind(NULL) == QPQ_EVENT_NONE && qpq_event_cursor(NULL) == 0 && qpq_event_message(NULL) == NULL && qpq_event_conversation(NULL) == NULL);
     TRUE(qpq_event_member_count(NULL, true) == 0 && qpq_event_member(NULL, false, 0) == NULL && qpq_event_epoch(NULL) == 0 && !qpq_event_connected(NULL));
     TRUE(qpq_event_error_code(NULL) == QPQ_OK && qpq_event_error_message(NULL) == NULL);
+    TRUE(qpq_event_by(NULL) == NULL && !qpq_event_left(NULL) && qpq_event_reason(NULL) == NULL);
+    TRUE(qpq_event_left_count(NULL) == 0 && qpq_event_left_member(NULL, 0) == NULL);
+    TRUE(qpq_conversation_consent(NULL) == QPQ_CONSENT_NONE && qpq_conversation_invited_by(NULL) == NULL);
+    TRUE(qpq_string_list_len(NULL) == 0 && qpq_string_list_get(NULL, 0) == NULL);
     TRUE(memcmp(qpq_event_conversation_id(NULL).bytes, zeros, 16) == 0 && memcmp(qpq_event_message_id(NULL).bytes, zeros, 16) == 0);
     TRUE(qpq_conversation_list_len(NULL) == 0 && qpq_conversation_list_get(NULL, 0) == NULL);
     TRUE(qpq_message_list_len(NULL) == 0 && qpq_message_list_get(NULL, 0) == NULL);
@@ -111,6 +115,7 @@ static void accessors_take_null(void) {
     qpq_error_free(NULL); qpq_string_free(NULL); qpq_config_free(NULL); qpq_client_close(NULL); qpq_client_free(NULL);
     qpq_account_free(NULL); qpq_conversation_free(NULL); qpq_member_free(NULL); qpq_body_free(NULL); qpq_event_free(NULL);
     qpq_conversation_list_free(NULL); qpq_message_list_free(NULL); qpq_member_list_free(NULL); qpq_event_list_free(NULL);
+    qpq_string_list_free(NULL);
 }
 
 /* Every fallible function, each pointer argument NULL in turn: QPQ_ERROR_INVALID_INPUT. */
@@ -120,6 +125,7 @@ static void null_arguments(qpq_client *c, qpq_conversation_id *g) {
     qpq_conversation_id id; qpq_message_id mid; qpq_body *body = NULL; qpq_body *b = NULL; bool created;
     qpq_conversation_list *cl = NULL; qpq_conversation *conv = NULL; qpq_message_list *ml = NULL;
     qpq_member_list *mbl = NULL; qpq_event_list *el = NULL; qpq_event *ev = NULL; char *s = NULL; uint64_t u = 0;
+    qpq_string_list *sl = NULL;
     const char *names[] = {"x"}; const char *null_names[] = {NULL}; uint8_t key[32] = {0};
     OK(qpq_body_new_text("t", &body));
     NUL(qpq_config_new(NULL, "a:1", &cfg_out)); NUL(qpq_config_new("d", NULL, &cfg_out)); NUL(qpq_config_new("d", "a:1", NULL));
@@ -149,6 +155,11 @@ static void null_arguments(qpq_client *c, qpq_conversation_id *g) {
     NUL(qpq_client_leave(NULL, g)); NUL(qpq_client_leave(c, NULL));
     NUL(qpq_client_promote(NULL, g, "u")); NUL(qpq_client_promote(c, NULL, "u")); NUL(qpq_client_promote(c, g, NULL));
     NUL(qpq_client_rotate_keys(NULL, g)); NUL(qpq_client_rotate_keys(c, NULL));
+    NUL(qpq_client_accept(NULL, g)); NUL(qpq_client_accept(c, NULL));
+    NUL(qpq_client_decline(NULL, g, false)); NUL(qpq_client_decline(c, NULL, true));
+    NUL(qpq_client_block(NULL, "u")); NUL(qpq_client_block(c, NULL));
+    NUL(qpq_client_unblock(NULL, "u")); NUL(qpq_client_unblock(c, NULL));
+    NUL(qpq_client_blocked(NULL, &sl)); NUL(qpq_client_blocked(c, NULL));
     NUL(qpq_client_send(NULL, g, body, &mid)); NUL(qpq_client_send(c, NULL, body, &mid));
     NUL(qpq_client_send(c, g, NULL, &mid)); NUL(qpq_client_send(c, g, body, NULL));
     NUL(qpq_client_send_with_id(NULL, g, &mid, body, &mid)); NUL(qpq_client_send_with_id(c, NULL, &mid, body, &mid));
@@ -185,7 +196,7 @@ static void null_arguments(qpq_client *c, qpq_conversation_id *g) {
     NUL(qpq_body_new_file("n", "m", 1, key, 32, key, 32, NULL));
     /* Nothing was handed out by the failing calls. */
     TRUE(cfg_out == NULL && client_out == NULL && acc == NULL && mem == NULL && b == NULL && cl == NULL && conv == NULL);
-    TRUE(ml == NULL && mbl == NULL && el == NULL && ev == NULL && s == NULL);
+    TRUE(ml == NULL && mbl == NULL && el == NULL && ev == NULL && s == NULL && sl == NULL);
     /* A reserved kind is refused by send, a received-only shape is still readable. */
     OK(qpq_body_new_reaction(&mid, "+1", true, &b));
     TRUE(qpq_body_get_kind(b) == QPQ_BODY_REACTION && qpq_body_removed(b) && strcmp(qpq_body_emoji(b), "+1") == 0);
@@ -272,6 +283,36 @@ int main(int argc, char **argv) {
     EXPECT(QPQ_ERROR_NOT_FOUND, qpq_client_send_text(dora, &unknown, "to nowhere", &id));
     EXPECT(QPQ_ERROR_ALREADY_MEMBER, qpq_client_invite(dora, &group, erin_name, 1));
     OK(qpq_client_send_text(dora, &group, "still working", &id)); /* the client keeps working */
+
+    /* Consent and blocking (ABI 0.2): a stranger's invitation arrives as a request, accept
+     * allows it; block lists the name until unblock; unknown names and ids are NOT_FOUND. */
+    qpq_conversation *joined = NULL;
+    for (double start = now_s(); joined == NULL && now_s() - start < 10;) {
+        qpq_event_list *events = NULL;
+        OK(qpq_client_sync(erin, &events));
+        qpq_event_list_free(events);
+        qpq_error *err = qpq_client_conversation(erin, &group, &joined);
+        qpq_error_free(err);
+    }
+    TRUE(joined != NULL && qpq_conversation_consent(joined) == QPQ_CONSENT_REQUESTED);
+    TRUE(joined != NULL && qpq_conversation_invited_by(joined) != NULL && strcmp(qpq_conversation_invited_by(joined), "dora") == 0);
+    qpq_conversation_free(joined);
+    joined = NULL;
+    OK(qpq_client_accept(erin, &group));
+    OK(qpq_client_conversation(erin, &group, &joined));
+    TRUE(qpq_conversation_consent(joined) == QPQ_CONSENT_ALLOWED);
+    qpq_conversation_free(joined);
+    EXPECT(QPQ_ERROR_NOT_FOUND, qpq_client_accept(erin, &unknown));
+    EXPECT(QPQ_ERROR_NOT_FOUND, qpq_client_block(erin, "nobody-such-user"));
+    OK(qpq_client_block(erin, "dora"));
+    qpq_string_list *blocked = NULL;
+    OK(qpq_client_blocked(erin, &blocked));
+    TRUE(qpq_string_list_len(blocked) == 1 && strcmp(qpq_string_list_get(blocked, 0), "dora") == 0 && qpq_string_list_get(blocked, 1) == NULL);
+    qpq_string_list_free(blocked);
+    OK(qpq_client_unblock(erin, "dora"));
+    OK(qpq_client_blocked(erin, &blocked));
+    TRUE(qpq_string_list_len(blocked) == 0);
+    qpq_string_list_free(blocked);
 
     /* Ids in their stable text form: round trip, malformed text refused. */
     char *hex = NULL;

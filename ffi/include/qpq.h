@@ -30,7 +30,7 @@
 
 // The ABI version this header describes: major in the high 16 bits, minor in the low 16.
 // The major changes only with a removal (and the soname with it); additions bump the minor.
-#define QPQ_ABI_VERSION 1
+#define QPQ_ABI_VERSION 2
 
 // The stable error codes of core's pinned table (`core/client/errors.toml`). Numbers never
 // change; a newer library may return a number this header does not name yet.
@@ -98,6 +98,31 @@ enum qpq_conversation_kind
 typedef enum qpq_conversation_kind qpq_conversation_kind;
 #else
 typedef uint32_t qpq_conversation_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// Whether the user wants a conversation (ADR 0060). It changes nothing about delivery: a
+// requested conversation's messages arrive as usual, the app shows them apart until
+// `qpq_client_accept` or `qpq_client_decline`. `QPQ_CONSENT_NONE` only for NULL.
+enum qpq_consent
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // Not a conversation (NULL).
+  QPQ_CONSENT_NONE = 0,
+  // Created here, accepted, written in, or from a contact.
+  QPQ_CONSENT_ALLOWED = 1,
+  // Joined by an invitation from someone this account shares no allowed conversation with.
+  QPQ_CONSENT_REQUESTED = 2,
+  // Declined: left, and kept only as history.
+  QPQ_CONSENT_DENIED = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum qpq_consent qpq_consent;
+#else
+typedef uint32_t qpq_consent;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -169,9 +194,11 @@ enum qpq_event_kind
   QPQ_EVENT_MESSAGE = 1,
   // This account was added to a conversation: `qpq_event_conversation`.
   QPQ_EVENT_CONVERSATION_JOINED = 2,
-  // Members joined or left: `qpq_event_added`, `qpq_event_removed`, `qpq_event_epoch`.
+  // Members joined, were removed or left (one commit): `qpq_event_member_count`/`_member`
+  // (added, removed), `qpq_event_left_count`/`_left_member`, `qpq_event_by`, `qpq_event_epoch`.
   QPQ_EVENT_MEMBERS_CHANGED = 3,
-  // This account was removed from (or left) `qpq_event_conversation_id`.
+  // This account was removed from (or left) `qpq_event_conversation_id`: `qpq_event_by`,
+  // `qpq_event_left`.
   QPQ_EVENT_REMOVED = 4,
   // The connection went up or down: `qpq_event_connected`.
   QPQ_EVENT_CONNECTION_CHANGED = 5,
@@ -179,6 +206,12 @@ enum qpq_event_kind
   QPQ_EVENT_MESSAGE_SENT = 6,
   // The message `qpq_event_message_id` can never be sent: `qpq_event_error_code`.
   QPQ_EVENT_MESSAGE_FAILED = 7,
+  // This device cannot follow `qpq_event_conversation_id` (a commit it cannot process):
+  // `qpq_event_reason`. The library rejoins by itself and then reports
+  // `QPQ_EVENT_CONVERSATION_RECOVERED`; messages sent in between may never arrive. ABI 0.2.
+  QPQ_EVENT_CONVERSATION_BROKEN = 8,
+  // A conversation reported broken works again. ABI 0.2.
+  QPQ_EVENT_CONVERSATION_RECOVERED = 9,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -228,6 +261,9 @@ typedef struct qpq_message qpq_message;
 
 // Messages, oldest first, owned: `qpq_message_list_free`.
 typedef struct qpq_message_list qpq_message_list;
+
+// Strings (NUL-terminated UTF-8), owned: `qpq_string_list_free`.
+typedef struct qpq_string_list qpq_string_list;
 
 // A conversation id (the server's channel id and the MLS group id): 16 bytes, by value.
 typedef struct qpq_conversation_id {
@@ -345,6 +381,34 @@ struct qpq_error *qpq_client_remove(const struct qpq_client *client,
 // Leaves the conversation; its history stays readable.
 struct qpq_error *qpq_client_leave(const struct qpq_client *client,
                                    const struct qpq_conversation_id *conversation);
+
+// Accepts a conversation whose consent is `QPQ_CONSENT_REQUESTED`: it becomes
+// `QPQ_CONSENT_ALLOWED` and its members count as contacts. Sending in it accepts it too.
+// `QPQ_ERROR_NOT_FOUND` for an unknown conversation. Local only. ABI 0.2.
+struct qpq_error *qpq_client_accept(const struct qpq_client *client,
+                                    const struct qpq_conversation_id *conversation);
+
+// Declines a conversation: leaves it if still a member (as `qpq_client_leave`) and marks it
+// `QPQ_CONSENT_DENIED`; its history stays. With `block`, also blocks the account that
+// invited this one (`qpq_client_block`). `QPQ_ERROR_NOT_FOUND` for an unknown conversation.
+// ABI 0.2.
+struct qpq_error *qpq_client_decline(const struct qpq_client *client,
+                                     const struct qpq_conversation_id *conversation,
+                                     bool block);
+
+// Blocks `username` on the server: its messages no longer reach this account and it cannot
+// add this account to a conversation (`QPQ_ERROR_FORBIDDEN`). Shared groups keep working; it
+// leaves or declines nothing by itself. Idempotent; `QPQ_ERROR_NOT_FOUND` for an unknown
+// user. ABI 0.2.
+struct qpq_error *qpq_client_block(const struct qpq_client *client, const char *username);
+
+// Ends a block made by `qpq_client_block`. Idempotent. ABI 0.2.
+struct qpq_error *qpq_client_unblock(const struct qpq_client *client, const char *username);
+
+// Usernames this account blocks, as the server stores them. Owned list:
+// `qpq_string_list_free`. ABI 0.2.
+struct qpq_error *qpq_client_blocked(const struct qpq_client *client,
+                                     struct qpq_string_list **out_list);
 
 // Makes member `username` an admin of the group (only an admin may).
 struct qpq_error *qpq_client_promote(const struct qpq_client *client,
@@ -540,6 +604,15 @@ const struct qpq_event *qpq_event_list_get(const struct qpq_event_list *list, si
 // Frees `list` and every item in it; NULL is ignored.
 void qpq_event_list_free(struct qpq_event_list *list);
 
+// Number of strings in `list`; 0 for NULL.
+size_t qpq_string_list_len(const struct qpq_string_list *list);
+
+// String `index` of `list` (NUL-terminated UTF-8), borrowed from it; NULL past the end.
+const char *qpq_string_list_get(const struct qpq_string_list *list, size_t index);
+
+// Frees `list` and every string in it; NULL is ignored.
+void qpq_string_list_free(struct qpq_string_list *list);
+
 // The account's username, borrowed from `account`.
 const char *qpq_account_username(const struct qpq_account *account);
 
@@ -581,6 +654,14 @@ bool qpq_conversation_active(const struct qpq_conversation *conv);
 
 // Received messages not yet read through `qpq_client_messages`.
 uint64_t qpq_conversation_unread(const struct qpq_conversation *conv);
+
+// Whether the user wants the conversation: `QPQ_CONSENT_REQUESTED` for an invitation from a
+// stranger until `qpq_client_accept` or `qpq_client_decline`. ABI 0.2.
+qpq_consent qpq_conversation_consent(const struct qpq_conversation *conv);
+
+// Who invited this account, borrowed from `conv`; NULL for a conversation this device
+// created (or NULL `conv`). ABI 0.2.
+const char *qpq_conversation_invited_by(const struct qpq_conversation *conv);
 
 // Frees a conversation from an out-param; NULL is ignored. Never pass a borrowed one.
 void qpq_conversation_free(struct qpq_conversation *conv);
@@ -719,12 +800,34 @@ const struct qpq_conversation *qpq_event_conversation(const struct qpq_event *ev
 // The conversation the event concerns (every kind but connection changes; else all zero).
 struct qpq_conversation_id qpq_event_conversation_id(const struct qpq_event *event);
 
-// Number of usernames added (`removed` false) or removed (`removed` true) by a
-// `QPQ_EVENT_MEMBERS_CHANGED`; 0 for other kinds.
+// Number of usernames added (`removed` false) or removed by someone else (`removed` true) by
+// a `QPQ_EVENT_MEMBERS_CHANGED`; 0 for other kinds. Those that left: `qpq_event_left_count`.
 size_t qpq_event_member_count(const struct qpq_event *event, bool removed);
 
 // Username `index` of those added (or removed), borrowed from `event`; NULL past the end.
 const char *qpq_event_member(const struct qpq_event *event, bool removed, size_t index);
+
+// Number of usernames that left on their own in a `QPQ_EVENT_MEMBERS_CHANGED` (members
+// removed by someone else are in `qpq_event_member(event, true, i)`); 0 for other kinds.
+// ABI 0.2.
+size_t qpq_event_left_count(const struct qpq_event *event);
+
+// Username `index` of those that left on their own, borrowed from `event`; NULL past the
+// end. ABI 0.2.
+const char *qpq_event_left_member(const struct qpq_event *event, size_t index);
+
+// Who made the change, borrowed from `event`: for `QPQ_EVENT_MEMBERS_CHANGED` the member who
+// committed it, for `QPQ_EVENT_REMOVED` who removed this account (its own username when it
+// left). NULL when this device does not know the username, and for other kinds. ABI 0.2.
+const char *qpq_event_by(const struct qpq_event *event);
+
+// True for a `QPQ_EVENT_REMOVED` where this account left on its own rather than being
+// removed; false otherwise. ABI 0.2.
+bool qpq_event_left(const struct qpq_event *event);
+
+// Why a `QPQ_EVENT_CONVERSATION_BROKEN` happened, for humans (borrowed); NULL for other
+// kinds. ABI 0.2.
+const char *qpq_event_reason(const struct qpq_event *event);
 
 // The epoch after a `QPQ_EVENT_MEMBERS_CHANGED`; 0 for other kinds.
 uint64_t qpq_event_epoch(const struct qpq_event *event);

@@ -176,6 +176,53 @@ pub extern "C" fn qpq_client_leave(
     entry(|| cl(client)?.leave(&conv(conversation)?))
 }
 
+/// Accepts a conversation whose consent is `QPQ_CONSENT_REQUESTED`: it becomes
+/// `QPQ_CONSENT_ALLOWED` and its members count as contacts. Sending in it accepts it too.
+/// `QPQ_ERROR_NOT_FOUND` for an unknown conversation. Local only. ABI 0.2.
+#[no_mangle]
+pub extern "C" fn qpq_client_accept(
+    client: *const qpq_client, conversation: *const qpq_conversation_id,
+) -> *mut qpq_error {
+    entry(|| cl(client)?.accept(&conv(conversation)?))
+}
+
+/// Declines a conversation: leaves it if still a member (as `qpq_client_leave`) and marks it
+/// `QPQ_CONSENT_DENIED`; its history stays. With `block`, also blocks the account that
+/// invited this one (`qpq_client_block`). `QPQ_ERROR_NOT_FOUND` for an unknown conversation.
+/// ABI 0.2.
+#[no_mangle]
+pub extern "C" fn qpq_client_decline(
+    client: *const qpq_client, conversation: *const qpq_conversation_id, block: bool,
+) -> *mut qpq_error {
+    entry(|| cl(client)?.decline(&conv(conversation)?, block))
+}
+
+/// Blocks `username` on the server: its messages no longer reach this account and it cannot
+/// add this account to a conversation (`QPQ_ERROR_FORBIDDEN`). Shared groups keep working; it
+/// leaves or declines nothing by itself. Idempotent; `QPQ_ERROR_NOT_FOUND` for an unknown
+/// user. ABI 0.2.
+#[no_mangle]
+pub extern "C" fn qpq_client_block(client: *const qpq_client, username: *const c_char) -> *mut qpq_error {
+    entry(|| cl(client)?.block(str_arg(username, "username")?))
+}
+
+/// Ends a block made by `qpq_client_block`. Idempotent. ABI 0.2.
+#[no_mangle]
+pub extern "C" fn qpq_client_unblock(client: *const qpq_client, username: *const c_char) -> *mut qpq_error {
+    entry(|| cl(client)?.unblock(str_arg(username, "username")?))
+}
+
+/// Usernames this account blocks, as the server stores them. Owned list:
+/// `qpq_string_list_free`. ABI 0.2.
+#[no_mangle]
+pub extern "C" fn qpq_client_blocked(client: *const qpq_client, out_list: *mut *mut qpq_string_list) -> *mut qpq_error {
+    entry(|| {
+        let slot = out(out_list, "out_list", null_mut())?;
+        *slot = owned(qpq_string_list::new(cl(client)?.blocked()?));
+        Ok(())
+    })
+}
+
 /// Makes member `username` an admin of the group (only an admin may).
 #[no_mangle]
 pub extern "C" fn qpq_client_promote(

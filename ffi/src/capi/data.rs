@@ -6,7 +6,7 @@ use std::ffi::c_char;
 use std::ptr::null;
 
 use qpq_core::{
-    Account, Body, Conversation, ConversationId, ConversationKind, Delivery, Event, Member, Message, MessageId,
+    Account, Body, Consent, Conversation, ConversationId, ConversationKind, Delivery, Event, Member, Message, MessageId,
 };
 
 use super::{arg, bytes_arg, entry, free, out, owned, read, str_arg};
@@ -39,9 +39,11 @@ pub enum qpq_event_kind {
     QPQ_EVENT_MESSAGE = 1,
     /// This account was added to a conversation: `qpq_event_conversation`.
     QPQ_EVENT_CONVERSATION_JOINED = 2,
-    /// Members joined or left: `qpq_event_added`, `qpq_event_removed`, `qpq_event_epoch`.
+    /// Members joined, were removed or left (one commit): `qpq_event_member_count`/`_member`
+    /// (added, removed), `qpq_event_left_count`/`_left_member`, `qpq_event_by`, `qpq_event_epoch`.
     QPQ_EVENT_MEMBERS_CHANGED = 3,
-    /// This account was removed from (or left) `qpq_event_conversation_id`.
+    /// This account was removed from (or left) `qpq_event_conversation_id`: `qpq_event_by`,
+    /// `qpq_event_left`.
     QPQ_EVENT_REMOVED = 4,
     /// The connection went up or down: `qpq_event_connected`.
     QPQ_EVENT_CONNECTION_CHANGED = 5,
@@ -49,6 +51,12 @@ pub enum qpq_event_kind {
     QPQ_EVENT_MESSAGE_SENT = 6,
     /// The message `qpq_event_message_id` can never be sent: `qpq_event_error_code`.
     QPQ_EVENT_MESSAGE_FAILED = 7,
+    /// This device cannot follow `qpq_event_conversation_id` (a commit it cannot process):
+    /// `qpq_event_reason`. The library rejoins by itself and then reports
+    /// `QPQ_EVENT_CONVERSATION_RECOVERED`; messages sent in between may never arrive. ABI 0.2.
+    QPQ_EVENT_CONVERSATION_BROKEN = 8,
+    /// A conversation reported broken works again. ABI 0.2.
+    QPQ_EVENT_CONVERSATION_RECOVERED = 9,
 }
 
 /// What a body carries. Only text and app bodies can be sent today; the others are delivered.
@@ -108,6 +116,23 @@ pub enum qpq_delivery {
 // is written through `cfg_attr` because cbindgen reads only plain `repr` attributes, so C sees
 // these types as opaque (a plain `repr(transparent)` would make them typedefs of Rust types).
 
+/// Whether the user wants a conversation (ADR 0060). It changes nothing about delivery: a
+/// requested conversation's messages arrive as usual, the app shows them apart until
+/// `qpq_client_accept` or `qpq_client_decline`. `QPQ_CONSENT_NONE` only for NULL.
+#[repr(u32)]
+#[allow(clippy::upper_case_acronyms)]
+#[derive(Debug, Clone, Copy)]
+pub enum qpq_consent {
+    /// Not a conversation (NULL).
+    QPQ_CONSENT_NONE = 0,
+    /// Created here, accepted, written in, or from a contact.
+    QPQ_CONSENT_ALLOWED = 1,
+    /// Joined by an invitation from someone this account shares no allowed conversation with.
+    QPQ_CONSENT_REQUESTED = 2,
+    /// Declined: left, and kept only as history.
+    QPQ_CONSENT_DENIED = 3,
+}
+
 /// This client's account. Owned: `qpq_account_free`.
 #[cfg_attr(not(cbindgen), repr(transparent))]
 pub struct qpq_account(Account);
@@ -136,6 +161,8 @@ pub struct qpq_message_list(Vec<qpq_message>);
 pub struct qpq_member_list(Vec<qpq_member>);
 /// Events, owned: `qpq_event_list_free`.
 pub struct qpq_event_list(Vec<qpq_event>);
+/// Strings (NUL-terminated UTF-8), owned: `qpq_string_list_free`.
+pub struct qpq_string_list(Vec<String>);
 
 fn nul(s: &mut String) {
     s.push('\0');
@@ -170,6 +197,7 @@ impl qpq_conversation {
         nul(&mut c.name);
         nul(&mut c.ciphersuite);
         c.members.iter_mut().for_each(nul);
+        c.invited_by.iter_mut().for_each(nul);
         qpq_conversation(c)
     }
 
@@ -179,6 +207,7 @@ impl qpq_conversation {
         unnul(&mut c.name);
         unnul(&mut c.ciphersuite);
         c.members.iter_mut().for_each(unnul);
+        c.invited_by.iter_mut().for_each(unnul);
         c
     }
 }
@@ -217,8 +246,12 @@ impl qpq_event {
         match &mut event {
             Event::Message(m) => *m = qpq_message::new(m.clone()).0,
             Event::ConversationJoined(c) => *c = qpq_conversation::new(c.clone()).0,
-            Event::MembersChanged { added, removed, .. } => added.iter_mut().chain(removed.iter_mut()).for_each(nul),
+            Event::MembersChanged { by, added, removed, left, .. } => {
+                by.iter_mut().chain(added).chain(removed).chain(left).for_each(nul)
+            }
+            Event::Removed { by, .. } => by.iter_mut().for_each(nul),
             Event::MessageFailed { message, .. } => nul(message),
+            Event::ConversationBroken { reason, .. } => nul(reason),
             _ => {}
         }
         qpq_event { cursor, event }
@@ -243,6 +276,12 @@ impl qpq_member_list {
 impl qpq_event_list {
     pub(crate) fn new(v: Vec<Event>) -> qpq_event_list {
         qpq_event_list(v.into_iter().map(|e| qpq_event::new(0, e)).collect())
+    }
+}
+impl qpq_string_list {
+    pub(crate) fn new(mut v: Vec<String>) -> qpq_string_list {
+        v.iter_mut().for_each(nul);
+        qpq_string_list(v)
     }
 }
 
@@ -425,6 +464,24 @@ pub extern "C" fn qpq_event_list_free(list: *mut qpq_event_list) {
     free(list)
 }
 
+/// Number of strings in `list`; 0 for NULL.
+#[no_mangle]
+pub extern "C" fn qpq_string_list_len(list: *const qpq_string_list) -> usize {
+    read(list, 0, |l| l.0.len())
+}
+
+/// String `index` of `list` (NUL-terminated UTF-8), borrowed from it; NULL past the end.
+#[no_mangle]
+pub extern "C" fn qpq_string_list_get(list: *const qpq_string_list, index: usize) -> *const c_char {
+    read(list, null(), |l| l.0.get(index).map_or(null(), |x| s(x)))
+}
+
+/// Frees `list` and every string in it; NULL is ignored.
+#[no_mangle]
+pub extern "C" fn qpq_string_list_free(list: *mut qpq_string_list) {
+    free(list)
+}
+
 /// The account's username, borrowed from `account`.
 #[no_mangle]
 pub extern "C" fn qpq_account_username(account: *const qpq_account) -> *const c_char {
@@ -510,6 +567,24 @@ pub extern "C" fn qpq_conversation_active(conv: *const qpq_conversation) -> bool
 #[no_mangle]
 pub extern "C" fn qpq_conversation_unread(conv: *const qpq_conversation) -> u64 {
     read(conv, 0, |c| c.0.unread)
+}
+
+/// Whether the user wants the conversation: `QPQ_CONSENT_REQUESTED` for an invitation from a
+/// stranger until `qpq_client_accept` or `qpq_client_decline`. ABI 0.2.
+#[no_mangle]
+pub extern "C" fn qpq_conversation_consent(conv: *const qpq_conversation) -> qpq_consent {
+    read(conv, qpq_consent::QPQ_CONSENT_NONE, |c| match c.0.consent {
+        Consent::Allowed => qpq_consent::QPQ_CONSENT_ALLOWED,
+        Consent::Requested => qpq_consent::QPQ_CONSENT_REQUESTED,
+        Consent::Denied => qpq_consent::QPQ_CONSENT_DENIED,
+    })
+}
+
+/// Who invited this account, borrowed from `conv`; NULL for a conversation this device
+/// created (or NULL `conv`). ABI 0.2.
+#[no_mangle]
+pub extern "C" fn qpq_conversation_invited_by(conv: *const qpq_conversation) -> *const c_char {
+    read(conv, null(), |c| c.0.invited_by.as_deref().map_or(null(), s))
 }
 
 /// Frees a conversation from an out-param; NULL is ignored. Never pass a borrowed one.
@@ -812,6 +887,8 @@ pub extern "C" fn qpq_event_get_kind(event: *const qpq_event) -> qpq_event_kind 
         Event::ConnectionChanged { .. } => QPQ_EVENT_CONNECTION_CHANGED,
         Event::MessageSent { .. } => QPQ_EVENT_MESSAGE_SENT,
         Event::MessageFailed { .. } => QPQ_EVENT_MESSAGE_FAILED,
+        Event::ConversationBroken { .. } => QPQ_EVENT_CONVERSATION_BROKEN,
+        Event::ConversationRecovered { .. } => QPQ_EVENT_CONVERSATION_RECOVERED,
     })
 }
 
@@ -846,9 +923,11 @@ pub extern "C" fn qpq_event_conversation_id(event: *const qpq_event) -> qpq_conv
         Event::Message(m) => m.conversation.into(),
         Event::ConversationJoined(c) => c.id.into(),
         Event::MembersChanged { conversation, .. }
-        | Event::Removed { conversation }
+        | Event::Removed { conversation, .. }
         | Event::MessageSent { conversation, .. }
-        | Event::MessageFailed { conversation, .. } => (*conversation).into(),
+        | Event::MessageFailed { conversation, .. }
+        | Event::ConversationBroken { conversation, .. }
+        | Event::ConversationRecovered { conversation } => (*conversation).into(),
         Event::ConnectionChanged { .. } => Default::default(),
     })
 }
@@ -866,8 +945,8 @@ fn names(e: &qpq_event, removed: bool) -> &[String] {
     }
 }
 
-/// Number of usernames added (`removed` false) or removed (`removed` true) by a
-/// `QPQ_EVENT_MEMBERS_CHANGED`; 0 for other kinds.
+/// Number of usernames added (`removed` false) or removed by someone else (`removed` true) by
+/// a `QPQ_EVENT_MEMBERS_CHANGED`; 0 for other kinds. Those that left: `qpq_event_left_count`.
 #[no_mangle]
 pub extern "C" fn qpq_event_member_count(event: *const qpq_event, removed: bool) -> usize {
     read(event, 0, |e| names(e, removed).len())
@@ -877,6 +956,56 @@ pub extern "C" fn qpq_event_member_count(event: *const qpq_event, removed: bool)
 #[no_mangle]
 pub extern "C" fn qpq_event_member(event: *const qpq_event, removed: bool, index: usize) -> *const c_char {
     read(event, null(), |e| names(e, removed).get(index).map_or(null(), |n| s(n)))
+}
+
+fn left_names(e: &qpq_event) -> &[String] {
+    match &e.event {
+        Event::MembersChanged { left, .. } => left,
+        _ => &[],
+    }
+}
+
+/// Number of usernames that left on their own in a `QPQ_EVENT_MEMBERS_CHANGED` (members
+/// removed by someone else are in `qpq_event_member(event, true, i)`); 0 for other kinds.
+/// ABI 0.2.
+#[no_mangle]
+pub extern "C" fn qpq_event_left_count(event: *const qpq_event) -> usize {
+    read(event, 0, |e| left_names(e).len())
+}
+
+/// Username `index` of those that left on their own, borrowed from `event`; NULL past the
+/// end. ABI 0.2.
+#[no_mangle]
+pub extern "C" fn qpq_event_left_member(event: *const qpq_event, index: usize) -> *const c_char {
+    read(event, null(), |e| left_names(e).get(index).map_or(null(), |n| s(n)))
+}
+
+/// Who made the change, borrowed from `event`: for `QPQ_EVENT_MEMBERS_CHANGED` the member who
+/// committed it, for `QPQ_EVENT_REMOVED` who removed this account (its own username when it
+/// left). NULL when this device does not know the username, and for other kinds. ABI 0.2.
+#[no_mangle]
+pub extern "C" fn qpq_event_by(event: *const qpq_event) -> *const c_char {
+    read(event, null(), |e| match &e.event {
+        Event::MembersChanged { by, .. } | Event::Removed { by, .. } => by.as_deref().map_or(null(), s),
+        _ => null(),
+    })
+}
+
+/// True for a `QPQ_EVENT_REMOVED` where this account left on its own rather than being
+/// removed; false otherwise. ABI 0.2.
+#[no_mangle]
+pub extern "C" fn qpq_event_left(event: *const qpq_event) -> bool {
+    read(event, false, |e| matches!(e.event, Event::Removed { left: true, .. }))
+}
+
+/// Why a `QPQ_EVENT_CONVERSATION_BROKEN` happened, for humans (borrowed); NULL for other
+/// kinds. ABI 0.2.
+#[no_mangle]
+pub extern "C" fn qpq_event_reason(event: *const qpq_event) -> *const c_char {
+    read(event, null(), |e| match &e.event {
+        Event::ConversationBroken { reason, .. } => s(reason),
+        _ => null(),
+    })
 }
 
 /// The epoch after a `QPQ_EVENT_MEMBERS_CHANGED`; 0 for other kinds.

@@ -34,7 +34,7 @@ use crate::error::{self, qpq_code, qpq_error};
 
 /// The ABI version this header describes: major in the high 16 bits, minor in the low 16.
 /// The major changes only with a removal (and the soname with it); additions bump the minor.
-pub const QPQ_ABI_VERSION: u32 = 1;
+pub const QPQ_ABI_VERSION: u32 = 2;
 
 /// Runs one C call: the only `catch_unwind`, so a panic becomes `Internal`, never an abort.
 fn call<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {

@@ -107,6 +107,8 @@ func conversation(c *C.qpq_conversation) Conversation {
 		Members:     members,
 		Active:      bool(C.qpq_conversation_active(c)),
 		Unread:      uint64(C.qpq_conversation_unread(c)),
+		Consent:     Consent(C.qpq_conversation_consent(c)),
+		InvitedBy:   gostr(C.qpq_conversation_invited_by(c)),
 	}
 }
 
@@ -217,6 +219,10 @@ func event(e *C.qpq_event) Event {
 		}
 		return out
 	}
+	var left []string
+	for i := range int(C.qpq_event_left_count(e)) {
+		left = append(left, gostr(C.qpq_event_left_member(e, C.size_t(i))))
+	}
 	conv := convID(C.qpq_event_conversation_id(e))
 	switch C.qpq_event_get_kind(e) {
 	case C.QPQ_EVENT_MESSAGE:
@@ -224,9 +230,10 @@ func event(e *C.qpq_event) Event {
 	case C.QPQ_EVENT_CONVERSATION_JOINED:
 		return ConversationJoined{Conversation: conversation(C.qpq_event_conversation(e))}
 	case C.QPQ_EVENT_MEMBERS_CHANGED:
-		return MembersChanged{Conversation: conv, Added: names(false), Removed: names(true), Epoch: uint64(C.qpq_event_epoch(e))}
+		return MembersChanged{Conversation: conv, By: gostr(C.qpq_event_by(e)), Added: names(false), Removed: names(true),
+			Left: left, Epoch: uint64(C.qpq_event_epoch(e))}
 	case C.QPQ_EVENT_REMOVED:
-		return Removed{Conversation: conv}
+		return Removed{Conversation: conv, By: gostr(C.qpq_event_by(e)), Left: bool(C.qpq_event_left(e))}
 	case C.QPQ_EVENT_CONNECTION_CHANGED:
 		return ConnectionChanged{Connected: bool(C.qpq_event_connected(e))}
 	case C.QPQ_EVENT_MESSAGE_SENT:
@@ -234,6 +241,10 @@ func event(e *C.qpq_event) Event {
 	case C.QPQ_EVENT_MESSAGE_FAILED:
 		return MessageFailed{Conversation: conv, ID: msgID(C.qpq_event_message_id(e)),
 			Err: &Error{Code: Code(C.qpq_event_error_code(e)), Message: gostr(C.qpq_event_error_message(e))}}
+	case C.QPQ_EVENT_CONVERSATION_BROKEN:
+		return ConversationBroken{Conversation: conv, Reason: gostr(C.qpq_event_reason(e))}
+	case C.QPQ_EVENT_CONVERSATION_RECOVERED:
+		return ConversationRecovered{Conversation: conv}
 	}
 	return nil
 }

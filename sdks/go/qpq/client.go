@@ -341,8 +341,8 @@ func (c *Client) Invite(ctx context.Context, conv ConversationID, usernames ...s
 }
 
 func (c *Client) convCall(ctx context.Context, username string, f func(h *C.qpq_client, s *C.char) *C.qpq_error) error {
-	s := cstr(username)
 	return c.do(ctx, func(h *C.qpq_client) error {
+		s := cstr(username) // made here, so a call ctx stops before it starts leaks nothing
 		defer free(s)
 		return takeErr(f(h, s))
 	})
@@ -365,6 +365,51 @@ func (c *Client) Promote(ctx context.Context, conv ConversationID, username stri
 // Leave leaves the conversation; its history stays readable.
 func (c *Client) Leave(ctx context.Context, conv ConversationID) error {
 	return c.do(ctx, func(h *C.qpq_client) error { return takeErr(C.qpq_client_leave(h, cConvID(conv))) })
+}
+
+// Accept accepts a conversation whose Consent is ConsentRequested: it becomes ConsentAllowed
+// and its members count as contacts (sending in it accepts it too). ErrNotFound for an
+// unknown conversation. Local only: ctx only stops a call not yet started.
+func (c *Client) Accept(ctx context.Context, conv ConversationID) error {
+	return c.do(ctx, func(h *C.qpq_client) error { return takeErr(C.qpq_client_accept(h, cConvID(conv))) })
+}
+
+// Decline leaves the conversation if still a member (as Leave) and marks it ConsentDenied; its
+// history stays. With block, it also blocks the account that invited this one (as Block).
+// ErrNotFound for an unknown conversation.
+func (c *Client) Decline(ctx context.Context, conv ConversationID, block bool) error {
+	return c.do(ctx, func(h *C.qpq_client) error {
+		return takeErr(C.qpq_client_decline(h, cConvID(conv), C.bool(block)))
+	})
+}
+
+// Block blocks username on the server: its messages no longer reach this account and it
+// cannot add this account to a conversation (ErrForbidden). Shared groups keep working; it
+// leaves or declines nothing by itself. Idempotent; ErrNotFound for an unknown user.
+func (c *Client) Block(ctx context.Context, username string) error {
+	return c.convCall(ctx, username, func(h *C.qpq_client, s *C.char) *C.qpq_error { return C.qpq_client_block(h, s) })
+}
+
+// Unblock ends a block made by Block. Idempotent.
+func (c *Client) Unblock(ctx context.Context, username string) error {
+	return c.convCall(ctx, username, func(h *C.qpq_client, s *C.char) *C.qpq_error { return C.qpq_client_unblock(h, s) })
+}
+
+// Blocked lists the usernames this account blocks, as the server stores them.
+func (c *Client) Blocked(ctx context.Context) ([]string, error) {
+	var out []string
+	err := c.do(ctx, func(h *C.qpq_client) error {
+		var l *C.qpq_string_list
+		if err := takeErr(C.qpq_client_blocked(h, &l)); err != nil {
+			return err
+		}
+		defer C.qpq_string_list_free(l)
+		for i := range int(C.qpq_string_list_len(l)) {
+			out = append(out, gostr(C.qpq_string_list_get(l, C.size_t(i))))
+		}
+		return nil
+	})
+	return out, err
 }
 
 // RotateKeys gives this device fresh key material in the conversation (a self-update commit).

@@ -81,6 +81,39 @@ type Conversation struct {
 	Active bool
 	// Unread counts received messages not yet read through Client.Messages.
 	Unread uint64
+	// Consent says whether the user wants the conversation: ConsentRequested for an
+	// invitation from a stranger until Client.Accept or Client.Decline.
+	Consent Consent
+	// InvitedBy is who invited this account; "" for a conversation this device created.
+	InvitedBy string
+}
+
+// Consent is whether the user wants a conversation (ADR 0060). It changes nothing about
+// delivery: a requested conversation's messages arrive as usual; an app shows them apart (a
+// "requests" list) until Client.Accept or Client.Decline.
+type Consent int
+
+const (
+	// ConsentAllowed marks a conversation created here, accepted, written in, or from a contact.
+	ConsentAllowed Consent = iota + 1
+	// ConsentRequested marks one joined by an invitation from someone this account shares no
+	// allowed conversation with.
+	ConsentRequested
+	// ConsentDenied marks a declined conversation: left, and kept only as history.
+	ConsentDenied
+)
+
+// String is the consent's name ("allowed", "requested", "denied").
+func (c Consent) String() string {
+	switch c {
+	case ConsentAllowed:
+		return "allowed"
+	case ConsentRequested:
+		return "requested"
+	case ConsentDenied:
+		return "denied"
+	}
+	return "Consent(" + strconv.Itoa(int(c)) + ")"
 }
 
 // Delivery is where a message is on its way.
@@ -206,7 +239,8 @@ func (Delete) isBody()   {}
 func (File) isBody()     {}
 
 // Event is something that happened: one of MessageReceived, ConversationJoined,
-// MembersChanged, Removed, ConnectionChanged, MessageSent and MessageFailed. Use a type switch.
+// MembersChanged, Removed, ConnectionChanged, MessageSent, MessageFailed, ConversationBroken
+// and ConversationRecovered. Use a type switch.
 type Event interface{ isEvent() }
 
 // MessageReceived is a new message (incoming, or sent from another device of this account).
@@ -221,20 +255,47 @@ type ConversationJoined struct {
 	Conversation Conversation
 }
 
-// MembersChanged says members joined or left a conversation.
+// MembersChanged says members joined, were removed from, or left a conversation (one
+// commit's changes).
 type MembersChanged struct {
 	// Conversation is the conversation.
 	Conversation ConversationID
+	// By is the member who committed the change (who added, or removed others); "" when this
+	// device does not know that member's username.
+	By string
 	// Added are the usernames added.
 	Added []string
-	// Removed are the usernames removed.
+	// Removed are the usernames removed by someone else.
 	Removed []string
+	// Left are the usernames that left on their own.
+	Left []string
 	// Epoch is the MLS epoch after the change.
 	Epoch uint64
 }
 
-// Removed says this account was removed from (or left) a conversation.
+// Removed says this account is no longer in a conversation: removed by another member, or it
+// left (from this or another of its devices). The conversation and its history stay, inactive.
 type Removed struct {
+	// Conversation is the conversation.
+	Conversation ConversationID
+	// By is who removed this account (its own username when it left); "" when unknown.
+	By string
+	// Left is true when this account left on its own rather than being removed.
+	Left bool
+}
+
+// ConversationBroken says this device cannot process a commit of a conversation, so it
+// would follow it no further. The engine rejoins by itself and then reports
+// ConversationRecovered; messages sent in between may never reach this device.
+type ConversationBroken struct {
+	// Conversation is the conversation.
+	Conversation ConversationID
+	// Reason is what could not be processed, for humans.
+	Reason string
+}
+
+// ConversationRecovered says a conversation reported broken works again.
+type ConversationRecovered struct {
 	// Conversation is the conversation.
 	Conversation ConversationID
 }
@@ -263,10 +324,12 @@ type MessageFailed struct {
 	Err *Error
 }
 
-func (MessageReceived) isEvent()    {}
-func (ConversationJoined) isEvent() {}
-func (MembersChanged) isEvent()     {}
-func (Removed) isEvent()            {}
-func (ConnectionChanged) isEvent()  {}
-func (MessageSent) isEvent()        {}
-func (MessageFailed) isEvent()      {}
+func (MessageReceived) isEvent()       {}
+func (ConversationJoined) isEvent()    {}
+func (MembersChanged) isEvent()        {}
+func (Removed) isEvent()               {}
+func (ConnectionChanged) isEvent()     {}
+func (MessageSent) isEvent()           {}
+func (MessageFailed) isEvent()         {}
+func (ConversationBroken) isEvent()    {}
+func (ConversationRecovered) isEvent() {}

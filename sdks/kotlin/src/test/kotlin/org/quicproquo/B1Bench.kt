@@ -25,7 +25,7 @@ import org.quicproquo.ffi.Trust
  * `mvn test`; run it with `mvn -q test -Dgroups=bench -Dqpq.excluded.groups=none`). In a
  * post-quantum group of three, alice sends N texts back to back; bob's `events()` flow receives
  * them. Reports messages per second (N over first send to last arrival) and the p50 latency
- * (send call to the event at bob), first from Rust (`bindings/uniffi/examples/b1.rs`, run as a
+ * (send call to the event at bob), first from Rust (`bindings/uniffi/examples/b1_uniffi.rs`, run as a
  * child process against the same server) and then through this SDK, and their ratio. It
  * asserts only that every message arrived.
  */
