@@ -213,6 +213,10 @@ fn decodes(method: u16, p: &[u8]) -> bool {
         method::REGISTER_DEVICE => token_ok && is!(RegisterDeviceRequest),
         method::LIST_DEVICES => token_ok && is!(ListDevicesRequest),
         method::REVOKE_DEVICE => token_ok && is!(RevokeDeviceRequest),
+        method::FETCH_GROUP_INFO => token_ok && is!(FetchGroupInfoRequest),
+        method::BLOCK_USER => token_ok && is!(BlockUserRequest),
+        method::UNBLOCK_USER => token_ok && is!(UnblockUserRequest),
+        method::LIST_BLOCKED => token_ok && is!(ListBlockedRequest),
         _ => false,
     }
 }
