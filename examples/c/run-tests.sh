@@ -49,6 +49,8 @@ restart_server() {
 echo "== C example"; run chat
 restart_server; echo "== C error paths"; run errors
 if [ "${QPQ_NO_VALGRIND:-0}" != 1 ]; then
+  # A fresh machine may lack it: install it from the Debian packages (as 20-kotlin does Maven).
+  command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; } || true
   command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
   vg=(valgrind --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite
       --error-exitcode=1 --suppressions="$here/valgrind.supp")
