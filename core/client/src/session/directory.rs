@@ -108,10 +108,9 @@ impl Engine {
 
     /// The username of `device`, or `device-<first 4 bytes in hex>` when unknown.
     pub(super) fn username_of(&self, device: &[u8; 32]) -> Result<String, Error> {
-        Ok(match self.store.device(device)? {
-            Some((_, name)) => name,
-            None => format!("device-{}", hex::encode(&device[..4])),
-        })
+        Ok(self
+            .known_username(device)?
+            .unwrap_or_else(|| format!("device-{}", hex::encode(&device[..4]))))
     }
 
     /// Refuses a send into a conversation where no other account is left (everyone else
