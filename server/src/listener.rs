@@ -24,10 +24,20 @@ const ACK_WAIT: Duration = Duration::from_secs(2);
 /// their bytes are capped too (`max_push_bytes_per_connection`).
 const PUSH_QUEUE: usize = 64;
 
-/// Transport limits set explicitly: quinn's defaults buffer far too much per connection.
+/// Concurrent request streams a connection starts with (M1: quinn keeps state for every
+/// stream a peer may open); raised to `max_concurrent_streams` once a connection has this many
+/// calls in flight ([`StreamLimit`]).
+pub const INITIAL_STREAMS: u32 = 16;
+
+/// Transport limits set explicitly: quinn's defaults buffer far too much per connection. For
+/// idle clients (M1): at most [`INITIAL_STREAMS`] streams until a connection needs more, and no
+/// path-MTU discovery (its probes and state buy nothing for small requests; 1200-byte packets
+/// carry everything). Keep-alive is the clients' (ADR 0030): an idle connection costs the
+/// server no timer.
 pub fn transport_config(c: &crate::config::Config) -> Result<quinn::TransportConfig, String> {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(c.max_concurrent_streams.into());
+    t.max_concurrent_bidi_streams(c.max_concurrent_streams.min(INITIAL_STREAMS).into());
+    t.mtu_discovery_config(None);
     // Clients never open unidirectional streams to the server.
     t.max_concurrent_uni_streams(0u32.into());
     t.stream_receive_window(c.stream_receive_window.into());
@@ -65,13 +75,28 @@ pub async fn serve_connection(
     };
     Metrics::inc(&svc.metrics.connections_total);
     let conn_id = svc.next_conn_id();
-    let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
-    let ctx = Arc::new(CallContext::new(conn.remote_address(), conn_id, push_tx));
-    let pusher = tokio::spawn(push_loop(
-        svc.clone(),
-        conn.clone(),
-        push_rx,
-        ctx.push_queued.clone(),
+    // M1: the push queue and its task are made on the first push. The task ends when the
+    // queue's senders are gone (the connection closed and its calls ended) or a push fails.
+    let push_queued = Arc::new(AtomicUsize::new(0));
+    let open_push = {
+        let (svc, conn, queued) = (svc.clone(), conn.clone(), push_queued.clone());
+        move || {
+            let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+            svc.push_queues_open.fetch_add(1, Ordering::Relaxed);
+            let svc = svc.clone();
+            let (conn, queued) = (conn.clone(), queued.clone());
+            tokio::spawn(async move {
+                push_loop(svc.clone(), conn, rx, queued).await;
+                svc.push_queues_open.fetch_sub(1, Ordering::Relaxed);
+            });
+            tx
+        }
+    };
+    let ctx = Arc::new(CallContext::lazy(
+        conn.remote_address(),
+        conn_id,
+        push_queued,
+        open_push,
     ));
     let budgets = Arc::new(Budgets {
         requests: Arc::new(Semaphore::new(
@@ -80,11 +105,13 @@ pub async fn serve_connection(
         responses: Arc::new(Semaphore::new(
             svc.config().max_buffered_bytes_per_connection as usize,
         )),
+        streams: StreamLimit::new(svc.config().max_concurrent_streams),
     });
     tracing::debug!(conn_id, peer = %ctx.peer, "connection open");
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
+                budgets.streams.opened(&conn);
                 tokio::spawn(serve_stream(
                     svc.clone(),
                     ctx.clone(),
@@ -100,8 +127,48 @@ pub async fn serve_connection(
         }
     }
     svc.connection_closed(conn_id);
-    pusher.abort();
     cap.release(ip);
+}
+
+/// Raises a connection's stream limit from [`INITIAL_STREAMS`] to the configured maximum the
+/// first time it has that many calls in flight (a busy client), once.
+pub struct StreamLimit {
+    active: AtomicUsize,
+    raised: std::sync::atomic::AtomicBool,
+    max: u32,
+}
+
+impl StreamLimit {
+    /// For a connection allowed `max` concurrent streams in all.
+    pub fn new(max: u32) -> StreamLimit {
+        StreamLimit {
+            active: AtomicUsize::new(0),
+            raised: std::sync::atomic::AtomicBool::new(max <= INITIAL_STREAMS),
+            max,
+        }
+    }
+
+    /// A stream was accepted: counts it, raising the connection's limit when it is busy.
+    pub fn opened(&self, conn: &quinn::Connection) {
+        let n = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= INITIAL_STREAMS as usize && !self.raised.swap(true, Ordering::Relaxed) {
+            conn.set_max_concurrent_bi_streams(self.max.into());
+        }
+    }
+
+    /// A stream's call ended.
+    pub fn closed(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a stream as open until dropped.
+struct StreamOpen<'a>(&'a StreamLimit);
+
+impl Drop for StreamOpen<'_> {
+    fn drop(&mut self) {
+        self.0.closed();
+    }
 }
 
 /// Per-connection byte budgets (items 24 and 26).
@@ -110,6 +177,8 @@ struct Budgets {
     requests: Arc<Semaphore>,
     /// Response bytes handed to QUIC and not yet acknowledged.
     responses: Arc<Semaphore>,
+    /// Streams in flight, and the stream limit.
+    streams: StreamLimit,
 }
 
 /// Holds permits of a byte budget and counts them in a service-wide gauge.
@@ -196,6 +265,7 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    let _open = StreamOpen(&budgets.streams);
     let deadline = svc.config().read_deadline();
     let request_cap = svc.config().max_request_bytes_per_connection as usize;
     let request = match tokio::time::timeout(

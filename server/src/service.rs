@@ -137,6 +137,31 @@ impl Drop for CallGuard {
     }
 }
 
+/// Opens a connection's push queue (and whatever writes it); called at most once.
+type OpenPush = Box<dyn Fn() -> mpsc::Sender<Push> + Send + Sync>;
+
+/// Where a connection's push events go. The queue (and the listener's task that writes it)
+/// is made on the first push, so a connection that never gets one pays for neither (M1).
+pub struct PushSink {
+    tx: std::sync::OnceLock<mpsc::Sender<Push>>,
+    open: Option<OpenPush>,
+}
+
+impl PushSink {
+    /// The queue, opened now if this is the first push; None if it cannot be opened.
+    fn sender(&self) -> Option<&mpsc::Sender<Push>> {
+        match &self.open {
+            Some(open) => Some(self.tx.get_or_init(open)),
+            None => self.tx.get(),
+        }
+    }
+
+    /// Whether the queue has been opened (a test and metrics aid).
+    pub fn is_open(&self) -> bool {
+        self.tx.get().is_some()
+    }
+}
+
 /// What the service knows of the connection a call arrived on.
 pub struct CallContext {
     /// Remote address.
@@ -144,20 +169,41 @@ pub struct CallContext {
     /// Unique per connection.
     pub conn_id: u64,
     /// Where push events for this connection go.
-    pub push: mpsc::Sender<Push>,
+    pub push: Arc<PushSink>,
     /// Push payload bytes queued on `push` and not yet written (item 25: capped per
     /// connection; pushes past the cap are dropped, the client fetches).
     pub push_queued: Arc<AtomicUsize>,
 }
 
 impl CallContext {
-    /// A context for a connection from `peer` whose pushes go to `push`.
+    /// A context for a connection from `peer` whose pushes go to `push` (a queue made up
+    /// front).
     pub fn new(peer: SocketAddr, conn_id: u64, push: mpsc::Sender<Push>) -> CallContext {
+        let tx = std::sync::OnceLock::new();
+        let _ = tx.set(push);
         CallContext {
             peer,
             conn_id,
-            push,
+            push: Arc::new(PushSink { tx, open: None }),
             push_queued: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// A context whose push queue is made by `open` on the first push (the listener's).
+    pub fn lazy(
+        peer: SocketAddr,
+        conn_id: u64,
+        push_queued: Arc<AtomicUsize>,
+        open: impl Fn() -> mpsc::Sender<Push> + Send + Sync + 'static,
+    ) -> CallContext {
+        CallContext {
+            peer,
+            conn_id,
+            push: Arc::new(PushSink {
+                tx: std::sync::OnceLock::new(),
+                open: Some(Box::new(open)),
+            }),
+            push_queued,
         }
     }
 }
@@ -168,7 +214,7 @@ impl CallContext {
 struct Pusher {
     conn_id: u64,
     token_hash: Key32,
-    tx: mpsc::Sender<Push>,
+    sink: Arc<PushSink>,
     queued: Arc<AtomicUsize>,
 }
 
@@ -260,6 +306,9 @@ pub struct Service {
     /// Item 25: push payload bytes queued for connections, all together (a gauge).
     pub push_bytes_queued: Arc<AtomicUsize>,
     fetch_waits: AtomicUsize,
+    /// Connections whose push queue (and push task) exists right now (M1: made on the first
+    /// push only).
+    pub push_queues_open: AtomicUsize,
     /// Session lookups that reached the database (item 22's cost measure).
     session_db_reads: AtomicU64,
     started: Instant,
@@ -387,6 +436,7 @@ impl Service {
             request_bytes_in_flight: AtomicUsize::new(0),
             push_bytes_queued: Arc::new(AtomicUsize::new(0)),
             fetch_waits: AtomicUsize::new(0),
+            push_queues_open: AtomicUsize::new(0),
             session_db_reads: AtomicU64::new(0),
             store,
             config,
@@ -1325,7 +1375,7 @@ impl Service {
             v.push(Pusher {
                 conn_id: ctx.conn_id,
                 token_hash,
-                tx: ctx.push.clone(),
+                sink: ctx.push.clone(),
                 queued: ctx.push_queued.clone(),
             });
         }
@@ -1838,7 +1888,7 @@ impl Service {
                     event: qpq_proto::event::NEW_MESSAGE,
                     payload: payload.clone(),
                 };
-                if t.tx.try_send(push).is_ok() {
+                if t.sink.sender().is_some_and(|tx| tx.try_send(push).is_ok()) {
                     Metrics::inc(&self.metrics.push_total);
                 } else {
                     t.queued.fetch_sub(len, Ordering::Relaxed);

@@ -1378,3 +1378,85 @@ async fn only_admins_remove_others_or_promote() {
     assert_eq!(r.epoch, 3);
     assert_eq!(status_of(c.send(&ch, 7, b"x").await), Status::Forbidden);
 }
+
+/// M1 (issue 14): a logged-in connection that never gets a push has no push queue (nor push
+/// task); the first push makes one, and it goes when the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_queues_are_made_on_the_first_push_only() {
+    let s = TestServer::start().await;
+    let a = s.user("alice").await;
+    let b = s.user("bob").await;
+    let ch = a.group(&[&b]).await;
+    let mut idle = Vec::new();
+    for i in 0..5 {
+        idle.push(s.user(&format!("idle{i}")).await);
+    }
+    // A connection gets pushes once it made an authenticated call.
+    for c in idle.iter().chain([&b]) {
+        let _: v1::FetchResponse = c
+            .call(method::FETCH, &v1::FetchRequest::default())
+            .await
+            .unwrap();
+    }
+    let svc = s.service.clone();
+    let open = || {
+        svc.push_queues_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(open(), 0, "six connections ready for pushes, none pushed to yet");
+    a.send(&ch, 1, b"hello").await.unwrap();
+    let push = b.next_push(Duration::from_secs(5)).await;
+    assert!(push.is_some(), "bob gets the push");
+    assert_eq!(open(), 1, "only bob's connection has a push queue");
+    drop(b);
+    let t0 = std::time::Instant::now();
+    while open() != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "push queue outlived its connection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// M1 (issue 14): a connection starts with 16 concurrent streams and gets the configured
+/// maximum (here 40) once it has 16 calls in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_connection_gets_its_full_stream_limit() {
+    let s = TestServer::start_with(|c| {
+        c.max_concurrent_streams = 40;
+        c.rate_limit_burst = 1e9;
+    })
+    .await;
+    let b = std::sync::Arc::new(s.user("bob").await);
+    let mut calls = Vec::new();
+    for _ in 0..60 {
+        let b = b.clone();
+        calls.push(tokio::spawn(async move {
+            let req = v1::FetchWaitRequest {
+                timeout_ms: 3_000,
+                ..Default::default()
+            };
+            b.raw(method::FETCH_WAIT, b.encode(&req)).await
+        }));
+    }
+    let svc = s.service.clone();
+    let t0 = std::time::Instant::now();
+    while svc.fetch_waits_parked() < 40 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "only {} FetchWaits parked",
+            svc.fetch_waits_parked()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        svc.fetch_waits_parked(),
+        40,
+        "never more than the configured 40"
+    );
+    for c in calls {
+        assert_eq!(c.await.unwrap().status, Status::Ok);
+    }
+}

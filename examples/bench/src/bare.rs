@@ -20,6 +20,8 @@ pub const BARE_DURABLE: u16 = 2;
 pub const BARE_PUSH: u16 = 3;
 /// Bare methods: register this connection as the push target.
 pub const BARE_SUBSCRIBE: u16 = 4;
+/// Bare methods: never answer; the stream and its task stay (an idle client's long-poll).
+pub const BARE_HOLD: u16 = 5;
 
 /// CPUs online (not the affinity mask, which pinning narrows).
 pub fn cpus() -> usize {
@@ -164,13 +166,19 @@ async fn bare_server(dir: &Path) -> Result<(), String> {
     let db = Arc::new(Mutex::new(db));
     let target: Arc<Mutex<Option<quinn::Connection>>> = Arc::new(Mutex::new(None));
     announce(endpoint.local_addr().map_err(|e| e.to_string())?, &cert);
+    let max_streams = config.max_concurrent_streams;
     while let Some(incoming) = endpoint.accept().await {
         let (db, target) = (db.clone(), target.clone());
         tokio::spawn(async move {
             let Ok(conn) = incoming.await else { return };
+            // The same stream policy as the real server: 16 streams, raised when busy.
+            let streams = Arc::new(qpq_server::listener::StreamLimit::new(max_streams));
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let (db, target, conn) = (db.clone(), target.clone(), conn.clone());
+                streams.opened(&conn);
+                let streams = streams.clone();
                 tokio::spawn(async move {
+                    let _open = Closed(streams);
                     let Ok(req) =
                         read_request(&mut recv, MAX_PAYLOAD, std::time::Duration::from_secs(10))
                             .await
@@ -178,6 +186,11 @@ async fn bare_server(dir: &Path) -> Result<(), String> {
                         return;
                     };
                     match req.method {
+                        BARE_HOLD => {
+                            let _keep = (send, recv);
+                            std::future::pending::<()>().await;
+                            return;
+                        }
                         BARE_DURABLE => {
                             let payload = req.payload.clone();
                             let _ = tokio::task::spawn_blocking(move || {
@@ -223,6 +236,15 @@ async fn bare_server(dir: &Path) -> Result<(), String> {
         });
     }
     Ok(())
+}
+
+/// Counts a bare stream closed when dropped.
+struct Closed(Arc<qpq_server::listener::StreamLimit>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.0.closed();
+    }
 }
 
 /// A running child server.
