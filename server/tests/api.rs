@@ -1403,7 +1403,11 @@ async fn push_queues_are_made_on_the_first_push_only() {
         svc.push_queues_open
             .load(std::sync::atomic::Ordering::Relaxed)
     };
-    assert_eq!(open(), 0, "six connections ready for pushes, none pushed to yet");
+    assert_eq!(
+        open(),
+        0,
+        "six connections ready for pushes, none pushed to yet"
+    );
     a.send(&ch, 1, b"hello").await.unwrap();
     let push = b.next_push(Duration::from_secs(5)).await;
     assert!(push.is_some(), "bob gets the push");
@@ -1459,4 +1463,79 @@ async fn a_busy_connection_gets_its_full_stream_limit() {
     for c in calls {
         assert_eq!(c.await.unwrap().status, Status::Ok);
     }
+}
+
+/// Issue 14: application messages read a channel's members from the writer's cache; every
+/// change to membership, blocks or accounts must show in the very next message. Each step
+/// warms the cache with a message first, then changes something and sends again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_membership_follows_blocks_leaves_and_deletions() {
+    let s = TestServer::start().await;
+    let a = s.user("alice").await;
+    let b = s.user("bob").await;
+    let c = s.user("carol").await;
+    let d = s.user("dave").await;
+    let ch = a.group(&[&b, &c, &d]).await;
+    a.send(&ch, 1, b"warm").await.unwrap();
+    assert_eq!(
+        (
+            b.fetch().await.len(),
+            c.fetch().await.len(),
+            d.fetch().await.len()
+        ),
+        (1, 1, 1)
+    );
+    // A block shows at once...
+    let _: v1::BlockUserResponse = b
+        .call(
+            method::BLOCK_USER,
+            &v1::BlockUserRequest {
+                identity_key: a.identity_key(),
+            },
+        )
+        .await
+        .unwrap();
+    let r = a.send(&ch, 2, b"blocked").await.unwrap();
+    assert_eq!(r.undelivered, vec![b.device_key()]);
+    assert_eq!(b.fetch().await.len(), 1, "the blocker got nothing new");
+    // ...and so does its end.
+    let _: v1::UnblockUserResponse = b
+        .call(
+            method::UNBLOCK_USER,
+            &v1::UnblockUserRequest {
+                identity_key: a.identity_key(),
+            },
+        )
+        .await
+        .unwrap();
+    a.send(&ch, 3, b"unblocked").await.unwrap();
+    assert_eq!(b.fetch().await.len(), 2);
+    // A member that leaves gets no more application messages.
+    let _: v1::RemoveMemberResponse = c
+        .call(
+            method::REMOVE_MEMBER,
+            &v1::RemoveMemberRequest {
+                channel_id: ch.clone(),
+                member: c.identity_key(),
+            },
+        )
+        .await
+        .unwrap();
+    let before = c.fetch().await.len();
+    a.send(&ch, 4, b"after leaving").await.unwrap();
+    assert_eq!(
+        c.fetch().await.len(),
+        before,
+        "a leaving member gets nothing new"
+    );
+    // ...and may no longer send.
+    assert_eq!(
+        c.send(&ch, 5, b"me too").await.unwrap_err().status,
+        Status::Forbidden
+    );
+    // A deleted account's devices are gone from the recipients.
+    d.delete_account(PW).await.unwrap();
+    let r = a.send(&ch, 6, b"after deletion").await.unwrap();
+    assert!(r.undelivered.is_empty());
+    assert_eq!(b.fetch().await.len(), 4);
 }

@@ -212,6 +212,10 @@ trait WriteJob: Send {
     fn run(&mut self, conn: &Connection) -> Result<(), StorageError>;
     /// Answers the caller once the batch committed (or failed to).
     fn finish(self: Box<Self>, commit: Result<(), StorageError>);
+    /// True when the job changes no channel, membership, device, account or block (an
+    /// application message): the writer's [`MembershipCache`] survives it. Every other job
+    /// clears the cache before it runs.
+    fn keeps_membership(&self) -> bool;
 }
 
 /// Where a write's result goes: a blocked thread (the synchronous [`Storage`] methods) or an
@@ -239,6 +243,7 @@ struct Pending<T, F> {
     f: F,
     result: Option<StorageResult<T>>,
     reply: Reply<T>,
+    keeps_membership: bool,
 }
 
 impl<T, F> WriteJob for Pending<T, F>
@@ -264,6 +269,10 @@ where
             (None, Ok(())) => Err(StorageError::Backend("job did not run".into())),
         };
         self.reply.send(r);
+    }
+
+    fn keeps_membership(&self) -> bool {
+        self.keeps_membership
     }
 }
 
@@ -384,6 +393,9 @@ fn run_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
     control(conn, "BEGIN IMMEDIATE")?;
     let mut failed = false;
     for job in batch.iter_mut() {
+        if !job.keeps_membership() {
+            membership_cache_clear();
+        }
         if job.run(conn).is_err() {
             failed = true;
             break;
@@ -392,12 +404,14 @@ fn run_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
     if !failed {
         if let Err(e) = control(conn, "COMMIT") {
             let _ = control(conn, "ROLLBACK");
+            membership_cache_clear();
             return Err(e.into());
         }
         return Ok(());
     }
     // SQLite may already have rolled the transaction back (a full disk): then this fails.
     let _ = control(conn, "ROLLBACK");
+    membership_cache_clear();
     if batch.len() == 1 {
         // The one job failed: its own error is its answer, nothing was written.
         return Ok(());
@@ -409,6 +423,9 @@ fn run_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
 fn run_batch_isolated(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
     control(conn, "BEGIN IMMEDIATE")?;
     for job in batch.iter_mut() {
+        if !job.keeps_membership() {
+            membership_cache_clear();
+        }
         let step = (|| -> Result<(), StorageError> {
             control(conn, "SAVEPOINT job")?;
             match job.run(conn) {
@@ -430,14 +447,103 @@ fn run_batch_isolated(conn: &Connection, batch: &mut [Job]) -> Result<(), Storag
         })();
         if let Err(e) = step {
             let _ = control(conn, "ROLLBACK");
+            membership_cache_clear();
             return Err(e);
         }
     }
     if let Err(e) = control(conn, "COMMIT") {
         let _ = control(conn, "ROLLBACK");
+        membership_cache_clear();
         return Err(e.into());
     }
     Ok(())
+}
+
+/// What application-message enqueues read about a channel, kept by the writer thread between
+/// batches (issue 14): the channel row, its members that are not leaving, their devices, and
+/// each sender's blockers. Only the writer writes the database, and every write job that is
+/// not an application message clears the cache before it runs (as does any rollback), so an
+/// entry always equals what the database holds (the tests of issue 17 on membership, removal,
+/// blocking and account deletion run through it).
+#[derive(Default)]
+struct MembershipCache {
+    channels: std::collections::HashMap<ChannelId, std::rc::Rc<CachedChannel>>,
+    blockers: std::collections::HashMap<AccountId, std::rc::Rc<Vec<AccountId>>>,
+}
+
+struct CachedChannel {
+    channel: Channel,
+    /// Members not leaving.
+    members: Vec<AccountId>,
+    /// `member_devices(channel, false)`.
+    devices: Vec<(DeviceId, Key32, AccountId)>,
+}
+
+/// Entries kept before the cache starts over.
+const MEMBERSHIP_CACHE_MAX: usize = 4096;
+
+thread_local! {
+    static MEMBERSHIP: std::cell::RefCell<MembershipCache> = std::cell::RefCell::default();
+}
+
+fn membership_cache_clear() {
+    MEMBERSHIP.with(|m| {
+        let mut m = m.borrow_mut();
+        m.channels.clear();
+        m.blockers.clear();
+    });
+}
+
+/// The channel as an application message sees it, from the cache or read (and cached).
+fn cached_channel(
+    conn: &Connection,
+    id: &ChannelId,
+) -> StorageResult<Option<std::rc::Rc<CachedChannel>>> {
+    if let Some(c) = MEMBERSHIP.with(|m| m.borrow().channels.get(id).cloned()) {
+        return Ok(Some(c));
+    }
+    let Some(channel) = channel_row(conn, id)? else {
+        return Ok(None);
+    };
+    let members: Vec<AccountId> = conn
+        .prepare_cached(
+            "SELECT account_id FROM channel_members WHERE channel_id = ?1 AND leaving = 0",
+        )?
+        .query_map([&id[..]], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let devices = member_devices(conn, id, false)?;
+    let c = std::rc::Rc::new(CachedChannel {
+        channel,
+        members,
+        devices,
+    });
+    MEMBERSHIP.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.channels.len() >= MEMBERSHIP_CACHE_MAX {
+            m.channels.clear();
+        }
+        m.channels.insert(*id, c.clone());
+    });
+    Ok(Some(c))
+}
+
+/// The accounts that block `account`, from the cache or read (and cached).
+fn cached_blockers(
+    conn: &Connection,
+    account: AccountId,
+) -> StorageResult<std::rc::Rc<Vec<AccountId>>> {
+    if let Some(b) = MEMBERSHIP.with(|m| m.borrow().blockers.get(&account).cloned()) {
+        return Ok(b);
+    }
+    let b = std::rc::Rc::new(blockers_of(conn, account)?);
+    MEMBERSHIP.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.blockers.len() >= MEMBERSHIP_CACHE_MAX {
+            m.blockers.clear();
+        }
+        m.blockers.insert(account, b.clone());
+    });
+    Ok(b)
 }
 
 /// A read-only connection to the database.
@@ -584,6 +690,7 @@ impl SqliteStorage {
             f,
             result: None,
             reply: Reply::Blocking(reply),
+            keeps_membership: false,
         }))?;
         rx.recv()
             .map_err(|_| StorageError::Backend("writer stopped".into()))?
@@ -596,11 +703,21 @@ impl SqliteStorage {
         T: Send + 'static,
         F: Fn(&Connection) -> StorageResult<T> + Send + 'static,
     {
+        self.write_async_with(f, false)
+    }
+
+    /// [`SqliteStorage::write_async`]; `keeps_membership` as [`WriteJob::keeps_membership`].
+    fn write_async_with<T, F>(&self, f: F, keeps_membership: bool) -> StorageFuture<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> StorageResult<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         let submitted = self.submit(Box::new(Pending {
             f,
             result: None,
             reply: Reply::Async(reply),
+            keeps_membership,
         }));
         Box::pin(async move {
             submitted?;
@@ -978,9 +1095,35 @@ fn account_by_username_row(c: &Connection, username: &str) -> StorageResult<Opti
     .optional()?)
 }
 
-fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome> {
-    let channel = channel_row(conn, &op.channel_id)?.ok_or(StorageError::NotFound("channel"))?;
-    if !member_check(conn, &op.channel_id, op.sender_account)? {
+/// Whether an Enqueue changes nothing but queues: an application message (no commit, no
+/// membership change, Welcome or GroupInfo).
+fn is_application_message(op: &EnqueueOp) -> bool {
+    op.commit_epoch.is_none()
+        && op.add_members.is_empty()
+        && op.remove_members.is_empty()
+        && op.promote_members.is_empty()
+        && op.welcome.is_empty()
+        && op.group_info.is_none()
+}
+
+/// Executes an Enqueue. With `cached` (only for application messages, on the writer thread,
+/// see [`MembershipCache`]) the channel, its members and the sender's blockers come from the
+/// cache.
+fn enqueue_tx(conn: &Connection, op: &EnqueueOp, cached: bool) -> StorageResult<EnqueueOutcome> {
+    let cached = if cached && is_application_message(op) {
+        Some(cached_channel(conn, &op.channel_id)?.ok_or(StorageError::NotFound("channel"))?)
+    } else {
+        None
+    };
+    let channel = match &cached {
+        Some(c) => c.channel.clone(),
+        None => channel_row(conn, &op.channel_id)?.ok_or(StorageError::NotFound("channel"))?,
+    };
+    let member = match &cached {
+        Some(c) => c.members.contains(&op.sender_account),
+        None => member_check(conn, &op.channel_id, op.sender_account)?,
+    };
+    if !member {
         return Err(StorageError::Forbidden(
             "not a member of the channel".into(),
         ));
@@ -1039,11 +1182,18 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     // Recipients of the message: every device of the members before this change (so removed
     // members learn of their removal; commits also reach members that are leaving), except
     // the sender and the Welcome's recipients.
-    let before = member_devices(conn, &op.channel_id, is_commit)?;
+    let before = match &cached {
+        Some(c) => c.devices.clone(),
+        None => member_devices(conn, &op.channel_id, is_commit)?,
+    };
     // Roles: removing another account that is still a member, or promoting, needs an admin
     // sender. (A member that left is already out of the channel: committing its own Remove
     // proposals needs no role.)
-    let sender_admin = is_admin(conn, &op.channel_id, op.sender_account)?;
+    let sender_admin = if op.promote_members.is_empty() && op.remove_members.is_empty() {
+        false
+    } else {
+        is_admin(conn, &op.channel_id, op.sender_account)?
+    };
     if !op.promote_members.is_empty() && !sender_admin {
         return Err(StorageError::Forbidden(
             "only an admin makes other members admins".into(),
@@ -1160,7 +1310,10 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     // broken); the blocker leaves a group to stop seeing them.
     let mut blocked_skip: Vec<DeviceId> = Vec::new();
     if !is_commit {
-        let blockers = blockers_of(conn, op.sender_account)?;
+        let blockers = match &cached {
+            Some(_) => cached_blockers(conn, op.sender_account)?.to_vec(),
+            None => blockers_of(conn, op.sender_account)?,
+        };
         if !blockers.is_empty() {
             recipients.retain(|d| {
                 let blocked = before.iter().any(|b| b.0 == *d && blockers.contains(&b.2));
@@ -1326,7 +1479,8 @@ fn purge_device(conn: &Connection, device: DeviceId) -> StorageResult<()> {
 
 impl Storage for SqliteStorage {
     fn enqueue_async(self: Arc<Self>, op: EnqueueOp) -> StorageFuture<EnqueueOutcome> {
-        self.write_async(move |c| enqueue_tx(c, &op))
+        let app = is_application_message(&op);
+        self.write_async_with(move |c| enqueue_tx(c, &op, app), app)
     }
 
     fn fetch_async(
@@ -1853,7 +2007,7 @@ impl Storage for SqliteStorage {
     }
 
     fn enqueue(&self, op: EnqueueOp) -> StorageResult<EnqueueOutcome> {
-        self.write(move |c| enqueue_tx(c, &op))
+        self.write(move |c| enqueue_tx(c, &op, false))
     }
 
     fn fetch(
@@ -2209,6 +2363,7 @@ mod tests {
             },
             result: None,
             reply: Reply::Blocking(tx),
+            keeps_membership: false,
         });
         (job, rx)
     }
