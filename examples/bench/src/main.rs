@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release -p qpq-bench -- run` is the full run; `-- run --smoke` does a few
 //! iterations of everything (the test suite runs it to keep the harness working; it never
-//! asserts a timing); `-- run --only server` runs the server's scenarios alone. Servers run as child processes (this binary's `serve-qpq` and
+//! asserts a timing); `-- run --only server` runs the server's scenarios alone (`--only s3`, `s11`, `m1`,
+//! `latency`: one group of them). Servers run as child processes (this binary's `serve-qpq` and
 //! `serve-bare` modes), pinned to another CPU than the client where the machine has one.
 
 // A measuring tool: printing is its purpose.
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: qpq-bench run [--smoke] [--only server] [--out DIR]   (DIR default: docs)\n       \
+        "usage: qpq-bench run [--smoke] [--only server|latency|s3|s11|m1] [--out DIR]   (DIR default: docs)\n       \
          qpq-bench serve-qpq DATA_DIR | serve-qpq-limits DATA_DIR | serve-bare DATA_DIR   (internal: child servers)\n       \
          qpq-bench b1 ADDR CERT_FILE [MESSAGES]   (Rust's B1 against a running server, for the SDK benchmarks)"
     );
@@ -58,12 +59,12 @@ fn main() -> ExitCode {
                 .and_then(|i| args.get(i + 1))
                 .cloned()
                 .unwrap_or_else(|| "docs".into());
-            let only_server = args
+            let only = args
                 .iter()
                 .position(|a| a == "--only")
                 .and_then(|i| args.get(i + 1))
-                .is_some_and(|o| o == "server");
-            match scenarios::run_all(smoke, only_server) {
+                .map(String::as_str);
+            match scenarios::run_all(smoke, only) {
                 Ok(results) => match report::write(&results, std::path::Path::new(&out), smoke) {
                     Ok(path) => {
                         println!("wrote {path}");

@@ -51,9 +51,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Runs every scenario the landed code supports; with `only_server`, just the server's
-/// (S1, S2, S5, S6, S12, S3 with the server's CPU per enqueue, S11, M1).
-pub fn run_all(smoke: bool, only_server: bool) -> Result<Results, String> {
+/// Runs every scenario the landed code supports; with `only`, just the server's (`server`:
+/// S1, S2, S5, S6, S12, S3 with the server's CPU per enqueue, S11, M1) or one group of them
+/// (`latency`, `s3`, `s11`, `m1`).
+pub fn run_all(smoke: bool, only: Option<&str>) -> Result<Results, String> {
     bare::pin_to_cpu(0);
     let plan = Plan {
         smoke,
@@ -65,15 +66,24 @@ pub fn run_all(smoke: bool, only_server: bool) -> Result<Results, String> {
         extra: Vec::new(),
         skipped: Vec::new(),
     };
-    println!("server scenarios (S1, S2, S5, S6, S12)…");
-    server_latency(&plan, &mut r)?;
-    println!("throughput (S3)…");
-    throughput(&plan, &mut r)?;
-    println!("OPAQUE login CPU (S11)…");
-    opaque_cpu(&plan, &mut r)?;
-    if only_server {
-        println!("idle connections (M1)…");
-        idle_connections(&plan, &mut r)?;
+    let run = |group: &str| only.is_none_or(|o| o == "server" || o == group);
+    if run("latency") {
+        println!("server scenarios (S1, S2, S5, S6, S12)…");
+        server_latency(&plan, &mut r)?;
+    }
+    if run("s3") {
+        println!("throughput (S3)…");
+        throughput(&plan, &mut r)?;
+    }
+    if run("s11") {
+        println!("OPAQUE login CPU (S11)…");
+        opaque_cpu(&plan, &mut r)?;
+    }
+    if only.is_some() {
+        if run("m1") {
+            println!("idle connections (M1)…");
+            idle_connections(&plan, &mut r)?;
+        }
         return Ok(r);
     }
     println!("bytes stored for a large invite (S10)…");
