@@ -10,12 +10,16 @@ use qpq_crypto::envelope::HybridPublicKey;
 use qpq_proto::{method, v1};
 
 use super::commit::Change;
+use super::directory::{entry_error, BATCH_MAX};
 use super::*;
 use crate::error::{Error, ErrorCode};
 use crate::mls;
 use crate::roles;
 use crate::store::ConversationRow;
 use crate::types::{ConversationId, ConversationKind, Event};
+
+/// A device, its KeyPackage (encoded, not yet checked) and its hybrid public key.
+type FetchedKeyPackage = ([u8; 32], Vec<u8>, HybridPublicKey);
 
 impl Session {
     pub(crate) async fn create_group(
@@ -131,8 +135,8 @@ impl Session {
         };
         let mut identities = Vec::new();
         let mut devices = Vec::new();
-        for u in usernames {
-            let m = self.resolve(u).await?;
+        // One ResolveUsers round trip for all of them (ADR 0110).
+        for (u, m) in usernames.iter().zip(self.resolve_many(usernames).await?) {
             let id = m.identity;
             if m.devices.iter().any(|d| present.contains(d)) {
                 return Err(Error::new(
@@ -179,41 +183,12 @@ impl Session {
         if wanted.is_empty() {
             return Ok(());
         }
-        let hk: v1::FetchHybridKeysResponse = self
-            .call(
-                method::FETCH_HYBRID_KEYS,
-                &v1::FetchHybridKeysRequest {
-                    device_keys: wanted.iter().map(|d| Bytes::copy_from_slice(d)).collect(),
-                },
-            )
-            .await?;
-        let mut hybrid = BTreeMap::new();
-        for e in hk.keys {
-            hybrid.insert(
-                key32(&e.device_key, "device key")?,
-                HybridPublicKey::from_bytes(&e.hybrid_public_key)?,
-            );
-        }
+        let fetched = match self.fetch_key_packages(&wanted, suite).await? {
+            Some(f) => f,
+            None => self.fetch_key_packages_one_by_one(&wanted, suite).await?,
+        };
         let mut kps = Vec::new();
-        for d in wanted {
-            let Some(h) = hybrid.remove(&d) else {
-                tracing::debug!("device without hybrid key skipped");
-                continue;
-            };
-            let r: Result<v1::FetchKeyPackageResponse, Error> = self
-                .call(
-                    method::FETCH_KEY_PACKAGE,
-                    &v1::FetchKeyPackageRequest {
-                        device_key: Bytes::copy_from_slice(&d),
-                        ciphersuite: suite,
-                    },
-                )
-                .await;
-            let kp = match r {
-                Ok(r) => r.key_package,
-                Err(e) if e.code() == ErrorCode::NotFound => continue,
-                Err(e) => return Err(e),
-            };
+        for (d, kp, h) in fetched {
             let kp = {
                 let e = self.engine()?;
                 mls::parse_key_package(&e.provider(), &kp)?
@@ -241,6 +216,108 @@ impl Session {
             events,
         )
         .await
+    }
+
+    /// A KeyPackage and the hybrid key of each of `devices`, in one FetchKeyPackages round
+    /// trip per [`BATCH_MAX`] (ADR 0110). Devices without either are left out, as is a device
+    /// the server answers NotFound for; any other refusal fails the call. `Ok(None)` when the
+    /// server predates FetchKeyPackages.
+    async fn fetch_key_packages(
+        &self,
+        devices: &[[u8; 32]],
+        suite: u32,
+    ) -> Result<Option<Vec<FetchedKeyPackage>>, Error> {
+        let mut out = Vec::with_capacity(devices.len());
+        for chunk in devices.chunks(BATCH_MAX) {
+            let r: Option<v1::FetchKeyPackagesResponse> = self
+                .call_batch(
+                    method::FETCH_KEY_PACKAGES,
+                    &v1::FetchKeyPackagesRequest {
+                        device_keys: chunk.iter().map(|d| Bytes::copy_from_slice(d)).collect(),
+                        ciphersuite: suite,
+                        with_hybrid_keys: true,
+                    },
+                )
+                .await?;
+            let Some(r) = r else {
+                return Ok(None);
+            };
+            if r.entries.len() != chunk.len() {
+                return Err(Error::internal(
+                    "server answered FetchKeyPackages with another number of devices",
+                ));
+            }
+            for (d, e) in chunk.iter().zip(r.entries) {
+                match e.status {
+                    0 => {}
+                    4 => {
+                        tracing::debug!("device without KeyPackage or hybrid key skipped");
+                        continue;
+                    }
+                    other => {
+                        return Err(entry_error(
+                            other,
+                            e.retry_after_ms,
+                            "cannot fetch a KeyPackage of a device".into(),
+                        ))
+                    }
+                }
+                if e.device_key[..] != d[..] {
+                    return Err(Error::internal(
+                        "server answered FetchKeyPackages out of order",
+                    ));
+                }
+                let h = HybridPublicKey::from_bytes(&e.hybrid_public_key)?;
+                out.push((*d, e.key_package.to_vec(), h));
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// What [`Session::fetch_key_packages`] does, for a server without FetchKeyPackages: the
+    /// hybrid keys in one call, then one FetchKeyPackage per device.
+    async fn fetch_key_packages_one_by_one(
+        &self,
+        devices: &[[u8; 32]],
+        suite: u32,
+    ) -> Result<Vec<FetchedKeyPackage>, Error> {
+        let hk: v1::FetchHybridKeysResponse = self
+            .call(
+                method::FETCH_HYBRID_KEYS,
+                &v1::FetchHybridKeysRequest {
+                    device_keys: devices.iter().map(|d| Bytes::copy_from_slice(d)).collect(),
+                },
+            )
+            .await?;
+        let mut hybrid = BTreeMap::new();
+        for e in hk.keys {
+            hybrid.insert(
+                key32(&e.device_key, "device key")?,
+                HybridPublicKey::from_bytes(&e.hybrid_public_key)?,
+            );
+        }
+        let mut out = Vec::new();
+        for d in devices {
+            let Some(h) = hybrid.remove(d) else {
+                tracing::debug!("device without hybrid key skipped");
+                continue;
+            };
+            let r: Result<v1::FetchKeyPackageResponse, Error> = self
+                .call(
+                    method::FETCH_KEY_PACKAGE,
+                    &v1::FetchKeyPackageRequest {
+                        device_key: Bytes::copy_from_slice(d),
+                        ciphersuite: suite,
+                    },
+                )
+                .await;
+            match r {
+                Ok(r) => out.push((*d, r.key_package.to_vec(), h)),
+                Err(e) if e.code() == ErrorCode::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     pub(crate) async fn remove(
