@@ -276,3 +276,22 @@ async fn a_batch_of_n_costs_n_of_the_request_budget() {
         .await;
     assert_eq!(status_of(single), Status::RateLimited);
 }
+
+/// A batch larger than the whole burst passes from a full bucket and leaves the budget in
+/// debt: the next call is refused, so the sustained rate stays the single calls' one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_above_the_burst_leaves_the_budget_in_debt() {
+    let s = TestServer::start_with(|c| {
+        c.rate_limit_per_sec = 0.001;
+        c.rate_limit_burst = 10.0;
+    })
+    .await;
+    let b = s.user("bob").await;
+    let names: Vec<String> = (0..25).map(|i| format!("u{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_eq!(resolve_users(&b, &refs).await.unwrap().len(), 25);
+    assert_eq!(
+        status_of(resolve_users(&b, &refs[..1]).await),
+        Status::RateLimited
+    );
+}

@@ -29,13 +29,19 @@ fn check_batch_len(n: usize, what: &str) -> Result<(), Fail> {
 }
 
 impl Service {
-    /// The caller's account request budget for the `n - 1` entries beyond the one the
-    /// dispatch already charged: a batch of `n` costs what `n` single calls would.
+    /// Charges the caller's account request budget `n` tokens in all (the dispatch took one
+    /// already): a batch of `n` costs what `n` single calls would. The dispatch's token is
+    /// given back and `n` taken at once, so a batch larger than the burst passes from a full
+    /// bucket and leaves it in debt ([`crate::limits::RateLimiter::take`]), which later calls
+    /// pay back: the sustained rate is the same as for single calls.
     fn charge_batch(&self, s: &Session, n: usize) -> Result<(), Fail> {
         if n > 1 {
-            self.account_limiter
-                .take(&s.account_id, (n - 1) as f64)
-                .map_err(|wait| self.rate_limited(wait))?;
+            self.account_limiter.refund(&s.account_id);
+            if let Err(wait) = self.account_limiter.take(&s.account_id, n as f64) {
+                // The refused request still costs its one token, as a refused single call.
+                let _ = self.account_limiter.check(&s.account_id);
+                return Err(self.rate_limited(wait));
+            }
         }
         Ok(())
     }

@@ -17,6 +17,10 @@ use crate::types::{ConversationId, Member};
 /// Most entries one ResolveUsers or FetchKeyPackages request may carry (the server's
 /// `BATCH_MAX`, ADR 0110); longer lists go in several requests.
 pub(super) const BATCH_MAX: usize = 1000;
+/// How often a batch refused for the request budget is waited out and sent again.
+const BATCH_RATE_WAITS: usize = 3;
+/// Longest such wait; a longer one is the caller's to decide.
+const BATCH_RATE_WAIT_MAX_MS: u64 = 10_000;
 
 /// The error a batch entry's status stands for: what the single call would have failed with.
 pub(super) fn entry_error(status: u32, retry_after_ms: u64, what: String) -> Error {
@@ -92,21 +96,38 @@ impl Session {
     }
 
     /// A batched call (ADR 0110); `Ok(None)` when the server predates the method (it answered
-    /// UnknownMethod), so the caller falls back on the single calls.
+    /// UnknownMethod), so the caller falls back on the single calls. A batch costs the
+    /// account's request budget one token per entry, so a large one may leave the budget in
+    /// debt and the next batch be refused whole (nothing done): that refusal is waited out
+    /// a few times when the server says it is short.
     pub(super) async fn call_batch<Req: prost::Message, Resp: prost::Message + Default>(
         &self,
         m: u16,
         req: &Req,
     ) -> Result<Option<Resp>, Error> {
         let token = self.engine()?.token().ok_or_else(Error::not_logged_in)?;
-        match self
-            .net
-            .call(m, req, Some(&token[..]), Duration::ZERO, true)
-            .await
-        {
-            Ok(r) => Ok(Some(r)),
-            Err(e) if e.status() == Some(Status::UnknownMethod) => Ok(None),
-            Err(e) => Err(e.into()),
+        let mut waits = 0;
+        loop {
+            match self
+                .net
+                .call(m, req, Some(&token[..]), Duration::ZERO, true)
+                .await
+            {
+                Ok(r) => return Ok(Some(r)),
+                Err(e) if e.status() == Some(Status::UnknownMethod) => return Ok(None),
+                Err(NetError::Status {
+                    status: Status::RateLimited,
+                    retry_after_ms,
+                    ..
+                }) if waits < BATCH_RATE_WAITS
+                    && retry_after_ms > 0
+                    && retry_after_ms <= BATCH_RATE_WAIT_MAX_MS =>
+                {
+                    waits += 1;
+                    tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
