@@ -90,3 +90,61 @@ fn an_unknown_invitee_fails_the_batch_and_changes_nothing() {
         0
     );
 }
+
+/// The Welcome payloads the server stored for `conv`, as it stores them.
+fn stored_welcomes(s: &TestServer, conv: &qpq_core::ConversationId) -> Vec<Vec<u8>> {
+    let db = s.dir.path().join("qpq.db");
+    let c = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let mut st = c
+        .prepare("SELECT data FROM payloads WHERE channel_id = ?1 AND kind = 2")
+        .unwrap();
+    st.query_map([&conv.as_bytes()[..]], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// ADR 0111: an X-Wing group's Welcome is not sealed in the hybrid envelope (its HPKE is
+/// post-quantum already): the server stores the MLS Welcome with no per-recipient envelope
+/// entry (1,176 B each), and the group's name is not readable in it. Both joiners join and
+/// learn the name; a classic group's Welcome stays sealed.
+#[test]
+fn an_x_wing_welcome_goes_unsealed_and_still_hides_the_name() {
+    let s = TestServer::start();
+    let alice = s.user("alice");
+    let bob = s.user("bob");
+    let carol = s.user("carol");
+    let name = "canary-group-name-7f3a";
+    let pq = alice.create_group(name, true).unwrap();
+    alice.invite(&pq, &["bob", "carol"]).unwrap();
+    let w = stored_welcomes(&s, &pq);
+    assert_eq!(w.len(), 1, "one Welcome for both joiners");
+    assert_eq!(w[0][0], 0xA1, "MLS-protected, not an envelope");
+    assert!(
+        !w[0].windows(name.len()).any(|x| x == name.as_bytes()),
+        "the name is encrypted"
+    );
+    for c in [&bob, &carol] {
+        wait_joined(c, &pq);
+        let conv = c.conversation(&pq).unwrap();
+        assert_eq!(conv.name, name);
+        assert!(conv.post_quantum);
+    }
+    alice.send_text(&pq, "pq hello").unwrap();
+    wait_text(&carol, "pq hello");
+
+    let classic = alice.create_group(name, false).unwrap();
+    alice.invite(&classic, &["bob", "carol"]).unwrap();
+    let w = stored_welcomes(&s, &classic);
+    assert_eq!(w[0][0], qpq_crypto::envelope::ENVELOPE_VERSION, "sealed");
+    assert_eq!(
+        qpq_crypto::envelope::recipient_fingerprints(&w[0])
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(!w[0].windows(name.len()).any(|x| x == name.as_bytes()));
+    wait_joined(&bob, &classic);
+    assert_eq!(bob.conversation(&classic).unwrap().name, name);
+}
