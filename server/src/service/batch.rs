@@ -171,9 +171,9 @@ impl Service {
             for (slot, kp) in slots.into_iter().zip(taken) {
                 let e = &mut entries[slot];
                 match kp {
-                    Some((data, last_resort)) => {
-                        e.key_package = Bytes::from(data);
-                        e.last_resort = last_resort;
+                    Some(kp) => {
+                        e.key_package = Bytes::from(kp.data);
+                        e.last_resort = kp.last_resort;
                     }
                     None => {
                         e.status = u32::from(Status::NotFound.code());

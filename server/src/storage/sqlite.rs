@@ -1352,7 +1352,7 @@ impl Storage for SqliteStorage {
         &self,
         targets: &[(Key32, bool)],
         suite: u32,
-    ) -> StorageResult<Vec<Option<(Vec<u8>, bool)>>> {
+    ) -> StorageResult<Vec<Option<TakenKeyPackage>>> {
         let targets = targets.to_vec();
         // One write transaction (one commit) for every pop of the request.
         self.write(move |c| {
@@ -1375,11 +1375,17 @@ impl Storage for SqliteStorage {
                     None
                 };
                 out.push(match popped {
-                    Some(kp) => Some((kp, false)),
+                    Some(data) => Some(TakenKeyPackage {
+                        data,
+                        last_resort: false,
+                    }),
                     None => last
                         .query_row(params![&dk[..], suite], |r| r.get::<_, Vec<u8>>(0))
                         .optional()?
-                        .map(|kp| (kp, true)),
+                        .map(|data| TakenKeyPackage {
+                            data,
+                            last_resort: true,
+                        }),
                 });
             }
             Ok(out)

@@ -579,7 +579,11 @@ impl Engine {
             let staged = self.stage_welcome(conv, welcome_bytes, false)?;
             return Ok((kind, name, into_group(staged, &provider)?));
         }
-        let (welcome_bytes, nonce, sealed_header) = welcome::split_mls_protected(payload)?;
+        let welcome::MlsProtected {
+            welcome: welcome_bytes,
+            nonce,
+            sealed_header,
+        } = welcome::split_mls_protected(payload)?;
         let staged = self.stage_welcome(conv, welcome_bytes, true)?;
         let key = zeroize::Zeroizing::new(
             staged

@@ -90,10 +90,18 @@ pub(super) fn mls_protected(
     out
 }
 
+/// The parts of an MLS-protected payload.
+pub(super) struct MlsProtected<'a> {
+    /// The encoded MLS Welcome.
+    pub(super) welcome: &'a [u8],
+    /// The header AEAD's nonce.
+    pub(super) nonce: [u8; HEADER_NONCE_LEN],
+    /// The encrypted header (ciphertext and tag).
+    pub(super) sealed_header: &'a [u8],
+}
+
 /// Splits an MLS-protected payload into the Welcome, the nonce and the encrypted header.
-pub(super) fn split_mls_protected(
-    payload: &[u8],
-) -> Result<(&[u8], [u8; HEADER_NONCE_LEN], &[u8]), Error> {
+pub(super) fn split_mls_protected(payload: &[u8]) -> Result<MlsProtected<'_>, Error> {
     if payload.len() < 5 || payload[0] != MLS_PROTECTED_V1 {
         return Err(Error::crypto("not an MLS-protected Welcome"));
     }
@@ -107,7 +115,11 @@ pub(super) fn split_mls_protected(
     let nonce: [u8; HEADER_NONCE_LEN] = nonce
         .try_into()
         .map_err(|_| Error::crypto("truncated MLS-protected Welcome"))?;
-    Ok((welcome, nonce, sealed_header))
+    Ok(MlsProtected {
+        welcome,
+        nonce,
+        sealed_header,
+    })
 }
 
 /// The header AEAD's associated data for a channel.
@@ -140,8 +152,11 @@ mod tests {
         assert_eq!(p[0], MLS_PROTECTED_V1);
         assert_ne!(p[0], qpq_crypto::envelope::ENVELOPE_VERSION);
         assert_eq!(p.len(), 1 + 4 + 7 + 12 + 13);
-        let (w, n, h) = split_mls_protected(&p).expect("valid");
-        assert_eq!((w, n, h), (&b"welcome"[..], [7; 12], &b"sealed header"[..]));
+        let m = split_mls_protected(&p).expect("valid");
+        assert_eq!(
+            (m.welcome, m.nonce, m.sealed_header),
+            (&b"welcome"[..], [7; 12], &b"sealed header"[..])
+        );
         assert!(split_mls_protected(&p[..15]).is_err(), "truncated");
         assert!(split_mls_protected(&[MLS_PROTECTED_V1, 0, 0, 0]).is_err());
         let mut big = p.clone();
