@@ -225,7 +225,11 @@ fn repl_runs_every_line_of_a_paste() {
         ));
     }
     assert_eq!(got, ["pasted one", "pasted two"]);
-    quit(alice);
+    // A line typed right before /quit is sent before the REPL exits.
+    alice.send("last words\n/quit\n").unwrap();
+    alice.expect(Eof).unwrap();
+    let bob = ok(qpq(&s, "bob", w.path()).args(["recv", "--json"]));
+    assert_eq!(texts(&bob), ["last words"], "{bob}");
 }
 
 /// Item 6: `--to` names a user, never a conversation number or id prefix; `--conversation`
