@@ -12,6 +12,7 @@
 
 mod b1;
 mod bare;
+mod c1;
 mod isolation;
 mod report;
 mod scenarios;
@@ -22,6 +23,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: qpq-bench run [--smoke] [--out DIR] [--only S10,C2,...]   (DIR default: docs)\n       \
          qpq-bench serve-qpq DATA_DIR | serve-qpq-limits DATA_DIR | serve-bare DATA_DIR   (internal: child servers)\n       \
+         qpq-bench c1 [SIZES like 3,100] [MESSAGES]   (only the C1 rows, printed)\n       \
          qpq-bench b1 ADDR CERT_FILE [MESSAGES]   (Rust's B1 against a running server, for the SDK benchmarks)"
     );
     ExitCode::from(2)
@@ -46,6 +48,27 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("B1 failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("c1") if args.len() <= 3 => {
+            let sizes: Vec<usize> = match args.get(1) {
+                None => vec![3, 100],
+                Some(s) => match s.split(',').map(str::parse).collect() {
+                    Ok(v) => v,
+                    Err(_) => return usage(),
+                },
+            };
+            let messages = match args.get(2).map(|n| n.parse::<usize>()) {
+                None => 200,
+                Some(Ok(n)) if n > 0 => n,
+                Some(_) => return usage(),
+            };
+            match c1::cli(&sizes, messages) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("C1 failed: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -39,6 +39,7 @@ impl Session {
     pub(crate) async fn sync(&self, events: &mut Vec<Event>) -> Result<(), Error> {
         let _ops = self.ops().await;
         self.sync_from(events, None, None).await?;
+        self.ack_processed(true).await?;
         self.flush_outbox_locked(events).await?;
         self.replenish_key_packages_locked(false).await
     }
@@ -50,10 +51,12 @@ impl Session {
     }
 
     /// Catches up (the caller holds the operation lock), starting with messages a FetchWait
-    /// already returned (saving the Fetch that would return them again). Messages at or below
-    /// the last processed sequence number are skipped as always, so stale prefetched ones are
-    /// harmless. With a `sink`, events go there as soon as each message is durable (before
-    /// the Ack round trip) instead of into `events`.
+    /// or pushes already returned (saving the Fetch that would return them again; the caller
+    /// hands only a page that starts right after the last processed sequence number, with
+    /// `more` set when the queue may hold more). Messages at or below the last processed
+    /// sequence number are skipped as always, so stale prefetched ones are harmless. With a
+    /// `sink` (the background loop), events go there as soon as each message is durable
+    /// instead of into `events`, and the Ack is left to [`Session::ack_processed`].
     pub(crate) async fn sync_from(
         &self,
         events: &mut Vec<Event>,
@@ -159,7 +162,37 @@ impl Session {
                 sink(std::mem::take(events));
             }
         }
-        // Ack only what is durably processed.
+        // Ack only what is durably processed. The background loop (with a sink) batches its
+        // Acks instead (`ack_processed`): an unacked message stays queued on the server, and a
+        // redelivery of it is skipped by sequence number.
+        if sink.is_none() {
+            self.ack_up_to(last).await?;
+        }
+        Ok(())
+    }
+
+    /// Acks everything processed (the last processed sequence number) when anything is
+    /// unacked and `force` is set or at least [`ACK_BATCH`] messages are waiting. One Ack
+    /// covers the whole range.
+    pub(crate) async fn ack_processed(&self, force: bool) -> Result<(), Error> {
+        let last = self.engine()?.last_seq();
+        let acked = self.acked.load(std::sync::atomic::Ordering::SeqCst);
+        if last > acked && (force || last - acked >= ACK_BATCH) {
+            self.ack_up_to(last).await?;
+        }
+        Ok(())
+    }
+
+    /// True when processed messages wait for their Ack.
+    pub(crate) fn unacked(&self) -> bool {
+        let acked = self.acked.load(std::sync::atomic::Ordering::SeqCst);
+        self.engine().map(|e| e.last_seq() > acked).unwrap_or(false)
+    }
+
+    async fn ack_up_to(&self, last: u64) -> Result<(), Error> {
+        if last == 0 {
+            return Ok(());
+        }
         let _: v1::AckResponse = self
             .call(
                 method::ACK,
@@ -169,9 +202,15 @@ impl Session {
                 },
             )
             .await?;
+        self.acked
+            .fetch_max(last, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 }
+
+/// The background loop Acks once this many processed messages wait (or after
+/// `client::ACK_DELAY`, or before a sync returns).
+pub(crate) const ACK_BATCH: u64 = 64;
 
 impl Engine {
     /// Processes one queued message in its own transaction. A message that cannot be
