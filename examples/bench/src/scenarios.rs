@@ -886,7 +886,11 @@ fn store_unlock(p: &Plan, r: &mut Results) -> Result<(), String> {
     Ok(())
 }
 
-fn open_client(dir: &std::path::Path, name: &str, server: &ChildServer) -> Result<Client, String> {
+pub(crate) fn open_client(
+    dir: &std::path::Path,
+    name: &str,
+    server: &ChildServer,
+) -> Result<Client, String> {
     let mut key = [0u8; 32];
     OsRng.fill_bytes(&mut key);
     let mut config = ClientConfig::new(
