@@ -27,6 +27,10 @@ use crate::config::Config;
 use crate::key_package::{self, KeyPackageError};
 use crate::limits::{FailureWindow, RateLimiter};
 use crate::metrics::Metrics;
+mod batch;
+
+pub use batch::BATCH_MAX;
+
 use crate::storage::{
     AccountId, BlobChunk, ChannelId, ChannelKind, DeviceId, EnqueueOp, Key32, NewKeyPackage,
     PurgeReport, QueuedMessage, Session, Storage, StorageError,
@@ -780,6 +784,7 @@ impl Service {
     /// (In flight accounting is the caller's: see [`Service::call_guard`].)
     pub async fn handle(&self, ctx: &CallContext, req: Request) -> Response {
         Metrics::inc(&self.metrics.requests_total);
+        self.metrics.count_method(req.method);
         let request_id = req.request_id;
         let result = if self.is_draining() {
             Err(Fail::new(Status::Unavailable, "server is shutting down"))
@@ -999,6 +1004,9 @@ impl Service {
                     last_resort,
                 })
             }
+            method::FETCH_KEY_PACKAGES => ok(self
+                .fetch_key_packages(&s, v1::FetchKeyPackagesRequest::decode(p)?)
+                .await?),
             method::UPLOAD_HYBRID_KEY => {
                 let r = v1::UploadHybridKeyRequest::decode(p)?;
                 qpq_crypto::envelope::HybridPublicKey::from_bytes(&r.hybrid_public_key)
@@ -1165,6 +1173,9 @@ impl Service {
                         .collect(),
                 })
             }
+            method::RESOLVE_USERS => ok(self
+                .resolve_users(&s, v1::ResolveUsersRequest::decode(p)?)
+                .await?),
             method::RESOLVE_IDENTITY => {
                 let r = v1::ResolveIdentityRequest::decode(p)?;
                 let ik = key32(&r.identity_key, "identity_key")?;
@@ -2305,6 +2316,7 @@ pub const IMPLEMENTED: &[u16] = &[
     method::BATCH_ENQUEUE,
     method::UPLOAD_KEY_PACKAGE,
     method::FETCH_KEY_PACKAGE,
+    method::FETCH_KEY_PACKAGES,
     method::UPLOAD_HYBRID_KEY,
     method::FETCH_HYBRID_KEY,
     method::FETCH_HYBRID_KEYS,
@@ -2317,6 +2329,7 @@ pub const IMPLEMENTED: &[u16] = &[
     method::UNBLOCK_USER,
     method::LIST_BLOCKED,
     method::RESOLVE_USER,
+    method::RESOLVE_USERS,
     method::RESOLVE_IDENTITY,
     method::UPLOAD_BLOB,
     method::DOWNLOAD_BLOB,

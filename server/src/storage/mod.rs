@@ -308,6 +308,15 @@ pub struct BlobChunk {
     pub quota: u64,
 }
 
+/// A KeyPackage handed out by [`Storage::take_key_packages`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenKeyPackage {
+    /// The encoded KeyPackage.
+    pub data: Vec<u8>,
+    /// True for the device's last-resort KeyPackage (read, not deleted).
+    pub last_resort: bool,
+}
+
 /// The server's persistent state. Implementations must make every write method atomic and
 /// durable when it returns `Ok`.
 pub trait Storage: Send + Sync + 'static {
@@ -488,6 +497,40 @@ pub trait Storage: Send + Sync + 'static {
         device_key: &Key32,
         suite: u32,
     ) -> StorageResult<Option<Vec<u8>>>;
+    /// FetchKeyPackages (ADR 0110): for each `(device key, stock open)` in order, pops the
+    /// oldest KeyPackage of the suite when `stock open` and one is left, else reads the
+    /// device's last-resort KeyPackage; None when neither exists.
+    /// Backends should do all of it in one transaction (one durable commit for the whole
+    /// request); this default calls [`Storage::pop_key_package`] and
+    /// [`Storage::last_resort_key_package`] per device, which is correct but commits once per
+    /// device.
+    fn take_key_packages(
+        &self,
+        targets: &[(Key32, bool)],
+        suite: u32,
+    ) -> StorageResult<Vec<Option<TakenKeyPackage>>> {
+        let mut out = Vec::with_capacity(targets.len());
+        for (dk, stock_open) in targets {
+            let popped = if *stock_open {
+                self.pop_key_package(dk, suite)?
+            } else {
+                None
+            };
+            out.push(match popped {
+                Some(data) => Some(TakenKeyPackage {
+                    data,
+                    last_resort: false,
+                }),
+                None => self
+                    .last_resort_key_package(dk, suite)?
+                    .map(|data| TakenKeyPackage {
+                        data,
+                        last_resort: true,
+                    }),
+            });
+        }
+        Ok(out)
+    }
     /// Reads a range of a complete blob: (bytes, total size). NotFound when absent or incomplete.
     fn read_blob(
         &self,

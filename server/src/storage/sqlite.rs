@@ -1778,6 +1778,50 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn take_key_packages(
+        &self,
+        targets: &[(Key32, bool)],
+        suite: u32,
+    ) -> StorageResult<Vec<Option<TakenKeyPackage>>> {
+        let targets = targets.to_vec();
+        // One write transaction (one commit) for every pop of the request.
+        self.write(move |c| {
+            let mut pop = c.prepare_cached(
+                "DELETE FROM key_packages WHERE id = (
+                    SELECT k.id FROM key_packages k JOIN devices d ON d.id = k.device_id
+                    WHERE d.device_key = ?1 AND k.suite = ?2 ORDER BY k.id LIMIT 1)
+                 RETURNING data",
+            )?;
+            let mut last = c.prepare_cached(
+                "SELECT k.data FROM last_resort_key_packages k JOIN devices d ON d.id = k.device_id
+                 WHERE d.device_key = ?1 AND k.suite = ?2",
+            )?;
+            let mut out = Vec::with_capacity(targets.len());
+            for (dk, stock_open) in &targets {
+                let popped: Option<Vec<u8>> = if *stock_open {
+                    pop.query_row(params![&dk[..], suite], |r| r.get(0))
+                        .optional()?
+                } else {
+                    None
+                };
+                out.push(match popped {
+                    Some(data) => Some(TakenKeyPackage {
+                        data,
+                        last_resort: false,
+                    }),
+                    None => last
+                        .query_row(params![&dk[..], suite], |r| r.get::<_, Vec<u8>>(0))
+                        .optional()?
+                        .map(|data| TakenKeyPackage {
+                            data,
+                            last_resort: true,
+                        }),
+                });
+            }
+            Ok(out)
+        })
+    }
+
     fn set_hybrid_key(&self, device: DeviceId, key: &[u8]) -> StorageResult<()> {
         let key = key.to_vec();
         self.write(move |c| {
