@@ -127,6 +127,87 @@ pub(crate) struct Store {
     /// Commits made (each one fsync of the WAL with `synchronous = FULL`), counted by a
     /// commit hook: autocommit statements and transactions alike.
     commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Loaded openmls groups kept in memory (see [`GroupCache`]).
+    pub(crate) groups: std::cell::RefCell<GroupCache>,
+    /// `MlsGroup::load` calls (reads of a whole group from the store).
+    group_loads: std::cell::Cell<u64>,
+}
+
+/// openmls groups kept in memory between operations, so a message does not load its group
+/// from the store again (`MlsGroup::load` reads and decodes the whole group state).
+///
+/// The invariant: a group in the cache equals what the store holds for it. openmls writes
+/// every change through to the store as it makes it, so a group that an operation changed
+/// successfully still equals the store. What could break the invariant is handled here:
+/// - a rollback (the store went back, the group did not): every rollback empties the cache
+///   and bumps `generation`, and a group checked out before it is not put back;
+/// - two copies of one group at once (an inner load while an outer one is checked out: one
+///   may change the store behind the other): neither is put back;
+/// - a failed operation: only a caller that succeeded puts its group back
+///   ([`crate::mls::Loaded::keep`]); anything else drops it, and the next load reads the store.
+#[derive(Default)]
+pub(crate) struct GroupCache {
+    groups: std::collections::HashMap<[u8; 16], openmls::group::MlsGroup>,
+    /// Checked-out copies per group.
+    out: std::collections::HashMap<[u8; 16], u32>,
+    /// Groups with two copies checked out at once: not put back until all are returned.
+    poisoned: std::collections::HashSet<[u8; 16]>,
+    /// Bumped by every rollback.
+    generation: u64,
+}
+
+impl GroupCache {
+    /// Takes a group out (when cached) and marks one copy of it checked out. Returns the
+    /// cached group, if any, and the generation to hand back to [`GroupCache::put_back`].
+    pub(crate) fn check_out(&mut self, id: &[u8; 16]) -> (Option<openmls::group::MlsGroup>, u64) {
+        let out = self.out.entry(*id).or_default();
+        *out += 1;
+        if *out > 1 {
+            self.poisoned.insert(*id);
+        }
+        (self.groups.remove(id), self.generation)
+    }
+
+    /// Returns a checked-out copy; `group` is cached again when the caller succeeded with it,
+    /// no rollback happened since it was checked out and no other copy was out meanwhile.
+    pub(crate) fn put_back(
+        &mut self,
+        id: &[u8; 16],
+        generation: u64,
+        group: Option<openmls::group::MlsGroup>,
+    ) {
+        let last = match self.out.get_mut(id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                self.out.remove(id);
+                true
+            }
+        };
+        let poisoned = self.poisoned.contains(id);
+        if last {
+            self.poisoned.remove(id);
+        }
+        if let Some(g) = group {
+            if !poisoned && generation == self.generation {
+                self.groups.insert(*id, g);
+            }
+        }
+    }
+
+    /// Forgets every cached group (after a rollback).
+    fn invalidate(&mut self) {
+        self.groups.clear();
+        self.generation += 1;
+    }
+
+    /// Groups cached now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.groups.len()
+    }
 }
 
 /// Counts `conn`'s commits into `counter`.
@@ -353,6 +434,8 @@ impl Store {
             path,
             pending: None,
             commits: Default::default(),
+            groups: Default::default(),
+            group_loads: Default::default(),
         };
         count_commits(&store.conn, &store.commits);
         store.migrate()?;
@@ -384,6 +467,8 @@ impl Store {
                 salt,
             }),
             commits: Default::default(),
+            groups: Default::default(),
+            group_loads: Default::default(),
         };
         count_commits(&store.conn, &store.commits);
         store.migrate()?;
@@ -495,6 +580,17 @@ impl Store {
         self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Counts one `MlsGroup::load` from the store.
+    pub(crate) fn count_group_load(&self) {
+        self.group_loads.set(self.group_loads.get() + 1);
+    }
+
+    /// `MlsGroup::load` calls since the store was opened.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn group_loads(&self) -> u64 {
+        self.group_loads.get()
+    }
+
     /// Path of the database file.
     #[allow(dead_code)]
     pub(crate) fn path(&self) -> &Path {
@@ -550,8 +646,12 @@ impl Store {
         f(self)
     }
 
-    /// Rolls the open transaction back (ignores "no transaction").
+    /// Rolls the open transaction back (ignores "no transaction"). The groups kept in memory
+    /// may be ahead of the store now: they are all forgotten.
     fn rollback(&self) {
+        if let Ok(mut g) = self.groups.try_borrow_mut() {
+            g.invalidate();
+        }
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
