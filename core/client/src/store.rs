@@ -210,8 +210,10 @@ impl GroupCache {
     }
 }
 
-/// Counts `conn`'s commits into `counter`.
+/// Counts `conn`'s commits into `counter`, and sizes its prepared-statement cache for every
+/// statement of this module.
 fn count_commits(conn: &Connection, counter: &std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    conn.set_prepared_statement_cache_capacity(64);
     let c = counter.clone();
     conn.commit_hook(Some(move || {
         c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -612,17 +614,13 @@ impl Store {
         if !self.conn.is_autocommit() {
             return f(self);
         }
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(StoreError::from)?;
+        self.exec("BEGIN IMMEDIATE", []).map_err(StoreError::from)?;
         let mut guard = TxGuard {
             store: self,
             armed: true,
         };
         let v = f(self)?;
-        self.conn
-            .execute_batch("COMMIT")
-            .map_err(StoreError::from)?;
+        self.exec("COMMIT", []).map_err(StoreError::from)?;
         guard.armed = false;
         Ok(v)
     }
@@ -652,7 +650,7 @@ impl Store {
         if let Ok(mut g) = self.groups.try_borrow_mut() {
             g.invalidate();
         }
-        if !self.conn.is_autocommit() {
+        if !self.conn.is_autocommit() && self.exec("ROLLBACK", []).is_err() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
@@ -705,17 +703,31 @@ impl Store {
         Ok(h.finalize().into())
     }
 
+    /// Runs one statement through the prepared-statement cache (compiled once per store).
+    fn exec(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.conn.prepare_cached(sql)?.execute(p)
+    }
+
+    /// Reads one row through the prepared-statement cache.
+    fn row<T>(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.conn.prepare_cached(sql)?.query_row(p, f)
+    }
+
     // ---- meta ----
 
     pub(crate) fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()?)
     }
 
     pub(crate) fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             params![key, value],
         )?;
@@ -723,8 +735,7 @@ impl Store {
     }
 
     pub(crate) fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        self.exec("DELETE FROM meta WHERE key = ?1", [key])?;
         Ok(())
     }
 
@@ -747,7 +758,7 @@ impl Store {
         identity: &[u8; 32],
         username: &str,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "INSERT INTO devices(device_key, identity_key, username) VALUES (?1, ?2, ?3)
              ON CONFLICT(device_key) DO UPDATE SET identity_key = excluded.identity_key, username = excluded.username",
             params![&device[..], &identity[..], username],
@@ -758,8 +769,7 @@ impl Store {
     /// (identity key, username) of a known device.
     pub(crate) fn device(&self, device: &[u8]) -> Result<Option<([u8; 32], String)>, StoreError> {
         let row: Option<(Vec<u8>, String)> = self
-            .conn
-            .query_row(
+            .row(
                 "SELECT identity_key, username FROM devices WHERE device_key = ?1",
                 [device],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -778,7 +788,7 @@ impl Store {
         c: &ConversationRow,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "INSERT INTO conversations(id, kind, name, post_quantum, active, unread, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, name = excluded.name,
@@ -797,7 +807,7 @@ impl Store {
     }
 
     pub(crate) fn set_active(&self, id: &ConversationId, active: bool) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE conversations SET active = ?2 WHERE id = ?1",
             params![&id[..], active as i64],
         )?;
@@ -831,7 +841,7 @@ impl Store {
     }
 
     pub(crate) fn clear_unread(&self, id: &ConversationId) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE conversations SET unread = 0 WHERE id = ?1",
             [&id[..]],
         )?;
@@ -843,8 +853,7 @@ impl Store {
     /// A strictly increasing receive timestamp (ms).
     fn next_received_at(&self, now_ms: u64) -> Result<u64, StoreError> {
         let last: Option<i64> =
-            self.conn
-                .query_row("SELECT max(received_at_ms) FROM messages", [], |r| r.get(0))?;
+            self.row("SELECT max(received_at_ms) FROM messages", [], |r| r.get(0))?;
         Ok(now_ms.max(last.map(|l| l as u64 + 1).unwrap_or(0)))
     }
 
@@ -855,8 +864,7 @@ impl Store {
         id: &MessageId,
     ) -> Result<bool, StoreError> {
         let exists: Option<i64> = self
-            .conn
-            .query_row(
+            .row(
                 "SELECT 1 FROM messages WHERE conversation = ?1 AND id = ?2",
                 params![&conv[..], &id[..]],
                 |r| r.get(0),
@@ -872,7 +880,7 @@ impl Store {
         id: &MessageId,
         d: Delivery,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE messages SET delivery = ?3 WHERE conversation = ?1 AND id = ?2",
             params![&conv[..], &id[..], delivery_code(d)],
         )?;
@@ -890,7 +898,7 @@ impl Store {
             return Ok(None);
         }
         let received = self.next_received_at(now_ms)?;
-        self.conn.execute(
+        self.exec(
             "INSERT INTO messages(id, conversation, sender, sender_device, text, sent_at_ms, received_at_ms, outgoing, body, delivery)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
@@ -907,7 +915,7 @@ impl Store {
             ],
         )?;
         if !m.outgoing {
-            self.conn.execute(
+            self.exec(
                 "UPDATE conversations SET unread = unread + 1 WHERE id = ?1",
                 [&m.conversation[..]],
             )?;
@@ -976,12 +984,10 @@ impl Store {
     // ---- outbox ----
 
     pub(crate) fn put_outbox(&self, o: &OutboxRow) -> Result<(), StoreError> {
-        let ord: i64 =
-            self.conn
-                .query_row("SELECT coalesce(max(ord), 0) + 1 FROM outbox", [], |r| {
-                    r.get(0)
-                })?;
-        self.conn.execute(
+        let ord: i64 = self.row("SELECT coalesce(max(ord), 0) + 1 FROM outbox", [], |r| {
+            r.get(0)
+        })?;
+        self.exec(
             "INSERT INTO outbox(id, ord, conversation, plaintext, ciphertext, epoch) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(id) DO UPDATE SET ciphertext = excluded.ciphertext, epoch = excluded.epoch",
             params![&o.id[..], ord, &o.conversation[..], o.plaintext, o.ciphertext, o.epoch as i64],
@@ -1017,8 +1023,7 @@ impl Store {
     }
 
     pub(crate) fn delete_outbox(&self, id: &MessageId) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM outbox WHERE id = ?1", [&id[..]])?;
+        self.exec("DELETE FROM outbox WHERE id = ?1", [&id[..]])?;
         Ok(())
     }
 }
