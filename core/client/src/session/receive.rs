@@ -8,7 +8,6 @@ use bytes::Bytes;
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
 use prost::Message as _;
-use qpq_crypto::envelope;
 use qpq_proto::{method, v1};
 
 use super::commit::Change;
@@ -392,22 +391,7 @@ impl Engine {
         inviter_device: &[u8],
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
-        let wrapped = envelope::open(&self.keys.hybrid, &conv[..], payload)?;
-        let (kind, name, welcome_bytes) = welcome::unwrap(&wrapped)?;
-        let msg = MlsMessageIn::tls_deserialize_exact(welcome_bytes)
-            .map_err(|e| MlsError::Decrypt(e.to_string()))?;
-        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
-            return Err(Error::crypto("the Welcome payload is not an MLS Welcome"));
-        };
-        let provider = self.provider();
-        if let Some(mut old) = mls::load(&provider, conv)? {
-            old.delete(provider.storage()).map_err(mls_err)?;
-        }
-        let staged = StagedWelcome::new_from_welcome(&provider, &mls::join_config(), welcome, None)
-            .map_err(|e| MlsError::Decrypt(format!("welcome: {e}")))?;
-        let group = staged
-            .into_group(&provider)
-            .map_err(|e| MlsError::Decrypt(format!("welcome: {e}")))?;
+        let (kind, name, group) = self.join_from_welcome(conv, payload)?;
         if group.group_id().as_slice() != &conv[..] {
             return Err(Error::crypto("the Welcome is for another group"));
         }
