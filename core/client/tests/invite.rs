@@ -67,7 +67,8 @@ fn raw_accounts(s: &TestServer, n: usize) -> Vec<String> {
 /// most 4 round trips: ResolveUsers, FetchKeyPackages (with the hybrid keys), the Fetch that
 /// syncs before the commit, and the Enqueue carrying commit and Welcome. No single
 /// ResolveUser or FetchKeyPackage, and no FetchHybridKeys. The engine joiner, online
-/// afterwards, joins from the Welcome.
+/// afterwards, joins from the Welcome with a bounded number of store commits (its 100
+/// members' directory rows in one transaction).
 #[test]
 fn inviting_ninety_nine_takes_at_most_four_round_trips() {
     // 99 registrations from one address: the per-address registration, authentication and
@@ -118,8 +119,16 @@ fn inviting_ninety_nine_takes_at_most_four_round_trips() {
     eprintln!("C2 inviter, add 99: {took} round trips");
     assert_eq!(alice.conversation(&conv).unwrap().members.len(), 100);
 
+    // The joiner learns 100 members' devices on first contact: its directory rows go in
+    // one transaction, not one autocommit (one fsync) per device.
     let joiner = s.open(joiner.dir.path());
     wait_joined(&joiner, &conv);
+    let commits = joiner.debug_counters().unwrap().commits;
+    eprintln!("C2 first join of 100: {commits} store commits from opening to joined");
+    assert!(
+        commits < 30,
+        "{commits} store commits to open and join a group of 100"
+    );
     alice.send_text(&conv, "welcome all").unwrap();
     wait_text(&joiner, "welcome all");
 }
