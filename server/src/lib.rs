@@ -13,6 +13,7 @@
 //! graceful drain. The binary `qpq-server` does exactly that from [`config::Config::load`].
 
 pub mod config;
+pub mod delivery;
 pub mod key_package;
 pub mod limits;
 pub mod listener;
