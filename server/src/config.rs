@@ -67,6 +67,15 @@ macro_rules! options {
 options! {
     /// UDP address to listen on.
     listen: SocketAddr = "QPQ_LISTEN", SocketAddr::from(([0, 0, 0, 0], 5001));
+    /// PostgreSQL connection string (`postgres://user@host/db`, or key=value with
+    /// `host=/socket/dir`): several server nodes share one database (issue 15, docs/SCALING.md).
+    /// Empty = the embedded SQLite database under `data_dir`, exactly as without it.
+    database_url: String = "QPQ_DATABASE_URL", String::new();
+    /// This node's name in logs, metrics and /health (default: the host name and listen port).
+    node_id: String = "QPQ_NODE_ID", String::new();
+    /// Milliseconds between sweeps that re-check every locally waiting device (PostgreSQL
+    /// only): bounds the delay of a lost cross-node wake-up.
+    wake_sweep_ms: u64 = "QPQ_WAKE_SWEEP_MS", 1500;
     /// Directory for the database, certificate and key.
     data_dir: PathBuf = "QPQ_DATA_DIR", PathBuf::from("data");
     /// TLS certificate (PEM or DER); a self-signed one is generated when unset.

@@ -48,6 +48,7 @@ counters! {
     undelivered_total: "Recipient devices an Enqueue skipped because their queue (or the sender's share) was full.",
     quic_retry_total: "Handshakes answered with a QUIC Retry (address validation).",
     write_deadline_total: "Responses dropped because the client did not take them within the write deadline.",
+    wake_sweeps_total: "Sweeps that re-checked every locally waiting device (cross-node wake-ups on).",
     purged_total: "Rows deleted by the retention purge (queue entries, idempotency records, incomplete blobs).",
 }
 
