@@ -25,6 +25,8 @@ use crate::storage::DeviceId;
 
 /// The NOTIFY channel of the doorbell.
 pub const CHANNEL: &str = "qpq_wake";
+/// `application_name` of the listener connection.
+pub const LISTENER_APP: &str = "qpq-wake-listener";
 /// Largest NOTIFY payload we send (PostgreSQL's limit is 8000 bytes).
 const MAX_PAYLOAD: usize = 7000;
 
@@ -79,14 +81,18 @@ impl PgWake {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         {
-            let (config, node, stats, stop) =
+            let (mut config, node, stats, stop) =
                 (config.clone(), node.clone(), stats.clone(), stop.clone());
+            config.application_name("qpq-doorbell");
             std::thread::Builder::new()
                 .name("qpq-doorbell".into())
                 .spawn(move || doorbell(config, node, rx, stats, stop))?;
         }
         {
             let (stats, stop) = (stats.clone(), stop.clone());
+            let mut config = config;
+            // Named, so operators (and the fault tests) can find it in pg_stat_activity.
+            config.application_name(LISTENER_APP);
             std::thread::Builder::new()
                 .name("qpq-listener".into())
                 .spawn(move || listener(config, node, sink, stats, stop))?;

@@ -350,6 +350,19 @@ impl PostgresStorage {
     }
 }
 
+impl Drop for PostgresStorage {
+    fn drop(&mut self) {
+        // A `postgres::Client` blocks on its own runtime when dropped, which panics inside an
+        // async context (the last reference may go there): idle connections close on a thread.
+        let idle = self.idle.get_mut().map(std::mem::take).unwrap_or_default();
+        if !idle.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("qpq-pg-close".into())
+                .spawn(move || drop(idle));
+        }
+    }
+}
+
 fn migrate(c: &mut Client) -> StorageResult<()> {
     let mut t = c.transaction()?;
     t.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])?;

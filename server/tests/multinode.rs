@@ -1,0 +1,267 @@
+//! Two server nodes on one PostgreSQL database (issue 15): cross-node delivery, the doorbell
+//! waking a FetchWait on the other node without the sweep, a commit race across nodes, the
+//! wake listener killed under load, and 64 concurrent writers through two nodes to one device.
+//! The nodes are real servers (QUIC, the real service) started in-process on one database of
+//! this binary's PostgreSQL cluster; the sweep is set to a minute where a test must prove the
+//! doorbell did the work.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "common/pg.rs"]
+mod pg;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use qpq_proto::{method, v1, Status};
+
+/// A node on `url`; `sweep_ms` is its sweep interval.
+async fn node(url: &str, sweep_ms: u64) -> TestServer {
+    let url = url.to_string();
+    TestServer::start_with(move |c| {
+        c.database_url = url;
+        c.wake_sweep_ms = sweep_ms;
+        // Every test client connects from 127.0.0.1.
+        c.max_connections_per_ip = 1000;
+    })
+    .await
+}
+
+async fn database() -> String {
+    tokio::task::spawn_blocking(pg::database).await.unwrap()
+}
+
+/// FetchWait after `after` with a 20 s timeout.
+async fn fetch_wait(c: &Conn, after: u64) -> v1::FetchResponse {
+    c.call(
+        method::FETCH_WAIT,
+        &v1::FetchWaitRequest {
+            after_seq: after,
+            limit: 1000,
+            channel_id: Bytes::new(),
+            timeout_ms: 20_000,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+const NO_SWEEP: u64 = 60_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_cross_nodes_both_ways_exactly_once_in_order() {
+    let url = database().await;
+    let (a, b) = (node(&url, NO_SWEEP).await, node(&url, NO_SWEEP).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let ch = alice.group(&[&bob]).await;
+    for i in 0..20u8 {
+        alice.send(&ch, i, &[b'a', i]).await.unwrap();
+        bob.send(&ch, i, &[b'b', i]).await.unwrap();
+    }
+    for (who, c, from) in [("bob", &bob, b'a'), ("alice", &alice, b'b')] {
+        let got = fetch_all_after(c, 0).await;
+        let bodies: Vec<Vec<u8>> = got.iter().map(|m| m.payload.to_vec()).collect();
+        let want: Vec<Vec<u8>> = (0..20u8).map(|i| vec![from, i]).collect();
+        assert_eq!(bodies, want, "{who}: exactly once, in order");
+        let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "{who}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A FetchWait parked on node B returns with a message enqueued on node A, long before its
+/// timeout and with the sweep a minute away: the doorbell woke it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_wait_on_b_is_woken_by_enqueue_on_a() {
+    let url = database().await;
+    let (a, b) = (node(&url, NO_SWEEP).await, node(&url, NO_SWEEP).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let ch = alice.group(&[&bob]).await;
+    for round in 0..3u8 {
+        let waiter = async {
+            let t = Instant::now();
+            let r = fetch_wait(&bob, u64::from(round)).await;
+            (r, t.elapsed())
+        };
+        let sender = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            alice.send(&ch, round, b"wake").await.unwrap();
+        };
+        let ((r, took), ()) = tokio::join!(waiter, sender);
+        assert_eq!(r.messages.len(), 1, "round {round}");
+        assert!(
+            took < Duration::from_secs(10),
+            "round {round}: the FetchWait waited {took:?} (its timeout is 20 s, the sweep 60 s)"
+        );
+    }
+    let st = b.service.wake().unwrap().stats();
+    assert!(st.received.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    assert!(
+        a.service
+            .wake()
+            .unwrap()
+            .stats()
+            .sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Two members commit from the same epoch at once through two nodes: one wins, the other
+/// gets Conflict, and the channel moved by exactly one epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_race_across_nodes_has_one_winner() {
+    let url = database().await;
+    let (a, b) = (node(&url, NO_SWEEP).await, node(&url, NO_SWEEP).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let ch = alice.group(&[&bob]).await;
+    for epoch in 0..5u64 {
+        let (ca, cb) = (
+            commit_message(&ch, 1, epoch, b"a"),
+            commit_message(&ch, 2, epoch, b"b"),
+        );
+        let (ra, rb) = tokio::join!(
+            alice.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &ca),
+            bob.call::<_, v1::EnqueueResponse>(method::ENQUEUE, &cb),
+        );
+        let wins = [ra.is_ok(), rb.is_ok()].iter().filter(|w| **w).count();
+        assert_eq!(wins, 1, "epoch {epoch}: {ra:?} / {rb:?}");
+        let lost = if ra.is_ok() { rb } else { ra };
+        assert_eq!(status_of(lost), Status::Conflict, "epoch {epoch}");
+    }
+    let next: v1::EnqueueResponse = alice
+        .call(method::ENQUEUE, &commit_message(&ch, 3, 5, b"c"))
+        .await
+        .unwrap();
+    assert_eq!(next.epoch, 6, "exactly one commit per epoch was accepted");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The listener connection is terminated (`pg_terminate_backend`): the node reconnects,
+/// re-checks its waiters, and the doorbell wakes FetchWaits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_listener_reconnects_and_delivery_continues() {
+    let url = database().await;
+    let (a, b) = (node(&url, NO_SWEEP).await, node(&url, NO_SWEEP).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let ch = alice.group(&[&bob]).await;
+    let stats = b.service.wake().unwrap().stats();
+    let u = url.clone();
+    let killed: i64 = tokio::task::spawn_blocking(move || {
+        let mut c = ::postgres::Client::connect(&u, ::postgres::NoTls).unwrap();
+        let mut n = 0;
+        for r in c
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = $1 AND datname = current_database()",
+                &[&qpq_server::wake::LISTENER_APP],
+            )
+            .unwrap()
+        {
+            n += i64::from(r.get::<_, bool>(0));
+        }
+        n
+    })
+    .await
+    .unwrap();
+    assert_eq!(killed, 2, "both nodes' listeners");
+    // A FetchWait parked across the outage is answered by the resync at the latest.
+    let waiter = async { fetch_wait(&bob, 0).await };
+    let sender = async { alice.send(&ch, 1, b"during").await.unwrap() };
+    let (r, _) = tokio::join!(waiter, sender);
+    assert_eq!(r.messages.len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.resyncs.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the listener did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the doorbell works again.
+    let waiter = async {
+        let t = Instant::now();
+        (fetch_wait(&bob, 1).await, t.elapsed())
+    };
+    let sender = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        alice.send(&ch, 2, b"after").await.unwrap();
+    };
+    let ((r, took), ()) = tokio::join!(waiter, sender);
+    assert_eq!(r.messages.len(), 1);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// 64 writers, half through each node, to one device: its queue has no gap, no duplicate and
+/// keeps every writer's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_writers_through_two_nodes_to_one_device() {
+    let url = database().await;
+    let (a, b) = (node(&url, NO_SWEEP).await, node(&url, NO_SWEEP).await);
+    let target = a.user("target").await;
+    let mut writers = Vec::new();
+    for w in 0..64u8 {
+        let n = if w % 2 == 0 { &a } else { &b };
+        let c = n.user(&format!("writer{w}")).await;
+        let ch = c.group(&[&target]).await;
+        writers.push((c, ch));
+    }
+    let per = 5u8;
+    let mut tasks = Vec::new();
+    for (w, (c, ch)) in writers.iter().enumerate() {
+        tasks.push(async move {
+            for i in 0..per {
+                c.send(ch, i, &[w as u8, i]).await.unwrap();
+            }
+        });
+    }
+    futures_join_all(tasks).await;
+    let got = fetch_all_after(&target, 0).await;
+    let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=64 * u64::from(per)).collect::<Vec<_>>());
+    for w in 0..64u8 {
+        let mine: Vec<u8> = got
+            .iter()
+            .filter(|m| m.payload[0] == w)
+            .map(|m| m.payload[1])
+            .collect();
+        assert_eq!(mine, (0..per).collect::<Vec<_>>(), "writer {w}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Runs futures concurrently on this task.
+async fn futures_join_all<F: std::future::Future<Output = ()>>(fs: Vec<F>) {
+    let mut set = Vec::new();
+    for f in fs {
+        set.push(Box::pin(f));
+    }
+    let mut pending: Vec<_> = set.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut left = false;
+        for slot in pending.iter_mut() {
+            if let Some(f) = slot {
+                if f.as_mut().poll(cx).is_ready() {
+                    *slot = None;
+                } else {
+                    left = true;
+                }
+            }
+        }
+        if left {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await
+}
