@@ -42,6 +42,8 @@ methods! {
     FETCH_HYBRID_KEY = 303, "FetchHybridKey";
     /// Read several devices' hybrid public keys.
     FETCH_HYBRID_KEYS = 304, "FetchHybridKeys";
+    /// Pop one KeyPackage of each of several devices, in one storage transaction (ADR 0110).
+    FETCH_KEY_PACKAGES = 305, "FetchKeyPackages";
     /// Create a DM or group channel.
     CREATE_CHANNEL = 400, "CreateChannel";
     /// Remove a channel member.
@@ -68,6 +70,8 @@ methods! {
     RESOLVE_USER = 500, "ResolveUser";
     /// Identity key to username and devices.
     RESOLVE_IDENTITY = 501, "ResolveIdentity";
+    /// Several usernames to identity keys and devices (ADR 0110).
+    RESOLVE_USERS = 502, "ResolveUsers";
     /// Reserved.
     REVOKE_KEY = 510, "RevokeKey";
     /// Reserved.

@@ -17,8 +17,7 @@ use crate::limits::ConnectionCap;
 use crate::metrics::Metrics;
 use crate::service::{status_response, CallContext, Service};
 
-/// How long a call waits for the client to acknowledge its response before it stops
-/// counting as in flight.
+/// How long a drain waits for a client to acknowledge a response.
 const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Push events buffered per connection before new ones are dropped (the client fetches);
@@ -213,7 +212,8 @@ async fn serve_stream(
         Ok(r) => r,
         Err(_) => Err(ReadError::Deadline),
     };
-    // From here until the answer is acknowledged, the call counts as in flight for the drain.
+    // From here until the answer is written and finished, the call counts as in flight for
+    // the drain (which then waits for its acknowledgement too).
     let _guard = svc.call_guard();
     let response = match request {
         Ok((req, held)) => {
@@ -286,8 +286,13 @@ async fn serve_stream(
         if send.write_all(&bytes).await.is_err() || send.finish().is_err() {
             return true;
         }
-        // Resolves once the peer acknowledged every byte (or stopped the stream).
-        let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
+        // The stream is not held for the client's acknowledgement (ADR 0100): quinn keeps
+        // delivering a finished stream on its own. Only the drain waits for it, through this
+        // future (resolves once the peer acknowledged every byte or stopped the stream).
+        let acked = send.stopped();
+        svc.response_finished(async move {
+            let _ = tokio::time::timeout(ACK_WAIT, acked).await;
+        });
         true
     };
     if tokio::time::timeout(svc.config().write_deadline(), write)

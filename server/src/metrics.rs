@@ -12,6 +12,8 @@ macro_rules! counters {
         #[derive(Default)]
         pub struct Metrics {
             $( #[doc = $help] pub $name: AtomicU64, )*
+            /// Requests handled per assigned method id, in [`qpq_proto::method::ALL`] order.
+            by_method: MethodCounters,
         }
 
         impl Metrics {
@@ -22,6 +24,13 @@ macro_rules! counters {
                     out.push_str(concat!("# HELP qpq_", stringify!($name), " ", $help, "\n# TYPE qpq_", stringify!($name), " counter\n"));
                     out.push_str(&format!(concat!("qpq_", stringify!($name), " {}\n"), self.$name.load(Ordering::Relaxed)));
                 )*
+                out.push_str("# HELP qpq_requests_by_method_total Requests handled, by method.\n# TYPE qpq_requests_by_method_total counter\n");
+                for ((_, label), n) in qpq_proto::method::ALL.iter().zip(self.by_method.0.iter()) {
+                    let n = n.load(Ordering::Relaxed);
+                    if n > 0 {
+                        out.push_str(&format!("qpq_requests_by_method_total{{method=\"{label}\"}} {n}\n"));
+                    }
+                }
                 for (name, help, v) in gauges {
                     out.push_str(&format!("# HELP qpq_{name} {help}\n# TYPE qpq_{name} gauge\nqpq_{name} {v}\n"));
                 }
@@ -52,10 +61,38 @@ counters! {
     purged_total: "Rows deleted by the retention purge (queue entries, idempotency records, incomplete blobs).",
 }
 
+/// One counter per assigned method id.
+struct MethodCounters(Box<[AtomicU64]>);
+
+impl Default for MethodCounters {
+    fn default() -> Self {
+        MethodCounters(
+            qpq_proto::method::ALL
+                .iter()
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        )
+    }
+}
+
 impl Metrics {
     /// Adds one to a counter.
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one request of `method` (an unassigned id is not counted here).
+    pub fn count_method(&self, method: u16) {
+        if let Ok(i) = qpq_proto::method::ALL.binary_search_by_key(&method, |(m, _)| *m) {
+            self.by_method.0[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests of `method` handled since start (what tests count round trips by).
+    pub fn method_count(&self, method: u16) -> u64 {
+        qpq_proto::method::ALL
+            .binary_search_by_key(&method, |(m, _)| *m)
+            .map_or(0, |i| self.by_method.0[i].load(Ordering::Relaxed))
     }
 }
 

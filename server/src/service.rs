@@ -2,7 +2,9 @@
 //! Transport-free: the listener hands it decoded frames and a push channel per connection.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,6 +27,10 @@ use crate::config::Config;
 use crate::key_package::{self, KeyPackageError};
 use crate::limits::{FailureWindow, RateLimiter};
 use crate::metrics::Metrics;
+mod batch;
+
+pub use batch::BATCH_MAX;
+
 use crate::storage::{
     AccountId, BlobChunk, ChannelId, ChannelKind, DeviceId, EnqueueOp, Key32, NewKeyPackage,
     PurgeReport, QueuedMessage, Session, Storage, StorageError,
@@ -267,7 +273,21 @@ pub struct Service {
     shutdown: Notify,
     inflight: AtomicUsize,
     idle: Notify,
+    /// Responses written and finished whose acknowledgement no task waits for (ADR 0100):
+    /// the drain waits for them before the connections close.
+    unacked: Mutex<Unacked>,
     next_conn: AtomicU64,
+}
+
+/// A finished response stream's acknowledgement (quinn's `SendStream::stopped`).
+type AckWait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The acknowledgements the drain will wait for; pruned (polled once, without a waker) when
+/// the list doubled since the last prune, so each response costs O(1) amortised and no task.
+#[derive(Default)]
+struct Unacked {
+    waits: Vec<AckWait>,
+    prune_at: usize,
 }
 
 fn now_secs() -> u64 {
@@ -389,6 +409,7 @@ impl Service {
             shutdown: Notify::new(),
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
+            unacked: Mutex::new(Unacked::default()),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -463,18 +484,61 @@ impl Service {
         }
     }
 
-    /// Waits until no call is in flight, or `timeout` passed; returns whether it got idle.
+    /// Waits until no call is in flight and every response written so far is acknowledged
+    /// by its client, or `timeout` passed; returns whether it got idle.
     pub async fn wait_idle(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let idle = self.idle.notified();
             if self.inflight.load(Ordering::SeqCst) == 0 {
-                return true;
+                break;
             }
             if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return self.inflight.load(Ordering::SeqCst) == 0;
+                if self.inflight.load(Ordering::SeqCst) != 0 {
+                    return false;
+                }
+                break;
             }
         }
+        // Calls answered Unavailable meanwhile add theirs: until none is left.
+        loop {
+            let waits = std::mem::take(&mut self.lock_unacked().waits);
+            if waits.is_empty() {
+                return true;
+            }
+            let all = async {
+                for w in waits {
+                    w.await;
+                }
+            };
+            if tokio::time::timeout_at(deadline, all).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Records a response stream written and finished: the call is over (it no longer counts
+    /// as in flight), and the drain waits for `acked` (the stream's acknowledgement) before
+    /// closing connections. Nothing waits for it otherwise (ADR 0100).
+    pub fn response_finished(&self, acked: impl Future<Output = ()> + Send + 'static) {
+        let mut u = self.lock_unacked();
+        u.waits.push(Box::pin(acked));
+        if u.waits.len() >= u.prune_at {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            u.waits
+                .retain_mut(|w| w.as_mut().poll(&mut cx).is_pending());
+            u.prune_at = (u.waits.len() * 2).max(64);
+        }
+    }
+
+    /// Response acknowledgements the drain would wait for right now (a gauge for tests;
+    /// includes some already acknowledged and not yet pruned).
+    pub fn responses_unacked(&self) -> usize {
+        self.lock_unacked().waits.len()
+    }
+
+    fn lock_unacked(&self) -> std::sync::MutexGuard<'_, Unacked> {
+        self.unacked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Forgets a closed connection's push channel.
@@ -690,8 +754,9 @@ impl Service {
     }
 
     /// Counts a call as in flight until the returned guard drops. The listener holds it from
-    /// the first byte of a request until its response is acknowledged, so a drain waits for
-    /// answers to reach clients, not just to be computed.
+    /// the first byte of a request until its response is written and finished; the drain then
+    /// also waits for the response's acknowledgement ([`Service::response_finished`]), so
+    /// answers reach clients, not just get computed.
     pub fn call_guard(self: &Arc<Self>) -> CallGuard {
         self.inflight.fetch_add(1, Ordering::SeqCst);
         CallGuard(self.clone())
@@ -701,6 +766,7 @@ impl Service {
     /// (In flight accounting is the caller's: see [`Service::call_guard`].)
     pub async fn handle(&self, ctx: &CallContext, req: Request) -> Response {
         Metrics::inc(&self.metrics.requests_total);
+        self.metrics.count_method(req.method);
         let request_id = req.request_id;
         let result = if self.is_draining() {
             Err(Fail::new(Status::Unavailable, "server is shutting down"))
@@ -920,6 +986,9 @@ impl Service {
                     last_resort,
                 })
             }
+            method::FETCH_KEY_PACKAGES => ok(self
+                .fetch_key_packages(&s, v1::FetchKeyPackagesRequest::decode(p)?)
+                .await?),
             method::UPLOAD_HYBRID_KEY => {
                 let r = v1::UploadHybridKeyRequest::decode(p)?;
                 qpq_crypto::envelope::HybridPublicKey::from_bytes(&r.hybrid_public_key)
@@ -1086,6 +1155,9 @@ impl Service {
                         .collect(),
                 })
             }
+            method::RESOLVE_USERS => ok(self
+                .resolve_users(&s, v1::ResolveUsersRequest::decode(p)?)
+                .await?),
             method::RESOLVE_IDENTITY => {
                 let r = v1::ResolveIdentityRequest::decode(p)?;
                 let ik = key32(&r.identity_key, "identity_key")?;
@@ -1215,7 +1287,7 @@ impl Service {
         if !self.lock_sessions().live.contains_key(&hash) {
             let now = now_secs();
             self.session_db_reads.fetch_add(1, Ordering::Relaxed);
-            if self.db(move |st| st.session(&hash, now)).await?.is_none() {
+            if self.store.clone().session_async(hash, now).await?.is_none() {
                 if let Some(v) = self.lock_pushers().get_mut(&s.device_id) {
                     v.retain(|x| !(x.conn_id == ctx.conn_id && x.token_hash == hash));
                 }
@@ -1253,7 +1325,7 @@ impl Service {
         };
         let h = *hash;
         self.session_db_reads.fetch_add(1, Ordering::Relaxed);
-        let found = self.db(move |st| st.session(&h, now)).await?;
+        let found = self.store.clone().session_async(h, now).await?;
         let mut c = self.lock_sessions();
         // Sessions changed while we read: use what we read for this call (it was read after
         // the call arrived), but do not cache it.
@@ -1494,8 +1566,11 @@ impl Service {
         } else {
             None
         };
-        let u = username.clone();
-        let account = self.db(move |st| st.account_by_username(&u)).await?;
+        let account = self
+            .store
+            .clone()
+            .account_by_username_async(username.clone())
+            .await?;
         let exempt = matches!((&holder, &account), (Some(s), Some(a)) if s.account_id == a.id);
         self.take_login_attempt(ip, &username, exempt)?;
         let (password_file, account_id) = match account {
@@ -1596,16 +1671,16 @@ impl Service {
         )?;
         self.give_back_attempt(pending.ip, &pending.username, pending.exempt);
         let max = self.config.max_devices;
-        let device = self
-            .db(move |st| st.add_device(account, &dk, max, now_secs()))
-            .await?;
         let mut token = [0u8; 32];
         OsRng.fill_bytes(&mut token);
         let hash = token_hash(&token);
         let expires_at = now_secs() + self.config.session_ttl;
         let per_device = self.config.max_sessions_per_device;
-        let evicted = self
-            .db(move |st| st.create_session(&hash, device, expires_at, per_device))
+        // The device and its session in one transaction (one commit per login).
+        let (device, evicted) = self
+            .store
+            .clone()
+            .login_session_async(account, dk, max, now_secs(), hash, expires_at, per_device)
             .await?;
         // Item 28: a device keeps at most max_sessions_per_device sessions.
         self.sessions_changed(|h, _| evicted.contains(h));
@@ -1719,10 +1794,7 @@ impl Service {
                 retry_after_ms: (until.duration_since(now).as_millis() as u64).max(1),
             });
         }
-        let store = self.store.clone();
-        let out = tokio::task::spawn_blocking(move || store.enqueue(op))
-            .await
-            .map_err(|_| Fail::new(Status::Internal, "storage task failed"))?;
+        let out = self.store.clone().enqueue_async(op).await;
         let out = match out {
             Err(StorageError::QueueFull { device, message }) => {
                 self.lock_queue_full()
@@ -1883,7 +1955,9 @@ impl Service {
             .saturating_sub(FETCH_FRAME_OVERHEAD)
             .max(1);
         let (msgs, more) = self
-            .db(move |st| st.fetch(device, after, limit, max_bytes, ch))
+            .store
+            .clone()
+            .fetch_async(device, after, limit, max_bytes, ch)
             .await?;
         Ok((msgs.iter().map(to_wire).collect(), more))
     }
@@ -2229,6 +2303,7 @@ pub const IMPLEMENTED: &[u16] = &[
     method::BATCH_ENQUEUE,
     method::UPLOAD_KEY_PACKAGE,
     method::FETCH_KEY_PACKAGE,
+    method::FETCH_KEY_PACKAGES,
     method::UPLOAD_HYBRID_KEY,
     method::FETCH_HYBRID_KEY,
     method::FETCH_HYBRID_KEYS,
@@ -2241,6 +2316,7 @@ pub const IMPLEMENTED: &[u16] = &[
     method::UNBLOCK_USER,
     method::LIST_BLOCKED,
     method::RESOLVE_USER,
+    method::RESOLVE_USERS,
     method::RESOLVE_IDENTITY,
     method::UPLOAD_BLOB,
     method::DOWNLOAD_BLOB,

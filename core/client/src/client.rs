@@ -114,9 +114,17 @@ impl Inner {
 
     /// Background receive: catch up, flush the outbox, then long-poll (FetchWait) or wait for
     /// a push or a `send`, forever; reconnects with backoff when the connection drops.
+    ///
+    /// At most one FetchWait is outstanding: a push or a `send` does not cancel it (a
+    /// cancelled FetchWait stays parked on the server until its timeout and holds one of the
+    /// connection's streams; 16 of them stalled every call for seconds). A `send` only
+    /// flushes the outbox; pushed messages are processed from the push when they follow the
+    /// last processed one, without a Fetch; Acks are batched (`Session::ack_processed`).
     async fn receive_loop(self: Arc<Inner>) {
         let mut backoff = Duration::from_millis(100);
-        let mut prefetched = None;
+        let mut next = Work::Catchup;
+        let mut wait: Option<FetchWait> = None;
+        let mut unacked_since: Option<Instant> = None;
         while !self.closed.load(Ordering::SeqCst) {
             let logged_in = self
                 .session
@@ -124,6 +132,8 @@ impl Inner {
                 .map(|e| e.logged_in())
                 .unwrap_or(false);
             if !logged_in {
+                wait = None;
+                next = Work::Catchup;
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
                 continue;
             }
@@ -137,10 +147,27 @@ impl Inner {
                         inner.dispatch(ev);
                     }
                 });
-                let mut r = self
-                    .session
-                    .sync_from(&mut events, prefetched.take(), Some(&sink))
-                    .await;
+                // Some(None): catch up with a Fetch; Some(Some(page)): process this page
+                // first; None: nothing to receive.
+                let page = match std::mem::replace(&mut next, Work::Nothing) {
+                    Work::Catchup => Some(None),
+                    Work::Page(p) => Some(Some(p)),
+                    Work::Pushed => match self.pushed_page() {
+                        None => Some(None),
+                        // Everything pushed was processed already.
+                        Some(p) if p.messages.is_empty() => None,
+                        Some(p) => Some(Some(p)),
+                    },
+                    Work::Send | Work::Nothing => None,
+                };
+                let mut r = match page {
+                    Some(prefetched) => {
+                        self.session
+                            .sync_from(&mut events, prefetched, Some(&sink))
+                            .await
+                    }
+                    None => Ok(()),
+                };
                 if r.is_ok() {
                     r = self.session.flush_outbox_locked(&mut events).await;
                 }
@@ -162,6 +189,8 @@ impl Inner {
                         self.set_connected(false);
                     }
                     tracing::debug!("background sync failed: {e}");
+                    wait = None;
+                    next = Work::Catchup;
                     let wait = backoff.max(e.retry_after().unwrap_or_default());
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
@@ -171,47 +200,135 @@ impl Inner {
                     continue;
                 }
             }
-            let Ok(after) = self.session.engine().map(|e| e.last_seq()) else {
-                continue;
-            };
-            let token = self.session.engine().ok().and_then(|e| e.token());
-            let Some(token) = token else { continue };
+            // Batched Acks: once ACK_BATCH wait, or ACK_DELAY after the first.
+            if self.session.unacked() {
+                let since = *unacked_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= ACK_DELAY {
+                    if let Err(e) = self.session.ack_processed(true).await {
+                        tracing::debug!("ack failed: {e}");
+                    }
+                } else if let Err(e) = self.session.ack_processed(false).await {
+                    tracing::debug!("ack failed: {e}");
+                }
+                if !self.session.unacked() {
+                    unacked_since = None;
+                }
+            } else {
+                unacked_since = None;
+            }
+            if wait.is_none() {
+                match self.fetch_wait() {
+                    Some(w) => wait = Some(w),
+                    None => continue,
+                }
+            }
+            let ack_in = unacked_since
+                .map(|s| ACK_DELAY.saturating_sub(s.elapsed()))
+                .unwrap_or(Duration::from_secs(3600));
+            let net = self.session.net();
+            let Some(w) = wait.as_mut() else { continue };
+            tokio::select! {
+                r = w => {
+                    wait = None;
+                    match r {
+                        Ok(resp) => next = Work::Page(resp),
+                        Err(e) => {
+                            tracing::debug!("fetch wait failed: {e}");
+                            // The long poll's connection died (the idle timeout noticed a
+                            // silent server): say so now, not after a reconnect has failed too.
+                            if !net.connected().await {
+                                self.set_connected(false);
+                            }
+                            if net.connected().await {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            next = Work::Catchup;
+                        }
+                    }
+                }
+                _ = net.push.notified() => next = Work::Pushed,
+                _ = self.wake.notified() => next = Work::Send,
+                _ = tokio::time::sleep(ack_in) => {}
+            }
+        }
+    }
+
+    /// The page the pushes make: the pushed messages after the last processed one, when
+    /// they follow it without a gap. `None` when a Fetch is needed (a gap, a payload left
+    /// out, a new connection).
+    fn pushed_page(&self) -> Option<v1::FetchResponse> {
+        let pushed = self.session.net().take_pushed();
+        if pushed.must_fetch {
+            return None;
+        }
+        let last = self.session.engine().ok()?.last_seq();
+        let mut msgs: Vec<v1::QueuedMessage> = pushed
+            .messages
+            .into_iter()
+            .filter(|m| m.seq > last)
+            .collect();
+        msgs.sort_by_key(|m| m.seq);
+        msgs.dedup_by_key(|m| m.seq);
+        let contiguous = msgs
+            .iter()
+            .enumerate()
+            .all(|(i, m)| m.seq == last + 1 + i as u64);
+        if !contiguous {
+            return None;
+        }
+        Some(v1::FetchResponse {
+            messages: msgs,
+            more: false,
+        })
+    }
+
+    /// A FetchWait after the last processed message, owned so that it can outlive one turn
+    /// of the loop. `None` when logged out.
+    fn fetch_wait(self: &Arc<Self>) -> Option<FetchWait> {
+        let after = self.session.engine().ok()?.last_seq();
+        let token = self.session.engine().ok()?.token()?;
+        let me = self.clone();
+        Some(Box::pin(async move {
             let req = v1::FetchWaitRequest {
                 after_seq: after,
                 limit: 256,
                 channel_id: bytes::Bytes::new(),
                 timeout_ms: 10_000,
             };
-            let net = self.session.net();
-            let wait = net.call::<_, v1::FetchResponse>(
-                method::FETCH_WAIT,
-                &req,
-                Some(&token[..]),
-                Duration::from_secs(11),
-                false,
-            );
-            tokio::select! {
-                r = wait => {
-                    match r {
-                        Ok(resp) => prefetched = Some(resp),
-                        Err(e) => {
-                        tracing::debug!("fetch wait failed: {e}");
-                        // The long poll's connection died (the idle timeout noticed a silent
-                        // server): say so now, not after a reconnect attempt has failed too.
-                        if !net.connected().await {
-                            self.set_connected(false);
-                        }
-                        if net.connected().await {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        }
-                    }
-                }
-                _ = net.push.notified() => {}
-                _ = self.wake.notified() => {}
-            }
-        }
+            me.session
+                .net()
+                .call::<_, v1::FetchResponse>(
+                    method::FETCH_WAIT,
+                    &req,
+                    Some(&token[..]),
+                    Duration::from_secs(11),
+                    false,
+                )
+                .await
+                .map_err(Error::from)
+        }))
     }
+}
+
+/// An outstanding FetchWait.
+type FetchWait =
+    std::pin::Pin<Box<dyn Future<Output = Result<v1::FetchResponse, Error>> + Send + 'static>>;
+
+/// Longest an Ack of processed messages waits for more to join it.
+const ACK_DELAY: Duration = Duration::from_secs(1);
+
+/// What woke the receive loop, so it does only that.
+enum Work {
+    /// Catch up from the queue (start, reconnect, after an error or a gap).
+    Catchup,
+    /// A FetchWait returned this page.
+    Page(v1::FetchResponse),
+    /// Pushes arrived.
+    Pushed,
+    /// A `send` queued a message: flush the outbox.
+    Send,
+    /// A timer (the Ack delay): nothing to process.
+    Nothing,
 }
 
 /// Stops one subscription's deliveries when dropped or cancelled. Events already handed to
@@ -780,6 +897,13 @@ impl Client {
             }
             _ => release(),
         }
+    }
+
+    /// Test hook: calls, store commits and group loads so far (counts, never times).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn debug_counters(&self) -> Result<crate::DebugCounters, Error> {
+        self.inner.session.debug_counters()
     }
 
     /// Test hook: encrypts `text` in `conv` without sending it.

@@ -32,7 +32,7 @@ pub use client::{Client, Subscription};
 pub use error::{Error, ErrorCode};
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
-pub use session::{DebugInjected, Failpoint};
+pub use session::{DebugCounters, DebugInjected, Failpoint};
 pub use types::{
     Account, ClientConfig, ClientConfigBuilder, Consent, Conversation, ConversationId,
     ConversationKind, Delivery, DeviceKey, Event, EventListener, EventRecord, IdentityKey, Member,

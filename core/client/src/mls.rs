@@ -210,8 +210,12 @@ pub(crate) fn encode(m: &MlsMessageOut) -> Result<Vec<u8>, MlsError> {
         .map_err(|e| MlsError::Openmls(e.to_string()))
 }
 
+/// `MlsGroup::load` calls made by this process (test hooks count loads per message).
+pub(crate) static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Loads a group by conversation id.
 pub(crate) fn load(provider: &Provider<'_>, id: &[u8; 16]) -> Result<Option<MlsGroup>, MlsError> {
+    LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     MlsGroup::load(provider.storage(), &GroupId::from_slice(id))
         .map_err(|e| MlsError::Openmls(format!("load group: {e}")))
 }

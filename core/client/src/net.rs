@@ -143,6 +143,38 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Longest wait for a new connection's handshake: a dead or wrong address fails this fast.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// Most pushed messages kept for the receive loop; past it they are dropped and the loop
+/// fetches instead.
+const PUSHED_MAX: usize = 1024;
+
+/// Messages pushed by the server since the receive loop last took them.
+#[derive(Default)]
+pub(crate) struct Pushed {
+    /// The pushed messages with their payloads, in arrival order.
+    pub(crate) messages: Vec<v1::QueuedMessage>,
+    /// Something was missed or left out (a payload too large to push, a full buffer, an
+    /// unreadable push, a new connection): the loop must fetch.
+    pub(crate) must_fetch: bool,
+}
+
+/// Calls made, by method id (test hooks count RPCs per message with it).
+#[derive(Default)]
+pub(crate) struct CallCounts(std::sync::Mutex<std::collections::BTreeMap<u16, u64>>);
+
+impl CallCounts {
+    fn add(&self, method: u16) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(method).or_default() += 1;
+        }
+    }
+
+    /// A copy of the counts.
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+    pub(crate) fn snapshot(&self) -> std::collections::BTreeMap<u16, u64> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
 pub(crate) struct Net {
     endpoint: quinn::Endpoint,
     server_addr: String,
@@ -153,6 +185,10 @@ pub(crate) struct Net {
     next_id: AtomicU32,
     /// Notified on every push frame and on every new connection.
     pub(crate) push: Arc<Notify>,
+    /// What the pushes carried, for the receive loop (no Fetch for a pushed message).
+    pushed: Arc<std::sync::Mutex<Pushed>>,
+    /// Calls made, by method.
+    pub(crate) calls: CallCounts,
 }
 
 impl Net {
@@ -177,6 +213,8 @@ impl Net {
             conn: Mutex::new(None),
             next_id: AtomicU32::new(1),
             push: Arc::new(Notify::new()),
+            pushed: Arc::new(std::sync::Mutex::new(Pushed::default())),
+            calls: CallCounts::default(),
         })
     }
 
@@ -214,23 +252,41 @@ impl Net {
                 ))
             })?
             .map_err(|e| NetError::Connect(format!("{} ({addr}): {e}", self.server_addr)))?;
-        // Push frames: each wakes the receive loop, which fetches in order.
+        // Push frames: each hands its message to the receive loop and wakes it (one permit;
+        // the loop takes every message pushed so far at once).
         let c2 = conn.clone();
         let push = self.push.clone();
+        let pushed = self.pushed.clone();
         tokio::spawn(async move {
             while let Ok(mut s) = c2.accept_uni().await {
-                if read_push(&mut s, MAX_PAYLOAD, Duration::from_secs(10))
-                    .await
-                    .is_ok()
-                {
-                    push.notify_waiters();
-                    push.notify_one();
+                let Ok(frame) = read_push(&mut s, MAX_PAYLOAD, Duration::from_secs(10)).await
+                else {
+                    continue;
+                };
+                if let Ok(mut p) = pushed.lock() {
+                    take_push(&mut p, &frame);
                 }
+                push.notify_one();
             }
         });
         *guard = Some(conn.clone());
+        // A new connection may have missed pushes: the loop fetches.
+        if let Ok(mut p) = self.pushed.lock() {
+            p.must_fetch = true;
+        }
         self.push.notify_one();
         Ok(conn)
+    }
+
+    /// Takes what was pushed since the last call.
+    pub(crate) fn take_pushed(&self) -> Pushed {
+        self.pushed
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or(Pushed {
+                messages: Vec::new(),
+                must_fetch: true,
+            })
     }
 
     /// Closes the connection (a later call reconnects).
@@ -261,6 +317,7 @@ impl Net {
             None => req.encode_to_vec(),
         };
         let payload = Bytes::from(payload);
+        self.calls.add(method);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -324,6 +381,22 @@ impl Net {
             ));
         }
         Ok(resp)
+    }
+}
+
+/// Keeps the message a push frame carries; anything else makes the loop fetch.
+fn take_push(p: &mut Pushed, frame: &qpq_proto::frame::Push) {
+    if frame.event != qpq_proto::event::NEW_MESSAGE {
+        // Other events (membership changes) are read from the queue, as before.
+        p.must_fetch = true;
+        return;
+    }
+    match v1::NewMessage::decode(frame.payload.clone()) {
+        Ok(v1::NewMessage {
+            message: Some(m),
+            payload_omitted: false,
+        }) if p.messages.len() < PUSHED_MAX => p.messages.push(m),
+        _ => p.must_fetch = true,
     }
 }
 

@@ -124,6 +124,18 @@ pub(crate) struct Store {
     path: PathBuf,
     /// Set while a new store lives only in memory.
     pending: Option<Pending>,
+    /// Commits made (each one fsync of the WAL with `synchronous = FULL`), counted by a
+    /// commit hook: autocommit statements and transactions alike.
+    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Counts `conn`'s commits into `counter`.
+fn count_commits(conn: &Connection, counter: &std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let c = counter.clone();
+    conn.commit_hook(Some(move || {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        false
+    }));
 }
 
 /// Rolls an open transaction back unless disarmed (on error, early return or panic).
@@ -340,7 +352,9 @@ impl Store {
             conn: open_file(data_dir, &path, &raw)?,
             path,
             pending: None,
+            commits: Default::default(),
         };
+        count_commits(&store.conn, &store.commits);
         store.migrate()?;
         Ok(store)
     }
@@ -369,7 +383,9 @@ impl Store {
                 raw,
                 salt,
             }),
+            commits: Default::default(),
         };
+        count_commits(&store.conn, &store.commits);
         store.migrate()?;
         Ok(store)
     }
@@ -389,6 +405,7 @@ impl Store {
         };
         match self.write_out(&p) {
             Ok(conn) => {
+                count_commits(&conn, &self.commits);
                 self.conn = conn;
                 Ok(())
             }
@@ -470,6 +487,12 @@ impl Store {
         mls.run_migrations()
             .map_err(|e| StoreError::Sqlite(format!("mls storage migrations: {e}")))?;
         Ok(())
+    }
+
+    /// Commits made since the store was opened (test hooks count fsyncs per send with it).
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Path of the database file.

@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release -p qpq-bench -- run` is the full run; `-- run --smoke` does a few
 //! iterations of everything (the test suite runs it to keep the harness working; it never
-//! asserts a timing). Servers run as child processes (this binary's `serve-qpq` and
+//! asserts a timing). `--only C2,S10` runs just those scenario groups (see `run_all`). Servers run as child processes (this binary's `serve-qpq` and
 //! `serve-bare` modes), pinned to another CPU than the client where the machine has one.
 
 // A measuring tool: printing is its purpose.
@@ -12,6 +12,7 @@
 
 mod b1;
 mod bare;
+mod c1;
 mod isolation;
 mod report;
 mod scenarios;
@@ -20,8 +21,9 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: qpq-bench run [--smoke] [--out DIR]   (DIR default: docs)\n       \
+        "usage: qpq-bench run [--smoke] [--out DIR] [--only S10,C2,...]   (DIR default: docs)\n       \
          qpq-bench serve-qpq DATA_DIR | serve-qpq-limits DATA_DIR | serve-bare DATA_DIR   (internal: child servers)\n       \
+         qpq-bench c1 [SIZES like 3,100] [MESSAGES]   (only the C1 rows, printed)\n       \
          qpq-bench b1 ADDR CERT_FILE [MESSAGES]   (Rust's B1 against a running server, for the SDK benchmarks)"
     );
     ExitCode::from(2)
@@ -50,6 +52,27 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("c1") if args.len() <= 3 => {
+            let sizes: Vec<usize> = match args.get(1) {
+                None => vec![3, 100],
+                Some(s) => match s.split(',').map(str::parse).collect() {
+                    Ok(v) => v,
+                    Err(_) => return usage(),
+                },
+            };
+            let messages = match args.get(2).map(|n| n.parse::<usize>()) {
+                None => 200,
+                Some(Ok(n)) if n > 0 => n,
+                Some(_) => return usage(),
+            };
+            match c1::cli(&sizes, messages) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("C1 failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("run") => {
             let smoke = args.iter().any(|a| a == "--smoke");
             let out = args
@@ -58,7 +81,12 @@ fn main() -> ExitCode {
                 .and_then(|i| args.get(i + 1))
                 .cloned()
                 .unwrap_or_else(|| "docs".into());
-            match scenarios::run_all(smoke) {
+            let only = args
+                .iter()
+                .position(|a| a == "--only")
+                .and_then(|i| args.get(i + 1))
+                .map(|v| v.split(',').map(str::to_string).collect());
+            match scenarios::run_all(smoke, only) {
                 Ok(results) => match report::write(&results, std::path::Path::new(&out), smoke) {
                     Ok(path) => {
                         println!("wrote {path}");

@@ -376,15 +376,18 @@ pub fn run(args: ConnectArgs) -> ExitCode {
     }
     let _ = rl.save_history(&history);
     client.set_listener(None);
-    // shutdown() waits for background work (a KeyPackage top-up can take a while); /quit does
-    // not. Everything it could interrupt is transactional in the store, as after a crash.
+    // Messages typed just before /quit are sent now rather than at the next start: one sync
+    // (which sends the outbox), then shutdown. Both wait on the network, so /quit waits at
+    // most a few seconds; whatever is cut short is transactional in the store, as after a
+    // crash, and what was not sent goes out at the next start.
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let closing = client.clone();
     std::thread::spawn(move || {
+        let _ = closing.sync();
         closing.shutdown();
         let _ = done_tx.send(());
     });
-    let _ = done_rx.recv_timeout(std::time::Duration::from_secs(3));
+    let _ = done_rx.recv_timeout(std::time::Duration::from_secs(10));
     ExitCode::SUCCESS
 }
 

@@ -201,6 +201,37 @@ fn repl_history_keeps_commands_only_with_or_without_data_dir() {
     }
 }
 
+/// Lines pasted (or typed ahead) in one go are all run: the line editor keeps what it read
+/// past the first line for the next prompt instead of dropping it.
+#[test]
+fn repl_runs_every_line_of_a_paste() {
+    let s = server();
+    let w = tempfile::tempdir().unwrap();
+    ok(qpq(&s, "bob", w.path()).args(["register", "--json"]));
+    let mut alice = spawn(repl_cmd(&s.addr, &s.cert, "alice", Some(w.path())));
+    alice.expect("registered and logged in as alice").unwrap();
+    alice.send_line("/dm bob").unwrap();
+    alice.expect("now talking in @bob").unwrap();
+    // One write: three lines reach the terminal together.
+    alice.send("pasted one\npasted two\n/history\n").unwrap();
+    alice.expect("you: pasted one").unwrap();
+    alice.expect("you: pasted two").unwrap();
+    // Both were sent, in order, while the REPL is still open.
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while got.len() < 2 && std::time::Instant::now() < deadline {
+        got.extend(texts(
+            &ok(qpq(&s, "bob", w.path()).args(["recv", "--json"])),
+        ));
+    }
+    assert_eq!(got, ["pasted one", "pasted two"]);
+    // A line typed right before /quit is sent before the REPL exits.
+    alice.send("last words\n/quit\n").unwrap();
+    alice.expect(Eof).unwrap();
+    let bob = ok(qpq(&s, "bob", w.path()).args(["recv", "--json"]));
+    assert_eq!(texts(&bob), ["last words"], "{bob}");
+}
+
 /// Item 6: `--to` names a user, never a conversation number or id prefix; `--conversation`
 /// that matches two things is refused.
 #[test]

@@ -151,7 +151,13 @@ every_message!(
     Reauth,
     FetchGroupInfoRequest,
     FetchGroupInfoResponse,
-    BlockedUser
+    BlockedUser,
+    FetchKeyPackagesRequest,
+    KeyPackageEntry,
+    FetchKeyPackagesResponse,
+    ResolveUsersRequest,
+    ResolvedUser,
+    ResolveUsersResponse,
 );
 
 fuzz_target!(|input: &[u8]| {

@@ -133,6 +133,16 @@ fn main() {
             .encode_to_vec(),
         ),
         (
+            "fetch-key-packages",
+            method::FETCH_KEY_PACKAGES,
+            v1::FetchKeyPackagesRequest {
+                device_keys: vec![b(32, 7), b(32, 8)],
+                ciphersuite: 1,
+                with_hybrid_keys: true,
+            }
+            .encode_to_vec(),
+        ),
+        (
             "create-channel",
             method::CREATE_CHANNEL,
             v1::CreateChannelRequest {
@@ -155,6 +165,14 @@ fn main() {
             method::RESOLVE_USER,
             v1::ResolveUserRequest {
                 username: "fuzz0".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "resolve-users",
+            method::RESOLVE_USERS,
+            v1::ResolveUsersRequest {
+                usernames: vec!["fuzz0".into(), "fuzz1".into()],
             }
             .encode_to_vec(),
         ),

@@ -1,12 +1,18 @@
 //! Server storage: one trait ([`Storage`]) with the operations the service needs, and the
 //! SQLite backend ([`sqlite::SqliteStorage`]).
 //!
-//! Every method is blocking: the service calls them from `spawn_blocking`. Each write method
+//! Every method is blocking: the service calls them from `spawn_blocking`, except the few
+//! `*_async` methods of the hot path, whose defaults do just that and which a backend may
+//! answer without a thread hop (the SQLite one does, ADR 0100). Each write method
 //! is one transaction; when it returns `Ok`, the change is on disk (the SQLite backend runs
 //! WAL with `synchronous=FULL` and a group-commit writer).
 
 pub mod postgres;
 pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -72,6 +78,25 @@ impl From<rusqlite::Error> for StorageError {
 
 /// Result of a storage call.
 pub type StorageResult<T> = Result<T, StorageError>;
+
+/// A storage call answered later, without holding a thread meanwhile (the `*_async` methods
+/// of [`Storage`]).
+pub type StorageFuture<T> = Pin<Box<dyn Future<Output = StorageResult<T>> + Send + 'static>>;
+
+/// Runs a blocking storage call on tokio's blocking pool: the default of every `*_async`
+/// method of [`Storage`], for backends that only have the blocking ones.
+pub fn on_blocking_pool<S, T, F>(store: Arc<S>, f: F) -> StorageFuture<T>
+where
+    S: Storage + ?Sized,
+    T: Send + 'static,
+    F: FnOnce(&S) -> StorageResult<T> + Send + 'static,
+{
+    Box::pin(async move {
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|_| StorageError::Backend("storage task failed".into()))?
+    })
+}
 
 /// A registered account.
 #[derive(Clone)]
@@ -284,6 +309,15 @@ pub struct BlobChunk {
     pub quota: u64,
 }
 
+/// A KeyPackage handed out by [`Storage::take_key_packages`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenKeyPackage {
+    /// The encoded KeyPackage.
+    pub data: Vec<u8>,
+    /// True for the device's last-resort KeyPackage (read, not deleted).
+    pub last_resort: bool,
+}
+
 /// The server's persistent state. Implementations must make every write method atomic and
 /// durable when it returns `Ok`.
 pub trait Storage: Send + Sync + 'static {
@@ -464,6 +498,40 @@ pub trait Storage: Send + Sync + 'static {
         device_key: &Key32,
         suite: u32,
     ) -> StorageResult<Option<Vec<u8>>>;
+    /// FetchKeyPackages (ADR 0110): for each `(device key, stock open)` in order, pops the
+    /// oldest KeyPackage of the suite when `stock open` and one is left, else reads the
+    /// device's last-resort KeyPackage; None when neither exists.
+    /// Backends should do all of it in one transaction (one durable commit for the whole
+    /// request); this default calls [`Storage::pop_key_package`] and
+    /// [`Storage::last_resort_key_package`] per device, which is correct but commits once per
+    /// device.
+    fn take_key_packages(
+        &self,
+        targets: &[(Key32, bool)],
+        suite: u32,
+    ) -> StorageResult<Vec<Option<TakenKeyPackage>>> {
+        let mut out = Vec::with_capacity(targets.len());
+        for (dk, stock_open) in targets {
+            let popped = if *stock_open {
+                self.pop_key_package(dk, suite)?
+            } else {
+                None
+            };
+            out.push(match popped {
+                Some(data) => Some(TakenKeyPackage {
+                    data,
+                    last_resort: false,
+                }),
+                None => self
+                    .last_resort_key_package(dk, suite)?
+                    .map(|data| TakenKeyPackage {
+                        data,
+                        last_resort: true,
+                    }),
+            });
+        }
+        Ok(out)
+    }
     /// Reads a range of a complete blob: (bytes, total size). NotFound when absent or incomplete.
     fn read_blob(
         &self,
@@ -472,4 +540,66 @@ pub trait Storage: Send + Sync + 'static {
         offset: u64,
         len: u64,
     ) -> StorageResult<(Vec<u8>, u64)>;
+
+    // The hot path, answered without a blocking-pool hop where the backend can (ADR 0100).
+    // Each default runs the blocking method on tokio's blocking pool, so a backend that
+    // implements only the blocking methods behaves as before.
+
+    /// [`Storage::enqueue`], awaited instead of blocking a thread.
+    fn enqueue_async(self: Arc<Self>, op: EnqueueOp) -> StorageFuture<EnqueueOutcome> {
+        on_blocking_pool(self, move |s| s.enqueue(op))
+    }
+
+    /// [`Storage::fetch`], awaited instead of blocking a thread.
+    fn fetch_async(
+        self: Arc<Self>,
+        device: DeviceId,
+        after_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+        channel: Option<ChannelId>,
+    ) -> StorageFuture<(Vec<QueuedMessage>, bool)> {
+        on_blocking_pool(self, move |s| {
+            s.fetch(device, after_seq, limit, max_bytes, channel)
+        })
+    }
+
+    /// [`Storage::session`], awaited instead of blocking a thread.
+    fn session_async(
+        self: Arc<Self>,
+        token_hash: Key32,
+        now: u64,
+    ) -> StorageFuture<Option<Session>> {
+        on_blocking_pool(self, move |s| s.session(&token_hash, now))
+    }
+
+    /// [`Storage::account_by_username`], awaited instead of blocking a thread.
+    fn account_by_username_async(
+        self: Arc<Self>,
+        username: String,
+    ) -> StorageFuture<Option<Account>> {
+        on_blocking_pool(self, move |s| s.account_by_username(&username))
+    }
+
+    /// A login's writes: [`Storage::add_device`] then [`Storage::create_session`] for that
+    /// device; returns the device and the evicted sessions' token hashes. A backend may do
+    /// both in one transaction (the SQLite one does: one commit per login); the default runs
+    /// the two calls on the blocking pool.
+    #[allow(clippy::too_many_arguments)]
+    fn login_session_async(
+        self: Arc<Self>,
+        account: AccountId,
+        device_key: Key32,
+        max_devices: usize,
+        now: u64,
+        token_hash: Key32,
+        expires_at: u64,
+        max_per_device: usize,
+    ) -> StorageFuture<(DeviceId, Vec<Key32>)> {
+        on_blocking_pool(self, move |s| {
+            let device = s.add_device(account, &device_key, max_devices, now)?;
+            let evicted = s.create_session(&token_hash, device, expires_at, max_per_device)?;
+            Ok((device, evicted))
+        })
+    }
 }

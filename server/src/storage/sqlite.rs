@@ -13,6 +13,8 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
+use tokio::sync::oneshot;
+
 use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use sha2::{Digest, Sha256};
@@ -23,6 +25,8 @@ use crate::delivery;
 /// Most write operations committed together.
 pub const MAX_BATCH: usize = 256;
 const READERS: usize = 4;
+/// Threads serving the `*_async` reads, each with its own connection.
+const READ_THREADS: usize = 2;
 
 const MIGRATIONS: &[&str] = &[
     // v1
@@ -205,28 +209,47 @@ pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 type Job = Box<dyn WriteJob>;
 
 trait WriteJob: Send {
-    /// Runs inside the batch transaction; returns its error when it failed.
+    /// Runs inside the batch transaction, keeping its result; returns its error when it
+    /// failed. May run more than once (a batch that failed is re-run): the closure is `Fn`.
     fn run(&mut self, conn: &Connection) -> Result<(), StorageError>;
     /// Answers the caller once the batch committed (or failed to).
     fn finish(self: Box<Self>, commit: Result<(), StorageError>);
 }
 
+/// Where a write's result goes: a blocked thread (the synchronous [`Storage`] methods) or an
+/// awaiting task (the `*_async` methods), woken by the writer thread itself.
+enum Reply<T> {
+    Blocking(mpsc::SyncSender<StorageResult<T>>),
+    Async(oneshot::Sender<StorageResult<T>>),
+}
+
+impl<T> Reply<T> {
+    fn send(self, r: StorageResult<T>) {
+        // The caller may have gone away (cancelled request); nothing to do then.
+        match self {
+            Reply::Blocking(s) => {
+                let _ = s.send(r);
+            }
+            Reply::Async(s) => {
+                let _ = s.send(r);
+            }
+        }
+    }
+}
+
 struct Pending<T, F> {
-    f: Option<F>,
+    f: F,
     result: Option<StorageResult<T>>,
-    reply: mpsc::SyncSender<StorageResult<T>>,
+    reply: Reply<T>,
 }
 
 impl<T, F> WriteJob for Pending<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection) -> StorageResult<T> + Send,
+    F: Fn(&Connection) -> StorageResult<T> + Send,
 {
     fn run(&mut self, conn: &Connection) -> Result<(), StorageError> {
-        let r = match self.f.take() {
-            Some(f) => f(conn),
-            None => Err(StorageError::Backend("job ran twice".into())),
-        };
+        let r = (self.f)(conn);
         let out = match &r {
             Ok(_) => Ok(()),
             Err(e) => Err(e.clone()),
@@ -242,15 +265,20 @@ where
             (None, Err(e)) => Err(e),
             (None, Ok(())) => Err(StorageError::Backend("job did not run".into())),
         };
-        // The caller may have gone away (cancelled request); nothing to do then.
-        let _ = self.reply.send(r);
+        self.reply.send(r);
     }
 }
+
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// The SQLite storage backend.
 pub struct SqliteStorage {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Reads of the `*_async` methods: served by [`READ_THREADS`] threads of their own, each
+    /// with its connection, answering through a oneshot (no blocking-pool hop).
+    read_jobs: Mutex<Option<mpsc::Sender<ReadJob>>>,
+    read_threads: Mutex<Vec<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
     max_pages: u64,
@@ -344,15 +372,53 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// Runs one transaction-control statement through the statement cache (compiled once).
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// Group commit (ADR 0100). The fast path runs the whole batch in one transaction without
+/// savepoints. When a job fails, the batch is rolled back and re-run with each job inside its
+/// own savepoint, so the failing job fails alone and every other one still commits, in the
+/// same single fsync; a job that succeeded on the first run is simply run again.
 fn run_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
+    control(conn, "BEGIN IMMEDIATE")?;
+    let mut failed = false;
+    for job in batch.iter_mut() {
+        if job.run(conn).is_err() {
+            failed = true;
+            break;
+        }
+    }
+    if !failed {
+        if let Err(e) = control(conn, "COMMIT") {
+            let _ = control(conn, "ROLLBACK");
+            return Err(e.into());
+        }
+        return Ok(());
+    }
+    // SQLite may already have rolled the transaction back (a full disk): then this fails.
+    let _ = control(conn, "ROLLBACK");
+    if batch.len() == 1 {
+        // The one job failed: its own error is its answer, nothing was written.
+        return Ok(());
+    }
+    run_batch_isolated(conn, batch)
+}
+
+/// The slow path of [`run_batch`]: every job inside its own savepoint.
+fn run_batch_isolated(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
+    control(conn, "BEGIN IMMEDIATE")?;
     for job in batch.iter_mut() {
         let step = (|| -> Result<(), StorageError> {
-            conn.execute_batch("SAVEPOINT job")?;
+            control(conn, "SAVEPOINT job")?;
             match job.run(conn) {
-                Ok(()) => conn.execute_batch("RELEASE job")?,
+                Ok(()) => control(conn, "RELEASE job")?,
                 Err(failed) => {
-                    if let Err(e) = conn.execute_batch("ROLLBACK TO job; RELEASE job") {
+                    let undo = control(conn, "ROLLBACK TO job")
+                        .and_then(|()| control(conn, "RELEASE job"));
+                    if let Err(e) = undo {
                         // SQLite may roll the whole transaction back on a full disk; the batch
                         // then fails as "full", which the service reports as Unavailable.
                         return Err(match failed {
@@ -365,15 +431,39 @@ fn run_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
             Ok(())
         })();
         if let Err(e) = step {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = control(conn, "ROLLBACK");
             return Err(e);
         }
     }
-    if let Err(e) = conn.execute_batch("COMMIT") {
-        let _ = conn.execute_batch("ROLLBACK");
+    if let Err(e) = control(conn, "COMMIT") {
+        let _ = control(conn, "ROLLBACK");
         return Err(e.into());
     }
     Ok(())
+}
+
+/// A read-only connection to the database.
+fn open_reader(path: &Path, max_pages: u64) -> StorageResult<Connection> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    limit_pages(&c, max_pages)?;
+    Ok(c)
+}
+
+fn reader_loop(conn: Connection, rx: std::sync::Arc<Mutex<mpsc::Receiver<ReadJob>>>) {
+    loop {
+        let job = {
+            let Ok(rx) = rx.lock() else { return };
+            match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            }
+        };
+        job(&conn);
+    }
 }
 
 fn key32(v: Vec<u8>) -> rusqlite::Result<Key32> {
@@ -426,49 +516,125 @@ impl SqliteStorage {
             .name("qpq-db-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|e| StorageError::Backend(format!("cannot start writer: {e}")))?;
+        let (read_tx, read_rx) = mpsc::channel::<ReadJob>();
+        let read_rx = std::sync::Arc::new(Mutex::new(read_rx));
+        let mut read_threads = Vec::with_capacity(READ_THREADS);
+        for i in 0..READ_THREADS {
+            let conn = open_reader(path, max_pages)?;
+            let rx = read_rx.clone();
+            read_threads.push(
+                std::thread::Builder::new()
+                    .name(format!("qpq-db-reader-{i}"))
+                    .spawn(move || reader_loop(conn, rx))
+                    .map_err(|e| StorageError::Backend(format!("cannot start reader: {e}")))?,
+            );
+        }
         Ok(SqliteStorage {
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            read_jobs: Mutex::new(Some(read_tx)),
+            read_threads: Mutex::new(read_threads),
             readers: Mutex::new(Vec::new()),
             path: path.to_path_buf(),
             max_pages,
         })
     }
 
-    /// Stops the writer after the operations already queued, and waits for it.
+    /// Stops the writer after the operations already queued, and waits for it (and for the
+    /// reader threads).
     pub fn close(&self) {
         if let Ok(mut w) = self.writer.lock() {
             w.take();
         }
+        if let Ok(mut r) = self.read_jobs.lock() {
+            r.take();
+        }
         if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+        let readers = self
+            .read_threads
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        for t in readers {
             let _ = t.join();
         }
     }
 
+    fn submit(&self, job: Job) -> StorageResult<()> {
+        let w = self
+            .writer
+            .lock()
+            .map_err(|_| StorageError::Backend("writer lock poisoned".into()))?;
+        let w = w
+            .as_ref()
+            .ok_or_else(|| StorageError::Backend("storage is closed".into()))?;
+        w.send(job)
+            .map_err(|_| StorageError::Backend("writer stopped".into()))
+    }
+
+    /// Runs `f` on the writer thread in the next batch and blocks until that batch committed.
+    /// `f` may run twice (see [`run_batch`]); only the last run's result counts.
     fn write<T, F>(&self, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> StorageResult<T> + Send + 'static,
+    {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.submit(Box::new(Pending {
+            f,
+            result: None,
+            reply: Reply::Blocking(reply),
+        }))?;
+        rx.recv()
+            .map_err(|_| StorageError::Backend("writer stopped".into()))?
+    }
+
+    /// [`SqliteStorage::write`] without blocking: the writer thread completes a oneshot the
+    /// caller awaits once the batch committed.
+    fn write_async<T, F>(&self, f: F) -> StorageFuture<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> StorageResult<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let submitted = self.submit(Box::new(Pending {
+            f,
+            result: None,
+            reply: Reply::Async(reply),
+        }));
+        Box::pin(async move {
+            submitted?;
+            rx.await
+                .map_err(|_| StorageError::Backend("writer stopped".into()))?
+        })
+    }
+
+    /// Runs `f` on one of the reader threads; the result comes back through a oneshot.
+    fn read_async<T, F>(&self, f: F) -> StorageFuture<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StorageResult<T> + Send + 'static,
     {
-        let (reply, rx) = mpsc::sync_channel(1);
-        let job: Job = Box::new(Pending {
-            f: Some(f),
-            result: None,
-            reply,
+        let (reply, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |c: &Connection| {
+            let _ = reply.send(f(c));
         });
-        {
-            let w = self
-                .writer
-                .lock()
-                .map_err(|_| StorageError::Backend("writer lock poisoned".into()))?;
-            let w = w
-                .as_ref()
-                .ok_or_else(|| StorageError::Backend("storage is closed".into()))?;
-            w.send(job)
-                .map_err(|_| StorageError::Backend("writer stopped".into()))?;
-        }
-        rx.recv()
-            .map_err(|_| StorageError::Backend("writer stopped".into()))?
+        let submitted = match self.read_jobs.lock() {
+            Ok(g) => match g.as_ref() {
+                Some(tx) => tx
+                    .send(job)
+                    .map_err(|_| StorageError::Backend("readers stopped".into())),
+                None => Err(StorageError::Backend("storage is closed".into())),
+            },
+            Err(_) => Err(StorageError::Backend("reader lock poisoned".into())),
+        };
+        Box::pin(async move {
+            submitted?;
+            rx.await
+                .map_err(|_| StorageError::Backend("readers stopped".into()))?
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> StorageResult<T>) -> StorageResult<T> {
@@ -481,15 +647,7 @@ impl SqliteStorage {
         };
         let conn = match conn {
             Some(c) => c,
-            None => {
-                let c = Connection::open_with_flags(
-                    &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                c.busy_timeout(std::time::Duration::from_secs(10))?;
-                limit_pages(&c, self.max_pages)?;
-                c
-            }
+            None => open_reader(&self.path, self.max_pages)?,
         };
         let r = f(&conn);
         if let Ok(mut pool) = self.readers.lock() {
@@ -640,6 +798,150 @@ fn fan_out(
         });
     }
     Ok(())
+}
+
+/// Adds a device to an account (see [`Storage::add_device`]).
+fn add_device_tx(
+    c: &Connection,
+    account: AccountId,
+    dk: &Key32,
+    max: usize,
+    now: u64,
+) -> StorageResult<DeviceId> {
+    let dk = *dk;
+    let existing: Option<(DeviceId, AccountId)> = c
+        .prepare_cached("SELECT id, account_id FROM devices WHERE device_key = ?1")?
+        .query_row([&dk[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match existing {
+        Some((id, owner)) if owner == account => return Ok(id),
+        Some(_) => {
+            return Err(StorageError::Conflict(
+                "device key belongs to another account".into(),
+            ))
+        }
+        None => {}
+    }
+    if key_taken(c, &dk, Some(account))? {
+        return Err(StorageError::Conflict(
+            "device key belongs to another account".into(),
+        ));
+    }
+    let n: i64 = c.query_row(
+        "SELECT count(*) FROM devices WHERE account_id = ?1",
+        [account],
+        |r| r.get(0),
+    )?;
+    if n as usize >= max {
+        return Err(StorageError::Limit(format!(
+            "an account has at most {max} devices"
+        )));
+    }
+    let id = next_id(c, "devices")?;
+    c.prepare_cached(
+        "INSERT INTO devices(id, account_id, device_key, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![id, account, &dk[..], now as i64])?;
+    Ok(id)
+}
+
+/// Stores a session (see [`Storage::create_session`]); returns the evicted token hashes.
+fn create_session_tx(
+    c: &Connection,
+    th: &Key32,
+    device: DeviceId,
+    expires_at: u64,
+    max_per_device: usize,
+) -> StorageResult<Vec<Key32>> {
+    c.prepare_cached(
+        "INSERT INTO sessions(token_hash, device_id, expires_at) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![&th[..], device, expires_at as i64])?;
+    let evicted = c
+        .prepare_cached(
+            "DELETE FROM sessions WHERE device_id = ?1 AND token_hash NOT IN (
+                    SELECT token_hash FROM sessions WHERE device_id = ?1
+                    ORDER BY token_hash = ?3 DESC, expires_at DESC LIMIT ?2)
+                 RETURNING token_hash",
+        )?
+        .query_map(
+            params![device, max_per_device.max(1) as i64, &th[..]],
+            |r| key32(r.get(0)?),
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(evicted)
+}
+
+/// A page of a device queue (see [`Storage::fetch`]).
+fn fetch_rows(
+    c: &Connection,
+    device: DeviceId,
+    after_seq: u64,
+    limit: usize,
+    max_bytes: usize,
+    channel: Option<ChannelId>,
+) -> StorageResult<(Vec<QueuedMessage>, bool)> {
+    let mut st = c.prepare_cached(
+        "SELECT q.seq, q.channel_id, p.sender_device, p.message_id, p.data, p.created_ms, p.kind
+             FROM queue q JOIN payloads p ON p.id = q.payload_id
+             WHERE q.device_id = ?1 AND q.seq > ?2 AND (?3 IS NULL OR q.channel_id = ?3)
+             ORDER BY q.seq LIMIT ?4",
+    )?;
+    let ch = channel.map(|c| c.to_vec());
+    // One row more than asked: it tells whether more are queued.
+    let rows = st.query_map(
+        params![device, after_seq as i64, ch, limit as i64 + 1],
+        |r| {
+            Ok(QueuedMessage {
+                seq: r.get::<_, i64>(0)? as u64,
+                channel_id: id16(r.get(1)?)?,
+                sender_device: key32(r.get(2)?)?,
+                message_id: Bytes::from(r.get::<_, Vec<u8>>(3)?),
+                payload: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+                server_time_ms: r.get::<_, i64>(5)? as u64,
+                kind: r.get(6)?,
+            })
+        },
+    )?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for m in rows {
+        let m = m?;
+        bytes += m.payload.len() + FETCH_OVERHEAD;
+        if out.len() == limit || (bytes > max_bytes && !out.is_empty()) {
+            return Ok((out, true));
+        }
+        out.push(m);
+    }
+    Ok((out, false))
+}
+
+/// A live session by token hash (see [`Storage::session`]).
+fn session_row(c: &Connection, token_hash: &Key32, now: u64) -> StorageResult<Option<Session>> {
+    Ok(c.prepare_cached(
+            "SELECT d.account_id, d.id, d.device_key, a.identity_key, s.expires_at
+             FROM sessions s JOIN devices d ON d.id = s.device_id JOIN accounts a ON a.id = d.account_id
+             WHERE s.token_hash = ?1 AND s.expires_at > ?2",
+        )?
+        .query_row(params![&token_hash[..], now as i64], |r| {
+            Ok(Session {
+                account_id: r.get(0)?,
+                device_id: r.get(1)?,
+                device_key: key32(r.get(2)?)?,
+                identity_key: key32(r.get(3)?)?,
+                expires_at: r.get::<_, i64>(4)? as u64,
+            })
+        })
+        .optional()?)
+}
+
+/// An account by username.
+fn account_by_username_row(c: &Connection, username: &str) -> StorageResult<Option<Account>> {
+    Ok(c.prepare_cached(
+        "SELECT id, username, identity_key, opaque_record FROM accounts WHERE username = ?1",
+    )?
+    .query_row([username], account_row)
+    .optional()?)
 }
 
 /// Reads what [`delivery::plan`] decides an Enqueue on (under the single writer).
@@ -945,6 +1247,53 @@ fn purge_device(conn: &Connection, device: DeviceId) -> StorageResult<()> {
 }
 
 impl Storage for SqliteStorage {
+    fn enqueue_async(self: Arc<Self>, op: EnqueueOp) -> StorageFuture<EnqueueOutcome> {
+        self.write_async(move |c| enqueue_tx(c, &op))
+    }
+
+    fn fetch_async(
+        self: Arc<Self>,
+        device: DeviceId,
+        after_seq: u64,
+        limit: usize,
+        max_bytes: usize,
+        channel: Option<ChannelId>,
+    ) -> StorageFuture<(Vec<QueuedMessage>, bool)> {
+        self.read_async(move |c| fetch_rows(c, device, after_seq, limit, max_bytes, channel))
+    }
+
+    fn session_async(
+        self: Arc<Self>,
+        token_hash: Key32,
+        now: u64,
+    ) -> StorageFuture<Option<Session>> {
+        self.read_async(move |c| session_row(c, &token_hash, now))
+    }
+
+    fn account_by_username_async(
+        self: Arc<Self>,
+        username: String,
+    ) -> StorageFuture<Option<Account>> {
+        self.read_async(move |c| account_by_username_row(c, &username))
+    }
+
+    fn login_session_async(
+        self: Arc<Self>,
+        account: AccountId,
+        device_key: Key32,
+        max_devices: usize,
+        now: u64,
+        token_hash: Key32,
+        expires_at: u64,
+        max_per_device: usize,
+    ) -> StorageFuture<(DeviceId, Vec<Key32>)> {
+        self.write_async(move |c| {
+            let device = add_device_tx(c, account, &device_key, max_devices, now)?;
+            let evicted = create_session_tx(c, &token_hash, device, expires_at, max_per_device)?;
+            Ok((device, evicted))
+        })
+    }
+
     fn server_secret(&self, name: &str, init: Vec<u8>) -> StorageResult<Vec<u8>> {
         let name = name.to_owned();
         self.write(move |c| {
@@ -1028,11 +1377,7 @@ impl Storage for SqliteStorage {
     }
 
     fn account_by_username(&self, username: &str) -> StorageResult<Option<Account>> {
-        self.read(|c| {
-            Ok(c.prepare_cached("SELECT id, username, identity_key, opaque_record FROM accounts WHERE username = ?1")?
-                .query_row([username], account_row)
-                .optional()?)
-        })
+        self.read(|c| account_by_username_row(c, username))
     }
 
     fn account_by_identity(&self, identity_key: &Key32) -> StorageResult<Option<Account>> {
@@ -1100,42 +1445,7 @@ impl Storage for SqliteStorage {
         now: u64,
     ) -> StorageResult<DeviceId> {
         let dk = *device_key;
-        self.write(move |c| {
-            let existing: Option<(DeviceId, AccountId)> = c
-                .prepare_cached("SELECT id, account_id FROM devices WHERE device_key = ?1")?
-                .query_row([&dk[..]], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            match existing {
-                Some((id, owner)) if owner == account => return Ok(id),
-                Some(_) => {
-                    return Err(StorageError::Conflict(
-                        "device key belongs to another account".into(),
-                    ))
-                }
-                None => {}
-            }
-            if key_taken(c, &dk, Some(account))? {
-                return Err(StorageError::Conflict(
-                    "device key belongs to another account".into(),
-                ));
-            }
-            let n: i64 = c.query_row(
-                "SELECT count(*) FROM devices WHERE account_id = ?1",
-                [account],
-                |r| r.get(0),
-            )?;
-            if n as usize >= max {
-                return Err(StorageError::Limit(format!(
-                    "an account has at most {max} devices"
-                )));
-            }
-            let id = next_id(c, "devices")?;
-            c.prepare_cached(
-                "INSERT INTO devices(id, account_id, device_key, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![id, account, &dk[..], now as i64])?;
-            Ok(id)
-        })
+        self.write(move |c| add_device_tx(c, account, &dk, max, now))
     }
 
     fn revoke_device(&self, account: AccountId, device_key: &Key32) -> StorageResult<()> {
@@ -1158,25 +1468,7 @@ impl Storage for SqliteStorage {
         max_per_device: usize,
     ) -> StorageResult<Vec<Key32>> {
         let th = *token_hash;
-        self.write(move |c| {
-            c.prepare_cached(
-                "INSERT INTO sessions(token_hash, device_id, expires_at) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![&th[..], device, expires_at as i64])?;
-            let evicted = c
-                .prepare_cached(
-                    "DELETE FROM sessions WHERE device_id = ?1 AND token_hash NOT IN (
-                        SELECT token_hash FROM sessions WHERE device_id = ?1
-                        ORDER BY token_hash = ?3 DESC, expires_at DESC LIMIT ?2)
-                     RETURNING token_hash",
-                )?
-                .query_map(
-                    params![device, max_per_device.max(1) as i64, &th[..]],
-                    |r| key32(r.get(0)?),
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(evicted)
-        })
+        self.write(move |c| create_session_tx(c, &th, device, expires_at, max_per_device))
     }
 
     fn purge_expired_sessions(&self, now: u64) -> StorageResult<u64> {
@@ -1191,23 +1483,7 @@ impl Storage for SqliteStorage {
     }
 
     fn session(&self, token_hash: &Key32, now: u64) -> StorageResult<Option<Session>> {
-        self.read(|c| {
-            Ok(c.prepare_cached(
-                "SELECT d.account_id, d.id, d.device_key, a.identity_key, s.expires_at
-                 FROM sessions s JOIN devices d ON d.id = s.device_id JOIN accounts a ON a.id = d.account_id
-                 WHERE s.token_hash = ?1 AND s.expires_at > ?2",
-            )?
-            .query_row(params![&token_hash[..], now as i64], |r| {
-                Ok(Session {
-                    account_id: r.get(0)?,
-                    device_id: r.get(1)?,
-                    device_key: key32(r.get(2)?)?,
-                    identity_key: key32(r.get(3)?)?,
-                    expires_at: r.get::<_, i64>(4)? as u64,
-                })
-            })
-            .optional()?)
-        })
+        self.read(|c| session_row(c, token_hash, now))
     }
 
     fn delete_session(&self, token_hash: &Key32) -> StorageResult<()> {
@@ -1267,6 +1543,50 @@ impl Storage for SqliteStorage {
             )?
             .query_row(params![&dk[..], suite], |r| r.get(0))
             .optional()?)
+        })
+    }
+
+    fn take_key_packages(
+        &self,
+        targets: &[(Key32, bool)],
+        suite: u32,
+    ) -> StorageResult<Vec<Option<TakenKeyPackage>>> {
+        let targets = targets.to_vec();
+        // One write transaction (one commit) for every pop of the request.
+        self.write(move |c| {
+            let mut pop = c.prepare_cached(
+                "DELETE FROM key_packages WHERE id = (
+                    SELECT k.id FROM key_packages k JOIN devices d ON d.id = k.device_id
+                    WHERE d.device_key = ?1 AND k.suite = ?2 ORDER BY k.id LIMIT 1)
+                 RETURNING data",
+            )?;
+            let mut last = c.prepare_cached(
+                "SELECT k.data FROM last_resort_key_packages k JOIN devices d ON d.id = k.device_id
+                 WHERE d.device_key = ?1 AND k.suite = ?2",
+            )?;
+            let mut out = Vec::with_capacity(targets.len());
+            for (dk, stock_open) in &targets {
+                let popped: Option<Vec<u8>> = if *stock_open {
+                    pop.query_row(params![&dk[..], suite], |r| r.get(0))
+                        .optional()?
+                } else {
+                    None
+                };
+                out.push(match popped {
+                    Some(data) => Some(TakenKeyPackage {
+                        data,
+                        last_resort: false,
+                    }),
+                    None => last
+                        .query_row(params![&dk[..], suite], |r| r.get::<_, Vec<u8>>(0))
+                        .optional()?
+                        .map(|data| TakenKeyPackage {
+                            data,
+                            last_resort: true,
+                        }),
+                });
+            }
+            Ok(out)
         })
     }
 
@@ -1353,7 +1673,7 @@ impl Storage for SqliteStorage {
                 ChannelKind::Group => None,
             };
             c.prepare_cached("INSERT INTO channels(id, kind, dm_key, metadata, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                .execute(params![&id[..], kind as i64, dm_key, metadata, now as i64])?;
+                .execute(params![&id[..], kind as i64, dm_key, &metadata, now as i64])?;
             for a in &ids {
                 c.prepare_cached("INSERT INTO channel_members(channel_id, account_id, admin) VALUES (?1, ?2, ?3)")?
                     .execute(params![&id[..], a, i64::from(*a == creator)])?;
@@ -1363,7 +1683,7 @@ impl Storage for SqliteStorage {
                     id,
                     kind,
                     epoch: 0,
-                    metadata,
+                    metadata: metadata.clone(),
                 },
                 true,
             ))
@@ -1510,38 +1830,7 @@ impl Storage for SqliteStorage {
         max_bytes: usize,
         channel: Option<ChannelId>,
     ) -> StorageResult<(Vec<QueuedMessage>, bool)> {
-        self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT q.seq, q.channel_id, p.sender_device, p.message_id, p.data, p.created_ms, p.kind
-                 FROM queue q JOIN payloads p ON p.id = q.payload_id
-                 WHERE q.device_id = ?1 AND q.seq > ?2 AND (?3 IS NULL OR q.channel_id = ?3)
-                 ORDER BY q.seq LIMIT ?4",
-            )?;
-            let ch = channel.map(|c| c.to_vec());
-            // One row more than asked: it tells whether more are queued.
-            let rows = st.query_map(params![device, after_seq as i64, ch, limit as i64 + 1], |r| {
-                Ok(QueuedMessage {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    channel_id: id16(r.get(1)?)?,
-                    sender_device: key32(r.get(2)?)?,
-                    message_id: Bytes::from(r.get::<_, Vec<u8>>(3)?),
-                    payload: Bytes::from(r.get::<_, Vec<u8>>(4)?),
-                    server_time_ms: r.get::<_, i64>(5)? as u64,
-                    kind: r.get(6)?,
-                })
-            })?;
-            let mut out = Vec::new();
-            let mut bytes = 0usize;
-            for m in rows {
-                let m = m?;
-                bytes += m.payload.len() + FETCH_OVERHEAD;
-                if out.len() == limit || (bytes > max_bytes && !out.is_empty()) {
-                    return Ok((out, true));
-                }
-                out.push(m);
-            }
-            Ok((out, false))
-        })
+        self.read(|c| fetch_rows(c, device, after_seq, limit, max_bytes, channel))
     }
 
     fn peek(&self, device: DeviceId, channel: Option<ChannelId>) -> StorageResult<(u64, u64)> {
@@ -1869,5 +2158,110 @@ mod tests {
             "nothing of the refused upload was stored"
         );
         st.close();
+    }
+
+    /// A job of a test batch: inserts `name` into server_state, replying on a channel.
+    fn insert_job(
+        name: &'static str,
+        runs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> (Job, mpsc::Receiver<StorageResult<()>>) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(Pending {
+            f: move |c: &Connection| {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                c.prepare_cached("INSERT INTO server_state(name, value) VALUES (?1, x'00')")?
+                    .execute([name])?;
+                Ok(())
+            },
+            result: None,
+            reply: Reply::Blocking(tx),
+        });
+        (job, rx)
+    }
+
+    fn stored(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT name FROM server_state ORDER BY name")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    fn writer_conn(dir: &tempfile::TempDir) -> Connection {
+        let mut c = Connection::open(dir.path().join("w.db")).expect("open");
+        configure(&c, 0).expect("configure");
+        migrate(&mut c).expect("migrate");
+        c
+    }
+
+    /// ADR 0100: a batch runs without savepoints; when one job fails (here: a duplicate of
+    /// the job before it, in the same batch), that job alone gets its error and every other
+    /// job of the batch still commits.
+    #[test]
+    fn failing_job_fails_alone_and_the_batch_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = writer_conn(&dir);
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, ra) = insert_job("a", runs.clone());
+        let (dup, rdup) = insert_job("a", runs.clone());
+        let (c, rc) = insert_job("c", runs.clone());
+        let mut batch = vec![a, dup, c];
+        let commit = run_batch(&conn, &mut batch);
+        assert!(commit.is_ok(), "{commit:?}");
+        for job in batch {
+            job.finish(commit.clone());
+        }
+        assert!(ra.recv().expect("a answered").is_ok());
+        let e = rdup.recv().expect("dup answered");
+        assert!(matches!(e, Err(StorageError::Backend(_))), "{e:?}");
+        assert!(rc.recv().expect("c answered").is_ok());
+        assert_eq!(stored(&conn), vec!["a".to_string(), "c".to_string()]);
+        // First pass: a, dup (fails, stops the pass); second pass: a, dup, c.
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 5);
+    }
+
+    /// The fast path: a batch where nothing fails runs each job once, commits all of it.
+    #[test]
+    fn batch_without_failure_runs_each_job_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = writer_conn(&dir);
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (mut batch, mut replies) = (Vec::new(), Vec::new());
+        for name in ["x", "y", "z"] {
+            let (j, r) = insert_job(name, runs.clone());
+            batch.push(j);
+            replies.push(r);
+        }
+        let commit = run_batch(&conn, &mut batch);
+        for job in batch {
+            job.finish(commit.clone());
+        }
+        for r in replies {
+            assert!(r.recv().expect("answered").is_ok());
+        }
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(stored(&conn), vec!["x", "y", "z"]);
+    }
+
+    /// A lone failing job gets its error and leaves nothing behind.
+    #[test]
+    fn lone_failing_job_gets_its_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = writer_conn(&dir);
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (first, r1) = insert_job("k", runs.clone());
+        let mut batch = vec![first];
+        let commit = run_batch(&conn, &mut batch);
+        batch.pop().expect("job").finish(commit);
+        assert!(r1.recv().expect("answered").is_ok());
+        let (again, r2) = insert_job("k", runs.clone());
+        let mut batch = vec![again];
+        let commit = run_batch(&conn, &mut batch);
+        assert!(commit.is_ok());
+        batch.pop().expect("job").finish(commit);
+        assert!(r2.recv().expect("answered").is_err());
+        assert_eq!(stored(&conn), vec!["k"]);
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use openmls::prelude::*;
+use openmls_traits::types::AeadType;
 use prost::Message as _;
 use qpq_crypto::envelope::{self, HybridPublicKey};
 use qpq_proto::{method, v1};
@@ -22,7 +23,9 @@ use crate::types::{ConversationId, ConversationKind, Event};
 pub(super) enum Change {
     /// Add these devices (KeyPackages and hybrid keys fetched), and these accounts on the server.
     Add {
-        key_packages: Vec<([u8; 32], KeyPackage, HybridPublicKey)>,
+        /// Each device's KeyPackage and, for a classic group, its hybrid key (ADR 0111:
+        /// an X-Wing group's Welcome is not sealed, so it needs none).
+        key_packages: Vec<([u8; 32], KeyPackage, Option<HybridPublicKey>)>,
         add_members: Vec<[u8; 32]>,
         kind: ConversationKind,
         name: String,
@@ -218,7 +221,7 @@ impl Engine {
                 kind,
                 name,
             } => {
-                let todo: Vec<&([u8; 32], KeyPackage, HybridPublicKey)> = key_packages
+                let todo: Vec<&([u8; 32], KeyPackage, Option<HybridPublicKey>)> = key_packages
                     .iter()
                     .filter(|(d, _, _)| !present.contains(d))
                     .collect();
@@ -230,11 +233,47 @@ impl Engine {
                     .add_members(&provider, &signer, &kps)
                     .map_err(mls_err)?;
                 req.group_info = group_info(info.map(MlsMessageOut::from))?;
-                let wrapped = welcome::wrap(*kind, name, &mls::encode(&welcome)?);
-                let recipients: Vec<&HybridPublicKey> = todo.iter().map(|(_, _, h)| h).collect();
-                let sealed = envelope::seal(&mut OsRng, &recipients, &conv[..], &wrapped)?;
+                let welcome_bytes = mls::encode(&welcome)?;
+                req.welcome = Bytes::from(if group.ciphersuite() == mls::PQ {
+                    // ADR 0111: X-Wing HPKE already protects the Welcome's secrets; only the
+                    // header is encrypted, under a key of the epoch the Welcome joins.
+                    let sc = group
+                        .pending_commit()
+                        .ok_or_else(|| Error::internal("add_members staged no commit"))?;
+                    let key = zeroize::Zeroizing::new(
+                        sc.export_secret(
+                            provider.crypto(),
+                            welcome::HEADER_EXPORTER_LABEL,
+                            &conv[..],
+                            welcome::HEADER_KEY_LEN,
+                        )
+                        .map_err(mls_err)?,
+                    );
+                    let nonce: [u8; welcome::HEADER_NONCE_LEN] = rand::random();
+                    let sealed_header = provider
+                        .crypto()
+                        .aead_encrypt(
+                            AeadType::Aes128Gcm,
+                            &key,
+                            &welcome::header(*kind, name),
+                            &nonce,
+                            &welcome::header_aad(&conv[..]),
+                        )
+                        .map_err(mls_err)?;
+                    welcome::mls_protected(&welcome_bytes, &nonce, &sealed_header)
+                } else {
+                    let wrapped = welcome::wrap(*kind, name, &welcome_bytes);
+                    let recipients = todo
+                        .iter()
+                        .map(|(_, _, h)| {
+                            h.as_ref().ok_or_else(|| {
+                                Error::internal("a classic group's Welcome needs hybrid keys")
+                            })
+                        })
+                        .collect::<Result<Vec<&HybridPublicKey>, Error>>()?;
+                    envelope::seal(&mut OsRng, &recipients, &conv[..], &wrapped)?
+                });
                 req.payload = Bytes::from(mls::encode(&commit)?);
-                req.welcome = Bytes::from(sealed);
                 req.welcome_devices = todo
                     .iter()
                     .map(|(d, _, _)| Bytes::copy_from_slice(d))

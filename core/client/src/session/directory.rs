@@ -2,15 +2,38 @@
 
 use std::collections::BTreeSet;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use openmls::prelude::*;
-use qpq_proto::{method, v1};
+use qpq_proto::{method, v1, Status};
 
 use super::*;
-use crate::error::{Error, ErrorCode};
+use crate::error::{Error, ErrorCode, NetError};
 use crate::mls;
 use crate::roles;
 use crate::types::{ConversationId, Member};
+
+/// Most entries one ResolveUsers or FetchKeyPackages request may carry (the server's
+/// `BATCH_MAX`, ADR 0110); longer lists go in several requests.
+pub(super) const BATCH_MAX: usize = 1000;
+/// How often a batch refused for the request budget is waited out and sent again.
+const BATCH_RATE_WAITS: usize = 3;
+/// Longest such wait; a longer one is the caller's to decide.
+const BATCH_RATE_WAIT_MAX_MS: u64 = 10_000;
+
+/// The error a batch entry's status stands for: what the single call would have failed with.
+pub(super) fn entry_error(status: u32, retry_after_ms: u64, what: String) -> Error {
+    let status = u8::try_from(status)
+        .ok()
+        .and_then(Status::from_code)
+        .unwrap_or(Status::Internal);
+    Error::from(NetError::Status {
+        status,
+        message: what,
+        retry_after_ms,
+    })
+}
 
 /// A user as the directory answered: username, identity key and device keys, as raw bytes
 /// for the engine; [`Member`] is its public form.
@@ -70,6 +93,103 @@ impl Session {
             identity,
             devices,
         })
+    }
+
+    /// A batched call (ADR 0110); `Ok(None)` when the server predates the method (it answered
+    /// UnknownMethod), so the caller falls back on the single calls. A batch costs the
+    /// account's request budget one token per entry, so a large one may leave the budget in
+    /// debt and the next batch be refused whole (nothing done): that refusal is waited out
+    /// a few times when the server says it is short.
+    pub(super) async fn call_batch<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        m: u16,
+        req: &Req,
+    ) -> Result<Option<Resp>, Error> {
+        let token = self.engine()?.token().ok_or_else(Error::not_logged_in)?;
+        let mut waits = 0;
+        loop {
+            match self
+                .net
+                .call(m, req, Some(&token[..]), Duration::ZERO, true)
+                .await
+            {
+                Ok(r) => return Ok(Some(r)),
+                Err(e) if e.status() == Some(Status::UnknownMethod) => return Ok(None),
+                Err(NetError::Status {
+                    status: Status::RateLimited,
+                    retry_after_ms,
+                    ..
+                }) if waits < BATCH_RATE_WAITS
+                    && retry_after_ms > 0
+                    && retry_after_ms <= BATCH_RATE_WAIT_MAX_MS =>
+                {
+                    waits += 1;
+                    tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Looks several users up in one round trip per [`BATCH_MAX`] (ResolveUsers) and
+    /// remembers their devices in one store transaction. Fails as [`Session::resolve`] would
+    /// for the first username that does not resolve. Falls back on one ResolveUser per user
+    /// against a server without ResolveUsers.
+    pub(super) async fn resolve_many(&self, usernames: &[&str]) -> Result<Vec<Resolved>, Error> {
+        if usernames.len() <= 1 {
+            let mut out = Vec::new();
+            for u in usernames {
+                out.push(self.resolve(u).await?);
+            }
+            return Ok(out);
+        }
+        let mut out = Vec::with_capacity(usernames.len());
+        for chunk in usernames.chunks(BATCH_MAX) {
+            let r: Option<v1::ResolveUsersResponse> = self
+                .call_batch(
+                    method::RESOLVE_USERS,
+                    &v1::ResolveUsersRequest {
+                        usernames: chunk.iter().map(|u| u.to_string()).collect(),
+                    },
+                )
+                .await?;
+            let Some(r) = r else {
+                for u in chunk {
+                    out.push(self.resolve(u).await?);
+                }
+                continue;
+            };
+            if r.users.len() != chunk.len() {
+                return Err(Error::internal(
+                    "server answered ResolveUsers with another number of users",
+                ));
+            }
+            for (asked, u) in chunk.iter().zip(r.users) {
+                match u.status {
+                    0 => {}
+                    4 => return Err(Error::not_found(format!("no user named {asked}"))),
+                    other => return Err(entry_error(other, 0, format!("cannot look up {asked}"))),
+                }
+                out.push(Resolved {
+                    username: u.username,
+                    identity: key32(&u.identity_key, "identity key")?,
+                    devices: u
+                        .device_keys
+                        .iter()
+                        .map(|d| key32(d, "device key"))
+                        .collect::<Result<Vec<_>, Error>>()?,
+                });
+            }
+        }
+        self.engine()?.store.transaction(|s| -> Result<(), Error> {
+            for r in &out {
+                for d in &r.devices {
+                    s.put_device(d, &r.identity, &r.username)?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Learns usernames of every device of a channel's members.

@@ -5,17 +5,25 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
+use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
-use qpq_crypto::envelope::HybridPublicKey;
+use openmls_traits::types::AeadType;
+use qpq_crypto::envelope::{self, HybridPublicKey};
 use qpq_proto::{method, v1};
 
 use super::commit::Change;
+use super::directory::{entry_error, BATCH_MAX};
+use super::welcome;
 use super::*;
-use crate::error::{Error, ErrorCode};
+use crate::error::{Error, ErrorCode, MlsError};
 use crate::mls;
 use crate::roles;
 use crate::store::ConversationRow;
 use crate::types::{ConversationId, ConversationKind, Event};
+
+/// A device, its KeyPackage (encoded, not yet checked) and its hybrid public key (asked for
+/// only when the group's Welcome is sealed: classic groups, ADR 0111).
+type FetchedKeyPackage = ([u8; 32], Vec<u8>, Option<HybridPublicKey>);
 
 impl Session {
     pub(crate) async fn create_group(
@@ -131,8 +139,8 @@ impl Session {
         };
         let mut identities = Vec::new();
         let mut devices = Vec::new();
-        for u in usernames {
-            let m = self.resolve(u).await?;
+        // One ResolveUsers round trip for all of them (ADR 0110).
+        for (u, m) in usernames.iter().zip(self.resolve_many(usernames).await?) {
             let id = m.identity;
             if m.devices.iter().any(|d| present.contains(d)) {
                 return Err(Error::new(
@@ -179,41 +187,17 @@ impl Session {
         if wanted.is_empty() {
             return Ok(());
         }
-        let hk: v1::FetchHybridKeysResponse = self
-            .call(
-                method::FETCH_HYBRID_KEYS,
-                &v1::FetchHybridKeysRequest {
-                    device_keys: wanted.iter().map(|d| Bytes::copy_from_slice(d)).collect(),
-                },
-            )
-            .await?;
-        let mut hybrid = BTreeMap::new();
-        for e in hk.keys {
-            hybrid.insert(
-                key32(&e.device_key, "device key")?,
-                HybridPublicKey::from_bytes(&e.hybrid_public_key)?,
-            );
-        }
+        // Only a classic group's Welcome is sealed to hybrid keys (ADR 0111).
+        let sealed = cs != mls::PQ;
+        let fetched = match self.fetch_key_packages(&wanted, suite, sealed).await? {
+            Some(f) => f,
+            None => {
+                self.fetch_key_packages_one_by_one(&wanted, suite, sealed)
+                    .await?
+            }
+        };
         let mut kps = Vec::new();
-        for d in wanted {
-            let Some(h) = hybrid.remove(&d) else {
-                tracing::debug!("device without hybrid key skipped");
-                continue;
-            };
-            let r: Result<v1::FetchKeyPackageResponse, Error> = self
-                .call(
-                    method::FETCH_KEY_PACKAGE,
-                    &v1::FetchKeyPackageRequest {
-                        device_key: Bytes::copy_from_slice(&d),
-                        ciphersuite: suite,
-                    },
-                )
-                .await;
-            let kp = match r {
-                Ok(r) => r.key_package,
-                Err(e) if e.code() == ErrorCode::NotFound => continue,
-                Err(e) => return Err(e),
-            };
+        for (d, kp, h) in fetched {
             let kp = {
                 let e = self.engine()?;
                 mls::parse_key_package(&e.provider(), &kp)?
@@ -241,6 +225,117 @@ impl Session {
             events,
         )
         .await
+    }
+
+    /// A KeyPackage and the hybrid key of each of `devices`, in one FetchKeyPackages round
+    /// trip per [`BATCH_MAX`] (ADR 0110). Devices without either are left out, as is a device
+    /// the server answers NotFound for; any other refusal fails the call. `Ok(None)` when the
+    /// server predates FetchKeyPackages.
+    async fn fetch_key_packages(
+        &self,
+        devices: &[[u8; 32]],
+        suite: u32,
+        with_hybrid_keys: bool,
+    ) -> Result<Option<Vec<FetchedKeyPackage>>, Error> {
+        let mut out = Vec::with_capacity(devices.len());
+        for chunk in devices.chunks(BATCH_MAX) {
+            let r: Option<v1::FetchKeyPackagesResponse> = self
+                .call_batch(
+                    method::FETCH_KEY_PACKAGES,
+                    &v1::FetchKeyPackagesRequest {
+                        device_keys: chunk.iter().map(|d| Bytes::copy_from_slice(d)).collect(),
+                        ciphersuite: suite,
+                        with_hybrid_keys,
+                    },
+                )
+                .await?;
+            let Some(r) = r else {
+                return Ok(None);
+            };
+            if r.entries.len() != chunk.len() {
+                return Err(Error::internal(
+                    "server answered FetchKeyPackages with another number of devices",
+                ));
+            }
+            for (d, e) in chunk.iter().zip(r.entries) {
+                match e.status {
+                    0 => {}
+                    4 => {
+                        tracing::debug!("device without KeyPackage or hybrid key skipped");
+                        continue;
+                    }
+                    other => {
+                        return Err(entry_error(
+                            other,
+                            e.retry_after_ms,
+                            "cannot fetch a KeyPackage of a device".into(),
+                        ))
+                    }
+                }
+                if e.device_key[..] != d[..] {
+                    return Err(Error::internal(
+                        "server answered FetchKeyPackages out of order",
+                    ));
+                }
+                let h = if with_hybrid_keys {
+                    Some(HybridPublicKey::from_bytes(&e.hybrid_public_key)?)
+                } else {
+                    None
+                };
+                out.push((*d, e.key_package.to_vec(), h));
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// What [`Session::fetch_key_packages`] does, for a server without FetchKeyPackages: the
+    /// hybrid keys in one call, then one FetchKeyPackage per device.
+    async fn fetch_key_packages_one_by_one(
+        &self,
+        devices: &[[u8; 32]],
+        suite: u32,
+        with_hybrid_keys: bool,
+    ) -> Result<Vec<FetchedKeyPackage>, Error> {
+        let mut hybrid = BTreeMap::new();
+        if with_hybrid_keys {
+            let hk: v1::FetchHybridKeysResponse = self
+                .call(
+                    method::FETCH_HYBRID_KEYS,
+                    &v1::FetchHybridKeysRequest {
+                        device_keys: devices.iter().map(|d| Bytes::copy_from_slice(d)).collect(),
+                    },
+                )
+                .await?;
+            for e in hk.keys {
+                hybrid.insert(
+                    key32(&e.device_key, "device key")?,
+                    HybridPublicKey::from_bytes(&e.hybrid_public_key)?,
+                );
+            }
+        }
+        let mut out = Vec::new();
+        for d in devices {
+            let h = hybrid.remove(d);
+            if with_hybrid_keys && h.is_none() {
+                tracing::debug!("device without hybrid key skipped");
+                continue;
+            }
+            let r: Result<v1::FetchKeyPackageResponse, Error> = self
+                .call(
+                    method::FETCH_KEY_PACKAGE,
+                    &v1::FetchKeyPackageRequest {
+                        device_key: Bytes::copy_from_slice(d),
+                        ciphersuite: suite,
+                    },
+                )
+                .await;
+            match r {
+                Ok(r) => out.push((*d, r.key_package.to_vec(), h)),
+                Err(e) if e.code() == ErrorCode::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     pub(crate) async fn remove(
@@ -409,6 +504,13 @@ impl Session {
     }
 }
 
+/// The group a staged Welcome joins, stored.
+fn into_group(staged: StagedWelcome, provider: &mls::Provider<'_>) -> Result<MlsGroup, Error> {
+    staged
+        .into_group(provider)
+        .map_err(|e| MlsError::Decrypt(format!("welcome: {e}")).into())
+}
+
 impl Engine {
     fn new_group(
         &self,
@@ -458,6 +560,82 @@ impl Engine {
             s.set_active(conv, false)?;
             Ok(())
         })
+    }
+
+    /// Joins the group of a Welcome payload (either format of [`super::welcome`], ADR 0111):
+    /// a classic group's is opened from the hybrid envelope; an X-Wing group's is the MLS
+    /// Welcome itself, whose header is decrypted with the key of the epoch it joins. A
+    /// classic-suite Welcome that comes unsealed is refused (its secrets would have been
+    /// exposed to a quantum adversary). Replaces any stored state of the group.
+    pub(super) fn join_from_welcome(
+        &self,
+        conv: &ConversationId,
+        payload: &[u8],
+    ) -> Result<(ConversationKind, String, MlsGroup), Error> {
+        let provider = self.provider();
+        if payload.first() != Some(&welcome::MLS_PROTECTED_V1) {
+            let opened = envelope::open(&self.keys.hybrid, &conv[..], payload)?;
+            let (kind, name, welcome_bytes) = welcome::unwrap(&opened)?;
+            let staged = self.stage_welcome(conv, welcome_bytes, false)?;
+            return Ok((kind, name, into_group(staged, &provider)?));
+        }
+        let welcome::MlsProtected {
+            welcome: welcome_bytes,
+            nonce,
+            sealed_header,
+        } = welcome::split_mls_protected(payload)?;
+        let staged = self.stage_welcome(conv, welcome_bytes, true)?;
+        let key = zeroize::Zeroizing::new(
+            staged
+                .export_secret(
+                    provider.crypto(),
+                    welcome::HEADER_EXPORTER_LABEL,
+                    &conv[..],
+                    welcome::HEADER_KEY_LEN,
+                )
+                .map_err(mls_err)?,
+        );
+        let plain = provider
+            .crypto()
+            .aead_decrypt(
+                AeadType::Aes128Gcm,
+                &key,
+                sealed_header,
+                &nonce,
+                &welcome::header_aad(&conv[..]),
+            )
+            .map_err(|_| Error::crypto("the Welcome's header does not decrypt"))?;
+        let (kind, name, rest) = welcome::parse_header(&plain)?;
+        if !rest.is_empty() {
+            return Err(Error::crypto("trailing bytes after the Welcome's header"));
+        }
+        Ok((kind, name, into_group(staged, &provider)?))
+    }
+
+    /// Parses and stages an MLS Welcome (after dropping any stored state of the group);
+    /// `unsealed` Welcomes must be of the X-Wing suite.
+    fn stage_welcome(
+        &self,
+        conv: &ConversationId,
+        welcome_bytes: &[u8],
+        unsealed: bool,
+    ) -> Result<StagedWelcome, Error> {
+        let msg = MlsMessageIn::tls_deserialize_exact(welcome_bytes)
+            .map_err(|e| MlsError::Decrypt(e.to_string()))?;
+        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+            return Err(Error::crypto("the Welcome payload is not an MLS Welcome"));
+        };
+        if unsealed && welcome.ciphersuite() != mls::PQ {
+            return Err(Error::crypto(
+                "an unsealed Welcome must be of the post-quantum suite",
+            ));
+        }
+        let provider = self.provider();
+        if let Some(mut old) = mls::load(&provider, conv)? {
+            old.delete(provider.storage()).map_err(mls_err)?;
+        }
+        StagedWelcome::new_from_welcome(&provider, &mls::join_config(), welcome, None)
+            .map_err(|e| MlsError::Decrypt(format!("welcome: {e}")).into())
     }
 
     /// Remove proposals for every leaf of this account in `conv`, own leaf last.

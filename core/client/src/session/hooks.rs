@@ -13,6 +13,29 @@ use crate::body::Body;
 use crate::error::Error;
 use crate::types::{ConversationId, DeviceKey, Event};
 
+/// Test hook: what a client has done so far, counted (never timed).
+#[doc(hidden)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DebugCounters {
+    /// Calls made to the server, by method id.
+    pub calls: std::collections::BTreeMap<u16, u64>,
+    /// Commits of this client's store (each an fsync).
+    pub commits: u64,
+    /// `MlsGroup` loads from the store, by every client of this process.
+    pub group_loads: u64,
+}
+
+impl Session {
+    /// Test hook: the counters (see [`DebugCounters`]).
+    pub(crate) fn debug_counters(&self) -> Result<DebugCounters, Error> {
+        Ok(DebugCounters {
+            calls: self.net.calls.snapshot(),
+            commits: self.engine()?.store.commits(),
+            group_loads: crate::mls::LOADS.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+}
+
 impl Engine {
     /// Test hook: encrypts `text` as a text message (as the outbox would) without storing or
     /// sending it. The ratchet step it used is kept, as for a sent message.

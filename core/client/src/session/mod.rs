@@ -39,7 +39,7 @@ mod rejoin;
 mod welcome;
 
 #[cfg(feature = "test-hooks")]
-pub use hooks::DebugInjected;
+pub use hooks::{DebugCounters, DebugInjected};
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -124,6 +124,8 @@ pub(crate) struct Session {
     /// Held by every operation that changes group state across network round trips.
     ops: tokio::sync::Mutex<()>,
     net: Net,
+    /// Highest sequence number this session acked to the server.
+    acked: std::sync::atomic::AtomicU64,
 }
 
 /// Receives events as soon as they are durable.
@@ -151,6 +153,7 @@ impl Session {
             engine: std::sync::Mutex::new(engine),
             ops: tokio::sync::Mutex::new(()),
             net,
+            acked: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
 use prost::Message as _;
-use qpq_crypto::envelope;
 use qpq_proto::{method, v1};
 
 use super::commit::Change;
@@ -40,6 +39,7 @@ impl Session {
     pub(crate) async fn sync(&self, events: &mut Vec<Event>) -> Result<(), Error> {
         let _ops = self.ops().await;
         self.sync_from(events, None, None).await?;
+        self.ack_processed(true).await?;
         self.flush_outbox_locked(events).await?;
         self.replenish_key_packages_locked(false).await
     }
@@ -51,10 +51,12 @@ impl Session {
     }
 
     /// Catches up (the caller holds the operation lock), starting with messages a FetchWait
-    /// already returned (saving the Fetch that would return them again). Messages at or below
-    /// the last processed sequence number are skipped as always, so stale prefetched ones are
-    /// harmless. With a `sink`, events go there as soon as each message is durable (before
-    /// the Ack round trip) instead of into `events`.
+    /// or pushes already returned (saving the Fetch that would return them again; the caller
+    /// hands only a page that starts right after the last processed sequence number, with
+    /// `more` set when the queue may hold more). Messages at or below the last processed
+    /// sequence number are skipped as always, so stale prefetched ones are harmless. With a
+    /// `sink` (the background loop), events go there as soon as each message is durable
+    /// instead of into `events`, and the Ack is left to [`Session::ack_processed`].
     pub(crate) async fn sync_from(
         &self,
         events: &mut Vec<Event>,
@@ -160,7 +162,37 @@ impl Session {
                 sink(std::mem::take(events));
             }
         }
-        // Ack only what is durably processed.
+        // Ack only what is durably processed. The background loop (with a sink) batches its
+        // Acks instead (`ack_processed`): an unacked message stays queued on the server, and a
+        // redelivery of it is skipped by sequence number.
+        if sink.is_none() {
+            self.ack_up_to(last).await?;
+        }
+        Ok(())
+    }
+
+    /// Acks everything processed (the last processed sequence number) when anything is
+    /// unacked and `force` is set or at least [`ACK_BATCH`] messages are waiting. One Ack
+    /// covers the whole range.
+    pub(crate) async fn ack_processed(&self, force: bool) -> Result<(), Error> {
+        let last = self.engine()?.last_seq();
+        let acked = self.acked.load(std::sync::atomic::Ordering::SeqCst);
+        if last > acked && (force || last - acked >= ACK_BATCH) {
+            self.ack_up_to(last).await?;
+        }
+        Ok(())
+    }
+
+    /// True when processed messages wait for their Ack.
+    pub(crate) fn unacked(&self) -> bool {
+        let acked = self.acked.load(std::sync::atomic::Ordering::SeqCst);
+        self.engine().map(|e| e.last_seq() > acked).unwrap_or(false)
+    }
+
+    async fn ack_up_to(&self, last: u64) -> Result<(), Error> {
+        if last == 0 {
+            return Ok(());
+        }
         let _: v1::AckResponse = self
             .call(
                 method::ACK,
@@ -170,9 +202,15 @@ impl Session {
                 },
             )
             .await?;
+        self.acked
+            .fetch_max(last, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 }
+
+/// The background loop Acks once this many processed messages wait (or after
+/// `client::ACK_DELAY`, or before a sync returns).
+pub(crate) const ACK_BATCH: u64 = 64;
 
 impl Engine {
     /// Processes one queued message in its own transaction. A message that cannot be
@@ -344,22 +382,7 @@ impl Engine {
         inviter_device: &[u8],
         events: &mut Vec<Event>,
     ) -> Result<(), Error> {
-        let wrapped = envelope::open(&self.keys.hybrid, &conv[..], payload)?;
-        let (kind, name, welcome_bytes) = welcome::unwrap(&wrapped)?;
-        let msg = MlsMessageIn::tls_deserialize_exact(welcome_bytes)
-            .map_err(|e| MlsError::Decrypt(e.to_string()))?;
-        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
-            return Err(Error::crypto("the Welcome payload is not an MLS Welcome"));
-        };
-        let provider = self.provider();
-        if let Some(mut old) = mls::load(&provider, conv)? {
-            old.delete(provider.storage()).map_err(mls_err)?;
-        }
-        let staged = StagedWelcome::new_from_welcome(&provider, &mls::join_config(), welcome, None)
-            .map_err(|e| MlsError::Decrypt(format!("welcome: {e}")))?;
-        let group = staged
-            .into_group(&provider)
-            .map_err(|e| MlsError::Decrypt(format!("welcome: {e}")))?;
+        let (kind, name, group) = self.join_from_welcome(conv, payload)?;
         if group.group_id().as_slice() != &conv[..] {
             return Err(Error::crypto("the Welcome is for another group"));
         }

@@ -19,6 +19,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub cert_der: Vec<u8>,
     pub dir: tempfile::TempDir,
+    /// The running server's request handler (its metrics count requests per method).
+    pub service: Arc<qpq_server::service::Service>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -36,19 +38,21 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::ephemeral(dir.path());
         tweak(&mut config);
-        let (addr, cert_der) = rt.block_on(async {
+        let (addr, cert_der, service) = rt.block_on(async {
             let server = Server::bind(config).await.unwrap();
             let addr = server.local_addr().unwrap();
             let cert = server.certificate_der().to_vec();
+            let service = server.service().clone();
             tokio::spawn(async move {
                 server.run().await.unwrap();
             });
-            (addr, cert)
+            (addr, cert, service)
         });
         TestServer {
             addr,
             cert_der,
             dir,
+            service,
             rt,
         }
     }
