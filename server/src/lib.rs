@@ -308,7 +308,12 @@ impl Server {
                 g.extend(wake_gauges);
                 g
             };
-            tokio::spawn(metrics::serve(l, self.service.metrics.clone(), gauges))
+            tokio::spawn(metrics::serve(
+                l,
+                self.service.metrics.clone(),
+                gauges,
+                Arc::from(self.node_id.as_str()),
+            ))
         });
         // Item 28: expired sessions, undelivered messages past retention, enqueue ids and
         // abandoned blob uploads are deleted by one periodic job.

@@ -200,6 +200,107 @@ async fn killed_listener_reconnects_and_delivery_continues() {
     b.stop().await;
 }
 
+/// PostgreSQL restarts (immediate shutdown, crash recovery) under two running nodes: they
+/// recover on their own. A send retried with the same message id is accepted once, the
+/// listeners reconnect and re-check their waiters, and /health says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_recover_from_a_postgres_restart() {
+    let cluster = std::sync::Arc::new(
+        tokio::task::spawn_blocking(pg::Cluster::start)
+            .await
+            .unwrap(),
+    );
+    let c2 = cluster.clone();
+    let url = tokio::task::spawn_blocking(move || pg::database_on(&c2))
+        .await
+        .unwrap();
+    let a = node(&url, NO_SWEEP).await;
+    let u = url.clone();
+    let b = TestServer::start_with(move |c| {
+        c.database_url = u;
+        c.wake_sweep_ms = NO_SWEEP;
+        c.metrics_listen = "127.0.0.1:0".into();
+    })
+    .await;
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let ch = alice.group(&[&bob]).await;
+    alice.send(&ch, 1, b"before").await.unwrap();
+    assert_eq!(health(&b).await.0, 200);
+
+    let c2 = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        c2.kill();
+        c2.launch();
+    })
+    .await
+    .unwrap();
+
+    let req = app_message(&ch, 2, b"after");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match alice
+            .call::<_, v1::EnqueueResponse>(method::ENQUEUE, &req)
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no recovery: {e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let stats = b.service.wake().unwrap().stats();
+    while stats.resyncs.load(std::sync::atomic::Ordering::Relaxed) == 0
+        || !stats.listener_up.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        assert!(Instant::now() < deadline, "the listener did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = fetch_all_after(&bob, 0).await;
+    let bodies: Vec<&[u8]> = got.iter().map(|m| &m.payload[..]).collect();
+    assert_eq!(bodies, vec![&b"before"[..], &b"after"[..]], "exactly once");
+    let (code, body) = health(&b).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"database\":\"up\"") && body.contains("\"wake_listener\":\"up\""),
+        "{body}"
+    );
+    // And the doorbell works again.
+    let waiter = async {
+        let t = Instant::now();
+        (fetch_wait(&bob, got.last().unwrap().seq).await, t.elapsed())
+    };
+    let sender = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        alice.send(&ch, 3, b"later").await.unwrap();
+    };
+    let ((r, took), ()) = tokio::join!(waiter, sender);
+    assert_eq!(r.messages.len(), 1);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    a.stop().await;
+    b.stop().await;
+    tokio::task::spawn_blocking(move || cluster.kill())
+        .await
+        .unwrap();
+}
+
+/// `GET /health` of a node's metrics endpoint: (status code, body).
+async fn health(n: &TestServer) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(n.metrics_addr.unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out[9..12].parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (code, body)
+}
+
 /// 64 writers, half through each node, to one device: its queue has no gap, no duplicate and
 /// keeps every writer's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

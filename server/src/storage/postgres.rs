@@ -279,11 +279,23 @@ impl PostgresStorage {
     /// on a deadlock, serialization failure or racing insert.
     fn tx<T>(&self, mut f: impl FnMut(&mut Transaction<'_>) -> TxResult<T>) -> StorageResult<T> {
         let mut attempt = 0;
+        let mut stale = 0;
         loop {
             attempt += 1;
             let mut c = self.take()?;
+            let mut t = match c.transaction() {
+                Ok(t) => t,
+                // A pooled connection broken while idle (e.g. the database restarted): BEGIN
+                // failed, nothing ran, so another connection may safely run it.
+                Err(e) if stale <= IDLE => {
+                    tracing::debug!(error = %e, "stale database connection dropped");
+                    stale += 1;
+                    attempt -= 1;
+                    continue;
+                }
+                Err(e) => return Err(pg_err(e)),
+            };
             let r = (|| -> TxResult<T> {
-                let mut t = c.transaction()?;
                 let v = f(&mut t)?;
                 t.commit()?;
                 Ok(v)

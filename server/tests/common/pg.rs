@@ -73,7 +73,8 @@ fn command(bin: &Path, name: &str, ids: Option<(u32, u32)>) -> Command {
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    /// Starts a new cluster (for a test that restarts it; others share [`cluster`]).
+    pub fn start() -> Cluster {
         let bin = bin_dir();
         let ids = run_as();
         let dir = tempfile::Builder::new()
@@ -209,8 +210,12 @@ pub fn cluster() -> &'static Cluster {
 
 /// A fresh, empty database of this binary's cluster; returns its connection string.
 pub fn database() -> String {
+    database_on(cluster())
+}
+
+/// A fresh, empty database of cluster `c`; returns its connection string.
+pub fn database_on(c: &Cluster) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let c = cluster();
     let name = format!(
         "qpq_{}_{}",
         std::process::id(),
