@@ -366,3 +366,104 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(fs: Vec<F>) {
     })
     .await
 }
+
+/// Node A (a real `qpq-server` process) is SIGKILLed while alice's enqueues stream through it:
+/// alice moves to node B with the same session, and bob (on B) finds every acknowledged
+/// message exactly once, in increasing sequence numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_node_a_clients_move_to_b_nothing_lost() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let url = database().await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = [
+        "--database-url",
+        url.as_str(),
+        "--wake-sweep-ms",
+        "60000",
+        "--max-connections-per-ip",
+        "1000",
+        "--min-free-disk-bytes",
+        "0",
+    ];
+    let mut node_a = ChildServer::spawn(da.path(), &args);
+    let node_b = ChildServer::spawn(db.path(), &args);
+    let mut a = node_a.connect().await;
+    a.register("alice", "alice pw").await.unwrap();
+    a.login("alice", "alice pw").await.unwrap();
+    let mut b = node_b.connect().await;
+    b.register("bob", "bob pw").await.unwrap();
+    b.login("bob", "bob pw").await.unwrap();
+    let ch = a.group(&[&b]).await;
+    let a_token = a.token.clone();
+    let a = Arc::new(a);
+
+    let acked: Arc<Mutex<Vec<Bytes>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let send = |c: Arc<Conn>,
+                t: u32,
+                stop: Arc<AtomicBool>,
+                acked: Arc<Mutex<Vec<Bytes>>>,
+                ch: Bytes| async move {
+        let mut i = 0u32;
+        while !stop.load(Ordering::SeqCst) && i < 200 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&t.to_be_bytes());
+            id[4..8].copy_from_slice(&i.to_be_bytes());
+            let mut req = app_message(&ch, 0, &[0x42; 64]);
+            req.message_id = Bytes::copy_from_slice(&id);
+            let r = c.raw(method::ENQUEUE, c.encode(&req)).await;
+            if r.status == Status::Ok {
+                acked.lock().unwrap().push(req.message_id.clone());
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let mut tasks = Vec::new();
+    for t in 0..4u32 {
+        tasks.push(tokio::spawn(send(
+            a.clone(),
+            t,
+            stop.clone(),
+            acked.clone(),
+            ch.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    node_a.sigkill();
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.abort();
+        let _ = t.await;
+    }
+    let before = acked.lock().unwrap().len();
+    assert!(before > 0, "node A acknowledged messages before the kill");
+    // Alice reconnects to node B with her session and goes on.
+    let mut moved = node_b.connect().await;
+    moved.token = a_token;
+    let moved = Arc::new(moved);
+    send(
+        moved,
+        9,
+        Arc::new(AtomicBool::new(false)),
+        acked.clone(),
+        ch.clone(),
+    )
+    .await;
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), before + 200);
+    let got = fetch_all_after(&b, 0).await;
+    let mut seen = HashSet::new();
+    for m in &got {
+        assert!(seen.insert(m.message_id.clone()), "stored twice");
+    }
+    let lost = acked.iter().filter(|id| !seen.contains(*id)).count();
+    assert_eq!(
+        lost,
+        0,
+        "acknowledged messages lost ({} acked)",
+        acked.len()
+    );
+}
