@@ -417,6 +417,26 @@ mod tests {
     }
 
     #[test]
+    fn database_url_comes_from_flag_or_file_and_defaults_to_sqlite() {
+        assert!(
+            Config::default().database_url.is_empty(),
+            "no setting keeps SQLite"
+        );
+        let file: Options =
+            toml::from_str("database_url = \"host=/run/pg dbname=qpq\"\n").expect("valid toml");
+        let none = Options::try_parse_from(["qpq-server"]).expect("valid flags");
+        assert_eq!(
+            Config::from_options(none.or(file.clone())).database_url,
+            "host=/run/pg dbname=qpq"
+        );
+        let cli = Options::try_parse_from(["qpq-server", "--database-url", "postgres://a@b/c"])
+            .expect("valid flags");
+        let c = Config::from_options(cli.or(file));
+        assert_eq!(c.database_url, "postgres://a@b/c");
+        assert_eq!(c.wake_sweep_ms, 1500);
+    }
+
+    #[test]
     fn defaults_serve_on_5001_under_data() {
         let c = Config::default();
         assert_eq!(c.listen.port(), 5001);
