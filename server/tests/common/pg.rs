@@ -87,6 +87,7 @@ impl Cluster {
             // SAFETY: c is a valid path string.
             assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, gid) }, 0, "chown");
         }
+        register_cleanup(&dir);
         let data = dir.join("data");
         let out = command(&bin, "initdb", ids)
             .args([
@@ -166,6 +167,7 @@ impl Cluster {
             }
         });
         let child = rx.recv().unwrap();
+        PIDS.lock().unwrap().push(child.id() as i32);
         *self.child.lock().unwrap() = Some(child);
         let start = Instant::now();
         loop {
@@ -226,4 +228,40 @@ pub fn database_on(c: &Cluster) -> String {
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .unwrap();
     c.url(&name)
+}
+
+/// Cluster directories and postmaster pids of this binary, removed and killed at exit.
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static PIDS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+extern "C" fn cleanup_at_exit() {
+    if let Ok(pids) = PIDS.lock() {
+        for pid in pids.iter() {
+            // SAFETY: signalling our own children.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+    }
+    if let Ok(dirs) = DIRS.lock() {
+        for d in dirs.iter() {
+            // Backends may still be exiting: try again once.
+            if std::fs::remove_dir_all(d).is_err() {
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+}
+
+/// Removes the cluster directory when the test binary exits (data dirs are ~40 MB each).
+fn register_cleanup(dir: &Path) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registering a plain extern "C" function.
+        unsafe {
+            libc::atexit(cleanup_at_exit);
+        }
+    });
+    DIRS.lock().unwrap().push(dir.to_path_buf());
 }
