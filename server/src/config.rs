@@ -70,7 +70,7 @@ options! {
     /// PostgreSQL connection string (`postgres://user@host/db`, or key=value with
     /// `host=/socket/dir`): several server nodes share one database (issue 15, docs/SCALING.md).
     /// Empty = the embedded SQLite database under `data_dir`, exactly as without it.
-    database_url: String = "QPQ_DATABASE_URL", String::new();
+    database_url: DatabaseUrl = "QPQ_DATABASE_URL", DatabaseUrl::default();
     /// This node's name in logs, metrics and /health (default: the host name and listen port).
     node_id: String = "QPQ_NODE_ID", String::new();
     /// Milliseconds between sweeps that re-check every locally waiting device (PostgreSQL
@@ -350,6 +350,60 @@ impl Options {
 }
 
 /// How a default reads in `--help`.
+/// A PostgreSQL connection string. It may hold a password, so its `Debug` shows only whether
+/// it is set, and `--help` never prints it; [`DatabaseUrl::expose`] gives the text to the
+/// database driver, the one place that needs it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// True when unset: the server uses its embedded SQLite database.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The connection string itself, for the driver. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for DatabaseUrl {
+    fn from(s: &str) -> Self {
+        DatabaseUrl(s.to_string())
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(s: String) -> Self {
+        DatabaseUrl(s)
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(DatabaseUrl(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_empty() {
+            "unset"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl ShowDefault for DatabaseUrl {
+    fn show(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
 trait ShowDefault {
     fn show(&self) -> String;
 }
@@ -426,13 +480,19 @@ mod tests {
             toml::from_str("database_url = \"host=/run/pg dbname=qpq\"\n").expect("valid toml");
         let none = Options::try_parse_from(["qpq-server"]).expect("valid flags");
         assert_eq!(
-            Config::from_options(none.or(file.clone())).database_url,
+            Config::from_options(none.or(file.clone()))
+                .database_url
+                .expose(),
             "host=/run/pg dbname=qpq"
         );
         let cli = Options::try_parse_from(["qpq-server", "--database-url", "postgres://a@b/c"])
             .expect("valid flags");
         let c = Config::from_options(cli.or(file));
-        assert_eq!(c.database_url, "postgres://a@b/c");
+        assert_eq!(c.database_url.expose(), "postgres://a@b/c");
+        // Its password never shows in a printed configuration.
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("postgres://a@b/c"), "{shown}");
+        assert!(shown.contains("database_url: <redacted>"), "{shown}");
         assert_eq!(c.wake_sweep_ms, 1500);
     }
 

@@ -142,7 +142,7 @@ impl Server {
             );
             (sqlite.clone(), Some(sqlite), None)
         } else {
-            let url = config.database_url.clone();
+            let url = config.database_url.expose().to_string();
             let pg = Arc::new(
                 tokio::task::spawn_blocking(move || PostgresStorage::open(&url))
                     .await

@@ -20,7 +20,7 @@ use qpq_proto::{method, v1, Status};
 async fn node(url: &str, sweep_ms: u64) -> TestServer {
     let url = url.to_string();
     TestServer::start_with(move |c| {
-        c.database_url = url;
+        c.database_url = url.into();
         c.wake_sweep_ms = sweep_ms;
         // Every test client connects from 127.0.0.1.
         c.max_connections_per_ip = 1000;
@@ -217,7 +217,7 @@ async fn nodes_recover_from_a_postgres_restart() {
     let a = node(&url, NO_SWEEP).await;
     let u = url.clone();
     let b = TestServer::start_with(move |c| {
-        c.database_url = u;
+        c.database_url = u.into();
         c.wake_sweep_ms = NO_SWEEP;
         c.metrics_listen = "127.0.0.1:0".into();
     })
