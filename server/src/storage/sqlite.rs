@@ -7,6 +7,7 @@
 //! then answers the callers. Under load many enqueues share one fsync; alone, an enqueue pays
 //! exactly one.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Mutex;
@@ -19,6 +20,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::delivery;
 
 /// Most write operations committed together.
 pub const MAX_BATCH: usize = 256;
@@ -726,20 +728,9 @@ fn channel_row(conn: &Connection, id: &ChannelId) -> StorageResult<Option<Channe
         .optional()?)
 }
 
-/// Caps one fan-out applies to each recipient device.
-struct Caps {
-    depth: u64,
-    bytes: u64,
-    share_depth: u64,
-    share_bytes: u64,
-    /// Commits and Welcomes: never skipped (a member that misses a commit is forked; they are
-    /// bounded by the epoch order and the sender's budgets instead).
-    exempt: bool,
-}
-
 /// Queues `payload_id` for each device, assigning each its next sequence number. A device
 /// whose queue is full, or holds the sender's full share, is skipped (unless exempt) and
-/// listed in `skipped`.
+/// listed in `skipped` ([`delivery::admit`] decides).
 #[allow(clippy::too_many_arguments)]
 fn fan_out(
     conn: &Connection,
@@ -748,7 +739,7 @@ fn fan_out(
     payload_id: i64,
     template: &QueuedMessage,
     sender_account: AccountId,
-    caps: &Caps,
+    caps: &delivery::Caps,
     out: &mut Vec<Delivery>,
     skipped: &mut Vec<DeviceId>,
 ) -> StorageResult<()> {
@@ -771,20 +762,23 @@ fn fan_out(
     for &d in devices {
         if !caps.exempt {
             let (len, qbytes): (i64, i64) = level.query_row([d], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let (len, qbytes) = (len.max(0) as u64, qbytes.max(0) as u64);
-            if len >= caps.depth || qbytes.saturating_add(bytes) > caps.bytes {
-                skipped.push(d);
-                continue;
-            }
-            if len >= caps.share_depth || qbytes.saturating_add(bytes) > caps.share_bytes {
+            let lvl = delivery::QueueLevel {
+                len: len.max(0) as u64,
+                bytes: qbytes.max(0) as u64,
+            };
+            let held = if caps.needs_share(lvl, bytes) {
                 let (n, b): (i64, i64) =
                     share.query_row(params![d, sender_account], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                if n.max(0) as u64 >= caps.share_depth
-                    || (b.max(0) as u64).saturating_add(bytes) > caps.share_bytes
-                {
-                    skipped.push(d);
-                    continue;
-                }
+                Some(delivery::QueueLevel {
+                    len: n.max(0) as u64,
+                    bytes: b.max(0) as u64,
+                })
+            } else {
+                None
+            };
+            if !delivery::admit(caps, lvl, held, bytes) {
+                skipped.push(d);
+                continue;
             }
         }
         let seq: i64 = next.query_row(params![d, bytes as i64], |r| r.get(0))?;
@@ -804,34 +798,6 @@ fn fan_out(
         });
     }
     Ok(())
-}
-
-/// Devices of the channel's members: `(device, key, account)`. Leaving members' devices are
-/// included only with `with_leaving` (commits reach them; application messages do not).
-fn member_devices(
-    conn: &Connection,
-    channel: &ChannelId,
-    with_leaving: bool,
-) -> StorageResult<Vec<(DeviceId, Key32, AccountId)>> {
-    let mut st = conn.prepare_cached(
-        "SELECT d.id, d.device_key, d.account_id FROM channel_members m JOIN devices d ON d.account_id = m.account_id
-         WHERE m.channel_id = ?1 AND (?2 OR m.leaving = 0) ORDER BY d.id",
-    )?;
-    let rows = st.query_map(params![&channel[..], with_leaving], |r| {
-        Ok((r.get(0)?, key32(r.get(1)?)?, r.get(2)?))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-}
-
-/// Whether `account` is an admin of `channel`.
-fn is_admin(conn: &Connection, channel: &ChannelId, account: AccountId) -> StorageResult<bool> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT admin FROM channel_members WHERE channel_id = ?1 AND account_id = ?2",
-        )?
-        .query_row(params![&channel[..], account], |r| r.get::<_, i64>(0))
-        .optional()?
-        .is_some_and(|a| a != 0))
 }
 
 /// Adds a device to an account (see [`Storage::add_device`]).
@@ -978,197 +944,170 @@ fn account_by_username_row(c: &Connection, username: &str) -> StorageResult<Opti
     .optional()?)
 }
 
-fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome> {
+/// Reads what [`delivery::plan`] decides an Enqueue on (under the single writer).
+fn enqueue_facts(conn: &Connection, op: &EnqueueOp) -> StorageResult<delivery::EnqueueFacts> {
     let channel = channel_row(conn, &op.channel_id)?.ok_or(StorageError::NotFound("channel"))?;
-    if !member_check(conn, &op.channel_id, op.sender_account)? {
-        return Err(StorageError::Forbidden(
-            "not a member of the channel".into(),
-        ));
-    }
-    // Idempotency: a retry of an accepted message id answers as the first time did.
-    let seen: Option<(i64, i64)> = conn
+    let ch = &op.channel_id[..];
+    let members = conn
+        .prepare_cached(
+            "SELECT account_id, leaving, admin FROM channel_members WHERE channel_id = ?1",
+        )?
+        .query_map([ch], |r| {
+            Ok((
+                r.get::<_, AccountId>(0)?,
+                delivery::Membership {
+                    leaving: r.get::<_, i64>(1)? != 0,
+                    admin: r.get::<_, i64>(2)? != 0,
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<HashMap<_, _>>>()?;
+    let duplicate = conn
         .prepare_cached("SELECT payload_id, epoch FROM enqueue_ids WHERE sender_device = ?1 AND message_id = ?2")?
-        .query_row(params![op.sender_device, &op.message_id[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![op.sender_device, &op.message_id[..]], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
         .optional()?;
-    if let Some((payload_id, epoch)) = seen {
-        return Ok(EnqueueOutcome {
-            server_id: payload_id as u64,
-            duplicate: true,
-            epoch: epoch as u64,
-            deliveries: Vec::new(),
-            undelivered: Vec::new(),
-        });
-    }
-    let is_commit = op.commit_epoch.is_some();
-    let mut epoch = channel.epoch;
-    if let Some(e) = op.commit_epoch {
-        // ADR 0054: an external commit may also re-join at the epoch of the latest GroupInfo
-        // when the commits accepted after it carried none (e.g. an insider's undecryptable
-        // commit), superseding them.
-        let rejoin = op.external
-            && e < channel.epoch
-            && group_info_row(conn, &op.channel_id)?.is_some_and(|(g, _)| g == e);
-        if e != channel.epoch && !rejoin {
-            return Err(StorageError::Conflict(format!(
-                "commit from epoch {e} rejected: the channel is at epoch {}",
-                channel.epoch
-            )));
+    let group_info_epoch = if op.external {
+        group_info_row(conn, &op.channel_id)?.map(|(e, _)| e)
+    } else {
+        None
+    };
+    let member_devices = conn
+        .prepare_cached(
+            "SELECT d.id, d.device_key, d.account_id FROM channel_members m JOIN devices d ON d.account_id = m.account_id
+             WHERE m.channel_id = ?1 ORDER BY d.id",
+        )?
+        .query_map([ch], |r| {
+            Ok(delivery::MemberDevice {
+                device: r.get(0)?,
+                key: key32(r.get(1)?)?,
+                account: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut named = HashMap::new();
+    let mut devs = conn.prepare_cached(
+        "SELECT id, device_key, account_id FROM devices WHERE account_id = ?1 ORDER BY id",
+    )?;
+    for key in op
+        .add_members
+        .iter()
+        .chain(&op.remove_members)
+        .chain(&op.promote_members)
+    {
+        if named.contains_key(key) {
+            continue;
         }
-        epoch = e + 1;
-        conn.prepare_cached("UPDATE channels SET epoch = ?2 WHERE id = ?1")?
-            .execute(params![&op.channel_id[..], epoch as i64])?;
-        if let Some(gi) = &op.group_info {
+        let Some(id) = conn
+            .prepare_cached("SELECT id FROM accounts WHERE identity_key = ?1")?
+            .query_row([&key[..]], |r| r.get::<_, AccountId>(0))
+            .optional()?
+        else {
+            continue;
+        };
+        let devices = devs
+            .query_map([id], |r| {
+                Ok(delivery::MemberDevice {
+                    device: r.get(0)?,
+                    key: key32(r.get(1)?)?,
+                    account: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        named.insert(
+            *key,
+            delivery::NamedAccount {
+                id,
+                blocks_sender: blocks(conn, id, op.sender_account)?,
+                devices,
+            },
+        );
+    }
+    let blockers_of_sender = if op.commit_epoch.is_none() {
+        blockers_of(conn, op.sender_account)?
+    } else {
+        Vec::new()
+    };
+    let in_group = if op.welcome.is_empty() {
+        Vec::new()
+    } else {
+        conn.prepare_cached("SELECT device_id FROM channel_devices WHERE channel_id = ?1")?
+            .query_map([ch], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    Ok(delivery::EnqueueFacts {
+        channel,
+        duplicate,
+        group_info_epoch,
+        members,
+        member_devices,
+        named,
+        blockers_of_sender,
+        in_group,
+    })
+}
+
+/// Executes an Enqueue: reads its facts, lets [`delivery::plan`] decide, persists the plan.
+fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome> {
+    let facts = enqueue_facts(conn, op)?;
+    let plan = match delivery::plan(op, &facts)? {
+        delivery::Decision::Duplicate { server_id, epoch } => {
+            return Ok(EnqueueOutcome {
+                server_id,
+                duplicate: true,
+                epoch,
+                deliveries: Vec::new(),
+                undelivered: Vec::new(),
+            })
+        }
+        delivery::Decision::Deliver(p) => p,
+    };
+    let ch = &op.channel_id[..];
+    if let Some(e) = plan.new_epoch {
+        let n = conn
+            .prepare_cached("UPDATE channels SET epoch = ?2 WHERE id = ?1 AND epoch = ?3")?
+            .execute(params![ch, e as i64, plan.epoch_from as i64])?;
+        if n != 1 {
+            return Err(StorageError::Conflict("the channel's epoch moved".into()));
+        }
+        if let (true, Some(gi)) = (plan.store_group_info, &op.group_info) {
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO channel_group_info(channel_id, epoch, data) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![&op.channel_id[..], epoch as i64, &gi[..]])?;
+            .execute(params![ch, e as i64, &gi[..]])?;
         }
     }
-    // A DM is its two accounts for good: a commit may re-add neither a third account nor one
-    // that left (issue 17 item 15).
-    if channel.kind == ChannelKind::Dm {
-        for key in &op.add_members {
-            let id = account_id_by_identity(conn, key)?;
-            if !member_check(conn, &op.channel_id, id)? {
-                return Err(StorageError::Forbidden(
-                    "a DM cannot gain members: start a group instead".into(),
-                ));
-            }
-        }
-    }
-    // Recipients of the message: every device of the members before this change (so removed
-    // members learn of their removal; commits also reach members that are leaving), except
-    // the sender and the Welcome's recipients.
-    let before = member_devices(conn, &op.channel_id, is_commit)?;
-    // Roles: removing another account that is still a member, or promoting, needs an admin
-    // sender. (A member that left is already out of the channel: committing its own Remove
-    // proposals needs no role.)
-    let sender_admin = is_admin(conn, &op.channel_id, op.sender_account)?;
-    if !op.promote_members.is_empty() && !sender_admin {
-        return Err(StorageError::Forbidden(
-            "only an admin makes other members admins".into(),
-        ));
-    }
-    for key in &op.remove_members {
-        let id = account_id_by_identity(conn, key)?;
-        if id != op.sender_account && member_check(conn, &op.channel_id, id)? && !sender_admin {
-            return Err(StorageError::Forbidden(
-                "only an admin removes other members".into(),
-            ));
-        }
-    }
-    for key in &op.remove_members {
-        let id = account_id_by_identity(conn, key)?;
+    for id in &plan.remove_accounts {
         conn.prepare_cached(
             "DELETE FROM channel_members WHERE channel_id = ?1 AND account_id = ?2",
         )?
-        .execute(params![&op.channel_id[..], id])?;
+        .execute(params![ch, id])?;
         conn.prepare_cached(
             "DELETE FROM channel_devices WHERE channel_id = ?1
              AND device_id IN (SELECT id FROM devices WHERE account_id = ?2)",
         )?
-        .execute(params![&op.channel_id[..], id])?;
+        .execute(params![ch, id])?;
     }
-    let mut added = Vec::new();
-    for key in &op.add_members {
-        let id = account_id_by_identity(conn, key)?;
-        // Item 18 (ADR 0060): nobody adds an account that blocks them.
-        if blocks(conn, id, op.sender_account)? {
-            return Err(StorageError::Forbidden(
-                "this user does not accept invitations from you".into(),
-            ));
-        }
-        // Counts as added only when it was not a member (or was leaving).
-        let n = conn
-            .prepare_cached(
-                "INSERT INTO channel_members(channel_id, account_id) VALUES (?1, ?2)
-                 ON CONFLICT(channel_id, account_id) DO UPDATE SET leaving = 0 WHERE leaving = 1",
-            )?
-            .execute(params![&op.channel_id[..], id])?;
-        if n > 0 {
-            added.push(id);
-        }
+    for id in &plan.add_accounts {
+        conn.prepare_cached(
+            "INSERT INTO channel_members(channel_id, account_id) VALUES (?1, ?2)
+             ON CONFLICT(channel_id, account_id) DO UPDATE SET leaving = 0",
+        )?
+        .execute(params![ch, id])?;
     }
-    for key in &op.promote_members {
-        let id = account_id_by_identity(conn, key)?;
-        let n = conn
-            .prepare_cached(
-                "UPDATE channel_members SET admin = 1 WHERE channel_id = ?1 AND account_id = ?2",
-            )?
-            .execute(params![&op.channel_id[..], id])?;
-        if n == 0 {
-            return Err(StorageError::Invalid(
-                "a promoted account is not a member of the channel".into(),
-            ));
-        }
-    }
-    let mut welcome_to: Vec<DeviceId> = Vec::new();
-    if !op.welcome.is_empty() {
-        let after = member_devices(conn, &op.channel_id, false)?;
-        if op.welcome_devices.is_empty() {
-            welcome_to = after
-                .iter()
-                .filter(|d| added.contains(&d.2))
-                .map(|d| d.0)
-                .collect();
-        } else {
-            for key in &op.welcome_devices {
-                let d = after.iter().find(|d| d.1 == *key).ok_or_else(|| {
-                    StorageError::Invalid("a Welcome device is not a device of a member".into())
-                })?;
-                welcome_to.push(d.0);
-            }
-        }
-        // A Welcome goes only to devices this commit adds: a device already in the group
-        // gets the commit, never a Welcome instead of it (issue 17 item 16).
-        let mut in_group = conn.prepare_cached(
-            "SELECT 1 FROM channel_devices WHERE channel_id = ?1 AND device_id = ?2",
-        )?;
-        for d in &welcome_to {
-            if in_group.exists(params![&op.channel_id[..], d])? {
-                return Err(StorageError::Invalid(
-                    "a Welcome may only go to devices this commit adds; a device already in the group gets the commit"
-                        .into(),
-                ));
-            }
-        }
-        if welcome_to.is_empty() {
-            return Err(StorageError::Invalid(
-                "a Welcome needs at least one recipient device".into(),
-            ));
-        }
+    for id in &plan.promote_accounts {
+        conn.prepare_cached(
+            "UPDATE channel_members SET admin = 1 WHERE channel_id = ?1 AND account_id = ?2",
+        )?
+        .execute(params![ch, id])?;
     }
     {
         let mut joined = conn.prepare_cached(
             "INSERT OR IGNORE INTO channel_devices(channel_id, device_id) VALUES (?1, ?2)",
         )?;
-        for d in &welcome_to {
-            joined.execute(params![&op.channel_id[..], d])?;
-        }
-        if is_commit {
-            // A committer is in the group.
-            joined.execute(params![&op.channel_id[..], op.sender_device])?;
-        }
-    }
-    let mut recipients: Vec<DeviceId> = before
-        .iter()
-        .map(|d| d.0)
-        .filter(|d| *d != op.sender_device && !welcome_to.contains(d))
-        .collect();
-    // Item 18 (ADR 0060): a blocked account's messages skip the blocker's devices, reported
-    // as undelivered. Commits still reach every member (a member that missed one would be
-    // broken); the blocker leaves a group to stop seeing them.
-    let mut blocked_skip: Vec<DeviceId> = Vec::new();
-    if !is_commit {
-        let blockers = blockers_of(conn, op.sender_account)?;
-        if !blockers.is_empty() {
-            recipients.retain(|d| {
-                let blocked = before.iter().any(|b| b.0 == *d && blockers.contains(&b.2));
-                if blocked {
-                    blocked_skip.push(*d);
-                }
-                !blocked
-            });
+        for d in &plan.join_devices {
+            joined.execute(params![ch, d])?;
         }
     }
 
@@ -1177,7 +1116,7 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     insert.execute(params![
-        &op.channel_id[..],
+        ch,
         &op.sender_device_key[..],
         &op.message_id[..],
         op.kind,
@@ -1188,7 +1127,7 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     conn.prepare_cached(
         "INSERT INTO enqueue_ids(sender_device, message_id, payload_id, epoch, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![op.sender_device, &op.message_id[..], payload_id, epoch as i64, op.now_ms as i64])?;
+    .execute(params![op.sender_device, &op.message_id[..], payload_id, plan.epoch as i64, op.now_ms as i64])?;
 
     let template = QueuedMessage {
         seq: 0,
@@ -1199,18 +1138,12 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
         server_time_ms: op.now_ms,
         kind: op.kind,
     };
-    let caps = Caps {
-        depth: op.max_queue_depth,
-        bytes: op.max_queue_bytes,
-        share_depth: op.max_share_depth,
-        share_bytes: op.max_share_bytes,
-        exempt: is_commit,
-    };
-    let mut deliveries = Vec::with_capacity(recipients.len() + welcome_to.len());
+    let caps = delivery::Caps::of(op, plan.exempt);
+    let mut deliveries = Vec::with_capacity(plan.recipients.len() + plan.welcome_to.len());
     let mut skipped = Vec::new();
     fan_out(
         conn,
-        &recipients,
+        &plan.recipients,
         &op.channel_id,
         payload_id,
         &template,
@@ -1222,23 +1155,16 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     if deliveries.is_empty() && !skipped.is_empty() {
         // Nobody could take it: refuse the whole message (rolled back), so a retry later
         // is not a duplicate.
-        return Err(StorageError::QueueFull {
-            device: skipped[0],
-            message: format!(
-                "the recipients' queues are full ({} messages or {} bytes each), or hold this sender's share",
-                op.max_queue_depth, op.max_queue_bytes
-            ),
-        });
+        return Err(delivery::queue_full(op, skipped[0]));
     }
-    if !welcome_to.is_empty() {
+    if !plan.welcome_to.is_empty() {
         // The Welcome is stored once too; its id is derived from the commit's id.
-        let mut wid = op.message_id;
-        wid[15] ^= 0x80;
+        let wid = delivery::welcome_id(&op.message_id);
         insert.execute(params![
-            &op.channel_id[..],
+            ch,
             &op.sender_device_key[..],
             &wid[..],
-            2i32,
+            delivery::WELCOME_KIND,
             &op.welcome[..],
             op.now_ms as i64
         ])?;
@@ -1246,39 +1172,35 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
         let wt = QueuedMessage {
             message_id: Bytes::copy_from_slice(&wid),
             payload: op.welcome.clone(),
-            kind: 2,
+            kind: delivery::WELCOME_KIND,
             ..template
-        };
-        let exempt = Caps {
-            exempt: true,
-            ..caps
         };
         fan_out(
             conn,
-            &welcome_to,
+            &plan.welcome_to,
             &op.channel_id,
             welcome_id,
             &wt,
             op.sender_account,
-            &exempt,
+            &delivery::Caps::of(op, true),
             &mut deliveries,
             &mut skipped,
         )?;
     }
-    if recipients.is_empty() && welcome_to.is_empty() {
+    if plan.recipients.is_empty() && plan.welcome_to.is_empty() {
         // Nobody to deliver to: keep only the idempotency record.
         conn.prepare_cached("DELETE FROM payloads WHERE id = ?1")?
             .execute([payload_id])?;
     }
     let undelivered = skipped
         .iter()
-        .chain(&blocked_skip)
-        .filter_map(|d| before.iter().find(|b| b.0 == *d).map(|b| b.1))
+        .chain(&plan.blocked)
+        .filter_map(|d| plan.device_keys.iter().find(|b| b.0 == *d).map(|b| b.1))
         .collect();
     Ok(EnqueueOutcome {
         server_id: payload_id as u64,
         duplicate: false,
-        epoch,
+        epoch: plan.epoch,
         deliveries,
         undelivered,
     })
