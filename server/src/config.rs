@@ -67,6 +67,15 @@ macro_rules! options {
 options! {
     /// UDP address to listen on.
     listen: SocketAddr = "QPQ_LISTEN", SocketAddr::from(([0, 0, 0, 0], 5001));
+    /// PostgreSQL connection string (`postgres://user@host/db`, or key=value with
+    /// `host=/socket/dir`): several server nodes share one database (issue 15, docs/SCALING.md).
+    /// Empty = the embedded SQLite database under `data_dir`, exactly as without it.
+    database_url: DatabaseUrl = "QPQ_DATABASE_URL", DatabaseUrl::default();
+    /// This node's name in logs, metrics and /health (default: the host name and listen port).
+    node_id: String = "QPQ_NODE_ID", String::new();
+    /// Milliseconds between sweeps that re-check every locally waiting device (PostgreSQL
+    /// only): bounds the delay of a lost cross-node wake-up.
+    wake_sweep_ms: u64 = "QPQ_WAKE_SWEEP_MS", 1500;
     /// Directory for the database, certificate and key.
     data_dir: PathBuf = "QPQ_DATA_DIR", PathBuf::from("data");
     /// TLS certificate (PEM or DER); a self-signed one is generated when unset.
@@ -341,6 +350,60 @@ impl Options {
 }
 
 /// How a default reads in `--help`.
+/// A PostgreSQL connection string. It may hold a password, so its `Debug` shows only whether
+/// it is set, and `--help` never prints it; [`DatabaseUrl::expose`] gives the text to the
+/// database driver, the one place that needs it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// True when unset: the server uses its embedded SQLite database.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The connection string itself, for the driver. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for DatabaseUrl {
+    fn from(s: &str) -> Self {
+        DatabaseUrl(s.to_string())
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(s: String) -> Self {
+        DatabaseUrl(s)
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(DatabaseUrl(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_empty() {
+            "unset"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl ShowDefault for DatabaseUrl {
+    fn show(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
 trait ShowDefault {
     fn show(&self) -> String;
 }
@@ -405,6 +468,32 @@ mod tests {
         assert!(c.validate().is_ok());
         c.log_format = "yaml".into();
         assert!(c.validate().expect_err("yaml is refused").contains("yaml"));
+    }
+
+    #[test]
+    fn database_url_comes_from_flag_or_file_and_defaults_to_sqlite() {
+        assert!(
+            Config::default().database_url.is_empty(),
+            "no setting keeps SQLite"
+        );
+        let file: Options =
+            toml::from_str("database_url = \"host=/run/pg dbname=qpq\"\n").expect("valid toml");
+        let none = Options::try_parse_from(["qpq-server"]).expect("valid flags");
+        assert_eq!(
+            Config::from_options(none.or(file.clone()))
+                .database_url
+                .expose(),
+            "host=/run/pg dbname=qpq"
+        );
+        let cli = Options::try_parse_from(["qpq-server", "--database-url", "postgres://a@b/c"])
+            .expect("valid flags");
+        let c = Config::from_options(cli.or(file));
+        assert_eq!(c.database_url.expose(), "postgres://a@b/c");
+        // Its password never shows in a printed configuration.
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("postgres://a@b/c"), "{shown}");
+        assert!(shown.contains("database_url: <redacted>"), "{shown}");
+        assert_eq!(c.wake_sweep_ms, 1500);
     }
 
     #[test]

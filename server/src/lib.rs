@@ -13,6 +13,7 @@
 //! graceful drain. The binary `qpq-server` does exactly that from [`config::Config::load`].
 
 pub mod config;
+pub mod delivery;
 pub mod key_package;
 pub mod limits;
 pub mod listener;
@@ -24,6 +25,7 @@ pub mod storage;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;
+pub mod wake;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +37,7 @@ use crate::config::Config;
 use crate::limits::ConnectionCap;
 use crate::metrics::Metrics;
 use crate::service::Service;
+use crate::storage::postgres::PostgresStorage;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::Storage;
 
@@ -95,7 +98,10 @@ impl ShutdownHandle {
 pub struct Server {
     endpoint: quinn::Endpoint,
     service: Arc<Service>,
-    sqlite: Arc<SqliteStorage>,
+    sqlite: Option<Arc<SqliteStorage>>,
+    postgres: Option<Arc<PostgresStorage>>,
+    wake: Option<Arc<wake::PgWake>>,
+    node_id: String,
     config: Config,
     cert_der: Vec<u8>,
     fingerprint: String,
@@ -123,14 +129,27 @@ impl Server {
             listener::transport_config(&config).map_err(ServerError::Config)?,
         ));
 
-        let db_path = config.db_path();
-        let max_pages = config.max_db_pages;
-        let sqlite = Arc::new(
-            tokio::task::spawn_blocking(move || SqliteStorage::open_with(&db_path, max_pages))
-                .await
-                .map_err(|_| ServerError::Config("storage open task failed".into()))??,
-        );
-        let store: Arc<dyn Storage> = sqlite.clone();
+        // Issue 15: `database_url` selects PostgreSQL (several nodes on one database); no
+        // setting keeps the embedded SQLite database exactly as before.
+        let (store, sqlite, postgres): (Arc<dyn Storage>, _, _) = if config.database_url.is_empty()
+        {
+            let db_path = config.db_path();
+            let max_pages = config.max_db_pages;
+            let sqlite = Arc::new(
+                tokio::task::spawn_blocking(move || SqliteStorage::open_with(&db_path, max_pages))
+                    .await
+                    .map_err(|_| ServerError::Config("storage open task failed".into()))??,
+            );
+            (sqlite.clone(), Some(sqlite), None)
+        } else {
+            let url = config.database_url.expose().to_string();
+            let pg = Arc::new(
+                tokio::task::spawn_blocking(move || PostgresStorage::open(&url))
+                    .await
+                    .map_err(|_| ServerError::Config("storage open task failed".into()))??,
+            );
+            (pg.clone(), None, Some(pg))
+        };
         let cfg = config.clone();
         let service = Arc::new(
             tokio::task::spawn_blocking(move || Service::new(store, cfg))
@@ -138,6 +157,24 @@ impl Server {
                 .map_err(|_| ServerError::Config("service init task failed".into()))??,
         );
         let endpoint = quinn::Endpoint::server(sc, config.listen)?;
+        let node_id = if config.node_id.is_empty() {
+            format!("{}-{}", hostname(), endpoint.local_addr()?.port())
+        } else {
+            config.node_id.clone()
+        };
+        let wake = match &postgres {
+            Some(pg) => {
+                let sink: Arc<dyn wake::WakeSink> = Arc::new(ServiceSink(Arc::downgrade(&service)));
+                let w = Arc::new(
+                    wake::PgWake::start(pg.config().clone(), node_id.clone(), sink)
+                        .map_err(ServerError::Io)?,
+                );
+                service.set_wake(w.clone());
+                Some(w)
+            }
+            None => None,
+        };
+        tracing::info!(node_id = %node_id, backend = if postgres.is_some() { "postgres" } else { "sqlite" }, "storage open");
         let (metrics_addr, metrics_listener) = if config.metrics_listen.is_empty() {
             (None, None)
         } else {
@@ -148,6 +185,9 @@ impl Server {
             endpoint,
             service,
             sqlite,
+            postgres,
+            wake,
+            node_id,
             config,
             cert_der,
             fingerprint,
@@ -182,6 +222,11 @@ impl Server {
         &self.service
     }
 
+    /// This node's name (`node_id`, or host name and port).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     /// A handle that stops the server.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.shutdown.clone())
@@ -194,8 +239,56 @@ impl Server {
         let metrics_task = self.metrics_listener.take().map(|l| {
             let store = self.service.store().clone();
             let svc = self.service.clone();
+            let pg = self.postgres.clone();
             let gauges = move || {
-                vec![
+                let mut wake_gauges: Vec<(&'static str, &'static str, u64)> = Vec::new();
+                if let Some(w) = svc.wake() {
+                    let st = w.stats();
+                    let get = |a: &std::sync::atomic::AtomicU64| {
+                        a.load(std::sync::atomic::Ordering::Relaxed)
+                    };
+                    wake_gauges = vec![
+                        (
+                            "wake_sent_total",
+                            "Doorbell NOTIFYs sent to other nodes.",
+                            get(&st.sent),
+                        ),
+                        (
+                            "wake_received_total",
+                            "Device wake-ups received from other nodes.",
+                            get(&st.received),
+                        ),
+                        (
+                            "wake_listener_resyncs_total",
+                            "Wake listener reconnections (every waiter re-checked).",
+                            get(&st.resyncs),
+                        ),
+                        (
+                            "doorbell_lag_microseconds",
+                            "Last delay from an enqueue's commit to its doorbell NOTIFY.",
+                            get(&st.doorbell_lag_us),
+                        ),
+                        (
+                            "wake_listener_up",
+                            "1 when the wake listener connection is up.",
+                            u64::from(st.listener_up.load(std::sync::atomic::Ordering::Relaxed)),
+                        ),
+                    ];
+                }
+                if let Some(pg) = &pg {
+                    wake_gauges.push((
+                        "pg_notification_queue_usage_ppm",
+                        "pg_notification_queue_usage(), in parts per million.",
+                        pg.notification_queue_usage()
+                            .map_or(0, |u| (u * 1e6) as u64),
+                    ));
+                    wake_gauges.push((
+                        "database_up",
+                        "1 when the database answers.",
+                        u64::from(pg.ping()),
+                    ));
+                }
+                let mut g = vec![
                     (
                         "delivery_queue_depth",
                         "Messages waiting in device queues.",
@@ -211,9 +304,16 @@ impl Server {
                         "FetchWait calls waiting for a message.",
                         svc.fetch_waits_parked() as u64,
                     ),
-                ]
+                ];
+                g.extend(wake_gauges);
+                g
             };
-            tokio::spawn(metrics::serve(l, self.service.metrics.clone(), gauges))
+            tokio::spawn(metrics::serve(
+                l,
+                self.service.metrics.clone(),
+                gauges,
+                Arc::from(self.node_id.as_str()),
+            ))
         });
         // Item 28: expired sessions, undelivered messages past retention, enqueue ids and
         // abandoned blob uploads are deleted by one periodic job.
@@ -238,6 +338,20 @@ impl Server {
                 }
             })
         };
+        // Issue 15: with cross-node wake-ups, a periodic sweep re-checks every locally
+        // waiting device, bounding the cost of a lost wake-up.
+        let sweep_task = self.wake.as_ref().map(|_| {
+            let svc = self.service.clone();
+            let every = Duration::from_millis(self.config.wake_sweep_ms.max(100));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tick.tick().await;
+                    Metrics::inc(&svc.metrics.wake_sweeps_total);
+                    svc.wake_all_waiters();
+                }
+            })
+        });
         let retry = RetryPolicy::parse(&self.config.quic_retry).map_err(ServerError::Config)?;
         let handshaking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         loop {
@@ -287,9 +401,47 @@ impl Server {
             t.abort();
         }
         purge_task.abort();
-        let sqlite = self.sqlite.clone();
-        let _ = tokio::task::spawn_blocking(move || sqlite.close()).await;
+        if let Some(t) = sweep_task {
+            t.abort();
+        }
+        if let Some(w) = &self.wake {
+            w.stop();
+        }
+        let (sqlite, postgres) = (self.sqlite.clone(), self.postgres.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(s) = sqlite {
+                s.close();
+            }
+            if let Some(p) = postgres {
+                p.close();
+            }
+        })
+        .await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Hands wake-ups from other nodes to the service (without keeping it alive).
+struct ServiceSink(std::sync::Weak<Service>);
+
+impl wake::WakeSink for ServiceSink {
+    fn wake_devices(&self, devices: &[storage::DeviceId]) {
+        if let Some(s) = self.0.upgrade() {
+            s.wake_devices(devices);
+        }
+    }
+
+    fn wake_all(&self) {
+        if let Some(s) = self.0.upgrade() {
+            s.wake_all_waiters();
+        }
+    }
+}
+
+/// The host name, for the default node id.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "qpq".into())
 }

@@ -51,6 +51,8 @@ async fn main() -> std::process::ExitCode {
     };
     tracing::info!(
         listen = %addr,
+        node_id = %server.node_id(),
+        backend = if config.database_url.is_empty() { "sqlite" } else { "postgres" },
         interfaces,
         data_dir = %config.data_dir.display(),
         cert_sha256 = %server.fingerprint(),
@@ -64,7 +66,8 @@ async fn main() -> std::process::ExitCode {
         tracing::info!("signal received, shutting down");
         stop.shutdown();
     });
-    match server.run().await {
+    let span = tracing::info_span!("node", node_id = %server.node_id());
+    match tracing::Instrument::instrument(server.run(), span).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");

@@ -57,6 +57,7 @@ counters! {
     undelivered_total: "Recipient devices an Enqueue skipped because their queue (or the sender's share) was full.",
     quic_retry_total: "Handshakes answered with a QUIC Retry (address validation).",
     write_deadline_total: "Responses dropped because the client did not take them within the write deadline.",
+    wake_sweeps_total: "Sweeps that re-checked every locally waiting device (cross-node wake-ups on).",
     purged_total: "Rows deleted by the retention purge (queue entries, idempotency records, incomplete blobs).",
 }
 
@@ -95,9 +96,11 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` (any path, in fact) until the task is dropped. `gauges` is called
-/// per scrape.
-pub async fn serve<G>(listener: TcpListener, metrics: Arc<Metrics>, gauges: G)
+/// Serves `GET /health` (a JSON object: status, node id, and whether the database and the
+/// wake listener are up, from the `database_up` and `wake_listener_up` gauges when present;
+/// 503 when one is down) and `GET /metrics` (any other path) until the task is dropped.
+/// `gauges` is called per request.
+pub async fn serve<G>(listener: TcpListener, metrics: Arc<Metrics>, gauges: G, node_id: Arc<str>)
 where
     G: Fn() -> Vec<(&'static str, &'static str, u64)> + Send + Sync + Clone + 'static,
 {
@@ -105,17 +108,45 @@ where
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
-        let (metrics, gauges) = (metrics.clone(), gauges.clone());
+        let (metrics, gauges, node_id) = (metrics.clone(), gauges.clone(), node_id.clone());
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let _ =
                 tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf)).await;
+            let health = buf.starts_with(b"GET /health");
             let g = tokio::task::spawn_blocking(gauges)
                 .await
                 .unwrap_or_default();
-            let body = metrics.render(&g);
+            let (code, kind, body) = if health {
+                let up = |name: &str| g.iter().find(|x| x.0 == name).map(|x| x.2 == 1);
+                let (db, listener) = (up("database_up"), up("wake_listener_up"));
+                let ok = db != Some(false) && listener != Some(false);
+                let show = |v: Option<bool>| match v {
+                    Some(true) => "\"up\"",
+                    Some(false) => "\"down\"",
+                    None => "null",
+                };
+                let body = format!(
+                    "{{\"status\":\"{}\",\"node_id\":{},\"database\":{},\"wake_listener\":{}}}\n",
+                    if ok { "ok" } else { "degraded" },
+                    serde_json::Value::from(node_id.as_ref()),
+                    show(db),
+                    show(listener)
+                );
+                (
+                    if ok {
+                        "200 OK"
+                    } else {
+                        "503 Service Unavailable"
+                    },
+                    "application/json",
+                    body,
+                )
+            } else {
+                ("200 OK", "text/plain; version=0.0.4", metrics.render(&g))
+            };
             let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                "HTTP/1.1 {code}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()
             );
             let _ = sock.write_all(head.as_bytes()).await;

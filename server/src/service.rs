@@ -275,6 +275,8 @@ pub struct Service {
     /// sessions table, and every path that ends a session also drops it here.
     sessions: Mutex<SessionCache>,
     waiters: Mutex<HashMap<DeviceId, Arc<Notify>>>,
+    /// Cross-node wake-ups (PostgreSQL deployments): rung after each enqueue's commit.
+    wake: std::sync::OnceLock<Arc<dyn crate::wake::Wake>>,
     pushers: Mutex<PushRegistry>,
     /// Counters for the metrics endpoint.
     pub metrics: Arc<Metrics>,
@@ -449,6 +451,7 @@ impl Service {
             queue_full: Mutex::new(HashMap::new()),
             sessions: Mutex::new(SessionCache::default()),
             waiters: Mutex::new(HashMap::new()),
+            wake: std::sync::OnceLock::new(),
             pushers: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::default()),
             started: Instant::now(),
@@ -459,6 +462,35 @@ impl Service {
             unacked: Mutex::new(Unacked::default()),
             next_conn: AtomicU64::new(1),
         })
+    }
+
+    /// Installs the cross-node wake-up transport (once; later calls are ignored).
+    pub fn set_wake(&self, wake: Arc<dyn crate::wake::Wake>) {
+        let _ = self.wake.set(wake);
+    }
+
+    /// The cross-node wake-up transport, when one is installed.
+    pub fn wake(&self) -> Option<&Arc<dyn crate::wake::Wake>> {
+        self.wake.get()
+    }
+
+    /// Wakes the parked FetchWaits of these devices (they re-read their queues): what another
+    /// node's doorbell asks for.
+    pub fn wake_devices(&self, devices: &[DeviceId]) {
+        let w = self.lock_waiters();
+        for d in devices {
+            if let Some(n) = w.get(d) {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    /// Wakes every parked FetchWait (the sweep, and after the wake listener reconnected).
+    pub fn wake_all_waiters(&self) {
+        let waiters: Vec<_> = self.lock_waiters().values().cloned().collect();
+        for w in waiters {
+            w.notify_waiters();
+        }
     }
 
     /// The storage backend.
@@ -1858,6 +1890,11 @@ impl Service {
                     n.notify_waiters();
                 }
             }
+        }
+        // Other nodes: the doorbell, after the commit (never inside the transaction).
+        if let Some(wake) = self.wake.get() {
+            let devices: Vec<DeviceId> = deliveries.iter().map(|d| d.device_id).collect();
+            wake.ring(&devices);
         }
         let p = self.lock_pushers();
         let cap = self.config.max_push_bytes_per_connection as usize;

@@ -577,6 +577,11 @@ pub struct KeyPackageSpec<'a> {
     pub extensions: Vec<Extension>,
 }
 
+/// qpq-core's group roles extension type (its `roles::ROLES_EXTENSION`, ADR 0032): every
+/// KeyPackage built here lists it in its capabilities, as qpq-core's do, so a qpq-core group
+/// can add the device.
+const QPQ_ROLES_EXTENSION: u16 = 0xF0A0;
+
 impl<'a> KeyPackageSpec<'a> {
     /// A valid KeyPackage of `device` for `suite`.
     pub fn new(device: &'a IdentityKey, suite: Ciphersuite) -> KeyPackageSpec<'a> {
@@ -602,8 +607,12 @@ impl<'a> KeyPackageSpec<'a> {
         if !suites.contains(&self.suite) {
             suites.push(self.suite);
         }
-        let types: Vec<ExtensionType> =
+        let mut types: Vec<ExtensionType> =
             self.extensions.iter().map(|e| e.extension_type()).collect();
+        // qpq-core's leaves support its group roles extension (required by its groups).
+        if !types.contains(&ExtensionType::Unknown(QPQ_ROLES_EXTENSION)) {
+            types.push(ExtensionType::Unknown(QPQ_ROLES_EXTENSION));
+        }
         let mut builder = KeyPackage::builder().leaf_node_capabilities(Capabilities::new(
             None,
             Some(&suites),

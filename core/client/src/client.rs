@@ -200,17 +200,30 @@ impl Inner {
                     continue;
                 }
             }
-            // Batched Acks: once ACK_BATCH wait, or ACK_DELAY after the first.
-            if self.session.unacked() {
+            // Batched Acks, and the bookkeeping of accepted sends when no transaction took it
+            // along: once many wait, or ACK_DELAY after the first.
+            let unsettled = self
+                .session
+                .engine()
+                .map(|e| e.unsettled_sent())
+                .unwrap_or(0);
+            if self.session.unacked() || unsettled > 0 {
                 let since = *unacked_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= ACK_DELAY {
-                    if let Err(e) = self.session.ack_processed(true).await {
-                        tracing::debug!("ack failed: {e}");
-                    }
-                } else if let Err(e) = self.session.ack_processed(false).await {
+                let due = since.elapsed() >= ACK_DELAY;
+                if let Err(e) = self.session.ack_processed(due).await {
                     tracing::debug!("ack failed: {e}");
                 }
-                if !self.session.unacked() {
+                if due || unsettled >= SETTLE_BATCH {
+                    if let Err(e) = self.session.engine().and_then(|e| e.settle_sent_now()) {
+                        tracing::debug!("sent bookkeeping failed: {e}");
+                    }
+                }
+                let unsettled = self
+                    .session
+                    .engine()
+                    .map(|e| e.unsettled_sent())
+                    .unwrap_or(0);
+                if !self.session.unacked() && unsettled == 0 {
                     unacked_since = None;
                 }
             } else {
@@ -314,8 +327,11 @@ impl Inner {
 type FetchWait =
     std::pin::Pin<Box<dyn Future<Output = Result<v1::FetchResponse, Error>> + Send + 'static>>;
 
-/// Longest an Ack of processed messages waits for more to join it.
+/// Longest an Ack of processed messages (or the bookkeeping of accepted sends) waits for
+/// more to join it.
 const ACK_DELAY: Duration = Duration::from_secs(1);
+/// Accepted sends whose bookkeeping is written at once, without waiting for ACK_DELAY.
+const SETTLE_BATCH: usize = 256;
 
 /// What woke the receive loop, so it does only that.
 enum Work {
@@ -891,7 +907,13 @@ impl Client {
                     // No group operation is between its round trips, and no call holds the
                     // engine, when the lease goes.
                     let _ops = self.inner.session.ops().await;
-                    let _engine = self.inner.session.engine();
+                    let engine = self.inner.session.engine();
+                    // Accepted sends' bookkeeping, so a clean close leaves nothing to resend.
+                    if let Ok(e) = &engine {
+                        if let Err(err) = e.settle_sent_now() {
+                            tracing::debug!("sent bookkeeping at shutdown failed: {err}");
+                        }
+                    }
                     release();
                 });
             }

@@ -37,6 +37,7 @@ fn sender_ratchet() -> SenderRatchetConfiguration {
 pub(crate) struct Provider<'a> {
     crypto: &'a RustCrypto,
     storage: MlsStorage<'a>,
+    store: &'a Store,
 }
 
 impl<'a> Provider<'a> {
@@ -44,6 +45,7 @@ impl<'a> Provider<'a> {
         Provider {
             crypto,
             storage: store.mls(),
+            store,
         }
     }
 }
@@ -210,14 +212,85 @@ pub(crate) fn encode(m: &MlsMessageOut) -> Result<Vec<u8>, MlsError> {
         .map_err(|e| MlsError::Openmls(e.to_string()))
 }
 
-/// `MlsGroup::load` calls made by this process (test hooks count loads per message).
-pub(crate) static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// A group checked out of the store's in-memory cache (or loaded from the store when not
+/// cached). Dropped, it is forgotten; [`Loaded::keep`] puts it back for the next operation,
+/// which the caller does only once its work with the group succeeded (see
+/// [`crate::store::GroupCache`] for when the cache refuses it anyway).
+pub(crate) struct Loaded<'a> {
+    store: &'a Store,
+    id: [u8; 16],
+    generation: u64,
+    group: Option<MlsGroup>,
+    keep: bool,
+}
 
-/// Loads a group by conversation id.
-pub(crate) fn load(provider: &Provider<'_>, id: &[u8; 16]) -> Result<Option<MlsGroup>, MlsError> {
-    LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    MlsGroup::load(provider.storage(), &GroupId::from_slice(id))
-        .map_err(|e| MlsError::Openmls(format!("load group: {e}")))
+impl Loaded<'_> {
+    /// Marks the group as matching the store: it goes back into the cache when dropped.
+    pub(crate) fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl std::ops::Deref for Loaded<'_> {
+    type Target = MlsGroup;
+    fn deref(&self) -> &MlsGroup {
+        self.group
+            .as_ref()
+            .expect("a Loaded holds its group until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Loaded<'_> {
+    fn deref_mut(&mut self) -> &mut MlsGroup {
+        self.group
+            .as_mut()
+            .expect("a Loaded holds its group until dropped")
+    }
+}
+
+impl Drop for Loaded<'_> {
+    fn drop(&mut self) {
+        let group = if self.keep { self.group.take() } else { None };
+        if let Ok(mut c) = self.store.groups.try_borrow_mut() {
+            c.put_back(&self.id, self.generation, group);
+        }
+    }
+}
+
+/// Loads a group by conversation id: from the in-memory cache when it is there, else from
+/// the store.
+pub(crate) fn load<'a>(
+    provider: &Provider<'a>,
+    id: &[u8; 16],
+) -> Result<Option<Loaded<'a>>, MlsError> {
+    let store = provider.store;
+    let (cached, generation) = store
+        .groups
+        .try_borrow_mut()
+        .map_err(|_| MlsError::Openmls("group cache busy".into()))?
+        .check_out(id);
+    // From here on the copy is checked out: every path returns it (Loaded's Drop).
+    let mut loaded = Loaded {
+        store,
+        id: *id,
+        generation,
+        group: None,
+        keep: false,
+    };
+    let group = match cached {
+        Some(g) => g,
+        None => {
+            store.count_group_load();
+            match MlsGroup::load(provider.storage(), &GroupId::from_slice(id))
+                .map_err(|e| MlsError::Openmls(format!("load group: {e}")))?
+            {
+                Some(g) => g,
+                None => return Ok(None),
+            }
+        }
+    };
+    loaded.group = Some(group);
+    Ok(Some(loaded))
 }
 
 /// Device keys of all members (leaf order).
@@ -242,5 +315,87 @@ mod suite_name_tests {
             suite_name(PQ),
             "MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519"
         );
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::error::StoreError;
+    use crate::types::StoreKey;
+
+    const ID: [u8; 16] = [7; 16];
+
+    fn setup() -> (tempfile::TempDir, Store, IdentityKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreKey::Raw([9; 32]), true).unwrap();
+        let device = IdentityKey::generate(&mut rand::rngs::OsRng);
+        let crypto = RustCrypto::default();
+        let p = Provider::new(&crypto, &store);
+        MlsGroup::new_with_group_id(
+            &p,
+            &signer(&device),
+            &create_config(CLASSIC, None).unwrap(),
+            GroupId::from_slice(&ID),
+            credential(&device),
+        )
+        .unwrap();
+        (dir, store, device)
+    }
+
+    /// A group kept after a successful operation is not loaded again; a group changed by an
+    /// operation whose transaction rolled back (a failed commit, a failed message) is
+    /// forgotten, so the next operation reads the store, not a group ahead of it.
+    #[test]
+    fn a_rolled_back_operation_leaves_no_stale_group_in_memory() {
+        let (_dir, store, device) = setup();
+        let crypto = RustCrypto::default();
+        let p = Provider::new(&crypto, &store);
+        load(&p, &ID).unwrap().unwrap().keep();
+        assert_eq!(store.group_loads(), 1);
+        load(&p, &ID).unwrap().unwrap().keep();
+        assert_eq!(store.group_loads(), 1, "the kept group is reused");
+        assert_eq!(store.groups.borrow().len(), 1);
+
+        let before = store.state_hash().unwrap();
+        let r = store.transaction(|_| -> Result<(), crate::error::Error> {
+            let mut g = load(&p, &ID)?.unwrap();
+            g.create_message(&p, &signer(&device), b"never sent")
+                .map_err(|e| MlsError::Openmls(e.to_string()))?;
+            g.keep();
+            drop(g);
+            Err(StoreError::Corrupt("simulated failure after the group changed".into()).into())
+        });
+        assert!(r.is_err());
+        assert_eq!(store.state_hash().unwrap(), before, "the store rolled back");
+        assert_eq!(
+            store.groups.borrow().len(),
+            0,
+            "the changed group is forgotten"
+        );
+        load(&p, &ID).unwrap().unwrap().keep();
+        assert_eq!(store.group_loads(), 2, "the next operation reads the store");
+
+        // A copy checked out across another transaction's rollback is not put back.
+        let mut g = load(&p, &ID).unwrap().unwrap();
+        let r = store.transaction(|_| -> Result<(), StoreError> {
+            Err(StoreError::Corrupt("another failure".into()))
+        });
+        assert!(r.is_err());
+        g.keep();
+        drop(g);
+        assert_eq!(store.groups.borrow().len(), 0);
+
+        // Two copies at once (one may change the store behind the other): neither is kept.
+        let mut outer = load(&p, &ID).unwrap().unwrap();
+        let mut inner = load(&p, &ID).unwrap().unwrap();
+        inner.keep();
+        drop(inner);
+        outer.keep();
+        drop(outer);
+        assert_eq!(store.groups.borrow().len(), 0);
+        load(&p, &ID).unwrap().unwrap().keep();
+        assert_eq!(store.groups.borrow().len(), 1, "cached again once alone");
     }
 }

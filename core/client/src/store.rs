@@ -127,10 +127,93 @@ pub(crate) struct Store {
     /// Commits made (each one fsync of the WAL with `synchronous = FULL`), counted by a
     /// commit hook: autocommit statements and transactions alike.
     commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Loaded openmls groups kept in memory (see [`GroupCache`]).
+    pub(crate) groups: std::cell::RefCell<GroupCache>,
+    /// `MlsGroup::load` calls (reads of a whole group from the store).
+    group_loads: std::cell::Cell<u64>,
 }
 
-/// Counts `conn`'s commits into `counter`.
+/// openmls groups kept in memory between operations, so a message does not load its group
+/// from the store again (`MlsGroup::load` reads and decodes the whole group state).
+///
+/// The invariant: a group in the cache equals what the store holds for it. openmls writes
+/// every change through to the store as it makes it, so a group that an operation changed
+/// successfully still equals the store. What could break the invariant is handled here:
+/// - a rollback (the store went back, the group did not): every rollback empties the cache
+///   and bumps `generation`, and a group checked out before it is not put back;
+/// - two copies of one group at once (an inner load while an outer one is checked out: one
+///   may change the store behind the other): neither is put back;
+/// - a failed operation: only a caller that succeeded puts its group back
+///   ([`crate::mls::Loaded::keep`]); anything else drops it, and the next load reads the store.
+#[derive(Default)]
+pub(crate) struct GroupCache {
+    groups: std::collections::HashMap<[u8; 16], openmls::group::MlsGroup>,
+    /// Checked-out copies per group.
+    out: std::collections::HashMap<[u8; 16], u32>,
+    /// Groups with two copies checked out at once: not put back until all are returned.
+    poisoned: std::collections::HashSet<[u8; 16]>,
+    /// Bumped by every rollback.
+    generation: u64,
+}
+
+impl GroupCache {
+    /// Takes a group out (when cached) and marks one copy of it checked out. Returns the
+    /// cached group, if any, and the generation to hand back to [`GroupCache::put_back`].
+    pub(crate) fn check_out(&mut self, id: &[u8; 16]) -> (Option<openmls::group::MlsGroup>, u64) {
+        let out = self.out.entry(*id).or_default();
+        *out += 1;
+        if *out > 1 {
+            self.poisoned.insert(*id);
+        }
+        (self.groups.remove(id), self.generation)
+    }
+
+    /// Returns a checked-out copy; `group` is cached again when the caller succeeded with it,
+    /// no rollback happened since it was checked out and no other copy was out meanwhile.
+    pub(crate) fn put_back(
+        &mut self,
+        id: &[u8; 16],
+        generation: u64,
+        group: Option<openmls::group::MlsGroup>,
+    ) {
+        let last = match self.out.get_mut(id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                self.out.remove(id);
+                true
+            }
+        };
+        let poisoned = self.poisoned.contains(id);
+        if last {
+            self.poisoned.remove(id);
+        }
+        if let Some(g) = group {
+            if !poisoned && generation == self.generation {
+                self.groups.insert(*id, g);
+            }
+        }
+    }
+
+    /// Forgets every cached group (after a rollback).
+    fn invalidate(&mut self) {
+        self.groups.clear();
+        self.generation += 1;
+    }
+
+    /// Groups cached now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.groups.len()
+    }
+}
+
+/// Counts `conn`'s commits into `counter`, and sizes its prepared-statement cache for every
+/// statement of this module.
 fn count_commits(conn: &Connection, counter: &std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    conn.set_prepared_statement_cache_capacity(64);
     let c = counter.clone();
     conn.commit_hook(Some(move || {
         c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -353,6 +436,8 @@ impl Store {
             path,
             pending: None,
             commits: Default::default(),
+            groups: Default::default(),
+            group_loads: Default::default(),
         };
         count_commits(&store.conn, &store.commits);
         store.migrate()?;
@@ -384,6 +469,8 @@ impl Store {
                 salt,
             }),
             commits: Default::default(),
+            groups: Default::default(),
+            group_loads: Default::default(),
         };
         count_commits(&store.conn, &store.commits);
         store.migrate()?;
@@ -495,6 +582,17 @@ impl Store {
         self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Counts one `MlsGroup::load` from the store.
+    pub(crate) fn count_group_load(&self) {
+        self.group_loads.set(self.group_loads.get() + 1);
+    }
+
+    /// `MlsGroup::load` calls since the store was opened.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn group_loads(&self) -> u64 {
+        self.group_loads.get()
+    }
+
     /// Path of the database file.
     #[allow(dead_code)]
     pub(crate) fn path(&self) -> &Path {
@@ -516,17 +614,13 @@ impl Store {
         if !self.conn.is_autocommit() {
             return f(self);
         }
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(StoreError::from)?;
+        self.exec("BEGIN IMMEDIATE", []).map_err(StoreError::from)?;
         let mut guard = TxGuard {
             store: self,
             armed: true,
         };
         let v = f(self)?;
-        self.conn
-            .execute_batch("COMMIT")
-            .map_err(StoreError::from)?;
+        self.exec("COMMIT", []).map_err(StoreError::from)?;
         guard.armed = false;
         Ok(v)
     }
@@ -550,9 +644,13 @@ impl Store {
         f(self)
     }
 
-    /// Rolls the open transaction back (ignores "no transaction").
+    /// Rolls the open transaction back (ignores "no transaction"). The groups kept in memory
+    /// may be ahead of the store now: they are all forgotten.
     fn rollback(&self) {
-        if !self.conn.is_autocommit() {
+        if let Ok(mut g) = self.groups.try_borrow_mut() {
+            g.invalidate();
+        }
+        if !self.conn.is_autocommit() && self.exec("ROLLBACK", []).is_err() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
@@ -605,17 +703,31 @@ impl Store {
         Ok(h.finalize().into())
     }
 
+    /// Runs one statement through the prepared-statement cache (compiled once per store).
+    fn exec(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.conn.prepare_cached(sql)?.execute(p)
+    }
+
+    /// Reads one row through the prepared-statement cache.
+    fn row<T>(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.conn.prepare_cached(sql)?.query_row(p, f)
+    }
+
     // ---- meta ----
 
     pub(crate) fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()?)
     }
 
     pub(crate) fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             params![key, value],
         )?;
@@ -623,8 +735,7 @@ impl Store {
     }
 
     pub(crate) fn delete_meta(&self, key: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        self.exec("DELETE FROM meta WHERE key = ?1", [key])?;
         Ok(())
     }
 
@@ -647,7 +758,7 @@ impl Store {
         identity: &[u8; 32],
         username: &str,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "INSERT INTO devices(device_key, identity_key, username) VALUES (?1, ?2, ?3)
              ON CONFLICT(device_key) DO UPDATE SET identity_key = excluded.identity_key, username = excluded.username",
             params![&device[..], &identity[..], username],
@@ -658,8 +769,7 @@ impl Store {
     /// (identity key, username) of a known device.
     pub(crate) fn device(&self, device: &[u8]) -> Result<Option<([u8; 32], String)>, StoreError> {
         let row: Option<(Vec<u8>, String)> = self
-            .conn
-            .query_row(
+            .row(
                 "SELECT identity_key, username FROM devices WHERE device_key = ?1",
                 [device],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -678,7 +788,7 @@ impl Store {
         c: &ConversationRow,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "INSERT INTO conversations(id, kind, name, post_quantum, active, unread, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, name = excluded.name,
@@ -697,7 +807,7 @@ impl Store {
     }
 
     pub(crate) fn set_active(&self, id: &ConversationId, active: bool) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE conversations SET active = ?2 WHERE id = ?1",
             params![&id[..], active as i64],
         )?;
@@ -731,7 +841,7 @@ impl Store {
     }
 
     pub(crate) fn clear_unread(&self, id: &ConversationId) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE conversations SET unread = 0 WHERE id = ?1",
             [&id[..]],
         )?;
@@ -743,8 +853,7 @@ impl Store {
     /// A strictly increasing receive timestamp (ms).
     fn next_received_at(&self, now_ms: u64) -> Result<u64, StoreError> {
         let last: Option<i64> =
-            self.conn
-                .query_row("SELECT max(received_at_ms) FROM messages", [], |r| r.get(0))?;
+            self.row("SELECT max(received_at_ms) FROM messages", [], |r| r.get(0))?;
         Ok(now_ms.max(last.map(|l| l as u64 + 1).unwrap_or(0)))
     }
 
@@ -755,8 +864,7 @@ impl Store {
         id: &MessageId,
     ) -> Result<bool, StoreError> {
         let exists: Option<i64> = self
-            .conn
-            .query_row(
+            .row(
                 "SELECT 1 FROM messages WHERE conversation = ?1 AND id = ?2",
                 params![&conv[..], &id[..]],
                 |r| r.get(0),
@@ -772,7 +880,7 @@ impl Store {
         id: &MessageId,
         d: Delivery,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.exec(
             "UPDATE messages SET delivery = ?3 WHERE conversation = ?1 AND id = ?2",
             params![&conv[..], &id[..], delivery_code(d)],
         )?;
@@ -790,7 +898,7 @@ impl Store {
             return Ok(None);
         }
         let received = self.next_received_at(now_ms)?;
-        self.conn.execute(
+        self.exec(
             "INSERT INTO messages(id, conversation, sender, sender_device, text, sent_at_ms, received_at_ms, outgoing, body, delivery)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
@@ -807,7 +915,7 @@ impl Store {
             ],
         )?;
         if !m.outgoing {
-            self.conn.execute(
+            self.exec(
                 "UPDATE conversations SET unread = unread + 1 WHERE id = ?1",
                 [&m.conversation[..]],
             )?;
@@ -876,12 +984,10 @@ impl Store {
     // ---- outbox ----
 
     pub(crate) fn put_outbox(&self, o: &OutboxRow) -> Result<(), StoreError> {
-        let ord: i64 =
-            self.conn
-                .query_row("SELECT coalesce(max(ord), 0) + 1 FROM outbox", [], |r| {
-                    r.get(0)
-                })?;
-        self.conn.execute(
+        let ord: i64 = self.row("SELECT coalesce(max(ord), 0) + 1 FROM outbox", [], |r| {
+            r.get(0)
+        })?;
+        self.exec(
             "INSERT INTO outbox(id, ord, conversation, plaintext, ciphertext, epoch) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(id) DO UPDATE SET ciphertext = excluded.ciphertext, epoch = excluded.epoch",
             params![&o.id[..], ord, &o.conversation[..], o.plaintext, o.ciphertext, o.epoch as i64],
@@ -917,8 +1023,7 @@ impl Store {
     }
 
     pub(crate) fn delete_outbox(&self, id: &MessageId) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM outbox WHERE id = ?1", [&id[..]])?;
+        self.exec("DELETE FROM outbox WHERE id = ?1", [&id[..]])?;
         Ok(())
     }
 }

@@ -98,3 +98,83 @@ fn receiver_acks_a_burst_in_a_few_acks() {
         100
     );
 }
+
+/// Per message, the sender makes one store commit (the send: message, outbox entry and
+/// ciphertext together; the bookkeeping after the server's Ok joins a later transaction),
+/// the receiver one (the message with its sequence number), and neither loads the group
+/// from the store again: it stays in memory. Before: 3 commits on the sender, 3 group loads
+/// on the sender and 1 on each receiver per message.
+#[test]
+fn one_commit_per_send_and_no_group_load_per_message() {
+    let s = TestServer::start();
+    let (a, b, _c, g) = group_of_three(&s);
+    let n = 40u64;
+    // Warm: the first message loads the group once on each side.
+    a.send_text(&g, "warm").unwrap();
+    wait_text(&b, "warm");
+    let (a0, b0) = (a.debug_counters().unwrap(), b.debug_counters().unwrap());
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let text = format!("c{i}");
+        ids.push(a.send_text(&g, &text).unwrap());
+        wait_text(&b, &text);
+    }
+    let (a1, b1) = (a.debug_counters().unwrap(), b.debug_counters().unwrap());
+    let sender_commits = a1.commits - a0.commits;
+    let receiver_commits = b1.commits - b0.commits;
+    let sender_loads = a1.group_loads - a0.group_loads;
+    let receiver_loads = b1.group_loads - b0.group_loads;
+    println!(
+        "{n} messages: sender {sender_commits} commits, {sender_loads} group loads; \
+         receiver {receiver_commits} commits, {receiver_loads} group loads"
+    );
+    // One per send, plus at most one bookkeeping commit per second of idling (ACK_DELAY).
+    assert!(
+        sender_commits <= n + n / 4,
+        "{sender_commits} commits for {n} sends"
+    );
+    assert!(
+        receiver_commits <= n + n / 4,
+        "{receiver_commits} commits for {n} messages"
+    );
+    assert!(
+        sender_loads <= 2,
+        "{sender_loads} group loads for {n} sends"
+    );
+    assert!(
+        receiver_loads <= 2,
+        "{receiver_loads} group loads for {n} messages"
+    );
+    // The send contract holds: every message reported sent once, none left to resend.
+    let sent = wait_until(
+        &a,
+        "MessageSent for the last",
+        |e| matches!(e, qpq_core::Event::MessageSent { id, .. } if *id == ids[ids.len() - 1]),
+    );
+    let _ = sent;
+    let m = a.messages(&g, 100, None).unwrap();
+    assert!(m
+        .iter()
+        .filter(|m| m.outgoing)
+        .all(|m| m.delivery == qpq_core::Delivery::Sent));
+    // After a clean close the bookkeeping is on disk: reopened, nothing is sent again.
+    let dir = a.dir.path().to_path_buf();
+    let User { client, dir: _keep } = a;
+    client.shutdown();
+    drop(client);
+    let again = s.open(&dir);
+    let before = again.debug_counters().unwrap();
+    again.sync().unwrap();
+    let after = again.debug_counters().unwrap();
+    assert_eq!(
+        after.calls.get(&qpq_proto::method::ENQUEUE),
+        before.calls.get(&qpq_proto::method::ENQUEUE),
+        "an accepted message was sent again after a clean close"
+    );
+    assert!(again
+        .messages(&g, 100, None)
+        .unwrap()
+        .iter()
+        .filter(|m| m.outgoing)
+        .all(|m| m.delivery == qpq_core::Delivery::Sent));
+}

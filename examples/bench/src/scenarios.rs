@@ -986,7 +986,7 @@ fn raw_invitees(server: &ChildServer, n: usize, kps: usize) -> Result<Vec<String
         let mut names = Vec::with_capacity(n);
         let mut i = 0;
         while i < n {
-            let batch: Vec<usize> = (i..(i + 32).min(n)).collect();
+            let batch: Vec<usize> = (i..(i + 8).min(n)).collect();
             let mut tasks = Vec::new();
             for j in batch {
                 let (addr, cert) = (server.addr, server.cert.clone());
@@ -1021,7 +1021,7 @@ fn raw_invitees(server: &ChildServer, n: usize, kps: usize) -> Result<Vec<String
             for t in tasks {
                 names.push(t.await.map_err(|e| e.to_string())??);
             }
-            i += 32;
+            i += 8;
         }
         Ok(names)
     })

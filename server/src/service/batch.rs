@@ -155,6 +155,7 @@ impl Service {
                     let f = self.rate_limited(wait);
                     e.status = u32::from(Status::RateLimited.code());
                     e.retry_after_ms = f.retry_after_ms;
+                    e.hybrid_public_key = Bytes::new();
                     entries.push(e);
                     continue;
                 }

@@ -7,6 +7,7 @@
 //! is one transaction; when it returns `Ok`, the change is on disk (the SQLite backend runs
 //! WAL with `synchronous=FULL` and a group-commit writer).
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;

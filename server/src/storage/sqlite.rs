@@ -7,6 +7,7 @@
 //! then answers the callers. Under load many enqueues share one fsync; alone, an enqueue pays
 //! exactly one.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Mutex;
@@ -19,6 +20,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::delivery;
 
 /// Most write operations committed together.
 pub const MAX_BATCH: usize = 256;
@@ -212,10 +214,6 @@ trait WriteJob: Send {
     fn run(&mut self, conn: &Connection) -> Result<(), StorageError>;
     /// Answers the caller once the batch committed (or failed to).
     fn finish(self: Box<Self>, commit: Result<(), StorageError>);
-    /// True when the job changes no channel, membership, device, account or block (an
-    /// application message): the writer's [`MembershipCache`] survives it. Every other job
-    /// clears the cache before it runs.
-    fn keeps_membership(&self) -> bool;
 }
 
 /// Where a write's result goes: a blocked thread (the synchronous [`Storage`] methods) or an
@@ -243,7 +241,6 @@ struct Pending<T, F> {
     f: F,
     result: Option<StorageResult<T>>,
     reply: Reply<T>,
-    keeps_membership: bool,
 }
 
 impl<T, F> WriteJob for Pending<T, F>
@@ -269,10 +266,6 @@ where
             (None, Ok(())) => Err(StorageError::Backend("job did not run".into())),
         };
         self.reply.send(r);
-    }
-
-    fn keeps_membership(&self) -> bool {
-        self.keeps_membership
     }
 }
 
@@ -393,9 +386,6 @@ fn run_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
     control(conn, "BEGIN IMMEDIATE")?;
     let mut failed = false;
     for job in batch.iter_mut() {
-        if !job.keeps_membership() {
-            membership_cache_clear();
-        }
         if job.run(conn).is_err() {
             failed = true;
             break;
@@ -404,14 +394,12 @@ fn run_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
     if !failed {
         if let Err(e) = control(conn, "COMMIT") {
             let _ = control(conn, "ROLLBACK");
-            membership_cache_clear();
             return Err(e.into());
         }
         return Ok(());
     }
     // SQLite may already have rolled the transaction back (a full disk): then this fails.
     let _ = control(conn, "ROLLBACK");
-    membership_cache_clear();
     if batch.len() == 1 {
         // The one job failed: its own error is its answer, nothing was written.
         return Ok(());
@@ -423,9 +411,6 @@ fn run_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
 fn run_batch_isolated(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
     control(conn, "BEGIN IMMEDIATE")?;
     for job in batch.iter_mut() {
-        if !job.keeps_membership() {
-            membership_cache_clear();
-        }
         let step = (|| -> Result<(), StorageError> {
             control(conn, "SAVEPOINT job")?;
             match job.run(conn) {
@@ -447,103 +432,14 @@ fn run_batch_isolated(conn: &Connection, batch: &mut [Job]) -> Result<(), Storag
         })();
         if let Err(e) = step {
             let _ = control(conn, "ROLLBACK");
-            membership_cache_clear();
             return Err(e);
         }
     }
     if let Err(e) = control(conn, "COMMIT") {
         let _ = control(conn, "ROLLBACK");
-        membership_cache_clear();
         return Err(e.into());
     }
     Ok(())
-}
-
-/// What application-message enqueues read about a channel, kept by the writer thread between
-/// batches (issue 14): the channel row, its members that are not leaving, their devices, and
-/// each sender's blockers. Only the writer writes the database, and every write job that is
-/// not an application message clears the cache before it runs (as does any rollback), so an
-/// entry always equals what the database holds (the tests of issue 17 on membership, removal,
-/// blocking and account deletion run through it).
-#[derive(Default)]
-struct MembershipCache {
-    channels: std::collections::HashMap<ChannelId, std::rc::Rc<CachedChannel>>,
-    blockers: std::collections::HashMap<AccountId, std::rc::Rc<Vec<AccountId>>>,
-}
-
-struct CachedChannel {
-    channel: Channel,
-    /// Members not leaving.
-    members: Vec<AccountId>,
-    /// `member_devices(channel, false)`.
-    devices: Vec<(DeviceId, Key32, AccountId)>,
-}
-
-/// Entries kept before the cache starts over.
-const MEMBERSHIP_CACHE_MAX: usize = 4096;
-
-thread_local! {
-    static MEMBERSHIP: std::cell::RefCell<MembershipCache> = std::cell::RefCell::default();
-}
-
-fn membership_cache_clear() {
-    MEMBERSHIP.with(|m| {
-        let mut m = m.borrow_mut();
-        m.channels.clear();
-        m.blockers.clear();
-    });
-}
-
-/// The channel as an application message sees it, from the cache or read (and cached).
-fn cached_channel(
-    conn: &Connection,
-    id: &ChannelId,
-) -> StorageResult<Option<std::rc::Rc<CachedChannel>>> {
-    if let Some(c) = MEMBERSHIP.with(|m| m.borrow().channels.get(id).cloned()) {
-        return Ok(Some(c));
-    }
-    let Some(channel) = channel_row(conn, id)? else {
-        return Ok(None);
-    };
-    let members: Vec<AccountId> = conn
-        .prepare_cached(
-            "SELECT account_id FROM channel_members WHERE channel_id = ?1 AND leaving = 0",
-        )?
-        .query_map([&id[..]], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let devices = member_devices(conn, id, false)?;
-    let c = std::rc::Rc::new(CachedChannel {
-        channel,
-        members,
-        devices,
-    });
-    MEMBERSHIP.with(|m| {
-        let mut m = m.borrow_mut();
-        if m.channels.len() >= MEMBERSHIP_CACHE_MAX {
-            m.channels.clear();
-        }
-        m.channels.insert(*id, c.clone());
-    });
-    Ok(Some(c))
-}
-
-/// The accounts that block `account`, from the cache or read (and cached).
-fn cached_blockers(
-    conn: &Connection,
-    account: AccountId,
-) -> StorageResult<std::rc::Rc<Vec<AccountId>>> {
-    if let Some(b) = MEMBERSHIP.with(|m| m.borrow().blockers.get(&account).cloned()) {
-        return Ok(b);
-    }
-    let b = std::rc::Rc::new(blockers_of(conn, account)?);
-    MEMBERSHIP.with(|m| {
-        let mut m = m.borrow_mut();
-        if m.blockers.len() >= MEMBERSHIP_CACHE_MAX {
-            m.blockers.clear();
-        }
-        m.blockers.insert(account, b.clone());
-    });
-    Ok(b)
 }
 
 /// A read-only connection to the database.
@@ -690,7 +586,6 @@ impl SqliteStorage {
             f,
             result: None,
             reply: Reply::Blocking(reply),
-            keeps_membership: false,
         }))?;
         rx.recv()
             .map_err(|_| StorageError::Backend("writer stopped".into()))?
@@ -703,21 +598,11 @@ impl SqliteStorage {
         T: Send + 'static,
         F: Fn(&Connection) -> StorageResult<T> + Send + 'static,
     {
-        self.write_async_with(f, false)
-    }
-
-    /// [`SqliteStorage::write_async`]; `keeps_membership` as [`WriteJob::keeps_membership`].
-    fn write_async_with<T, F>(&self, f: F, keeps_membership: bool) -> StorageFuture<T>
-    where
-        T: Send + 'static,
-        F: Fn(&Connection) -> StorageResult<T> + Send + 'static,
-    {
         let (reply, rx) = oneshot::channel();
         let submitted = self.submit(Box::new(Pending {
             f,
             result: None,
             reply: Reply::Async(reply),
-            keeps_membership,
         }));
         Box::pin(async move {
             submitted?;
@@ -843,20 +728,9 @@ fn channel_row(conn: &Connection, id: &ChannelId) -> StorageResult<Option<Channe
         .optional()?)
 }
 
-/// Caps one fan-out applies to each recipient device.
-struct Caps {
-    depth: u64,
-    bytes: u64,
-    share_depth: u64,
-    share_bytes: u64,
-    /// Commits and Welcomes: never skipped (a member that misses a commit is forked; they are
-    /// bounded by the epoch order and the sender's budgets instead).
-    exempt: bool,
-}
-
 /// Queues `payload_id` for each device, assigning each its next sequence number. A device
 /// whose queue is full, or holds the sender's full share, is skipped (unless exempt) and
-/// listed in `skipped`.
+/// listed in `skipped` ([`delivery::admit`] decides).
 #[allow(clippy::too_many_arguments)]
 fn fan_out(
     conn: &Connection,
@@ -865,7 +739,7 @@ fn fan_out(
     payload_id: i64,
     template: &QueuedMessage,
     sender_account: AccountId,
-    caps: &Caps,
+    caps: &delivery::Caps,
     out: &mut Vec<Delivery>,
     skipped: &mut Vec<DeviceId>,
 ) -> StorageResult<()> {
@@ -888,20 +762,23 @@ fn fan_out(
     for &d in devices {
         if !caps.exempt {
             let (len, qbytes): (i64, i64) = level.query_row([d], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let (len, qbytes) = (len.max(0) as u64, qbytes.max(0) as u64);
-            if len >= caps.depth || qbytes.saturating_add(bytes) > caps.bytes {
-                skipped.push(d);
-                continue;
-            }
-            if len >= caps.share_depth || qbytes.saturating_add(bytes) > caps.share_bytes {
+            let lvl = delivery::QueueLevel {
+                len: len.max(0) as u64,
+                bytes: qbytes.max(0) as u64,
+            };
+            let held = if caps.needs_share(lvl, bytes) {
                 let (n, b): (i64, i64) =
                     share.query_row(params![d, sender_account], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                if n.max(0) as u64 >= caps.share_depth
-                    || (b.max(0) as u64).saturating_add(bytes) > caps.share_bytes
-                {
-                    skipped.push(d);
-                    continue;
-                }
+                Some(delivery::QueueLevel {
+                    len: n.max(0) as u64,
+                    bytes: b.max(0) as u64,
+                })
+            } else {
+                None
+            };
+            if !delivery::admit(caps, lvl, held, bytes) {
+                skipped.push(d);
+                continue;
             }
         }
         let seq: i64 = next.query_row(params![d, bytes as i64], |r| r.get(0))?;
@@ -921,34 +798,6 @@ fn fan_out(
         });
     }
     Ok(())
-}
-
-/// Devices of the channel's members: `(device, key, account)`. Leaving members' devices are
-/// included only with `with_leaving` (commits reach them; application messages do not).
-fn member_devices(
-    conn: &Connection,
-    channel: &ChannelId,
-    with_leaving: bool,
-) -> StorageResult<Vec<(DeviceId, Key32, AccountId)>> {
-    let mut st = conn.prepare_cached(
-        "SELECT d.id, d.device_key, d.account_id FROM channel_members m JOIN devices d ON d.account_id = m.account_id
-         WHERE m.channel_id = ?1 AND (?2 OR m.leaving = 0) ORDER BY d.id",
-    )?;
-    let rows = st.query_map(params![&channel[..], with_leaving], |r| {
-        Ok((r.get(0)?, key32(r.get(1)?)?, r.get(2)?))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-}
-
-/// Whether `account` is an admin of `channel`.
-fn is_admin(conn: &Connection, channel: &ChannelId, account: AccountId) -> StorageResult<bool> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT admin FROM channel_members WHERE channel_id = ?1 AND account_id = ?2",
-        )?
-        .query_row(params![&channel[..], account], |r| r.get::<_, i64>(0))
-        .optional()?
-        .is_some_and(|a| a != 0))
 }
 
 /// Adds a device to an account (see [`Storage::add_device`]).
@@ -1095,233 +944,170 @@ fn account_by_username_row(c: &Connection, username: &str) -> StorageResult<Opti
     .optional()?)
 }
 
-/// Whether an Enqueue changes nothing but queues: an application message (no commit, no
-/// membership change, Welcome or GroupInfo).
-fn is_application_message(op: &EnqueueOp) -> bool {
-    op.commit_epoch.is_none()
-        && op.add_members.is_empty()
-        && op.remove_members.is_empty()
-        && op.promote_members.is_empty()
-        && op.welcome.is_empty()
-        && op.group_info.is_none()
-}
-
-/// Executes an Enqueue. With `cached` (only for application messages, on the writer thread,
-/// see [`MembershipCache`]) the channel, its members and the sender's blockers come from the
-/// cache.
-fn enqueue_tx(conn: &Connection, op: &EnqueueOp, cached: bool) -> StorageResult<EnqueueOutcome> {
-    let cached = if cached && is_application_message(op) {
-        Some(cached_channel(conn, &op.channel_id)?.ok_or(StorageError::NotFound("channel"))?)
+/// Reads what [`delivery::plan`] decides an Enqueue on (under the single writer).
+fn enqueue_facts(conn: &Connection, op: &EnqueueOp) -> StorageResult<delivery::EnqueueFacts> {
+    let channel = channel_row(conn, &op.channel_id)?.ok_or(StorageError::NotFound("channel"))?;
+    let ch = &op.channel_id[..];
+    let members = conn
+        .prepare_cached(
+            "SELECT account_id, leaving, admin FROM channel_members WHERE channel_id = ?1",
+        )?
+        .query_map([ch], |r| {
+            Ok((
+                r.get::<_, AccountId>(0)?,
+                delivery::Membership {
+                    leaving: r.get::<_, i64>(1)? != 0,
+                    admin: r.get::<_, i64>(2)? != 0,
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<HashMap<_, _>>>()?;
+    let duplicate = conn
+        .prepare_cached("SELECT payload_id, epoch FROM enqueue_ids WHERE sender_device = ?1 AND message_id = ?2")?
+        .query_row(params![op.sender_device, &op.message_id[..]], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
+        .optional()?;
+    let group_info_epoch = if op.external {
+        group_info_row(conn, &op.channel_id)?.map(|(e, _)| e)
     } else {
         None
     };
-    let channel = match &cached {
-        Some(c) => c.channel.clone(),
-        None => channel_row(conn, &op.channel_id)?.ok_or(StorageError::NotFound("channel"))?,
-    };
-    let member = match &cached {
-        Some(c) => c.members.contains(&op.sender_account),
-        None => member_check(conn, &op.channel_id, op.sender_account)?,
-    };
-    if !member {
-        return Err(StorageError::Forbidden(
-            "not a member of the channel".into(),
-        ));
-    }
-    // Idempotency: a retry of an accepted message id answers as the first time did.
-    let seen: Option<(i64, i64)> = conn
-        .prepare_cached("SELECT payload_id, epoch FROM enqueue_ids WHERE sender_device = ?1 AND message_id = ?2")?
-        .query_row(params![op.sender_device, &op.message_id[..]], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    if let Some((payload_id, epoch)) = seen {
-        return Ok(EnqueueOutcome {
-            server_id: payload_id as u64,
-            duplicate: true,
-            epoch: epoch as u64,
-            deliveries: Vec::new(),
-            undelivered: Vec::new(),
-        });
-    }
-    let is_commit = op.commit_epoch.is_some();
-    let mut epoch = channel.epoch;
-    if let Some(e) = op.commit_epoch {
-        // ADR 0054: an external commit may also re-join at the epoch of the latest GroupInfo
-        // when the commits accepted after it carried none (e.g. an insider's undecryptable
-        // commit), superseding them.
-        let rejoin = op.external
-            && e < channel.epoch
-            && group_info_row(conn, &op.channel_id)?.is_some_and(|(g, _)| g == e);
-        if e != channel.epoch && !rejoin {
-            return Err(StorageError::Conflict(format!(
-                "commit from epoch {e} rejected: the channel is at epoch {}",
-                channel.epoch
-            )));
+    let member_devices = conn
+        .prepare_cached(
+            "SELECT d.id, d.device_key, d.account_id FROM channel_members m JOIN devices d ON d.account_id = m.account_id
+             WHERE m.channel_id = ?1 ORDER BY d.id",
+        )?
+        .query_map([ch], |r| {
+            Ok(delivery::MemberDevice {
+                device: r.get(0)?,
+                key: key32(r.get(1)?)?,
+                account: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut named = HashMap::new();
+    let mut devs = conn.prepare_cached(
+        "SELECT id, device_key, account_id FROM devices WHERE account_id = ?1 ORDER BY id",
+    )?;
+    for key in op
+        .add_members
+        .iter()
+        .chain(&op.remove_members)
+        .chain(&op.promote_members)
+    {
+        if named.contains_key(key) {
+            continue;
         }
-        epoch = e + 1;
-        conn.prepare_cached("UPDATE channels SET epoch = ?2 WHERE id = ?1")?
-            .execute(params![&op.channel_id[..], epoch as i64])?;
-        if let Some(gi) = &op.group_info {
+        let Some(id) = conn
+            .prepare_cached("SELECT id FROM accounts WHERE identity_key = ?1")?
+            .query_row([&key[..]], |r| r.get::<_, AccountId>(0))
+            .optional()?
+        else {
+            continue;
+        };
+        let devices = devs
+            .query_map([id], |r| {
+                Ok(delivery::MemberDevice {
+                    device: r.get(0)?,
+                    key: key32(r.get(1)?)?,
+                    account: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        named.insert(
+            *key,
+            delivery::NamedAccount {
+                id,
+                blocks_sender: blocks(conn, id, op.sender_account)?,
+                devices,
+            },
+        );
+    }
+    let blockers_of_sender = if op.commit_epoch.is_none() {
+        blockers_of(conn, op.sender_account)?
+    } else {
+        Vec::new()
+    };
+    let in_group = if op.welcome.is_empty() {
+        Vec::new()
+    } else {
+        conn.prepare_cached("SELECT device_id FROM channel_devices WHERE channel_id = ?1")?
+            .query_map([ch], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    Ok(delivery::EnqueueFacts {
+        channel,
+        duplicate,
+        group_info_epoch,
+        members,
+        member_devices,
+        named,
+        blockers_of_sender,
+        in_group,
+    })
+}
+
+/// Executes an Enqueue: reads its facts, lets [`delivery::plan`] decide, persists the plan.
+fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome> {
+    let facts = enqueue_facts(conn, op)?;
+    let plan = match delivery::plan(op, &facts)? {
+        delivery::Decision::Duplicate { server_id, epoch } => {
+            return Ok(EnqueueOutcome {
+                server_id,
+                duplicate: true,
+                epoch,
+                deliveries: Vec::new(),
+                undelivered: Vec::new(),
+            })
+        }
+        delivery::Decision::Deliver(p) => p,
+    };
+    let ch = &op.channel_id[..];
+    if let Some(e) = plan.new_epoch {
+        let n = conn
+            .prepare_cached("UPDATE channels SET epoch = ?2 WHERE id = ?1 AND epoch = ?3")?
+            .execute(params![ch, e as i64, plan.epoch_from as i64])?;
+        if n != 1 {
+            return Err(StorageError::Conflict("the channel's epoch moved".into()));
+        }
+        if let (true, Some(gi)) = (plan.store_group_info, &op.group_info) {
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO channel_group_info(channel_id, epoch, data) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![&op.channel_id[..], epoch as i64, &gi[..]])?;
+            .execute(params![ch, e as i64, &gi[..]])?;
         }
     }
-    // A DM is its two accounts for good: a commit may re-add neither a third account nor one
-    // that left (issue 17 item 15).
-    if channel.kind == ChannelKind::Dm {
-        for key in &op.add_members {
-            let id = account_id_by_identity(conn, key)?;
-            if !member_check(conn, &op.channel_id, id)? {
-                return Err(StorageError::Forbidden(
-                    "a DM cannot gain members: start a group instead".into(),
-                ));
-            }
-        }
-    }
-    // Recipients of the message: every device of the members before this change (so removed
-    // members learn of their removal; commits also reach members that are leaving), except
-    // the sender and the Welcome's recipients.
-    let before = match &cached {
-        Some(c) => c.devices.clone(),
-        None => member_devices(conn, &op.channel_id, is_commit)?,
-    };
-    // Roles: removing another account that is still a member, or promoting, needs an admin
-    // sender. (A member that left is already out of the channel: committing its own Remove
-    // proposals needs no role.)
-    let sender_admin = if op.promote_members.is_empty() && op.remove_members.is_empty() {
-        false
-    } else {
-        is_admin(conn, &op.channel_id, op.sender_account)?
-    };
-    if !op.promote_members.is_empty() && !sender_admin {
-        return Err(StorageError::Forbidden(
-            "only an admin makes other members admins".into(),
-        ));
-    }
-    for key in &op.remove_members {
-        let id = account_id_by_identity(conn, key)?;
-        if id != op.sender_account && member_check(conn, &op.channel_id, id)? && !sender_admin {
-            return Err(StorageError::Forbidden(
-                "only an admin removes other members".into(),
-            ));
-        }
-    }
-    for key in &op.remove_members {
-        let id = account_id_by_identity(conn, key)?;
+    for id in &plan.remove_accounts {
         conn.prepare_cached(
             "DELETE FROM channel_members WHERE channel_id = ?1 AND account_id = ?2",
         )?
-        .execute(params![&op.channel_id[..], id])?;
+        .execute(params![ch, id])?;
         conn.prepare_cached(
             "DELETE FROM channel_devices WHERE channel_id = ?1
              AND device_id IN (SELECT id FROM devices WHERE account_id = ?2)",
         )?
-        .execute(params![&op.channel_id[..], id])?;
+        .execute(params![ch, id])?;
     }
-    let mut added = Vec::new();
-    for key in &op.add_members {
-        let id = account_id_by_identity(conn, key)?;
-        // Item 18 (ADR 0060): nobody adds an account that blocks them.
-        if blocks(conn, id, op.sender_account)? {
-            return Err(StorageError::Forbidden(
-                "this user does not accept invitations from you".into(),
-            ));
-        }
-        // Counts as added only when it was not a member (or was leaving).
-        let n = conn
-            .prepare_cached(
-                "INSERT INTO channel_members(channel_id, account_id) VALUES (?1, ?2)
-                 ON CONFLICT(channel_id, account_id) DO UPDATE SET leaving = 0 WHERE leaving = 1",
-            )?
-            .execute(params![&op.channel_id[..], id])?;
-        if n > 0 {
-            added.push(id);
-        }
+    for id in &plan.add_accounts {
+        conn.prepare_cached(
+            "INSERT INTO channel_members(channel_id, account_id) VALUES (?1, ?2)
+             ON CONFLICT(channel_id, account_id) DO UPDATE SET leaving = 0",
+        )?
+        .execute(params![ch, id])?;
     }
-    for key in &op.promote_members {
-        let id = account_id_by_identity(conn, key)?;
-        let n = conn
-            .prepare_cached(
-                "UPDATE channel_members SET admin = 1 WHERE channel_id = ?1 AND account_id = ?2",
-            )?
-            .execute(params![&op.channel_id[..], id])?;
-        if n == 0 {
-            return Err(StorageError::Invalid(
-                "a promoted account is not a member of the channel".into(),
-            ));
-        }
-    }
-    let mut welcome_to: Vec<DeviceId> = Vec::new();
-    if !op.welcome.is_empty() {
-        let after = member_devices(conn, &op.channel_id, false)?;
-        if op.welcome_devices.is_empty() {
-            welcome_to = after
-                .iter()
-                .filter(|d| added.contains(&d.2))
-                .map(|d| d.0)
-                .collect();
-        } else {
-            for key in &op.welcome_devices {
-                let d = after.iter().find(|d| d.1 == *key).ok_or_else(|| {
-                    StorageError::Invalid("a Welcome device is not a device of a member".into())
-                })?;
-                welcome_to.push(d.0);
-            }
-        }
-        // A Welcome goes only to devices this commit adds: a device already in the group
-        // gets the commit, never a Welcome instead of it (issue 17 item 16).
-        let mut in_group = conn.prepare_cached(
-            "SELECT 1 FROM channel_devices WHERE channel_id = ?1 AND device_id = ?2",
-        )?;
-        for d in &welcome_to {
-            if in_group.exists(params![&op.channel_id[..], d])? {
-                return Err(StorageError::Invalid(
-                    "a Welcome may only go to devices this commit adds; a device already in the group gets the commit"
-                        .into(),
-                ));
-            }
-        }
-        if welcome_to.is_empty() {
-            return Err(StorageError::Invalid(
-                "a Welcome needs at least one recipient device".into(),
-            ));
-        }
+    for id in &plan.promote_accounts {
+        conn.prepare_cached(
+            "UPDATE channel_members SET admin = 1 WHERE channel_id = ?1 AND account_id = ?2",
+        )?
+        .execute(params![ch, id])?;
     }
     {
         let mut joined = conn.prepare_cached(
             "INSERT OR IGNORE INTO channel_devices(channel_id, device_id) VALUES (?1, ?2)",
         )?;
-        for d in &welcome_to {
-            joined.execute(params![&op.channel_id[..], d])?;
-        }
-        if is_commit {
-            // A committer is in the group.
-            joined.execute(params![&op.channel_id[..], op.sender_device])?;
-        }
-    }
-    let mut recipients: Vec<DeviceId> = before
-        .iter()
-        .map(|d| d.0)
-        .filter(|d| *d != op.sender_device && !welcome_to.contains(d))
-        .collect();
-    // Item 18 (ADR 0060): a blocked account's messages skip the blocker's devices, reported
-    // as undelivered. Commits still reach every member (a member that missed one would be
-    // broken); the blocker leaves a group to stop seeing them.
-    let mut blocked_skip: Vec<DeviceId> = Vec::new();
-    if !is_commit {
-        let blockers = match &cached {
-            Some(_) => cached_blockers(conn, op.sender_account)?.to_vec(),
-            None => blockers_of(conn, op.sender_account)?,
-        };
-        if !blockers.is_empty() {
-            recipients.retain(|d| {
-                let blocked = before.iter().any(|b| b.0 == *d && blockers.contains(&b.2));
-                if blocked {
-                    blocked_skip.push(*d);
-                }
-                !blocked
-            });
+        for d in &plan.join_devices {
+            joined.execute(params![ch, d])?;
         }
     }
 
@@ -1330,7 +1116,7 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp, cached: bool) -> StorageResult<
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     insert.execute(params![
-        &op.channel_id[..],
+        ch,
         &op.sender_device_key[..],
         &op.message_id[..],
         op.kind,
@@ -1341,7 +1127,7 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp, cached: bool) -> StorageResult<
     conn.prepare_cached(
         "INSERT INTO enqueue_ids(sender_device, message_id, payload_id, epoch, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![op.sender_device, &op.message_id[..], payload_id, epoch as i64, op.now_ms as i64])?;
+    .execute(params![op.sender_device, &op.message_id[..], payload_id, plan.epoch as i64, op.now_ms as i64])?;
 
     let template = QueuedMessage {
         seq: 0,
@@ -1352,18 +1138,12 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp, cached: bool) -> StorageResult<
         server_time_ms: op.now_ms,
         kind: op.kind,
     };
-    let caps = Caps {
-        depth: op.max_queue_depth,
-        bytes: op.max_queue_bytes,
-        share_depth: op.max_share_depth,
-        share_bytes: op.max_share_bytes,
-        exempt: is_commit,
-    };
-    let mut deliveries = Vec::with_capacity(recipients.len() + welcome_to.len());
+    let caps = delivery::Caps::of(op, plan.exempt);
+    let mut deliveries = Vec::with_capacity(plan.recipients.len() + plan.welcome_to.len());
     let mut skipped = Vec::new();
     fan_out(
         conn,
-        &recipients,
+        &plan.recipients,
         &op.channel_id,
         payload_id,
         &template,
@@ -1375,23 +1155,16 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp, cached: bool) -> StorageResult<
     if deliveries.is_empty() && !skipped.is_empty() {
         // Nobody could take it: refuse the whole message (rolled back), so a retry later
         // is not a duplicate.
-        return Err(StorageError::QueueFull {
-            device: skipped[0],
-            message: format!(
-                "the recipients' queues are full ({} messages or {} bytes each), or hold this sender's share",
-                op.max_queue_depth, op.max_queue_bytes
-            ),
-        });
+        return Err(delivery::queue_full(op, skipped[0]));
     }
-    if !welcome_to.is_empty() {
+    if !plan.welcome_to.is_empty() {
         // The Welcome is stored once too; its id is derived from the commit's id.
-        let mut wid = op.message_id;
-        wid[15] ^= 0x80;
+        let wid = delivery::welcome_id(&op.message_id);
         insert.execute(params![
-            &op.channel_id[..],
+            ch,
             &op.sender_device_key[..],
             &wid[..],
-            2i32,
+            delivery::WELCOME_KIND,
             &op.welcome[..],
             op.now_ms as i64
         ])?;
@@ -1399,39 +1172,35 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp, cached: bool) -> StorageResult<
         let wt = QueuedMessage {
             message_id: Bytes::copy_from_slice(&wid),
             payload: op.welcome.clone(),
-            kind: 2,
+            kind: delivery::WELCOME_KIND,
             ..template
-        };
-        let exempt = Caps {
-            exempt: true,
-            ..caps
         };
         fan_out(
             conn,
-            &welcome_to,
+            &plan.welcome_to,
             &op.channel_id,
             welcome_id,
             &wt,
             op.sender_account,
-            &exempt,
+            &delivery::Caps::of(op, true),
             &mut deliveries,
             &mut skipped,
         )?;
     }
-    if recipients.is_empty() && welcome_to.is_empty() {
+    if plan.recipients.is_empty() && plan.welcome_to.is_empty() {
         // Nobody to deliver to: keep only the idempotency record.
         conn.prepare_cached("DELETE FROM payloads WHERE id = ?1")?
             .execute([payload_id])?;
     }
     let undelivered = skipped
         .iter()
-        .chain(&blocked_skip)
-        .filter_map(|d| before.iter().find(|b| b.0 == *d).map(|b| b.1))
+        .chain(&plan.blocked)
+        .filter_map(|d| plan.device_keys.iter().find(|b| b.0 == *d).map(|b| b.1))
         .collect();
     Ok(EnqueueOutcome {
         server_id: payload_id as u64,
         duplicate: false,
-        epoch,
+        epoch: plan.epoch,
         deliveries,
         undelivered,
     })
@@ -1479,8 +1248,7 @@ fn purge_device(conn: &Connection, device: DeviceId) -> StorageResult<()> {
 
 impl Storage for SqliteStorage {
     fn enqueue_async(self: Arc<Self>, op: EnqueueOp) -> StorageFuture<EnqueueOutcome> {
-        let app = is_application_message(&op);
-        self.write_async_with(move |c| enqueue_tx(c, &op, app), app)
+        self.write_async(move |c| enqueue_tx(c, &op))
     }
 
     fn fetch_async(
@@ -2051,7 +1819,7 @@ impl Storage for SqliteStorage {
     }
 
     fn enqueue(&self, op: EnqueueOp) -> StorageResult<EnqueueOutcome> {
-        self.write(move |c| enqueue_tx(c, &op, false))
+        self.write(move |c| enqueue_tx(c, &op))
     }
 
     fn fetch(
@@ -2407,7 +2175,6 @@ mod tests {
             },
             result: None,
             reply: Reply::Blocking(tx),
-            keeps_membership: false,
         });
         (job, rx)
     }

@@ -235,11 +235,10 @@ impl Engine {
 
     /// Refuses a send into a conversation where no other account is left (everyone else
     /// left or was removed): it would be stored for nobody and reported as sent.
-    pub(super) fn check_someone_else(&self, conv: &ConversationId) -> Result<(), Error> {
-        let group = mls::load(&self.provider(), conv)?
-            .ok_or_else(|| Error::not_found("no such active conversation"))?;
+    /// Refuses a send when nobody but this account is left in `group` (issue 10 item 1).
+    pub(super) fn someone_else_in(&self, group: &MlsGroup) -> Result<(), Error> {
         let (mine, me) = (self.my_device(), self.my_identity()?);
-        for (_, d) in mls::member_devices(&group) {
+        for (_, d) in mls::member_devices(group) {
             if d != mine && self.identity_of(&d)? != Some(me) {
                 return Ok(());
             }

@@ -129,13 +129,14 @@ impl Session {
                     "a DM is between two accounts: create a group to talk with more people",
                 ));
             }
-            match mls::load(&e.provider(), conv)? {
+            let present = match mls::load(&e.provider(), conv)? {
                 Some(g) => mls::member_devices(&g)
                     .into_iter()
                     .map(|(_, d)| d)
                     .collect(),
                 None => return Err(Error::not_found("no such active conversation")),
-            }
+            };
+            present
         };
         let mut identities = Vec::new();
         let mut devices = Vec::new();

@@ -21,17 +21,18 @@ pub struct DebugCounters {
     pub calls: std::collections::BTreeMap<u16, u64>,
     /// Commits of this client's store (each an fsync).
     pub commits: u64,
-    /// `MlsGroup` loads from the store, by every client of this process.
+    /// `MlsGroup` loads from this client's store (a group kept in memory is not loaded).
     pub group_loads: u64,
 }
 
 impl Session {
     /// Test hook: the counters (see [`DebugCounters`]).
     pub(crate) fn debug_counters(&self) -> Result<DebugCounters, Error> {
+        let e = self.engine()?;
         Ok(DebugCounters {
             calls: self.net.calls.snapshot(),
-            commits: self.engine()?.store.commits(),
-            group_loads: crate::mls::LOADS.load(std::sync::atomic::Ordering::Relaxed),
+            commits: e.store.commits(),
+            group_loads: e.store.group_loads(),
         })
     }
 }

@@ -113,6 +113,9 @@ pub(crate) struct Engine {
     keys: Keys,
     /// Last time KeyPackages were counted.
     kp_checked: Option<std::time::Instant>,
+    /// Outbox entries the server accepted whose bookkeeping waits for the next transaction
+    /// (see `outbox::sent_outgoing`).
+    sent_unsettled: std::cell::RefCell<Vec<(ConversationId, crate::types::MessageId)>>,
     /// Test hook: where to simulate a crash (see [`Failpoint`]).
     #[cfg(feature = "test-hooks")]
     failpoint: Option<Failpoint>,
@@ -251,6 +254,7 @@ impl Engine {
                 token,
             },
             kp_checked: None,
+            sent_unsettled: Default::default(),
             #[cfg(feature = "test-hooks")]
             failpoint: None,
         })

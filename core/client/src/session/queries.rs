@@ -76,7 +76,13 @@ impl Engine {
         if self.store.conversation(conv)?.is_none() {
             return Err(Error::not_found("no such conversation"));
         }
-        let out = self.store.messages(conv, limit, before)?;
+        let mut out = self.store.messages(conv, limit, before)?;
+        // Accepted by the server; the row says so once the next transaction commits.
+        for m in &mut out {
+            if m.delivery == crate::types::Delivery::Queued && self.is_unsettled(&m.id) {
+                m.delivery = crate::types::Delivery::Sent;
+            }
+        }
         if before.is_none() {
             self.store.clear_unread(conv)?;
         }

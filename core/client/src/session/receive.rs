@@ -41,6 +41,7 @@ impl Session {
         self.sync_from(events, None, None).await?;
         self.ack_processed(true).await?;
         self.flush_outbox_locked(events).await?;
+        self.engine()?.settle_sent_now()?;
         self.replenish_key_packages_locked(false).await
     }
 
@@ -232,11 +233,16 @@ impl Engine {
                 .map_err(Failed::Processing)?;
             if record_seq {
                 s.set_u64(META_LAST_SEQ, m.seq)?;
+                // Accepted sends' bookkeeping shares this commit (see `sent_outgoing`).
+                self.settle_sent(s)?;
             }
             Ok(())
         });
         match r {
             Ok(()) => {
+                if record_seq {
+                    self.forget_settled();
+                }
                 proposals.extend(touched);
                 Ok(Ok(local))
             }
@@ -372,6 +378,9 @@ impl Engine {
             }
             _ => {}
         }
+        // Processed: the group matches the store (kept for the next message unless the
+        // transaction rolls back).
+        group.keep();
         Ok(())
     }
 
