@@ -130,8 +130,14 @@ pub async fn serve_connection(
     cap.release(ip);
 }
 
+/// Calls in flight at which a connection counts as busy and gets its full stream limit. It
+/// sits below [`INITIAL_STREAMS`]: a stream whose call has ended can still hold one of QUIC's
+/// slots until the client has read its response, so a busy client may never have all 16
+/// calls in flight at once (the limit then stayed unraised).
+pub const RAISE_AT: usize = INITIAL_STREAMS as usize * 3 / 4;
+
 /// Raises a connection's stream limit from [`INITIAL_STREAMS`] to the configured maximum the
-/// first time it has that many calls in flight (a busy client), once.
+/// first time it has [`RAISE_AT`] calls in flight (a busy client), once.
 pub struct StreamLimit {
     active: AtomicUsize,
     raised: std::sync::atomic::AtomicBool,
@@ -151,7 +157,7 @@ impl StreamLimit {
     /// A stream was accepted: counts it, raising the connection's limit when it is busy.
     pub fn opened(&self, conn: &quinn::Connection) {
         let n = self.active.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= INITIAL_STREAMS as usize && !self.raised.swap(true, Ordering::Relaxed) {
+        if n >= RAISE_AT && !self.raised.swap(true, Ordering::Relaxed) {
             conn.set_max_concurrent_bi_streams(self.max.into());
         }
     }

@@ -32,7 +32,9 @@ macro_rules! counters {
                     }
                 }
                 for (name, help, v) in gauges {
-                    out.push_str(&format!("# HELP qpq_{name} {help}\n# TYPE qpq_{name} gauge\nqpq_{name} {v}\n"));
+                    // Prometheus convention: a `_total` name is a counter.
+                    let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+                    out.push_str(&format!("# HELP qpq_{name} {help}\n# TYPE qpq_{name} {kind}\nqpq_{name} {v}\n"));
                 }
                 out
             }

@@ -278,6 +278,19 @@ async fn nodes_recover_from_a_postgres_restart() {
     let ((r, took), ()) = tokio::join!(waiter, sender);
     assert_eq!(r.messages.len(), 1);
     assert!(took < Duration::from_secs(10), "{took:?}");
+    // The wake-up counts are Prometheus counters, and B counted the resync and the wake-ups.
+    let (code, metrics) = get(&b, "/metrics").await;
+    assert_eq!(code, 200, "{metrics}");
+    for name in ["wake_received_total", "wake_listener_resyncs_total"] {
+        assert!(
+            metrics.contains(&format!("# TYPE qpq_{name} counter")),
+            "{name}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("# TYPE qpq_wake_listener_up gauge"),
+        "{metrics}"
+    );
     a.stop().await;
     b.stop().await;
     tokio::task::spawn_blocking(move || cluster.kill())
@@ -287,11 +300,16 @@ async fn nodes_recover_from_a_postgres_restart() {
 
 /// `GET /health` of a node's metrics endpoint: (status code, body).
 async fn health(n: &TestServer) -> (u16, String) {
+    get(n, "/health").await
+}
+
+/// `GET path` of a node's metrics endpoint: (status code, body).
+async fn get(n: &TestServer, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(n.metrics_addr.unwrap())
         .await
         .unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut out = String::new();

@@ -252,7 +252,9 @@ impl PostgresStorage {
     fn connect(&self) -> StorageResult<Client> {
         let mut c = self.config.connect(NoTls)?;
         // Durable means flushed: whatever the server's default, our commits wait for the WAL.
-        c.batch_execute("SET synchronous_commit = on")?;
+        // Notices (such as "already exists, skipping" from the idempotent migrations) are
+        // not logged as if they were news.
+        c.batch_execute("SET synchronous_commit = on; SET client_min_messages = warning")?;
         Ok(c)
     }
 
