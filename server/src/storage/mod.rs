@@ -263,6 +263,19 @@ pub struct EnqueueOutcome {
     pub undelivered: Vec<Key32>,
 }
 
+impl EnqueueOutcome {
+    /// The answer to a retry of an accepted message id: as the first time, nothing queued.
+    pub fn duplicate(server_id: u64, epoch: u64) -> EnqueueOutcome {
+        EnqueueOutcome {
+            server_id,
+            duplicate: true,
+            epoch,
+            deliveries: Vec::new(),
+            undelivered: Vec::new(),
+        }
+    }
+}
+
 /// What one purge run deleted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PurgeReport {

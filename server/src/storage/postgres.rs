@@ -766,13 +766,7 @@ fn enqueue_tx(t: &mut Transaction<'_>, op: &EnqueueOp) -> TxResult<EnqueueOutcom
     let facts = enqueue_facts(t, op)?;
     let plan = match delivery::plan(op, &facts)? {
         delivery::Decision::Duplicate { server_id, epoch } => {
-            return Ok(EnqueueOutcome {
-                server_id,
-                duplicate: true,
-                epoch,
-                deliveries: Vec::new(),
-                undelivered: Vec::new(),
-            })
+            return Ok(EnqueueOutcome::duplicate(server_id, epoch))
         }
         delivery::Decision::Deliver(p) => p,
     };

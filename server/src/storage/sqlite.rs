@@ -1053,13 +1053,7 @@ fn enqueue_tx(conn: &Connection, op: &EnqueueOp) -> StorageResult<EnqueueOutcome
     let facts = enqueue_facts(conn, op)?;
     let plan = match delivery::plan(op, &facts)? {
         delivery::Decision::Duplicate { server_id, epoch } => {
-            return Ok(EnqueueOutcome {
-                server_id,
-                duplicate: true,
-                epoch,
-                deliveries: Vec::new(),
-                undelivered: Vec::new(),
-            })
+            return Ok(EnqueueOutcome::duplicate(server_id, epoch))
         }
         delivery::Decision::Deliver(p) => p,
     };
