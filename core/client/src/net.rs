@@ -318,10 +318,20 @@ impl Net {
         };
         let payload = Bytes::from(payload);
         self.calls.add(method);
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.call_once(method, payload.clone(), extra).await {
+            let r = self.call_once(method, payload.clone(), extra).await;
+            // Method number, outcome and time only: never a payload or a token.
+            tracing::debug!(
+                method,
+                attempt,
+                ok = r.is_ok(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "call"
+            );
+            match r {
                 // Only a connection that died under the call is worth one retry; a fresh
                 // connection that just failed would fail again, twice as slowly.
                 Err(NetError::Transport(e)) if idempotent && attempt < 2 => {

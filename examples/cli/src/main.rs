@@ -74,7 +74,46 @@ enum Command {
     Ping(scripted::PingArgs),
 }
 
+/// Diagnostics for bug reports: with `QPQ_LOG` set (a tracing filter such as `debug` or
+/// `qpq_core=debug`), the engine's log goes to the file `QPQ_LOG_FILE` (appended) or, without
+/// it, to stderr. Off by default. The log carries call methods, outcomes and times, never
+/// message text, passwords or keys. In the REPL, use a file: stderr shares the terminal.
+fn init_logging() {
+    let Ok(filter) = std::env::var("QPQ_LOG") else {
+        return;
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("warning: QPQ_LOG={filter:?} is not a log filter ({e}); logging is off");
+            return;
+        }
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let r = match std::env::var_os("QPQ_LOG_FILE") {
+        Some(path) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            Ok(file) => builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .try_init(),
+            Err(e) => {
+                eprintln!("warning: cannot open QPQ_LOG_FILE ({e}); logging is off");
+                return;
+            }
+        },
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+    if let Err(e) = r {
+        eprintln!("warning: logging is off ({e})");
+    }
+}
+
 fn main() -> ExitCode {
+    init_logging();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => return usage_error(e),

@@ -2,7 +2,7 @@
 //! subcommands from a shell script. Each test runs its own real qpq-server on a free port.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -40,7 +40,39 @@ fn demo_succeeds_and_prints_a_transcript() {
     assert!(!text.contains('✗'), "{text}");
 }
 
-fn repl(s: &Server, user: &str, data: &Path) -> Session {
+/// A REPL in a pseudo-terminal. Its engine logs calls to a file, and a step that fails
+/// reports the terminal output not yet matched and that log, so a failure on a busy CI
+/// machine says which call was slow or lost.
+struct Repl {
+    user: String,
+    p: Session,
+    log: PathBuf,
+}
+
+impl Repl {
+    fn send(&mut self, line: &str) {
+        self.p.send_line(line).unwrap();
+    }
+
+    fn expect<N: expectrl::Needle + std::fmt::Debug>(&mut self, needle: N) {
+        let what = format!("{needle:?}");
+        if let Err(e) = self.p.expect(needle) {
+            let unmatched = self
+                .p
+                .check(Regex("(?s).+"))
+                .map(|c| String::from_utf8_lossy(c.as_bytes()).into_owned())
+                .unwrap_or_default();
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!(
+                "{}: waiting for {what}: {e}\n--- terminal output not matched ---\n{unmatched}\n--- engine log ---\n{log}",
+                self.user
+            );
+        }
+    }
+}
+
+fn repl(s: &Server, user: &str, data: &Path) -> Repl {
+    let log = s.dir.path().join(format!("{user}.log"));
     let mut cmd = Command::new(QPQ);
     cmd.args(["repl", "--server", &s.addr, "--ca-cert"])
         .arg(&s.cert)
@@ -51,10 +83,17 @@ fn repl(s: &Server, user: &str, data: &Path) -> Session {
             &format!("{user}-password"),
             "--data-dir",
         ])
-        .arg(data.join(user));
+        .arg(data.join(user))
+        .env("QPQ_LOG", "qpq_core=debug")
+        .env("QPQ_LOG_FILE", &log);
     let mut p = Session::spawn(cmd).unwrap();
-    p.set_expect_timeout(Some(Duration::from_secs(30)));
-    p
+    // Generous: what the test checks is that each line arrives, not how fast.
+    p.set_expect_timeout(Some(Duration::from_secs(60)));
+    Repl {
+        user: user.to_string(),
+        p,
+        log,
+    }
 }
 
 #[test]
@@ -62,35 +101,43 @@ fn two_repls_chat_and_errors_keep_the_repl_alive() {
     let s = server();
     let data = s.dir.path().join("clients");
     let mut bob = repl(&s, "bob", &data);
-    bob.expect("registered and logged in as bob").unwrap();
+    bob.expect("registered and logged in as bob");
     let mut alice = repl(&s, "alice", &data);
-    alice.expect("registered and logged in as alice").unwrap();
+    alice.expect("registered and logged in as alice");
 
     // Errors are one line and the REPL keeps running.
-    alice.send_line("/frobnicate").unwrap();
-    alice.expect("error: unknown command /frobnicate").unwrap();
-    alice.send_line("/dm nobody").unwrap();
-    alice.expect(Regex("error: .*")).unwrap();
-    alice.send_line("hello?").unwrap();
-    alice.expect("error: no active conversation").unwrap();
-    alice.send_line("/whoami").unwrap();
-    alice.expect("alice · identity").unwrap();
+    alice.send("/frobnicate");
+    alice.expect("error: unknown command /frobnicate");
+    alice.send("/dm nobody");
+    alice.expect(Regex("error: .*"));
+    alice.send("hello?");
+    alice.expect("error: no active conversation");
+    alice.send("/whoami");
+    alice.expect("alice · identity");
 
-    alice.send_line("/dm bob").unwrap();
-    alice.expect("now talking in @bob").unwrap();
-    alice.send_line("hi bob, it's alice").unwrap();
+    alice.send("/dm bob");
+    alice.expect("now talking in @bob");
+    alice.send("hi bob, it's alice");
     // The message appears on bob's screen while his prompt waits.
-    bob.expect("alice: hi bob, it's alice").unwrap();
-    bob.send_line("/switch @alice").unwrap();
-    bob.expect("now talking in @alice").unwrap();
-    bob.send_line("hello alice").unwrap();
-    alice.expect("bob: hello alice").unwrap();
-    bob.send_line("/history").unwrap();
-    bob.expect("you: hello alice").unwrap();
-    alice.send_line("/verify bob").unwrap();
-    alice.expect(Regex(r"\d{5} \d{5} \d{5}")).unwrap();
-    for p in [&mut alice, &mut bob] {
-        p.send_line("/quit").unwrap();
+    bob.expect("alice: hi bob, it's alice");
+    bob.send("/switch @alice");
+    bob.expect("now talking in @alice");
+    bob.send("hello alice");
+    alice.expect("bob: hello alice");
+    bob.send("/history");
+    bob.expect("you: hello alice");
+    alice.send("/verify bob");
+    alice.expect(Regex(r"\d{5} \d{5} \d{5}"));
+    // The engine log names calls and times, never what was said.
+    alice.send("/quit");
+    bob.send("/quit");
+    for r in [&mut alice, &mut bob] {
+        let _ = r.p.expect(expectrl::Eof);
+        let log = std::fs::read_to_string(&r.log).unwrap();
+        assert!(log.contains("call"), "no calls logged: {log}");
+        for secret in ["hi bob", "hello alice", "-password"] {
+            assert!(!log.contains(secret), "{secret:?} in the log of {}", r.user);
+        }
     }
 }
 
