@@ -347,8 +347,7 @@ impl Server {
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tick.tick().await;
-                    Metrics::inc(&svc.metrics.wake_sweeps_total);
-                    svc.wake_all_waiters();
+                    svc.sweep();
                 }
             })
         });

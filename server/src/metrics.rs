@@ -60,6 +60,7 @@ counters! {
     quic_retry_total: "Handshakes answered with a QUIC Retry (address validation).",
     write_deadline_total: "Responses dropped because the client did not take them within the write deadline.",
     wake_sweeps_total: "Sweeps that re-checked every locally waiting device (cross-node wake-ups on).",
+    wake_sweep_catches_total: "FetchWaits that found messages after only a sweep woke them: wake-ups that were lost or late.",
     purged_total: "Rows deleted by the retention purge (queue entries, idempotency records, incomplete blobs).",
 }
 
@@ -96,6 +97,23 @@ impl Metrics {
             .binary_search_by_key(&method, |(m, _)| *m)
             .map_or(0, |i| self.by_method.0[i].load(Ordering::Relaxed))
     }
+}
+
+/// The `qpq_node_info` sample: which node these metrics come from (its `node_id`), so
+/// dashboards can tell the nodes of one deployment apart beyond the scrape address.
+fn node_info(node_id: &str) -> String {
+    let mut label = String::with_capacity(node_id.len());
+    for c in node_id.chars() {
+        match c {
+            '\\' => label.push_str("\\\\"),
+            '"' => label.push_str("\\\""),
+            '\n' => label.push_str("\\n"),
+            c => label.push(c),
+        }
+    }
+    format!(
+        "# HELP qpq_node_info This node; always 1.\n# TYPE qpq_node_info gauge\nqpq_node_info{{node_id=\"{label}\"}} 1\n"
+    )
 }
 
 /// Serves `GET /health` (a JSON object: status, node id, and whether the database and the
@@ -145,7 +163,9 @@ where
                     body,
                 )
             } else {
-                ("200 OK", "text/plain; version=0.0.4", metrics.render(&g))
+                let mut text = metrics.render(&g);
+                text.push_str(&node_info(&node_id));
+                ("200 OK", "text/plain; version=0.0.4", text)
             };
             let head = format!(
                 "HTTP/1.1 {code}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -154,5 +174,16 @@ where
             let _ = sock.write_all(head.as_bytes()).await;
             let _ = sock.write_all(body.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_info;
+
+    #[test]
+    fn node_info_escapes_its_label() {
+        assert!(node_info("a").ends_with("qpq_node_info{node_id=\"a\"} 1\n"));
+        assert!(node_info("x\"y\\z\nw").contains("node_id=\"x\\\"y\\\\z\\nw\""));
     }
 }

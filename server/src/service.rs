@@ -274,7 +274,9 @@ pub struct Service {
     /// Sessions resolved recently, by token hash. This process is the only writer of the
     /// sessions table, and every path that ends a session also drops it here.
     sessions: Mutex<SessionCache>,
-    waiters: Mutex<HashMap<DeviceId, Arc<Notify>>>,
+    waiters: Mutex<HashMap<DeviceId, Arc<Waiter>>>,
+    /// Sweeps so far: a FetchWait woken by a sweep alone tells a lost wake-up apart.
+    sweeps: AtomicU64,
     /// Cross-node wake-ups (PostgreSQL deployments): rung after each enqueue's commit.
     wake: std::sync::OnceLock<Arc<dyn crate::wake::Wake>>,
     pushers: Mutex<PushRegistry>,
@@ -451,6 +453,7 @@ impl Service {
             queue_full: Mutex::new(HashMap::new()),
             sessions: Mutex::new(SessionCache::default()),
             waiters: Mutex::new(HashMap::new()),
+            sweeps: AtomicU64::new(0),
             wake: std::sync::OnceLock::new(),
             pushers: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::default()),
@@ -480,17 +483,26 @@ impl Service {
         let w = self.lock_waiters();
         for d in devices {
             if let Some(n) = w.get(d) {
-                n.notify_waiters();
+                n.wake();
             }
         }
     }
 
-    /// Wakes every parked FetchWait (the sweep, and after the wake listener reconnected).
+    /// Wakes every parked FetchWait (after the wake listener reconnected).
     pub fn wake_all_waiters(&self) {
         let waiters: Vec<_> = self.lock_waiters().values().cloned().collect();
         for w in waiters {
-            w.notify_waiters();
+            w.notify.notify_waiters();
         }
+    }
+
+    /// The periodic sweep (cross-node wake-ups on): wakes every parked FetchWait. One that
+    /// then finds messages without any wake-up of its own counts in
+    /// `wake_sweep_catches_total`: a doorbell lost or later than the sweep.
+    pub fn sweep(&self) {
+        Metrics::inc(&self.metrics.wake_sweeps_total);
+        self.sweeps.fetch_add(1, Ordering::SeqCst);
+        self.wake_all_waiters();
     }
 
     /// The storage backend.
@@ -530,7 +542,7 @@ impl Service {
         self.shutdown.notify_waiters();
         let waiters: Vec<_> = self.lock_waiters().values().cloned().collect();
         for w in waiters {
-            w.notify_waiters();
+            w.notify.notify_waiters();
         }
     }
 
@@ -726,7 +738,7 @@ impl Service {
         let w = self.lock_waiters();
         for d in devices {
             if let Some(n) = w.get(d) {
-                n.notify_waiters();
+                n.wake();
             }
         }
     }
@@ -737,7 +749,7 @@ impl Service {
         self.sessions_changed(|_, s| s.device_id == device);
         self.lock_pushers().remove(&device);
         if let Some(n) = self.lock_waiters().remove(&device) {
-            n.notify_waiters();
+            n.wake();
         }
         self.key_package_fetches.forget(|(d, _)| *d == device);
         self.lock_queue_full().retain(|_, (d, _)| *d != device);
@@ -772,7 +784,7 @@ impl Service {
         Ok(n)
     }
 
-    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Arc<Notify>>> {
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Arc<Waiter>>> {
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -780,12 +792,12 @@ impl Service {
         self.pushers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn waiter(&self, device: DeviceId) -> Arc<Notify> {
+    fn waiter(&self, device: DeviceId) -> Arc<Waiter> {
         self.lock_waiters().entry(device).or_default().clone()
     }
 
     /// Drops a device's waiter entry when `n` (the caller's) is the last user besides the map.
-    fn release_waiter(&self, device: DeviceId, n: &Arc<Notify>) {
+    fn release_waiter(&self, device: DeviceId, n: &Arc<Waiter>) {
         let mut w = self.lock_waiters();
         if w.get(&device).is_some_and(|m| Arc::ptr_eq(m, n)) && Arc::strong_count(n) <= 2 {
             w.remove(&device);
@@ -1887,7 +1899,7 @@ impl Service {
             let w = self.lock_waiters();
             for d in deliveries {
                 if let Some(n) = w.get(&d.device_id) {
-                    n.notify_waiters();
+                    n.wake();
                 }
             }
         }
@@ -2021,10 +2033,16 @@ impl Service {
             device: s.device_id,
             notify: self.waiter(s.device_id),
         };
+        // (targeted wake-ups, sweeps) when this wait last parked.
+        let mut parked_at: Option<(u64, u64)> = None;
         loop {
-            let woken = waiter.notify.notified();
+            let woken = waiter.notify.notify.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            let marks = (
+                waiter.notify.targeted.load(Ordering::SeqCst),
+                self.sweeps.load(Ordering::SeqCst),
+            );
             // Item 3: a wait outlives its session by no more than a wake-up. Every path that
             // ends sessions wakes the device's waiters after dropping them from the cache, so
             // this check (after enabling the wake-up) sees the end or is woken by it.
@@ -2032,8 +2050,14 @@ impl Service {
             let (messages, more) = self.fetch(s, r.after_seq, r.limit, &r.channel_id).await?;
             if !messages.is_empty() || tokio::time::Instant::now() >= deadline || self.is_draining()
             {
+                if let Some((targeted, sweeps)) = parked_at {
+                    if !messages.is_empty() && marks.0 == targeted && marks.1 != sweeps {
+                        Metrics::inc(&self.metrics.wake_sweep_catches_total);
+                    }
+                }
                 return ok(v1::FetchResponse { messages, more });
             }
+            parked_at = Some(marks);
             let _parked = Parked::new(&self.fetch_waits);
             tokio::select! {
                 _ = &mut woken => {}
@@ -2215,7 +2239,24 @@ async fn validate_key_packages(
 struct WaiterGuard<'a> {
     service: &'a Service,
     device: DeviceId,
-    notify: Arc<Notify>,
+    notify: Arc<Waiter>,
+}
+
+/// The parked FetchWaits of one device: woken together, each re-reads the queue.
+#[derive(Default)]
+struct Waiter {
+    notify: Notify,
+    /// Wake-ups aimed at this device (an enqueue here or on another node, a session ended),
+    /// as opposed to the sweep's and the listener resync's, which wake every device.
+    targeted: AtomicU64,
+}
+
+impl Waiter {
+    /// Wakes this device's waiters for a reason of its own.
+    fn wake(&self) {
+        self.targeted.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
 }
 
 impl Drop for WaiterGuard<'_> {

@@ -27,6 +27,8 @@ use crate::storage::DeviceId;
 pub const CHANNEL: &str = "qpq_wake";
 /// `application_name` of the listener connection.
 pub const LISTENER_APP: &str = "qpq-wake-listener";
+/// `application_name` of the doorbell connection.
+pub const DOORBELL_APP: &str = "qpq-doorbell";
 /// Largest NOTIFY payload we send (PostgreSQL's limit is 8000 bytes).
 const MAX_PAYLOAD: usize = 7000;
 
@@ -83,7 +85,7 @@ impl PgWake {
         {
             let (mut config, node, stats, stop) =
                 (config.clone(), node.clone(), stats.clone(), stop.clone());
-            config.application_name("qpq-doorbell");
+            config.application_name(DOORBELL_APP);
             std::thread::Builder::new()
                 .name("qpq-doorbell".into())
                 .spawn(move || doorbell(config, node, rx, stats, stop))?;

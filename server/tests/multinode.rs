@@ -22,6 +22,7 @@ async fn node(url: &str, sweep_ms: u64) -> TestServer {
     TestServer::start_with(move |c| {
         c.database_url = url.into();
         c.wake_sweep_ms = sweep_ms;
+        c.metrics_listen = "127.0.0.1:0".into();
         // Every test client connects from 127.0.0.1.
         c.max_connections_per_ip = 1000;
     })
@@ -196,6 +197,77 @@ async fn killed_listener_reconnects_and_delivery_continues() {
     let ((r, took), ()) = tokio::join!(waiter, sender);
     assert_eq!(r.messages.len(), 1);
     assert!(took < Duration::from_secs(10), "{took:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Terminates the database connections named `app` (all nodes'); returns how many.
+async fn terminate(url: &str, app: &'static str) -> i64 {
+    let u = url.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut c = ::postgres::Client::connect(&u, ::postgres::NoTls).unwrap();
+        let mut n = 0;
+        for r in c
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = $1 AND datname = current_database()",
+                &[&app],
+            )
+            .unwrap()
+        {
+            n += i64::from(r.get::<_, bool>(0));
+        }
+        n
+    })
+    .await
+    .unwrap()
+}
+
+/// A doorbell lost (A's doorbell connection killed, so its NOTIFY fails and is dropped): B's
+/// parked FetchWait gets the message from the sweep, and B counts one sweep catch; a message
+/// the doorbell delivers counts none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_doorbell_is_caught_by_the_sweep_and_counted() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let url = database().await;
+    let (a, b) = (node(&url, NO_SWEEP).await, node(&url, 400).await);
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let ch = alice.group(&[&bob]).await;
+    let catches = || b.service.metrics.wake_sweep_catches_total.load(Relaxed);
+    // Delivered by the doorbell: no catch.
+    let waiter = async { fetch_wait(&bob, 0).await };
+    let sender = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        alice.send(&ch, 1, b"rung").await.unwrap();
+    };
+    let (r, ()) = tokio::join!(waiter, sender);
+    assert_eq!(r.messages.len(), 1);
+    assert_eq!(catches(), 0, "the doorbell delivered it");
+    let killed = terminate(&url, qpq_server::wake::DOORBELL_APP).await;
+    assert!(killed >= 1, "A's doorbell had a connection");
+    let waiter = async {
+        let t = Instant::now();
+        (fetch_wait(&bob, 1).await, t.elapsed())
+    };
+    let sender = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        alice.send(&ch, 2, b"lost bell").await.unwrap();
+    };
+    let ((r, took), ()) = tokio::join!(waiter, sender);
+    assert_eq!(r.messages.len(), 1);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(catches(), 1, "the sweep caught the lost wake-up");
+    let (code, metrics) = get(&b, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("qpq_wake_sweep_catches_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("qpq_node_info{{node_id=\"{}\"}} 1", b.node_id)),
+        "{metrics}"
+    );
     a.stop().await;
     b.stop().await;
 }

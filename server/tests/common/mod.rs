@@ -24,6 +24,8 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     /// The running server's request handler (gauges, config).
     pub service: Arc<Service>,
+    /// The node's name (`node_id`, or host name and port).
+    pub node_id: String,
 }
 
 impl TestServer {
@@ -42,6 +44,7 @@ impl TestServer {
         let metrics_addr = server.metrics_addr();
         let shutdown = server.shutdown_handle();
         let service = server.service().clone();
+        let node_id = server.node_id().to_string();
         let task = tokio::spawn(async move {
             server.run().await.unwrap();
         });
@@ -54,6 +57,7 @@ impl TestServer {
             dir,
             data_dir,
             service,
+            node_id,
         }
     }
 
