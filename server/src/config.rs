@@ -76,6 +76,10 @@ options! {
     /// Milliseconds between sweeps that re-check every locally waiting device (PostgreSQL
     /// only): bounds the delay of a lost cross-node wake-up.
     wake_sweep_ms: u64 = "QPQ_WAKE_SWEEP_MS", 1500;
+    /// Cross-node wake-ups (PostgreSQL only): the doorbell NOTIFY after each commit, the
+    /// LISTEN connection and the sweep. Turn off only for a single node: with it off, a
+    /// FetchWait parked on another node sees a new message only when its wait times out.
+    cross_node_wake: bool = "QPQ_CROSS_NODE_WAKE", true;
     /// Directory for the database, certificate and key.
     data_dir: PathBuf = "QPQ_DATA_DIR", PathBuf::from("data");
     /// TLS certificate (PEM or DER); a self-signed one is generated when unset.

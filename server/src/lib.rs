@@ -163,7 +163,7 @@ impl Server {
             config.node_id.clone()
         };
         let wake = match &postgres {
-            Some(pg) => {
+            Some(pg) if config.cross_node_wake => {
                 let sink: Arc<dyn wake::WakeSink> = Arc::new(ServiceSink(Arc::downgrade(&service)));
                 let w = Arc::new(
                     wake::PgWake::start(pg.config().clone(), node_id.clone(), sink)
@@ -172,7 +172,7 @@ impl Server {
                 service.set_wake(w.clone());
                 Some(w)
             }
-            None => None,
+            _ => None,
         };
         tracing::info!(node_id = %node_id, backend = if postgres.is_some() { "postgres" } else { "sqlite" }, "storage open");
         let (metrics_addr, metrics_listener) = if config.metrics_listen.is_empty() {

@@ -125,6 +125,37 @@ pub fn serve_qpq(dir: &str, limits: bool) -> ExitCode {
     })
 }
 
+/// `serve-qpq-pg DIR URL NODE on|off`: the real server (bench limits) as node `NODE` of the
+/// PostgreSQL database `URL`, with cross-node wake-ups on or off (P1–P3). Not pinned: nodes
+/// share the CPUs with PostgreSQL.
+pub fn serve_qpq_pg(dir: &str, url: &str, node: &str, wake: &str) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(_) => return ExitCode::FAILURE,
+    };
+    rt.block_on(async {
+        let mut config = qpq_config(Path::new(dir));
+        config.database_url = url.into();
+        config.node_id = node.into();
+        config.cross_node_wake = wake == "on";
+        let server = match qpq_server::Server::bind(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("serve-qpq-pg: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let Ok(addr) = server.local_addr() else {
+            return ExitCode::FAILURE;
+        };
+        announce(addr, server.certificate_der());
+        match server.run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        }
+    })
+}
+
 /// `serve-bare DIR`: quinn with the same TLS and transport limits, the same frame codec, and
 /// nothing else. Pinned to CPU 1.
 pub fn serve_bare(dir: &str) -> ExitCode {
@@ -261,11 +292,17 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts `qpq-bench <mode> <tempdir>` and waits for its announcement.
     pub fn start(mode: &str) -> Result<ChildServer, String> {
+        ChildServer::start_args(mode, &[])
+    }
+
+    /// Starts `qpq-bench <mode> <tempdir> <args…>` and waits for its announcement.
+    pub fn start_args(mode: &str, args: &[&str]) -> Result<ChildServer, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut child = Command::new(exe)
             .arg(mode)
             .arg(dir.path())
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

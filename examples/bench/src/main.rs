@@ -15,6 +15,7 @@ mod bare;
 mod c1;
 mod isolation;
 mod report;
+mod scaleout;
 mod scenarios;
 
 use std::process::ExitCode;
@@ -22,7 +23,7 @@ use std::process::ExitCode;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: qpq-bench run [--smoke] [--out DIR] [--only S10,C2,...]   (DIR default: docs)\n       \
-         qpq-bench serve-qpq DATA_DIR | serve-qpq-limits DATA_DIR | serve-bare DATA_DIR   (internal: child servers)\n       \
+         qpq-bench serve-qpq DATA_DIR | serve-qpq-limits DATA_DIR | serve-bare DATA_DIR | serve-qpq-pg DATA_DIR URL NODE on|off   (internal: child servers)\n       \
          qpq-bench c1 [SIZES like 3,100] [MESSAGES]   (only the C1 rows, printed)\n       \
          qpq-bench b1 ADDR CERT_FILE [MESSAGES]   (Rust's B1 against a running server, for the SDK benchmarks)"
     );
@@ -35,6 +36,9 @@ fn main() -> ExitCode {
         Some("serve-qpq") if args.len() == 2 => bare::serve_qpq(&args[1], false),
         Some("serve-qpq-limits") if args.len() == 2 => bare::serve_qpq(&args[1], true),
         Some("serve-bare") if args.len() == 2 => bare::serve_bare(&args[1]),
+        Some("serve-qpq-pg") if args.len() == 5 => {
+            bare::serve_qpq_pg(&args[1], &args[2], &args[3], &args[4])
+        }
         Some("b1") if args.len() == 3 || args.len() == 4 => {
             let messages = match args.get(3).map(|n| n.parse::<usize>()) {
                 None => 1000,

@@ -53,7 +53,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 /// Runs every scenario the landed code supports; with `only`, just the listed groups
 /// (`S1` (with S2, S5, S6, S12), `S3`, `S11`, `S10`, `C3`, `C1`, `C2`, `DB`, `M1`, `L3`,
-/// `ISO`), for measuring one change without the whole run.
+/// `P` (P1, P2, P3 on PostgreSQL), `ISO`), for measuring one change without the whole run.
 pub fn run_all(smoke: bool, only: Option<Vec<String>>) -> Result<Results, String> {
     bare::pin_to_cpu(0);
     let plan = Plan {
@@ -101,6 +101,10 @@ pub fn run_all(smoke: bool, only: Option<Vec<String>>) -> Result<Results, String
     if on("L3") {
         println!("store unlock (L-3)…");
         store_unlock(&plan, &mut r)?;
+    }
+    if on("P") || on("P1") || on("P2") || on("P3") {
+        println!("PostgreSQL scale-out (P1, P2, P3)…");
+        crate::scaleout::run(&plan, &mut r)?;
     }
     if on("ISO") {
         println!("isolation under attack and the LoginStart timing channel (D-8, R-3, A-6)…");
