@@ -215,6 +215,7 @@ options! {
     min_free_disk_bytes: u64 = "QPQ_MIN_FREE_DISK_BYTES", 256 * 1024 * 1024;
     /// Largest size of the database (file plus WAL), in bytes: past it the same writes answer
     /// Unavailable (a watermark below `max_db_pages`, which fails like a full disk). 0 = off.
+    /// SQLite only: on PostgreSQL the database's size is the operator's to cap (docs/SCALING.md).
     max_store_bytes: u64 = "QPQ_MAX_STORE_BYTES", 0;
     /// Bytes of blobs (complete or being uploaded, by declared size) one account may store
     /// (item 27).

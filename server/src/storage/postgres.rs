@@ -1063,6 +1063,18 @@ impl Storage for PostgresStorage {
                     &[&account, &(username_reserved_until as i64)],
                 )?;
             }
+            // Channels it belonged to, locked as a commit would (membership changes), before
+            // any queue counter: the lock order of an Enqueue (channel, then device queues in
+            // id order), so the two never deadlock.
+            let channels: Vec<Vec<u8>> = t
+                .query(
+                    "SELECT c.id FROM channels c JOIN channel_members m ON m.channel_id = c.id
+                     WHERE m.account_id = $1 ORDER BY c.id FOR UPDATE OF c",
+                    &[&account],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
             let devices: Vec<DeviceId> = t
                 .query(
                     "SELECT id FROM devices WHERE account_id = $1 ORDER BY id",
@@ -1074,16 +1086,6 @@ impl Storage for PostgresStorage {
             for d in devices {
                 purge_device(t, d)?;
             }
-            // Channels it belonged to, locked as a commit would (membership changes).
-            let channels: Vec<Vec<u8>> = t
-                .query(
-                    "SELECT c.id FROM channels c JOIN channel_members m ON m.channel_id = c.id
-                     WHERE m.account_id = $1 ORDER BY c.id FOR UPDATE OF c",
-                    &[&account],
-                )?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
             t.execute("DELETE FROM accounts WHERE id = $1", &[&account])?;
             // Channels nobody belongs to any more go too (with their blobs).
             t.execute(
