@@ -222,6 +222,51 @@ fn commits_are_ordered_by_epoch(b: &Backend) {
     ));
 }
 
+/// Every message goes to the membership of its moment: after a removal, a new device, an
+/// addition and an account deletion, each next message reaches exactly the devices then in
+/// the group (SQLite's writer caches membership between messages: this is what it must
+/// forget).
+fn each_message_sees_the_membership_of_its_moment(b: &Backend) {
+    use std::collections::BTreeSet;
+    let s = b.store.as_ref();
+    let (a, bo, c, d) = (
+        user(s, "alice", 1),
+        user(s, "bob", 2),
+        user(s, "carol", 3),
+        user(s, "dave", 4),
+    );
+    let ch = group(s, &a, &[&bo, &c]);
+    let to = |id: u8| -> BTreeSet<DeviceId> {
+        s.enqueue(op(&a, ch, id, b"m"))
+            .unwrap()
+            .deliveries
+            .iter()
+            .map(|x| x.device_id)
+            .collect()
+    };
+    assert_eq!(to(1), BTreeSet::from([bo.device, c.device]));
+    assert_eq!(to(2), BTreeSet::from([bo.device, c.device]));
+    let mut rm = op(&a, ch, 3, b"rm");
+    rm.commit_epoch = Some(0);
+    rm.remove_members = vec![c.identity];
+    s.enqueue(rm).unwrap();
+    assert_eq!(to(4), BTreeSet::from([bo.device]), "carol was removed");
+    let b2 = s.add_device(bo.account, &[77; 32], 5, 1).unwrap();
+    assert_eq!(to(5), BTreeSet::from([bo.device, b2]), "bob's new device");
+    let mut add = op(&a, ch, 6, b"add");
+    add.commit_epoch = Some(1);
+    add.add_members = vec![d.identity];
+    add.welcome = Bytes::from_static(b"welcome");
+    s.enqueue(add).unwrap();
+    assert_eq!(
+        to(7),
+        BTreeSet::from([bo.device, b2, d.device]),
+        "dave joined"
+    );
+    s.delete_account(bo.account, 0).unwrap();
+    assert_eq!(to(8), BTreeSet::from([d.device]), "bob's account is gone");
+}
+
 fn limits_hold(b: &Backend) {
     let s = b.store.as_ref();
     let (a, bo) = (user(s, "alice", 1), user(s, "bob", 2));
@@ -481,6 +526,7 @@ macro_rules! both {
 
 both!(
     delivery_fans_out_in_order,
+    each_message_sees_the_membership_of_its_moment,
     enqueue_is_idempotent,
     acks_remove_and_free,
     commits_are_ordered_by_epoch,

@@ -212,6 +212,10 @@ trait WriteJob: Send {
     /// Runs inside the batch transaction, keeping its result; returns its error when it
     /// failed. May run more than once (a batch that failed is re-run): the closure is `Fn`.
     fn run(&mut self, conn: &Connection) -> Result<(), StorageError>;
+    /// Whether the job leaves every channel's row, members and member devices as they were
+    /// (an application-message Enqueue): only then does the writer keep its membership
+    /// cache across it.
+    fn keeps_membership(&self) -> bool;
     /// Answers the caller once the batch committed (or failed to).
     fn finish(self: Box<Self>, commit: Result<(), StorageError>);
 }
@@ -241,6 +245,7 @@ struct Pending<T, F> {
     f: F,
     result: Option<StorageResult<T>>,
     reply: Reply<T>,
+    keeps_membership: bool,
 }
 
 impl<T, F> WriteJob for Pending<T, F>
@@ -258,6 +263,10 @@ where
         out
     }
 
+    fn keeps_membership(&self) -> bool {
+        self.keeps_membership
+    }
+
     fn finish(self: Box<Self>, commit: Result<(), StorageError>) {
         let r = match (self.result, commit) {
             (Some(Ok(_)), Err(e)) => Err(e),
@@ -270,6 +279,45 @@ where
 }
 
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// What an application-message Enqueue reads of its channel: the row, the members and their
+/// devices. Kept by the writer thread between batches (issue 14: per-batch lookups), since a
+/// burst of messages to one group reads the same rows each time.
+#[derive(Clone)]
+struct ChannelFacts {
+    channel: Channel,
+    members: HashMap<AccountId, delivery::Membership>,
+    member_devices: Vec<delivery::MemberDevice>,
+}
+
+/// Channels cached at most: past it the cache starts over.
+const MEMBERSHIP_CACHE_MAX: usize = 4096;
+
+thread_local! {
+    /// The writer thread's membership cache. Correct because every write goes through the
+    /// writer: it is emptied before and after any job that may change a channel, a
+    /// membership or a device (every job but an application-message Enqueue), and after any
+    /// rollback.
+    static MEMBERSHIP: std::cell::RefCell<HashMap<ChannelId, ChannelFacts>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+fn forget_membership() {
+    MEMBERSHIP.with(|m| m.borrow_mut().clear());
+}
+
+/// Runs one job of a batch, emptying the membership cache around any job that may change it.
+fn run_job(conn: &Connection, job: &mut Job) -> Result<(), StorageError> {
+    let keeps = job.keeps_membership();
+    if !keeps {
+        forget_membership();
+    }
+    let r = job.run(conn);
+    if !keeps || r.is_err() {
+        forget_membership();
+    }
+    r
+}
 
 /// The SQLite storage backend.
 pub struct SqliteStorage {
@@ -386,7 +434,7 @@ fn run_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
     control(conn, "BEGIN IMMEDIATE")?;
     let mut failed = false;
     for job in batch.iter_mut() {
-        if job.run(conn).is_err() {
+        if run_job(conn, job).is_err() {
             failed = true;
             break;
         }
@@ -394,12 +442,14 @@ fn run_batch(conn: &Connection, batch: &mut [Job]) -> Result<(), StorageError> {
     if !failed {
         if let Err(e) = control(conn, "COMMIT") {
             let _ = control(conn, "ROLLBACK");
+            forget_membership();
             return Err(e.into());
         }
         return Ok(());
     }
     // SQLite may already have rolled the transaction back (a full disk): then this fails.
     let _ = control(conn, "ROLLBACK");
+    forget_membership();
     if batch.len() == 1 {
         // The one job failed: its own error is its answer, nothing was written.
         return Ok(());
@@ -413,7 +463,7 @@ fn run_batch_isolated(conn: &Connection, batch: &mut [Job]) -> Result<(), Storag
     for job in batch.iter_mut() {
         let step = (|| -> Result<(), StorageError> {
             control(conn, "SAVEPOINT job")?;
-            match job.run(conn) {
+            match run_job(conn, job) {
                 Ok(()) => control(conn, "RELEASE job")?,
                 Err(failed) => {
                     let undo = control(conn, "ROLLBACK TO job")
@@ -432,11 +482,13 @@ fn run_batch_isolated(conn: &Connection, batch: &mut [Job]) -> Result<(), Storag
         })();
         if let Err(e) = step {
             let _ = control(conn, "ROLLBACK");
+            forget_membership();
             return Err(e);
         }
     }
     if let Err(e) = control(conn, "COMMIT") {
         let _ = control(conn, "ROLLBACK");
+        forget_membership();
         return Err(e.into());
     }
     Ok(())
@@ -581,11 +633,22 @@ impl SqliteStorage {
         T: Send + 'static,
         F: Fn(&Connection) -> StorageResult<T> + Send + 'static,
     {
+        self.write_keeping(f, false)
+    }
+
+    /// [`SqliteStorage::write`]; `keeps_membership` says that `f` changes no channel,
+    /// membership or device (see [`WriteJob::keeps_membership`]).
+    fn write_keeping<T, F>(&self, f: F, keeps_membership: bool) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> StorageResult<T> + Send + 'static,
+    {
         let (reply, rx) = mpsc::sync_channel(1);
         self.submit(Box::new(Pending {
             f,
             result: None,
             reply: Reply::Blocking(reply),
+            keeps_membership,
         }))?;
         rx.recv()
             .map_err(|_| StorageError::Backend("writer stopped".into()))?
@@ -598,11 +661,22 @@ impl SqliteStorage {
         T: Send + 'static,
         F: Fn(&Connection) -> StorageResult<T> + Send + 'static,
     {
+        self.write_async_keeping(f, false)
+    }
+
+    /// [`SqliteStorage::write_async`]; `keeps_membership` as in
+    /// [`SqliteStorage::write_keeping`].
+    fn write_async_keeping<T, F>(&self, f: F, keeps_membership: bool) -> StorageFuture<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> StorageResult<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         let submitted = self.submit(Box::new(Pending {
             f,
             result: None,
             reply: Reply::Async(reply),
+            keeps_membership,
         }));
         Box::pin(async move {
             submitted?;
@@ -944,10 +1018,23 @@ fn account_by_username_row(c: &Connection, username: &str) -> StorageResult<Opti
     .optional()?)
 }
 
-/// Reads what [`delivery::plan`] decides an Enqueue on (under the single writer).
-fn enqueue_facts(conn: &Connection, op: &EnqueueOp) -> StorageResult<delivery::EnqueueFacts> {
-    let channel = channel_row(conn, &op.channel_id)?.ok_or(StorageError::NotFound("channel"))?;
-    let ch = &op.channel_id[..];
+/// Whether an Enqueue is a plain application message: no commit, no membership change, no
+/// Welcome, no GroupInfo. Such an Enqueue changes no channel row, membership or device.
+fn plain_message(op: &EnqueueOp) -> bool {
+    op.commit_epoch.is_none()
+        && op.add_members.is_empty()
+        && op.remove_members.is_empty()
+        && op.promote_members.is_empty()
+        && op.welcome.is_empty()
+        && op.welcome_devices.is_empty()
+        && op.group_info.is_none()
+        && !op.external
+}
+
+/// Reads a channel's row, members and member devices.
+fn channel_facts(conn: &Connection, id: &ChannelId) -> StorageResult<ChannelFacts> {
+    let channel = channel_row(conn, id)?.ok_or(StorageError::NotFound("channel"))?;
+    let ch = &id[..];
     let members = conn
         .prepare_cached(
             "SELECT account_id, leaving, admin FROM channel_members WHERE channel_id = ?1",
@@ -962,17 +1049,6 @@ fn enqueue_facts(conn: &Connection, op: &EnqueueOp) -> StorageResult<delivery::E
             ))
         })?
         .collect::<rusqlite::Result<HashMap<_, _>>>()?;
-    let duplicate = conn
-        .prepare_cached("SELECT payload_id, epoch FROM enqueue_ids WHERE sender_device = ?1 AND message_id = ?2")?
-        .query_row(params![op.sender_device, &op.message_id[..]], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-        })
-        .optional()?;
-    let group_info_epoch = if op.external {
-        group_info_row(conn, &op.channel_id)?.map(|(e, _)| e)
-    } else {
-        None
-    };
     let member_devices = conn
         .prepare_cached(
             "SELECT d.id, d.device_key, d.account_id FROM channel_members m JOIN devices d ON d.account_id = m.account_id
@@ -986,6 +1062,54 @@ fn enqueue_facts(conn: &Connection, op: &EnqueueOp) -> StorageResult<delivery::E
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ChannelFacts {
+        channel,
+        members,
+        member_devices,
+    })
+}
+
+/// Reads what [`delivery::plan`] decides an Enqueue on (under the single writer).
+fn enqueue_facts(conn: &Connection, op: &EnqueueOp) -> StorageResult<delivery::EnqueueFacts> {
+    let plain = plain_message(op);
+    let cached = if plain {
+        MEMBERSHIP.with(|m| m.borrow().get(&op.channel_id).cloned())
+    } else {
+        None
+    };
+    let facts = match cached {
+        Some(f) => f,
+        None => {
+            let f = channel_facts(conn, &op.channel_id)?;
+            if plain {
+                MEMBERSHIP.with(|m| {
+                    let mut m = m.borrow_mut();
+                    if m.len() >= MEMBERSHIP_CACHE_MAX {
+                        m.clear();
+                    }
+                    m.insert(op.channel_id, f.clone());
+                });
+            }
+            f
+        }
+    };
+    let ChannelFacts {
+        channel,
+        members,
+        member_devices,
+    } = facts;
+    let ch = &op.channel_id[..];
+    let duplicate = conn
+        .prepare_cached("SELECT payload_id, epoch FROM enqueue_ids WHERE sender_device = ?1 AND message_id = ?2")?
+        .query_row(params![op.sender_device, &op.message_id[..]], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
+        .optional()?;
+    let group_info_epoch = if op.external {
+        group_info_row(conn, &op.channel_id)?.map(|(e, _)| e)
+    } else {
+        None
+    };
     let mut named = HashMap::new();
     let mut devs = conn.prepare_cached(
         "SELECT id, device_key, account_id FROM devices WHERE account_id = ?1 ORDER BY id",
@@ -1242,7 +1366,8 @@ fn purge_device(conn: &Connection, device: DeviceId) -> StorageResult<()> {
 
 impl Storage for SqliteStorage {
     fn enqueue_async(self: Arc<Self>, op: EnqueueOp) -> StorageFuture<EnqueueOutcome> {
-        self.write_async(move |c| enqueue_tx(c, &op))
+        let keeps = plain_message(&op);
+        self.write_async_keeping(move |c| enqueue_tx(c, &op), keeps)
     }
 
     fn fetch_async(
@@ -1813,7 +1938,8 @@ impl Storage for SqliteStorage {
     }
 
     fn enqueue(&self, op: EnqueueOp) -> StorageResult<EnqueueOutcome> {
-        self.write(move |c| enqueue_tx(c, &op))
+        let keeps = plain_message(&op);
+        self.write_keeping(move |c| enqueue_tx(c, &op), keeps)
     }
 
     fn fetch(
@@ -2169,6 +2295,7 @@ mod tests {
             },
             result: None,
             reply: Reply::Blocking(tx),
+            keeps_membership: false,
         });
         (job, rx)
     }
