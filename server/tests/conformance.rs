@@ -305,6 +305,40 @@ fn limits_hold(b: &Backend) {
     ));
 }
 
+/// In a fan-out to many devices (SQLite writes those in three statements), a full queue
+/// skips only its device: the others get the message, and their sequence numbers go on.
+fn a_full_queue_in_a_large_fan_out_skips_only_that_device(b: &Backend) {
+    let s = b.store.as_ref();
+    let a = user(s, "alice", 1);
+    let others: Vec<User> = (0..4u8)
+        .map(|i| user(s, &format!("u{i}"), 10 + i))
+        .collect();
+    let ch = group(s, &a, &others.iter().collect::<Vec<_>>());
+    let send = |id: u8| {
+        let mut o = op(&a, ch, id, b"x");
+        o.max_queue_depth = 2;
+        s.enqueue(o).unwrap()
+    };
+    for i in 0..2u8 {
+        assert_eq!(send(i).deliveries.len(), 4);
+    }
+    // Only u0 reads its queue.
+    assert_eq!(s.ack(others[0].device, 2, &[]).unwrap(), 2);
+    let out = send(2);
+    let to: Vec<DeviceId> = out.deliveries.iter().map(|d| d.device_id).collect();
+    assert_eq!(to, vec![others[0].device]);
+    assert_eq!(out.deliveries[0].message.seq, 3);
+    let mut skipped = out.undelivered.clone();
+    skipped.sort_unstable();
+    let mut expect: Vec<Key32> = others[1..].iter().map(|u| u.device_key).collect();
+    expect.sort_unstable();
+    assert_eq!(skipped, expect);
+    for u in &others[1..] {
+        let seqs: Vec<u64> = fetch_all(s, u.device).iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![1, 2], "nothing past the cap, no gap");
+    }
+}
+
 fn blobs_round_trip(b: &Backend) {
     let s = b.store.as_ref();
     let (a, bo) = (user(s, "alice", 1), user(s, "bob", 2));
@@ -527,6 +561,7 @@ macro_rules! both {
 both!(
     delivery_fans_out_in_order,
     each_message_sees_the_membership_of_its_moment,
+    a_full_queue_in_a_large_fan_out_skips_only_that_device,
     enqueue_is_idempotent,
     acks_remove_and_free,
     commits_are_ordered_by_epoch,

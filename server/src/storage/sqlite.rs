@@ -830,6 +830,22 @@ fn fan_out(
         "UPDATE devices SET next_seq = next_seq + 1, queue_len = queue_len + 1, queue_bytes = queue_bytes + ?2
          WHERE id = ?1 RETURNING next_seq - 1",
     )?;
+    if devices.len() >= FAN_OUT_BATCH_MIN {
+        let distinct: std::collections::HashSet<&DeviceId> = devices.iter().collect();
+        if distinct.len() == devices.len() {
+            return fan_out_batched(
+                conn,
+                devices,
+                channel,
+                payload_id,
+                template,
+                sender_account,
+                caps,
+                out,
+                skipped,
+            );
+        }
+    }
     let mut ins = conn.prepare_cached(
         "INSERT INTO queue(device_id, seq, channel_id, payload_id, sender_account, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
@@ -864,6 +880,110 @@ fn fan_out(
             sender_account,
             bytes as i64
         ])?;
+        let mut m = template.clone();
+        m.seq = seq as u64;
+        out.push(Delivery {
+            device_id: d,
+            message: m,
+        });
+    }
+    Ok(())
+}
+
+/// Recipients from which [`fan_out`] writes with three statements in all (levels, counters,
+/// queue rows: each over a JSON array of device ids) instead of two or three per device.
+const FAN_OUT_BATCH_MIN: usize = 3;
+
+/// [`fan_out`] for many distinct devices (issue 14: a multi-row fan-out insert): the same
+/// admission rules, counters and rows, in three statements whatever the group's size.
+#[allow(clippy::too_many_arguments)]
+fn fan_out_batched(
+    conn: &Connection,
+    devices: &[DeviceId],
+    channel: &ChannelId,
+    payload_id: i64,
+    template: &QueuedMessage,
+    sender_account: AccountId,
+    caps: &delivery::Caps,
+    out: &mut Vec<Delivery>,
+    skipped: &mut Vec<DeviceId>,
+) -> StorageResult<()> {
+    let json =
+        |v: &[DeviceId]| serde_json::to_string(v).map_err(|e| StorageError::Backend(e.to_string()));
+    let bytes = template.payload.len() as u64;
+    let admitted: Vec<DeviceId> = if caps.exempt {
+        devices.to_vec()
+    } else {
+        let levels: HashMap<DeviceId, delivery::QueueLevel> = conn
+            .prepare_cached(
+                "SELECT id, queue_len, queue_bytes FROM devices WHERE id IN (SELECT value FROM json_each(?1))",
+            )?
+            .query_map([json(devices)?], |r| {
+                Ok((
+                    r.get::<_, DeviceId>(0)?,
+                    delivery::QueueLevel {
+                        len: r.get::<_, i64>(1)?.max(0) as u64,
+                        bytes: r.get::<_, i64>(2)?.max(0) as u64,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut share = conn.prepare_cached(
+            "SELECT count(*), coalesce(sum(bytes), 0) FROM queue WHERE device_id = ?1 AND sender_account = ?2",
+        )?;
+        let mut admitted = Vec::with_capacity(devices.len());
+        for &d in devices {
+            // A device gone since the plan was made has no row: nothing to deliver to.
+            let Some(&lvl) = levels.get(&d) else {
+                continue;
+            };
+            let held = if caps.needs_share(lvl, bytes) {
+                let (n, b): (i64, i64) =
+                    share.query_row(params![d, sender_account], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Some(delivery::QueueLevel {
+                    len: n.max(0) as u64,
+                    bytes: b.max(0) as u64,
+                })
+            } else {
+                None
+            };
+            if delivery::admit(caps, lvl, held, bytes) {
+                admitted.push(d);
+            } else {
+                skipped.push(d);
+            }
+        }
+        admitted
+    };
+    if admitted.is_empty() {
+        return Ok(());
+    }
+    let seqs: HashMap<DeviceId, i64> = conn
+        .prepare_cached(
+            "UPDATE devices SET next_seq = next_seq + 1, queue_len = queue_len + 1, queue_bytes = queue_bytes + ?2
+             WHERE id IN (SELECT value FROM json_each(?1)) RETURNING id, next_seq - 1",
+        )?
+        .query_map(params![json(&admitted)?, bytes as i64], |r| {
+            Ok((r.get::<_, DeviceId>(0)?, r.get::<_, i64>(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let rows: Vec<(DeviceId, i64)> = admitted
+        .iter()
+        .filter_map(|d| seqs.get(d).map(|s| (*d, *s)))
+        .collect();
+    let pairs = serde_json::to_string(&rows).map_err(|e| StorageError::Backend(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT INTO queue(device_id, seq, channel_id, payload_id, sender_account, bytes)
+         SELECT value ->> 0, value ->> 1, ?2, ?3, ?4, ?5 FROM json_each(?1)",
+    )?
+    .execute(params![
+        pairs,
+        &channel[..],
+        payload_id,
+        sender_account,
+        bytes as i64
+    ])?;
+    for (d, seq) in rows {
         let mut m = template.clone();
         m.seq = seq as u64;
         out.push(Delivery {
