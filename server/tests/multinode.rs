@@ -156,24 +156,7 @@ async fn killed_listener_reconnects_and_delivery_continues() {
     let bob = b.user("bob").await;
     let ch = alice.group(&[&bob]).await;
     let stats = b.service.wake().unwrap().stats();
-    let u = url.clone();
-    let killed: i64 = tokio::task::spawn_blocking(move || {
-        let mut c = ::postgres::Client::connect(&u, ::postgres::NoTls).unwrap();
-        let mut n = 0;
-        for r in c
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE application_name = $1 AND datname = current_database()",
-                &[&qpq_server::wake::LISTENER_APP],
-            )
-            .unwrap()
-        {
-            n += i64::from(r.get::<_, bool>(0));
-        }
-        n
-    })
-    .await
-    .unwrap();
+    let killed = terminate(&url, qpq_server::wake::LISTENER_APP).await;
     assert_eq!(killed, 2, "both nodes' listeners");
     // A FetchWait parked across the outage is answered by the resync at the latest.
     let waiter = async { fetch_wait(&bob, 0).await };

@@ -101,27 +101,11 @@ pub fn qpq_limits_config(dir: &Path) -> qpq_server::config::Config {
 /// `serve-qpq DIR` (or `serve-qpq-limits DIR` with `limits`): the real server, pinned to CPU 1.
 pub fn serve_qpq(dir: &str, limits: bool) -> ExitCode {
     pin_to_cpu(1);
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(_) => return ExitCode::FAILURE,
-    };
-    rt.block_on(async {
-        let config = if limits {
-            qpq_limits_config(Path::new(dir))
-        } else {
-            qpq_config(Path::new(dir))
-        };
-        let Ok(server) = qpq_server::Server::bind(config).await else {
-            return ExitCode::FAILURE;
-        };
-        let Ok(addr) = server.local_addr() else {
-            return ExitCode::FAILURE;
-        };
-        announce(addr, server.certificate_der());
-        match server.run().await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(_) => ExitCode::FAILURE,
-        }
+    let dir = Path::new(dir);
+    serve(if limits {
+        qpq_limits_config(dir)
+    } else {
+        qpq_config(dir)
     })
 }
 
@@ -129,19 +113,24 @@ pub fn serve_qpq(dir: &str, limits: bool) -> ExitCode {
 /// PostgreSQL database `URL`, with cross-node wake-ups on or off (P1–P3). Not pinned: nodes
 /// share the CPUs with PostgreSQL.
 pub fn serve_qpq_pg(dir: &str, url: &str, node: &str, wake: &str) -> ExitCode {
+    let mut config = qpq_config(Path::new(dir));
+    config.database_url = url.into();
+    config.node_id = node.into();
+    config.cross_node_wake = wake == "on";
+    serve(config)
+}
+
+/// Runs the real server with `config`, announcing its address and certificate on stdout.
+fn serve(config: qpq_server::config::Config) -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(_) => return ExitCode::FAILURE,
     };
     rt.block_on(async {
-        let mut config = qpq_config(Path::new(dir));
-        config.database_url = url.into();
-        config.node_id = node.into();
-        config.cross_node_wake = wake == "on";
         let server = match qpq_server::Server::bind(config).await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("serve-qpq-pg: {e}");
+                eprintln!("qpq server: {e}");
                 return ExitCode::FAILURE;
             }
         };

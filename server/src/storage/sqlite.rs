@@ -802,6 +802,34 @@ fn channel_row(conn: &Connection, id: &ChannelId) -> StorageResult<Option<Channe
         .optional()?)
 }
 
+/// What one sender holds of a device's queue (rows, bytes).
+const SHARE_SQL: &str =
+    "SELECT count(*), coalesce(sum(bytes), 0) FROM queue WHERE device_id = ?1 AND sender_account = ?2";
+
+/// Whether device `d`, its queue at `lvl`, takes one more message of `bytes` from
+/// `sender_account` ([`delivery::admit`]); the sender's share is counted (with `share`, a
+/// [`SHARE_SQL`] statement) only when the queue is long enough for it to matter.
+fn admits(
+    share: &mut rusqlite::CachedStatement<'_>,
+    caps: &delivery::Caps,
+    lvl: delivery::QueueLevel,
+    d: DeviceId,
+    sender_account: AccountId,
+    bytes: u64,
+) -> StorageResult<bool> {
+    let held = if caps.needs_share(lvl, bytes) {
+        let (n, b): (i64, i64) =
+            share.query_row(params![d, sender_account], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Some(delivery::QueueLevel {
+            len: n.max(0) as u64,
+            bytes: b.max(0) as u64,
+        })
+    } else {
+        None
+    };
+    Ok(delivery::admit(caps, lvl, held, bytes))
+}
+
 /// Queues `payload_id` for each device, assigning each its next sequence number. A device
 /// whose queue is full, or holds the sender's full share, is skipped (unless exempt) and
 /// listed in `skipped` ([`delivery::admit`] decides).
@@ -823,9 +851,7 @@ fn fan_out(
     // queue is long enough for it to matter.
     let mut level =
         conn.prepare_cached("SELECT queue_len, queue_bytes FROM devices WHERE id = ?1")?;
-    let mut share = conn.prepare_cached(
-        "SELECT count(*), coalesce(sum(bytes), 0) FROM queue WHERE device_id = ?1 AND sender_account = ?2",
-    )?;
+    let mut share = conn.prepare_cached(SHARE_SQL)?;
     let mut next = conn.prepare_cached(
         "UPDATE devices SET next_seq = next_seq + 1, queue_len = queue_len + 1, queue_bytes = queue_bytes + ?2
          WHERE id = ?1 RETURNING next_seq - 1",
@@ -856,17 +882,7 @@ fn fan_out(
                 len: len.max(0) as u64,
                 bytes: qbytes.max(0) as u64,
             };
-            let held = if caps.needs_share(lvl, bytes) {
-                let (n, b): (i64, i64) =
-                    share.query_row(params![d, sender_account], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                Some(delivery::QueueLevel {
-                    len: n.max(0) as u64,
-                    bytes: b.max(0) as u64,
-                })
-            } else {
-                None
-            };
-            if !delivery::admit(caps, lvl, held, bytes) {
+            if !admits(&mut share, caps, lvl, d, sender_account, bytes)? {
                 skipped.push(d);
                 continue;
             }
@@ -928,26 +944,14 @@ fn fan_out_batched(
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        let mut share = conn.prepare_cached(
-            "SELECT count(*), coalesce(sum(bytes), 0) FROM queue WHERE device_id = ?1 AND sender_account = ?2",
-        )?;
+        let mut share = conn.prepare_cached(SHARE_SQL)?;
         let mut admitted = Vec::with_capacity(devices.len());
         for &d in devices {
             // A device gone since the plan was made has no row: nothing to deliver to.
             let Some(&lvl) = levels.get(&d) else {
                 continue;
             };
-            let held = if caps.needs_share(lvl, bytes) {
-                let (n, b): (i64, i64) =
-                    share.query_row(params![d, sender_account], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                Some(delivery::QueueLevel {
-                    len: n.max(0) as u64,
-                    bytes: b.max(0) as u64,
-                })
-            } else {
-                None
-            };
-            if delivery::admit(caps, lvl, held, bytes) {
+            if admits(&mut share, caps, lvl, d, sender_account, bytes)? {
                 admitted.push(d);
             } else {
                 skipped.push(d);
