@@ -295,7 +295,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Encrypts application bytes in the group's current epoch.
+    /// Encrypts application bytes in the group's current epoch, loading the group from the
+    /// store (the test hook's path; sends go through the group cache).
+    #[cfg(feature = "test-hooks")]
     pub(super) fn encrypt(
         &self,
         conv: &ConversationId,
