@@ -203,13 +203,24 @@ def test_the_gil_is_released_during_a_blocking_receive(clients: Clients) -> None
 def test_ctrl_c_interrupts_events(clients: Clients) -> None:
     alice = clients.user("alice")
     assert threading.current_thread() is threading.main_thread()
+    # A process started in the background by a shell without job control inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler: install it here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGINT))
+    # Should the signal not interrupt the wait, this ends it (and the test fails) instead
+    # of hanging the suite.
+    watchdog = threading.Timer(10, alice.interrupt)
     started = time.monotonic()
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        for _ in alice.events():
-            pass
-    timer.join()
+    watchdog.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for _ in alice.events():
+                pass
+    finally:
+        watchdog.cancel()
+        timer.join()
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 5
     assert alice.account() is not None  # still usable
 
