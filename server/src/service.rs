@@ -478,7 +478,7 @@ impl Service {
     }
 
     /// Wakes the parked FetchWaits of these devices (they re-read their queues): what another
-    /// node's doorbell asks for.
+    /// node's doorbell asks for, and what an ended session needs.
     pub fn wake_devices(&self, devices: &[DeviceId]) {
         let w = self.lock_waiters();
         for d in devices {
@@ -488,7 +488,8 @@ impl Service {
         }
     }
 
-    /// Wakes every parked FetchWait (after the wake listener reconnected).
+    /// Wakes every parked FetchWait (after the wake listener reconnected, at a sweep, when
+    /// draining). It does not count as a wake-up aimed at a device (see [`Service::sweep`]).
     pub fn wake_all_waiters(&self) {
         let waiters: Vec<_> = self.lock_waiters().values().cloned().collect();
         for w in waiters {
@@ -540,10 +541,7 @@ impl Service {
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.shutdown.notify_waiters();
-        let waiters: Vec<_> = self.lock_waiters().values().cloned().collect();
-        for w in waiters {
-            w.notify.notify_waiters();
-        }
+        self.wake_all_waiters();
     }
 
     /// Waits until no call is in flight and every response written so far is acknowledged
@@ -735,12 +733,7 @@ impl Service {
                 }
             }
         }
-        let w = self.lock_waiters();
-        for d in devices {
-            if let Some(n) = w.get(d) {
-                n.wake();
-            }
-        }
+        self.wake_devices(devices);
     }
 
     /// Item 1: a device row is gone; nothing in memory keyed by its id may outlive it (ids
@@ -2031,16 +2024,16 @@ impl Service {
         let waiter = WaiterGuard {
             service: self,
             device: s.device_id,
-            notify: self.waiter(s.device_id),
+            waiter: self.waiter(s.device_id),
         };
         // (targeted wake-ups, sweeps) when this wait last parked.
         let mut parked_at: Option<(u64, u64)> = None;
         loop {
-            let woken = waiter.notify.notify.notified();
+            let woken = waiter.waiter.notify.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             let marks = (
-                waiter.notify.targeted.load(Ordering::SeqCst),
+                waiter.waiter.targeted.load(Ordering::SeqCst),
                 self.sweeps.load(Ordering::SeqCst),
             );
             // Item 3: a wait outlives its session by no more than a wake-up. Every path that
@@ -2239,7 +2232,7 @@ async fn validate_key_packages(
 struct WaiterGuard<'a> {
     service: &'a Service,
     device: DeviceId,
-    notify: Arc<Waiter>,
+    waiter: Arc<Waiter>,
 }
 
 /// The parked FetchWaits of one device: woken together, each re-reads the queue.
@@ -2261,7 +2254,7 @@ impl Waiter {
 
 impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
-        self.service.release_waiter(self.device, &self.notify);
+        self.service.release_waiter(self.device, &self.waiter);
     }
 }
 

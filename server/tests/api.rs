@@ -1467,9 +1467,9 @@ async fn a_busy_connection_gets_its_full_stream_limit() {
 }
 
 /// Issue 14: every change to membership, blocks or accounts shows in the very next message,
-/// also right after a message read the channel (the guard for any membership cache the
-/// writer keeps; the one built on the old enqueue path waits to be rebuilt on the delivery
-/// planner). Each step sends a message first, then changes something and sends again.
+/// also right after a message read the channel (the guard for the SQLite writer's membership
+/// cache, ADR 0101). Each step sends a message first, then changes something and sends
+/// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_membership_follows_blocks_leaves_and_deletions() {
     let s = TestServer::start().await;

@@ -845,17 +845,6 @@ fn fan_out(
     out: &mut Vec<Delivery>,
     skipped: &mut Vec<DeviceId>,
 ) -> StorageResult<()> {
-    let bytes = template.payload.len() as u64;
-    // The caps are checked on counters (counting rows per insert would make a long queue
-    // quadratic); the sender's share is counted on an index, and only when the device's
-    // queue is long enough for it to matter.
-    let mut level =
-        conn.prepare_cached("SELECT queue_len, queue_bytes FROM devices WHERE id = ?1")?;
-    let mut share = conn.prepare_cached(SHARE_SQL)?;
-    let mut next = conn.prepare_cached(
-        "UPDATE devices SET next_seq = next_seq + 1, queue_len = queue_len + 1, queue_bytes = queue_bytes + ?2
-         WHERE id = ?1 RETURNING next_seq - 1",
-    )?;
     if devices.len() >= FAN_OUT_BATCH_MIN {
         let distinct: std::collections::HashSet<&DeviceId> = devices.iter().collect();
         if distinct.len() == devices.len() {
@@ -872,6 +861,17 @@ fn fan_out(
             );
         }
     }
+    let bytes = template.payload.len() as u64;
+    // The caps are checked on counters (counting rows per insert would make a long queue
+    // quadratic); the sender's share is counted on an index, and only when the device's
+    // queue is long enough for it to matter.
+    let mut level =
+        conn.prepare_cached("SELECT queue_len, queue_bytes FROM devices WHERE id = ?1")?;
+    let mut share = conn.prepare_cached(SHARE_SQL)?;
+    let mut next = conn.prepare_cached(
+        "UPDATE devices SET next_seq = next_seq + 1, queue_len = queue_len + 1, queue_bytes = queue_bytes + ?2
+         WHERE id = ?1 RETURNING next_seq - 1",
+    )?;
     let mut ins = conn.prepare_cached(
         "INSERT INTO queue(device_id, seq, channel_id, payload_id, sender_account, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
