@@ -98,7 +98,7 @@ fn regenerate_v1_store_fixture() {
     println!("v1 fixture written to {}", dir.display());
 }
 
-/// The committed v1 store opens with today's code, is migrated to schema v2, and every
+/// The committed v1 store opens with today's code, is migrated to the current schema (v3), and every
 /// conversation and message reads back as the v1 code wrote it: text bodies, senders,
 /// directions, and the delivery state (a message still in the outbox is `Queued`).
 #[test]
@@ -116,7 +116,7 @@ fn v1_store_is_migrated_and_reads_back() {
         .collect();
     assert_eq!(rows.len(), 5, "the fixture has five messages");
     for round in 0..2 {
-        // Twice: the second open finds schema v2 already and must read the same.
+        // Twice: the second open finds the current schema already and must read the same.
         let c = open_offline(dir.path());
         assert_eq!(c.account().unwrap().username, "bob");
         let convs = c.conversations().unwrap();
