@@ -73,6 +73,19 @@ pub async fn serve_connection(
             return;
         }
     };
+    // M1: the established connection is served by a task of its own. A task's size is fixed
+    // when it is spawned, so serving it here would keep the handshake's state allocated for
+    // the whole life of the connection.
+    tokio::spawn(serve_established(svc, cap, conn, ip));
+}
+
+/// Serves an established connection's streams until it closes, then frees its slot in `cap`.
+async fn serve_established(
+    svc: Arc<Service>,
+    cap: Arc<ConnectionCap>,
+    conn: quinn::Connection,
+    ip: IpAddr,
+) {
     Metrics::inc(&svc.metrics.connections_total);
     let conn_id = svc.next_conn_id();
     // M1: the push queue and its task are made on the first push. The task ends when the
@@ -411,5 +424,30 @@ async fn push_loop(
             }
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size4<A, B, C, D, F: std::future::Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn size5<A, B, C, D, E, F: std::future::Future>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// M1 (issue 14): the task that lives as long as a connection is the small one; the
+    /// handshake's (which holds the incoming connection's state) ends with the handshake.
+    #[test]
+    fn an_established_connection_task_holds_no_handshake_state() {
+        let established = size4(serve_established);
+        let handshake = size5(serve_connection);
+        assert!(
+            established <= 256 && established * 2 < handshake,
+            "serve_established {established} B, serve_connection {handshake} B"
+        );
     }
 }
