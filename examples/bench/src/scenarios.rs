@@ -1036,7 +1036,21 @@ fn raw_invitees(server: &ChildServer, n: usize, kps: usize) -> Result<Vec<String
 fn client_engine(p: &Plan, r: &mut Results, c1: bool, c2: bool, db: bool) -> Result<(), String> {
     let server = ChildServer::start("serve-qpq")?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let sizes: &[usize] = if p.smoke { &[3] } else { &[10, 100, 1000] };
+    // `QPQ_BENCH_C2_SIZES=100` (comma-separated) runs C2 at those group sizes only, to
+    // profile one size; the report then has only those rows.
+    let sizes: Vec<usize> = match std::env::var("QPQ_BENCH_C2_SIZES") {
+        Ok(v) if !p.smoke => v
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse::<usize>()
+                    .map_err(|e| format!("QPQ_BENCH_C2_SIZES: {e}"))
+            })
+            .collect::<Result<_, _>>()?,
+        _ if p.smoke => vec![3],
+        _ => vec![10, 100, 1000],
+    };
+    let sizes = &sizes[..];
     // C1 at 100 members and C2 up to 100 use engine clients.
     let users = if p.smoke {
         3
