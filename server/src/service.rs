@@ -895,7 +895,7 @@ impl Service {
                 .fetch_wait(&s, hash, v1::FetchWaitRequest::decode(p)?)
                 .await;
         }
-        Box::pin(self.authenticated(&s, hash, &req)).await
+        Box::pin(self.authenticated(s, hash, &req)).await
     }
 
     /// The OPAQUE registration and login calls (before any session exists).
@@ -922,9 +922,8 @@ impl Service {
     }
 
     /// Every authenticated method but FetchWait, for session `s` (token hash `hash`).
-    async fn authenticated(&self, s: &Session, hash: Key32, req: &Request) -> Reply {
+    async fn authenticated(&self, s: Session, hash: Key32, req: &Request) -> Reply {
         let p = &req.payload[..];
-        let s = s.clone();
         match req.method {
             method::LOGOUT => {
                 self.db(move |st| st.delete_session(&hash)).await?;
